@@ -1,0 +1,1 @@
+"""gptoss_np: a from-scratch inference engine for OpenAI's gpt-oss models."""
