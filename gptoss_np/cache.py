@@ -1,0 +1,61 @@
+"""The key/value cache of one sequence.
+
+Per layer l, with G kv heads of size Dh:
+  keys, values  float32 [S_l, G, Dh]
+  positions     int64   [S_l]   (position of the token in each slot, -1 while empty)
+Full-attention layers keep every token: slot = position, S_l grows (doubling) as needed.
+Sliding-window layers keep only their last W tokens: a ring buffer of S_l = W slots, position p
+in slot p % W. Attention masks by stored position, so slot order never matters.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .config import GptOssConfig
+
+
+class KVCache:
+    def __init__(self, config: GptOssConfig, capacity: int = 256):
+        self.config = config
+        self.length = 0  # tokens seen so far = position of the next token
+        G, Dh = config.num_key_value_heads, config.head_dim
+        self.windows = [config.window(i) for i in range(config.num_hidden_layers)]
+        sizes = [w if w is not None else max(1, capacity) for w in self.windows]
+        self.keys = [np.zeros((s, G, Dh), np.float32) for s in sizes]
+        self.values = [np.zeros((s, G, Dh), np.float32) for s in sizes]
+        self.positions = [np.full(s, -1, np.int64) for s in sizes]
+
+    def update(self, layer: int, k: np.ndarray, v: np.ndarray, positions: np.ndarray):
+        """Store the new tokens' k, v [T, G, Dh] at `positions` [T]; return the keys, values and
+        positions that the new queries may attend to (everything the layer keeps, plus the new ones)."""
+        window = self.windows[layer]
+        if window is None:
+            self._reserve(layer, int(positions[-1]) + 1)
+            self.keys[layer][positions] = k
+            self.values[layer][positions] = v
+            self.positions[layer][positions] = positions
+            end = int(positions[-1]) + 1
+            return self.keys[layer][:end], self.values[layer][:end], self.positions[layer][:end]
+        # sliding: the new queries also need old keys that the new ones will evict, so attend to
+        # the ring's contents and the new tokens together, then keep the last W tokens
+        kept = self.positions[layer] >= 0
+        k_all = np.concatenate([self.keys[layer][kept], k])
+        v_all = np.concatenate([self.values[layer][kept], v])
+        pos_all = np.concatenate([self.positions[layer][kept], positions])
+        last = slice(max(0, len(positions) - window), None)
+        slots = positions[last] % window
+        self.keys[layer][slots] = k[last]
+        self.values[layer][slots] = v[last]
+        self.positions[layer][slots] = positions[last]
+        return k_all, v_all, pos_all
+
+    def _reserve(self, layer: int, size: int) -> None:
+        have = self.keys[layer].shape[0]
+        if size <= have:
+            return
+        new = max(size, 2 * have)
+        grow = [(0, new - have), (0, 0), (0, 0)]
+        self.keys[layer] = np.pad(self.keys[layer], grow)
+        self.values[layer] = np.pad(self.values[layer], grow)
+        self.positions[layer] = np.pad(self.positions[layer], (0, new - have), constant_values=-1)

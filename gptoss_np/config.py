@@ -1,0 +1,180 @@
+"""The model's hyper-parameters, with Hugging Face `config.json` names.
+
+`GptOssConfig.from_dict` is the one place that renames fields and fills defaults:
+- `experts_per_token` (the openai/gpt-oss name) is an alias of `num_experts_per_tok`;
+- RoPE comes either as `rope_theta` + `rope_scaling` (the released gpt-oss-20b file) or as
+  `rope_parameters` with `rope_theta` inside (newer transformers);
+- a missing `layer_types` means alternating sliding / full attention, sliding first.
+Unknown keys are ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+LAYER_TYPES = ("sliding_attention", "full_attention")
+ROPE_TYPES = ("default", "yarn")
+
+
+class ConfigError(ValueError):
+    """A config.json that the engine cannot run; the message names the field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeParameters:
+    """RoPE settings: plain RoPE (`rope_type` "default") or YaRN (Hugging Face semantics)."""
+
+    rope_theta: float
+    rope_type: str = "default"
+    factor: float = 1.0
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    original_max_position_embeddings: int | None = None
+    truncate: bool = True  # transformers' default when the key is absent
+    attention_factor: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class GptOssConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    num_local_experts: int
+    num_experts_per_tok: int
+    sliding_window: int
+    layer_types: tuple[str, ...]
+    rope_parameters: RopeParameters
+    max_position_embeddings: int = 131072
+    rms_norm_eps: float = 1e-5
+    swiglu_limit: float = 7.0
+    swiglu_alpha: float = 1.702
+    attention_bias: bool = True
+    tie_word_embeddings: bool = False
+    eos_token_id: int | tuple[int, ...] | None = None
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+
+    @property
+    def kv_groups(self) -> int:
+        """Query heads per key/value head (GQA)."""
+        return self.num_attention_heads // self.num_key_value_heads
+
+    def window(self, layer: int) -> int | None:
+        """How many keys a query of `layer` sees (itself included), or None for full attention."""
+        return self.sliding_window if self.layer_types[layer] == "sliding_attention" else None
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "GptOssConfig":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config.json not found") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        try:
+            return cls.from_dict(data)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GptOssConfig":
+        d = dict(d)
+        if "num_experts_per_tok" not in d and "experts_per_token" in d:
+            d["num_experts_per_tok"] = d["experts_per_token"]
+        if d.get("head_dim") is None and "hidden_size" in d and "num_attention_heads" in d:
+            d["head_dim"] = d["hidden_size"] // d["num_attention_heads"]
+        if d.get("num_key_value_heads") is None and "num_attention_heads" in d:
+            d["num_key_value_heads"] = d["num_attention_heads"]
+        if d.get("layer_types") is None and "num_hidden_layers" in d:
+            d["layer_types"] = [LAYER_TYPES[i % 2] for i in range(_int(d, "num_hidden_layers"))]
+        d["layer_types"] = tuple(d["layer_types"]) if isinstance(d.get("layer_types"), list) else d.get("layer_types")
+        if isinstance(d.get("eos_token_id"), list):
+            d["eos_token_id"] = tuple(d["eos_token_id"])
+        d["rope_parameters"] = _rope_parameters(d)
+
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        missing = [name for name, f in fields.items() if f.default is dataclasses.MISSING and d.get(name) is None]
+        if missing:
+            raise ConfigError(f"missing field(s) {', '.join(missing)}")
+        config = cls(**{k: v for k, v in d.items() if k in fields})
+        config._validate()
+        return config
+
+    def _validate(self) -> None:
+        positive = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                    "num_key_value_heads", "head_dim", "num_local_experts", "num_experts_per_tok",
+                    "sliding_window", "max_position_embeddings"]
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("hidden_size", "intermediate_size"):
+            if getattr(self, name) % 32:
+                raise ConfigError(f"{name} = {getattr(self, name)} must be divisible by 32 (the MXFP4 block size)")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ConfigError(f"num_attention_heads = {self.num_attention_heads} must be divisible by "
+                              f"num_key_value_heads = {self.num_key_value_heads}")
+        if self.head_dim % 2:
+            raise ConfigError(f"head_dim = {self.head_dim} must be even (RoPE rotates pairs)")
+        if self.num_experts_per_tok > self.num_local_experts:
+            raise ConfigError(f"num_experts_per_tok = {self.num_experts_per_tok} exceeds "
+                              f"num_local_experts = {self.num_local_experts}")
+        if len(self.layer_types) != self.num_hidden_layers:
+            raise ConfigError(f"layer_types has {len(self.layer_types)} entries, "
+                              f"num_hidden_layers is {self.num_hidden_layers}")
+        unknown = sorted(set(self.layer_types) - set(LAYER_TYPES))
+        if unknown:
+            raise ConfigError(f"layer_types: unknown type(s) {unknown}; expected {list(LAYER_TYPES)}")
+        if not self.rms_norm_eps > 0:
+            raise ConfigError(f"rms_norm_eps must be positive, got {self.rms_norm_eps!r}")
+        if not self.swiglu_limit > 0:
+            raise ConfigError(f"swiglu_limit must be positive, got {self.swiglu_limit!r}")
+
+
+def _int(d: dict, name: str) -> int:
+    value = d[name]
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    return value
+
+
+def _rope_parameters(d: dict) -> RopeParameters | None:
+    """Merge `rope_theta` + `rope_scaling` (old style) or `rope_parameters` (new style) into one record."""
+    params = dict(d.get("rope_parameters") or d.get("rope_scaling") or {})
+    if "rope_theta" not in params and d.get("rope_theta") is not None:
+        params["rope_theta"] = d["rope_theta"]
+    if params.get("rope_theta") is None:
+        return None  # reported as a missing field
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type not in ROPE_TYPES:
+        raise ConfigError(f"rope_scaling.rope_type {rope_type!r} is not supported; expected one of {ROPE_TYPES}")
+    if rope_type == "default":
+        return RopeParameters(rope_theta=float(params["rope_theta"]))
+    original = params.get("original_max_position_embeddings", d.get("max_position_embeddings"))
+    factor = params.get("factor")
+    if factor is None:
+        if original is None or d.get("max_position_embeddings") is None:
+            raise ConfigError("rope_scaling.factor is missing")
+        factor = d["max_position_embeddings"] / original
+    if original is None:
+        raise ConfigError("rope_scaling.original_max_position_embeddings is missing")
+    if not factor > 0 or not math.isfinite(factor):
+        raise ConfigError(f"rope_scaling.factor must be positive, got {factor!r}")
+    return RopeParameters(
+        rope_theta=float(params["rope_theta"]),
+        rope_type="yarn",
+        factor=float(factor),
+        beta_fast=float(params.get("beta_fast") or 32.0),
+        beta_slow=float(params.get("beta_slow") or 1.0),
+        original_max_position_embeddings=int(original),
+        truncate=bool(params.get("truncate", True)),
+        attention_factor=params.get("attention_factor"),
+    )

@@ -1,0 +1,38 @@
+"""Token generation: prefill the prompt once, then decode one token at a time with the KV cache."""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from .sampling import sample
+
+
+def generate(model, token_ids: Sequence[int], max_new_tokens: int, *, temperature: float = 0.0,
+             top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
+             seed: int | None = None, stop_ids: Sequence[int] = ()) -> Iterator[int]:
+    """Yield up to `max_new_tokens` new ids; stop after yielding one of `stop_ids`.
+
+    Greedy at temperature 0; otherwise sampled (see sampling.py), reproducibly for a given seed.
+    """
+    ids = model.check_ids(token_ids)
+    if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
+    limit = model.config.max_position_embeddings
+    if len(ids) + max_new_tokens > limit:
+        raise ValueError(f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
+                         f"context of {limit} tokens (max_position_embeddings)")
+    rng = np.random.default_rng(seed)
+    stops = {int(s) for s in stop_ids}
+    if max_new_tokens == 0:
+        return
+    cache = model.new_cache(len(ids) + max_new_tokens)
+    logits = model.forward(ids, cache)  # [1, V]
+    for step in range(max_new_tokens):
+        token = sample(model.ops.to_numpy(logits[0]), temperature=temperature, top_k=top_k, top_p=top_p,
+                       min_p=min_p, rng=rng)
+        yield token
+        if token in stops or step == max_new_tokens - 1:
+            return
+        logits = model.forward(np.array([token]), cache)

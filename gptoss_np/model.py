@@ -1,0 +1,152 @@
+"""The gpt-oss transformer.
+
+    x = embed(tokens)
+    for each layer:
+        x = x + attention(rmsnorm(x))      # sinks, GQA, RoPE (YaRN), sliding window on some layers
+        x = x + moe(rmsnorm(x))            # top-k of E experts, MXFP4 weights, clamped SwiGLU
+    logits = lm_head(rmsnorm(x))
+
+The arithmetic lives in `ops` (see backend.py), so the same code runs on the CPU and the GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from . import backend, rope
+from .cache import KVCache
+from .checkpoint import EMBED, FINAL_NORM, LM_HEAD, Checkpoint
+from .config import GptOssConfig
+from .moe import MoEWeights, moe
+
+# T tokens, D hidden, H q-heads, G kv-heads, Dh head dim, E experts, A active experts, V vocab
+
+_PROGRESS_BYTES = 1 << 30  # show a progress bar when loading checkpoints larger than this
+
+
+@dataclass
+class AttentionWeights:
+    q: np.ndarray  # [H*Dh, D]
+    k: np.ndarray  # [G*Dh, D]
+    v: np.ndarray  # [G*Dh, D]
+    o: np.ndarray  # [D, H*Dh]
+    q_bias: np.ndarray | None  # [H*Dh]
+    k_bias: np.ndarray | None  # [G*Dh]
+    v_bias: np.ndarray | None  # [G*Dh]
+    o_bias: np.ndarray | None  # [D]
+    sinks: np.ndarray  # [H]
+
+
+@dataclass
+class Layer:
+    attn_norm: np.ndarray  # [D]
+    attn: AttentionWeights
+    mlp_norm: np.ndarray  # [D]
+    moe: MoEWeights
+
+
+class GptOss:
+    """A loaded model. `logits` scores a sequence, `generate` continues it."""
+
+    def __init__(self, checkpoint: Checkpoint, ops, progress: bool | None = None):
+        self.config: GptOssConfig = checkpoint.config
+        self.ops = ops
+        c = self.config
+        show = progress if progress is not None else checkpoint.nbytes > _PROGRESS_BYTES
+        self.layers = [self._layer(checkpoint.layer(i))
+                       for i in tqdm(range(c.num_hidden_layers), desc="loading layers", disable=not show)]
+        self.embedding = ops.matrix(checkpoint.tensor(EMBED))  # [V, D]
+        self.norm = ops.vector(checkpoint.tensor(FINAL_NORM))  # [D]
+        self.lm_head = self.embedding if c.tie_word_embeddings else ops.matrix(checkpoint.tensor(LM_HEAD))  # [V, D]
+        self.inv_freq, self.rope_scale = rope.inv_freq_and_scale(c)  # [Dh/2]
+
+    def _layer(self, t: dict[str, np.ndarray]) -> Layer:
+        ops = self.ops
+        bias = (lambda name: ops.vector(t[name])) if self.config.attention_bias else (lambda name: None)
+        attn = AttentionWeights(
+            q=ops.matrix(t["q"]), k=ops.matrix(t["k"]), v=ops.matrix(t["v"]), o=ops.matrix(t["o"]),
+            q_bias=bias("q_bias"), k_bias=bias("k_bias"), v_bias=bias("v_bias"), o_bias=bias("o_bias"),
+            sinks=ops.vector(t["sinks"]))
+        experts = MoEWeights(
+            router=ops.matrix(t["router"]), router_bias=ops.vector(t["router_bias"]),
+            gate_up_blocks=ops.packed(t["gate_up_blocks"]), gate_up_scales=ops.packed(t["gate_up_scales"]),
+            gate_up_bias=ops.vector(t["gate_up_bias"]),
+            down_blocks=ops.packed(t["down_blocks"]), down_scales=ops.packed(t["down_scales"]),
+            down_bias=ops.vector(t["down_bias"]))
+        return Layer(ops.vector(t["attn_norm"]), attn, ops.vector(t["mlp_norm"]), experts)
+
+    # ------------------------------------------------------------------ the transformer
+
+    def forward(self, token_ids: np.ndarray, cache: KVCache, all_logits: bool = False) -> np.ndarray:
+        """Run new tokens [T] after the `cache.length` tokens already in `cache`; returns the
+        logits [T, V] (all_logits) or [1, V] (the last position's), and advances the cache."""
+        c, ops = self.config, self.ops
+        positions = np.arange(cache.length, cache.length + len(token_ids))  # [T]
+        cos, sin = ops.rope_tables(self.inv_freq, self.rope_scale, positions)  # [T, Dh/2]
+        x = ops.embed(self.embedding, token_ids)  # [T, D]
+        for i, layer in enumerate(self.layers):
+            h = ops.rmsnorm(x, layer.attn_norm, c.rms_norm_eps)
+            x = x + self.attention(i, layer.attn, h, positions, cos, sin, cache)
+            h = ops.rmsnorm(x, layer.mlp_norm, c.rms_norm_eps)
+            x = x + moe(ops, layer.moe, h, c.num_experts_per_tok, c.swiglu_limit, c.swiglu_alpha)
+        cache.length += len(token_ids)
+        x = x if all_logits else x[-1:]
+        return ops.linear(ops.rmsnorm(x, self.norm, c.rms_norm_eps), self.lm_head)  # [T or 1, V]
+
+    def attention(self, i, w: AttentionWeights, x, positions, cos, sin, cache: KVCache):
+        """x [T, D] -> [T, D]: causal self-attention with sinks over the cached and new tokens."""
+        c, ops = self.config, self.ops
+        T, H, G, Dh = x.shape[0], c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        q = ops.linear(x, w.q, w.q_bias).reshape(T, H, Dh)
+        k = ops.linear(x, w.k, w.k_bias).reshape(T, G, Dh)
+        v = ops.linear(x, w.v, w.v_bias).reshape(T, G, Dh)
+        q, k = ops.rope(q, cos, sin), ops.rope(k, cos, sin)
+        k_all, v_all, k_pos = cache.update(i, k, v, positions)  # [S, G, Dh], [S, G, Dh], [S]
+        o = ops.attention(q, k_all, v_all, positions, k_pos, w.sinks, c.window(i), Dh ** -0.5)  # [T, H, Dh]
+        return ops.linear(o.reshape(T, H * Dh), w.o, w.o_bias)
+
+    # ------------------------------------------------------------------ public API
+
+    def new_cache(self, capacity: int = 256) -> KVCache:
+        return KVCache(self.config, capacity)
+
+    def logits(self, token_ids: Sequence[int]) -> np.ndarray:
+        """The logits [T, vocab_size] (float32) at every position of one sequence."""
+        ids = self.check_ids(token_ids)
+        return self.ops.to_numpy(self.forward(ids, self.new_cache(len(ids)), all_logits=True))
+
+    def generate(self, token_ids: Sequence[int], max_new_tokens: int, temperature: float = 0.0, *,
+                 top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
+                 seed: int | None = None, stop_ids: Sequence[int] = ()) -> Iterator[int]:
+        """Yield up to `max_new_tokens` new token ids (greedy at temperature 0), using the KV cache.
+        Stops after yielding a token in `stop_ids`."""
+        from .generate import generate
+        return generate(self, token_ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                        min_p=min_p, seed=seed, stop_ids=stop_ids)
+
+    def check_ids(self, token_ids: Sequence[int]) -> np.ndarray:
+        """token_ids as an int64 array [T]; ValueError if empty, not 1-D or out of the vocabulary."""
+        ids = np.asarray(token_ids)
+        if ids.ndim != 1:
+            raise ValueError(f"token_ids must be one sequence (1-D), got shape {ids.shape}")
+        if ids.size == 0:
+            raise ValueError("token_ids is empty: give at least one token")
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"token_ids must be integers, got {ids.dtype}")
+        V = self.config.vocab_size
+        bad = np.flatnonzero((ids < 0) | (ids >= V))
+        if bad.size:
+            raise ValueError(f"token id {ids[bad[0]]} at position {bad[0]} is outside the vocabulary "
+                             f"(vocab_size {V}: ids 0..{V - 1})")
+        return ids.astype(np.int64)
+
+
+def load(path: str | Path, device: str = "cpu", progress: bool | None = None) -> GptOss:
+    """Load a Hugging Face gpt-oss checkpoint folder on "cpu", "cuda" or "auto"."""
+    ops = backend.select(device)
+    return GptOss(Checkpoint(path), ops, progress=progress)

@@ -1,0 +1,64 @@
+"""The mixture-of-experts feed-forward layer with exact top-k routing.
+
+Each token's router picks its k best experts and weighs them by a softmax over those k logits.
+An expert is W_down . swiglu(W_gate_up . x + b_gate_up) + b_down with MXFP4 weights.
+One token (decode) runs its own k experts in one kernel call per projection. Several tokens are
+grouped by expert: each expert chosen by anyone runs once over all its tokens (the work shape that
+prefill needs), and its outputs are added back weighted. Both give the same answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# T tokens, D hidden, E experts, A active experts per token, I expert hidden size
+
+
+@dataclass
+class MoEWeights:
+    router: np.ndarray  # [E, D]
+    router_bias: np.ndarray  # [E]
+    gate_up_blocks: np.ndarray  # [E, 2I, D/32, 16] uint8, rows alternate gate, up
+    gate_up_scales: np.ndarray  # [E, 2I, D/32] uint8
+    gate_up_bias: np.ndarray  # [E, 2I]
+    down_blocks: np.ndarray  # [E, D, I/32, 16] uint8
+    down_scales: np.ndarray  # [E, D, I/32] uint8
+    down_bias: np.ndarray  # [E, D]
+
+
+def moe(ops, w: MoEWeights, x, k: int, limit: float, alpha: float):
+    """x [T, D] -> [T, D]."""
+    experts, weights = ops.route(ops.linear(x, w.router, w.router_bias), k)  # [T, A], [T, A]
+    if x.shape[0] == 1:
+        return _one_token(ops, w, x, experts[0], weights[0], limit, alpha)
+    return _grouped(ops, w, x, experts, weights, limit, alpha)
+
+
+def _one_token(ops, w, x, experts, weights, limit, alpha):
+    """x [1, D], experts / weights [A]."""
+    xs = np.repeat(x, len(experts), axis=0)  # [A, D]
+    h = ops.mxfp4_pairs(xs, w.gate_up_blocks, w.gate_up_scales, experts) + w.gate_up_bias[experts]  # [A, 2I]
+    h = ops.swiglu(h, limit, alpha)  # [A, I]
+    y = ops.mxfp4_pairs(h, w.down_blocks, w.down_scales, experts) + w.down_bias[experts]  # [A, D]
+    return weights[None, :] @ y  # [1, D]
+
+
+def _grouped(ops, w, x, experts, weights, limit, alpha):
+    """x [T, D], experts / weights [T, A]."""
+    T, A = experts.shape
+    order = np.argsort(experts.ravel(), kind="stable")  # (token, slot) pairs sorted by expert
+    sorted_experts = experts.ravel()[order]
+    starts = np.flatnonzero(np.r_[True, sorted_experts[1:] != sorted_experts[:-1]])
+    ends = np.r_[starts[1:], len(order)]
+    out = np.zeros_like(x)
+    for start, end in zip(starts, ends):
+        e = sorted_experts[start]
+        pairs = order[start:end]
+        tokens = pairs // A  # each token at most once per expert
+        h = ops.mxfp4_matmul(x[tokens], w.gate_up_blocks[e], w.gate_up_scales[e]) + w.gate_up_bias[e]  # [n, 2I]
+        h = ops.swiglu(h, limit, alpha)  # [n, I]
+        y = ops.mxfp4_matmul(h, w.down_blocks[e], w.down_scales[e]) + w.down_bias[e]  # [n, D]
+        out[tokens] += weights.ravel()[pairs, None] * y
+    return out

@@ -1,0 +1,152 @@
+"""Random gpt-oss checkpoints in the exact on-disk format of openai/gpt-oss-20b.
+
+`write_checkpoint(folder, config)` writes config.json (with `quantization_config`),
+generation_config.json and safetensors files: MXFP4 experts as uint8 blocks and e8m0 scales, every
+other tensor bf16, optionally sharded with a `model.safetensors.index.json`. Sizes go from tiny (tests)
+to the real 20b / 120b shapes (benchmarks): see `PRESETS`.
+
+Weights are random but scaled so a forward pass looks like a real one: unit-scale normalised inputs,
+attention scores of order one, router logits that separate experts, SwiGLU gates that only
+sometimes reach the clamp, and logits with a spread of a few units.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .checkpoint import INDEX_FILE, expected_tensors
+from .config import GptOssConfig
+from .kernels.bf16 import f32_to_bf16
+from .safetensors_io import write
+
+_GPT_OSS_20B = {
+    "architectures": ["GptOssForCausalLM"], "model_type": "gpt_oss",
+    "vocab_size": 201088, "hidden_size": 2880, "intermediate_size": 2880, "head_dim": 64,
+    "num_hidden_layers": 24, "num_attention_heads": 64, "num_key_value_heads": 8,
+    "num_local_experts": 32, "num_experts_per_tok": 4, "experts_per_token": 4,
+    "sliding_window": 128, "max_position_embeddings": 131072, "initial_context_length": 4096,
+    "rms_norm_eps": 1e-05, "rope_theta": 150000,
+    "rope_scaling": {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0,
+                     "original_max_position_embeddings": 4096, "truncate": False},
+    "swiglu_limit": 7.0, "attention_bias": True, "attention_dropout": 0.0, "hidden_act": "silu",
+    "tie_word_embeddings": False, "use_cache": True, "output_router_logits": False,
+    "router_aux_loss_coef": 0.9, "initializer_range": 0.02,
+    "eos_token_id": 200002, "pad_token_id": 199999,
+    "quantization_config": {"quant_method": "mxfp4", "modules_to_not_convert": [
+        "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]},
+}
+
+PRESETS = {
+    "gpt-oss-20b": _GPT_OSS_20B,
+    "gpt-oss-120b": {**_GPT_OSS_20B, "num_hidden_layers": 36, "num_local_experts": 128},
+    # the tiny default used by tests and examples: every feature of the real model at toy size
+    "tiny": {**_GPT_OSS_20B, "vocab_size": 512, "hidden_size": 64, "intermediate_size": 64, "head_dim": 16,
+             "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+             "num_local_experts": 8, "num_experts_per_tok": 2, "experts_per_token": 2, "sliding_window": 8,
+             "max_position_embeddings": 4096,
+             "rope_scaling": {**_GPT_OSS_20B["rope_scaling"], "original_max_position_embeddings": 64},
+             "eos_token_id": None, "pad_token_id": None},
+    # the CPU benchmark's mid-size model
+    "bench-cpu": {**_GPT_OSS_20B, "vocab_size": 32768, "hidden_size": 1024, "intermediate_size": 1024,
+                  "num_hidden_layers": 8, "num_attention_heads": 16, "num_key_value_heads": 4,
+                  "num_local_experts": 16, "num_experts_per_tok": 4, "experts_per_token": 4,
+                  "eos_token_id": None, "pad_token_id": None},
+}
+
+GENERATION_CONFIG = {"bos_token_id": 199998, "do_sample": True, "eos_token_id": [200002, 199999, 200012],
+                     "pad_token_id": 199999}
+
+# FP4 e2m1 values have mean square 68.5 / 8 when the 16 nibbles are equally likely
+_FP4_RMS = math.sqrt(68.5 / 8)
+
+
+def config_dict(preset: str = "tiny", *, rope_style: str = "scaling", **overrides) -> dict:
+    """A config.json dictionary: a preset with overrides.
+
+    rope_style "scaling" writes `rope_theta` + `rope_scaling` as the released checkpoints do;
+    "parameters" writes newer transformers' `rope_parameters` (rope_theta inside).
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    d = {**PRESETS[preset], **overrides}
+    if "num_experts_per_tok" in overrides:
+        d["experts_per_token"] = overrides["num_experts_per_tok"]
+    if "layer_types" not in overrides:
+        d["layer_types"] = ["sliding_attention" if i % 2 == 0 else "full_attention"
+                            for i in range(d["num_hidden_layers"])]
+    if rope_style == "parameters":
+        d["rope_parameters"] = {**d.pop("rope_scaling"), "rope_theta": d.pop("rope_theta")}
+    elif rope_style != "scaling":
+        raise ValueError(f"rope_style must be 'scaling' or 'parameters', got {rope_style!r}")
+    return d
+
+
+def write_checkpoint(folder: str | Path, config: dict | str = "tiny", *, seed: int = 0, shards: int = 1,
+                     progress: bool | None = None) -> Path:
+    """Write a random checkpoint with this config.json dict (or preset name) into `folder`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = config_dict(config) if isinstance(config, str) else dict(config)
+    c = GptOssConfig.from_dict(config)
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    (folder / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=2))
+
+    expected = expected_tensors(c)
+    names = list(expected)
+    groups = np.array_split(np.arange(len(names)), shards)
+    files = [f"model-{i + 1:05d}-of-{shards:05d}.safetensors" if shards > 1 else "model.safetensors"
+             for i in range(shards)]
+    rng = np.random.default_rng(seed)
+    weight_map, total = {}, 0
+    show = progress if progress is not None else c.num_hidden_layers * c.hidden_size > 4096
+    with tqdm(total=len(names), desc=f"writing {folder.name}", unit="tensor", disable=not show) as bar:
+        for fname, group in zip(files, groups):
+            tensors = {}
+            for i in group:
+                name = names[i]
+                tensors[name] = _random_tensor(name, expected[name][0], c, rng)
+                weight_map[name] = fname
+                total += tensors[name][1].nbytes
+                bar.update()
+            write(folder / fname, tensors, metadata={"format": "pt"})
+    if shards > 1:
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (folder / INDEX_FILE).write_text(json.dumps(index, indent=2))
+    return folder
+
+
+def _random_tensor(name: str, shape: tuple[int, ...], c: GptOssConfig, rng: np.random.Generator):
+    """(safetensors dtype, stored bits) of one random tensor, scaled by its role."""
+    D = c.hidden_size
+    if name.endswith("_blocks"):
+        return "U8", rng.integers(0, 256, shape, dtype=np.uint8)
+    if name.endswith("_scales"):
+        # weights ~ std / sqrt(fan_in): gate_up std 2.5 puts |gate| > 7 a few percent of the time
+        fan_in = shape[-1] * 32
+        std = (2.5 if "gate_up" in name else 1.0) / math.sqrt(fan_in)
+        exponent = 127 + round(math.log2(std / _FP4_RMS))
+        return "U8", (exponent + rng.integers(-1, 2, shape)).astype(np.uint8)
+    normal = rng.standard_normal(shape, dtype=np.float32)
+    if name.endswith(("norm.weight",)):
+        w = 1.0 + 0.1 * normal
+    elif name.endswith("sinks"):
+        w = normal
+    elif name.endswith("bias"):
+        w = 0.1 * normal
+    elif name == "model.embed_tokens.weight":
+        w = normal
+    elif name == "lm_head.weight":
+        w = 2.0 / math.sqrt(D) * normal
+    elif name.endswith(("q_proj.weight", "k_proj.weight")):
+        # q.k / sqrt(Dh) of order a few units
+        w = (c.head_dim ** 0.25) * 1.5 / math.sqrt(D) * normal
+    elif name.endswith("router.weight"):
+        w = 2.0 / math.sqrt(D) * normal
+    else:  # v_proj, o_proj
+        w = 1.0 / math.sqrt(shape[-1]) * normal
+    return "BF16", f32_to_bf16(w)

@@ -1,0 +1,43 @@
+"""Attention with per-head sinks, GQA and an optional sliding window (NumPy reference; the CPU path).
+
+Each query head h has a sink logit s_h: a virtual key that takes part in the softmax but has no value,
+so a head can put probability on "nothing". In online-softmax form: start the running max at s_h and
+add exp(s_h - m) to the denominator.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_MAX_SCORES = 1 << 24  # score elements per query chunk (64 MiB of float32)
+
+
+def attention_ref(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndarray, k_pos: np.ndarray,
+                  sinks: np.ndarray, window: int | None, scale: float) -> np.ndarray:
+    """q [T, H, Dh], k/v [S, G, Dh], positions q_pos [T], k_pos [S], sinks [H] -> [T, H, Dh].
+
+    Query t sees key s when k_pos[s] <= q_pos[t] and, with a window W, k_pos[s] > q_pos[t] - W.
+    Query head h reads kv head h // (H / G).
+    """
+    T, H, Dh = q.shape
+    S, G, _ = k.shape
+    R = H // G  # query heads per kv head
+    out = np.empty((T, H, Dh), dtype=np.float32)
+    chunk = max(1, _MAX_SCORES // max(1, H * S))
+    kg = k.transpose(1, 2, 0)  # [G, Dh, S]
+    vg = v.transpose(1, 0, 2)  # [G, S, Dh]
+    sink = sinks.reshape(G, R, 1, 1).astype(np.float32)
+    for t0 in range(0, T, chunk):
+        t1 = min(T, t0 + chunk)
+        qg = q[t0:t1].reshape(t1 - t0, G, R, Dh).transpose(1, 2, 0, 3)  # [G, R, t, Dh]
+        scores = (qg @ kg[:, None]) * np.float32(scale)  # [G, R, t, S]
+        visible = k_pos[None, :] <= q_pos[t0:t1, None]
+        if window is not None:
+            visible &= k_pos[None, :] > q_pos[t0:t1, None] - window
+        scores = np.where(visible, scores, -np.inf)
+        m = np.maximum(scores.max(axis=-1, keepdims=True), sink)
+        p = np.exp(scores - m)
+        denom = p.sum(axis=-1, keepdims=True) + np.exp(sink - m)
+        o = (p @ vg[:, None]) / denom  # [G, R, t, Dh]
+        out[t0:t1] = o.transpose(2, 0, 1, 3).reshape(t1 - t0, H, Dh)
+    return out

@@ -1,0 +1,82 @@
+"""bfloat16 weights: conversions, the NumPy reference matmul, and the Numba CPU kernel.
+
+NumPy has no bfloat16: a bf16 matrix is kept as its raw uint16 bits, the top half of a float32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+# Up to this many token rows the GEMV kernel runs; above it, tiles go to BLAS.
+GEMV_MAX_ROWS = 8
+_TILE_ROWS = 1024
+
+
+def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 bits (uint16) -> float32, exactly."""
+    return (np.asarray(bits).astype(np.uint32) << 16).view(np.float32)
+
+
+def f32_to_bf16(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bits (uint16), rounding to nearest even (as torch does)."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounded = u + (np.uint32(0x7FFF) + ((u >> 16) & 1))
+    return (rounded >> 16).astype(np.uint16)
+
+
+def matmul_ref(x: np.ndarray, w_bits: np.ndarray) -> np.ndarray:
+    """x [T, K] f32 @ W.T for a bf16 matrix W [N, K] -> [T, N]."""
+    return x @ bf16_to_f32(w_bits).T
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _gemv_kernel(x, w_bits, out):
+    """out[t, n] = W[n] . x[t], rows of W in parallel, each read once for all t."""
+    T, K = x.shape
+    N = w_bits.shape[0]
+    chunk = 8
+    for c in prange((N + chunk - 1) // chunk):
+        row_bits = np.empty(K, np.uint32)
+        row = row_bits.view(np.float32)
+        for n in range(c * chunk, min(c * chunk + chunk, N)):
+            for k in range(K):
+                row_bits[k] = np.uint32(w_bits[n, k]) << 16
+            for t in range(T):
+                acc = np.float32(0)
+                for k in range(K):
+                    acc += row[k] * x[t, k]
+                out[t, n] = acc
+
+
+@njit(parallel=True, cache=True)
+def _widen_kernel(w_bits, out):
+    """out [N, K] float32 = W, rows in parallel."""
+    N, K = w_bits.shape
+    out_bits = out.view(np.uint32)
+    for n in prange(N):
+        for k in range(K):
+            out_bits[n, k] = np.uint32(w_bits[n, k]) << 16
+
+
+def matmul(x: np.ndarray, w_bits: np.ndarray) -> np.ndarray:
+    """x [T, K] f32 @ W.T for a bf16 matrix W [N, K] (uint16 bits) -> [T, N] f32.
+
+    Few rows: the GEMV kernel reads W's 2-byte values directly. Many rows: tiles of W are
+    widened to float32 (never the whole matrix) and multiplied by BLAS.
+    """
+    T, K = x.shape
+    N = w_bits.shape[0]
+    if w_bits.shape != (N, K):
+        raise ValueError(f"bf16 matmul: x {x.shape} and W {w_bits.shape} do not fit")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.empty((T, N), dtype=np.float32)
+    if T <= GEMV_MAX_ROWS:
+        _gemv_kernel(x, w_bits, out)
+        return out
+    tile = np.empty((min(_TILE_ROWS, N), K), dtype=np.float32)
+    for r in range(0, N, _TILE_ROWS):
+        rows = min(_TILE_ROWS, N - r)
+        _widen_kernel(w_bits[r:r + rows], tile[:rows])
+        out[:, r:r + rows] = x @ tile[:rows].T
+    return out

@@ -1,0 +1,25 @@
+"""Mixture-of-experts pieces: router top-k, the clamped SwiGLU (NumPy reference; the CPU path)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def route_ref(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Router logits [T, E] -> chosen experts [T, k] (best first) and weights [T, k]: softmax over the k."""
+    top = np.argpartition(-logits, k - 1, axis=-1)[:, :k]
+    top_logits = np.take_along_axis(logits, top, axis=-1)
+    order = np.argsort(-top_logits, axis=-1, kind="stable")
+    experts = np.take_along_axis(top, order, axis=-1)
+    chosen = np.take_along_axis(top_logits, order, axis=-1)
+    weights = np.exp(chosen - chosen[:, :1])
+    return experts, (weights / weights.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def swiglu_ref(gate_up: np.ndarray, limit: float, alpha: float) -> np.ndarray:
+    """[T, 2I] with gate in even and up in odd columns -> [T, I]:
+    g = min(gate, limit), u = clip(up, -limit, limit), (u + 1) * g * sigmoid(alpha * g)."""
+    gate = np.minimum(gate_up[:, 0::2], np.float32(limit))
+    up = np.clip(gate_up[:, 1::2], np.float32(-limit), np.float32(limit))
+    with np.errstate(over="ignore"):  # exp overflows to inf for very negative gates: sigmoid -> 0
+        return (up + 1) * (gate / (1 + np.exp(-np.float32(alpha) * gate)))

@@ -1,0 +1,134 @@
+"""MXFP4 weights: the format, its NumPy reference, and the Numba CPU kernels.
+
+A weight matrix W [N, K] (N output rows, K inputs) is stored as
+  blocks uint8 [N, K/32, 16]: each byte holds two FP4 (e2m1) values, low nibble = element 2j,
+                              high nibble = element 2j+1 of the 32-element block;
+  scales uint8 [N, K/32]:     e8m0 exponents, the block's values are FP4 * 2**(scale - 127).
+Experts stack a leading axis E. Kernels read the packed bytes directly; only the reference dequantizes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+# FP4 e2m1 value of each nibble: sign bit 3, exponent bits 2-1, mantissa bit 0
+FP4_VALUES = np.array([+0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
+                       -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0], dtype=np.float32)
+
+# 2**(s - 128) for every e8m0 byte s: the block scale times the 1/2 that `_fp4_times2` leaves out
+_HALF_SCALE = np.ldexp(np.float32(1.0), np.arange(256) - 128).astype(np.float32)
+
+BLOCK = 32
+# Up to this many token rows per expert the fused GEMV kernel runs; above it, tiles go to BLAS.
+GEMV_MAX_ROWS = 8
+_TILE_ROWS = 512
+
+
+# ---------------------------------------------------------------- NumPy reference
+
+def dequantize(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """[..., N, K/32, 16] uint8 + [..., N, K/32] uint8 -> float32 [..., N, K]."""
+    values = np.empty(blocks.shape[:-1] + (BLOCK,), dtype=np.float32)
+    values[..., 0::2] = FP4_VALUES[blocks & 0x0F]
+    values[..., 1::2] = FP4_VALUES[blocks >> 4]
+    values = np.ldexp(values, scales.astype(np.int32)[..., None] - 127)
+    return values.reshape(blocks.shape[:-2] + (-1,))
+
+
+def matmul_ref(x: np.ndarray, blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """x [T, K] @ W.T for one MXFP4 matrix W [N, K] -> [T, N]."""
+    return x @ dequantize(blocks, scales).T
+
+
+# ---------------------------------------------------------------- Numba CPU kernels
+
+@njit(inline="always")
+def _fp4_times2(nibble):
+    """Twice the FP4 value of a nibble, an integer in -12..12 (no table lookup, so it vectorizes)."""
+    magnitude = nibble & 7
+    exponent = magnitude >> 1
+    mantissa = magnitude & 1
+    twice = mantissa if exponent == 0 else (2 + mantissa) << (exponent - 1)
+    return -twice if nibble & 8 else twice
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _gemv_pairs_kernel(x_even, x_odd, blocks, scales, experts, out):
+    """out[p, n] = W[experts[p]][n] . x[p] for every pair p; rows of all pairs in parallel.
+
+    (Tuple assignments in the loops stop LLVM from vectorizing them: one name per line.)
+
+    x_even / x_odd [P, K/2] are x's even and odd elements, so the low and high nibbles of a byte
+    multiply contiguous vectors. Each block's 16 lane sums are scaled and kept per lane until the
+    row ends, so the inner loop stays a plain vector loop.
+    """
+    P, N, G = x_even.shape[0], blocks.shape[1], blocks.shape[2]
+    chunk = 16
+    for c in prange((P * N + chunk - 1) // chunk):
+        lanes = np.empty(16, np.float32)
+        for i in range(c * chunk, min(c * chunk + chunk, P * N)):
+            p = i // N
+            n = i % N
+            e = experts[p]
+            lanes[:] = 0
+            for g in range(G):
+                s = _HALF_SCALE[scales[e, n, g]]
+                for j in range(16):
+                    byte = np.int32(blocks[e, n, g, j])
+                    lo = np.float32(_fp4_times2(byte & 15))
+                    hi = np.float32(_fp4_times2(byte >> 4))
+                    lanes[j] += (lo * x_even[p, g * 16 + j] + hi * x_odd[p, g * 16 + j]) * s
+            out[p, n] = lanes.sum()
+
+
+@njit(parallel=True, cache=True)
+def _dequantize_kernel(blocks, scales, out):
+    """out [N, K] float32 = W, rows in parallel."""
+    N = blocks.shape[0]
+    G = blocks.shape[1]
+    for n in prange(N):
+        for g in range(G):
+            s = _HALF_SCALE[scales[n, g]]
+            for j in range(16):
+                byte = np.int32(blocks[n, g, j])
+                lo = np.float32(_fp4_times2(byte & 15))
+                hi = np.float32(_fp4_times2(byte >> 4))
+                out[n, g * 32 + 2 * j] = lo * s
+                out[n, g * 32 + 2 * j + 1] = hi * s
+
+
+def gemv_pairs(x: np.ndarray, blocks: np.ndarray, scales: np.ndarray, experts: np.ndarray) -> np.ndarray:
+    """Row p of x times expert experts[p]'s matrix: x [P, K] f32, blocks [E, N, K/32, 16] -> [P, N] f32.
+
+    Only the bytes of the experts named in `experts` are read.
+    """
+    P, K = x.shape
+    E, N, G, _ = blocks.shape
+    if K != G * BLOCK or scales.shape != (E, N, G) or experts.shape != (P,):
+        raise ValueError(f"mxfp4 gemv: x {x.shape}, blocks {blocks.shape}, scales {scales.shape}, "
+                         f"experts {experts.shape} do not fit")
+    x = np.asarray(x, dtype=np.float32)
+    out = np.empty((P, N), dtype=np.float32)
+    _gemv_pairs_kernel(np.ascontiguousarray(x[:, 0::2]), np.ascontiguousarray(x[:, 1::2]),
+                       blocks, scales, experts.astype(np.int64), out)
+    return out
+
+
+def matmul(x: np.ndarray, blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """x [T, K] f32 @ W.T for one MXFP4 matrix W (blocks [N, K/32, 16], scales [N, K/32]) -> [T, N].
+
+    Few rows: the fused GEMV. Many rows: tiles of W are dequantized into a small buffer (never the
+    whole matrix) and multiplied by BLAS, which reuses each tile for all T rows.
+    """
+    T = x.shape[0]
+    N = blocks.shape[0]
+    if T <= GEMV_MAX_ROWS:
+        return gemv_pairs(x, blocks[None], scales[None], np.zeros(T, dtype=np.int64))
+    out = np.empty((T, N), dtype=np.float32)
+    tile = np.empty((min(_TILE_ROWS, N), blocks.shape[1] * BLOCK), dtype=np.float32)
+    for r in range(0, N, _TILE_ROWS):
+        rows = min(_TILE_ROWS, N - r)
+        _dequantize_kernel(blocks[r:r + rows], scales[r:r + rows], tile[:rows])
+        out[:, r:r + rows] = x @ tile[:rows].T
+    return out
