@@ -4,7 +4,8 @@
 - `experts_per_token` (the openai/gpt-oss name) is an alias of `num_experts_per_tok`;
 - RoPE comes either as `rope_theta` + `rope_scaling` (the released gpt-oss-20b file) or as
   `rope_parameters` with `rope_theta` inside (newer transformers);
-- a missing `layer_types` means alternating sliding / full attention, sliding first.
+- a missing `layer_types` means alternating sliding / full attention, sliding first;
+- missing RoPE scaling means gpt-oss's YaRN (factor 32 over 4096 positions), as in transformers.
 Unknown keys are ignored.
 """
 
@@ -146,9 +147,14 @@ def _int(d: dict, name: str) -> int:
     return value
 
 
+# what transformers' GptOssConfig assumes when config.json has neither rope_scaling nor rope_parameters
+DEFAULT_ROPE = {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0,
+                "truncate": False, "original_max_position_embeddings": 4096}
+
+
 def _rope_parameters(d: dict) -> RopeParameters | None:
     """Merge `rope_theta` + `rope_scaling` (old style) or `rope_parameters` (new style) into one record."""
-    params = dict(d.get("rope_parameters") or d.get("rope_scaling") or {})
+    params = dict(d.get("rope_parameters") or d.get("rope_scaling") or DEFAULT_ROPE)
     if "rope_theta" not in params and d.get("rope_theta") is not None:
         params["rope_theta"] = d["rope_theta"]
     if params.get("rope_theta") is None:

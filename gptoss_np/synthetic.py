@@ -48,7 +48,7 @@ PRESETS = {
     "tiny": {**_GPT_OSS_20B, "vocab_size": 512, "hidden_size": 64, "intermediate_size": 64, "head_dim": 16,
              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
              "num_local_experts": 8, "num_experts_per_tok": 2, "experts_per_token": 2, "sliding_window": 8,
-             "max_position_embeddings": 4096,
+             "max_position_embeddings": 2048,
              "rope_scaling": {**_GPT_OSS_20B["rope_scaling"], "original_max_position_embeddings": 64},
              "eos_token_id": None, "pad_token_id": None},
     # the CPU benchmark's mid-size model
@@ -58,6 +58,7 @@ PRESETS = {
                   "eos_token_id": None, "pad_token_id": None},
 }
 
+# the released generation_config.json; ids beyond a small synthetic vocabulary are left out
 GENERATION_CONFIG = {"bos_token_id": 199998, "do_sample": True, "eos_token_id": [200002, 199999, 200012],
                      "pad_token_id": 199999}
 
@@ -94,7 +95,7 @@ def write_checkpoint(folder: str | Path, config: dict | str = "tiny", *, seed: i
     config = config_dict(config) if isinstance(config, str) else dict(config)
     c = GptOssConfig.from_dict(config)
     (folder / "config.json").write_text(json.dumps(config, indent=2))
-    (folder / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=2))
+    (folder / "generation_config.json").write_text(json.dumps(_generation_config(c), indent=2))
 
     expected = expected_tensors(c)
     names = list(expected)
@@ -118,6 +119,14 @@ def write_checkpoint(folder: str | Path, config: dict | str = "tiny", *, seed: i
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (folder / INDEX_FILE).write_text(json.dumps(index, indent=2))
     return folder
+
+
+def _generation_config(c: GptOssConfig) -> dict:
+    g = {k: v for k, v in GENERATION_CONFIG.items() if not isinstance(v, int) or v < c.vocab_size}
+    g["eos_token_id"] = [i for i in g["eos_token_id"] if i < c.vocab_size]
+    if not g["eos_token_id"]:
+        del g["eos_token_id"]
+    return g
 
 
 def _random_tensor(name: str, shape: tuple[int, ...], c: GptOssConfig, rng: np.random.Generator):

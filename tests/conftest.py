@@ -1,0 +1,78 @@
+"""Shared fixtures: synthetic checkpoints in the real on-disk format, and transformers as the oracle."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gptoss_np import synthetic
+
+# Checkpoints that differ in what the engine must get right. Each is (config.json overrides,
+# rope style, shards); all derive from the "tiny" preset.
+CHECKPOINTS = {
+    # GQA 2:1, 8 experts top-2, window 8, YaRN with original context 64 (tests run past it)
+    "tiny": ({}, "scaling", 1),
+    # GQA 4:1, 16 experts top-4, 3 layers, newer rope_parameters, truncated YaRN ramp, sharded
+    "gqa4_sharded": (dict(num_attention_heads=8, num_key_value_heads=2, head_dim=32, hidden_size=96,
+                          intermediate_size=32, num_hidden_layers=3, num_local_experts=16,
+                          num_experts_per_tok=4, sliding_window=16,
+                          rope_scaling={"rope_type": "yarn", "factor": 8.0, "beta_fast": 32.0, "beta_slow": 1.0,
+                                        "original_max_position_embeddings": 48, "truncate": True},
+                          max_position_embeddings=384), "parameters", 3),
+    # no GQA, every expert active, no attention bias, tied embeddings, plain RoPE, all full attention
+    "mha_tied": (dict(num_attention_heads=4, num_key_value_heads=4, head_dim=16, hidden_size=64,
+                      intermediate_size=96, num_hidden_layers=2, num_local_experts=4, num_experts_per_tok=4,
+                      attention_bias=False, tie_word_embeddings=True, rope_scaling={"rope_type": "default"},
+                      rope_theta=10000.0,
+                      layer_types=["full_attention", "full_attention"]), "scaling", 1),
+    # one expert per token, all sliding layers with window 5, no RoPE settings (gpt-oss's YaRN default)
+    "top1_sliding": (dict(num_local_experts=6, num_experts_per_tok=1, sliding_window=5, rope_scaling=None,
+                          layer_types=["sliding_attention", "sliding_attention"]), "scaling", 2),
+}
+
+
+def write(folder, name: str, seed: int = 0):
+    overrides, rope_style, shards = CHECKPOINTS[name]
+    config = synthetic.config_dict("tiny", rope_style=rope_style, **overrides)
+    if config.get("rope_scaling", "absent") is None:
+        del config["rope_scaling"]
+    return synthetic.write_checkpoint(folder, config, seed=seed, shards=shards)
+
+
+@pytest.fixture(scope="session")
+def checkpoint_dir(tmp_path_factory):
+    """checkpoint_dir(name) -> folder of that synthetic checkpoint (written once per session)."""
+    made = {}
+
+    def get(name: str):
+        if name not in made:
+            made[name] = write(tmp_path_factory.mktemp(name), name)
+        return made[name]
+    return get
+
+
+@pytest.fixture(scope="session")
+def hf_model():
+    """hf_model(folder) -> transformers' GptOssForCausalLM on the CPU in float32, eager attention."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    transformers.logging.set_verbosity_error()
+    loaded = {}
+
+    def get(folder):
+        if folder not in loaded:
+            loaded[folder] = transformers.AutoModelForCausalLM.from_pretrained(
+                folder, dtype=torch.float32, attn_implementation="eager",
+                quantization_config=transformers.Mxfp4Config(dequantize=True)).eval()
+        return loaded[folder]
+    return get
+
+
+def hf_logits(model, ids) -> np.ndarray:
+    import torch
+    with torch.no_grad():
+        return model(torch.tensor(np.asarray(ids))[None]).logits[0].float().numpy()
+
+
+def rel_err(a, b) -> float:
+    return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(np.asarray(b, np.float64)))

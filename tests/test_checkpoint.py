@@ -1,0 +1,157 @@
+"""Loading checkpoints: config styles, single and sharded files, and errors that name the culprit."""
+
+from __future__ import annotations
+
+import json
+import mmap
+import shutil
+
+import numpy as np
+import pytest
+
+import gptoss_np
+from gptoss_np import synthetic
+from gptoss_np.checkpoint import Checkpoint, CheckpointError
+from gptoss_np.config import ConfigError, GptOssConfig
+from gptoss_np.safetensors_io import SafetensorsFile, write
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    return synthetic.write_checkpoint(tmp_path / "tiny", "tiny")
+
+
+def test_real_20b_config_file():
+    c = GptOssConfig.from_dict(synthetic.config_dict("gpt-oss-20b"))
+    assert (c.hidden_size, c.num_hidden_layers, c.num_local_experts, c.num_experts_per_tok) == (2880, 24, 32, 4)
+    assert c.layer_types[:2] == ("sliding_attention", "full_attention")
+    assert c.window(0) == 128 and c.window(1) is None and c.kv_groups == 8
+    r = c.rope_parameters
+    assert (r.rope_type, r.rope_theta, r.factor, r.original_max_position_embeddings, r.truncate) == \
+        ("yarn", 150000.0, 32.0, 4096, False)
+
+
+def test_rope_styles_agree():
+    old = GptOssConfig.from_dict(synthetic.config_dict("gpt-oss-20b", rope_style="scaling"))
+    new = GptOssConfig.from_dict(synthetic.config_dict("gpt-oss-20b", rope_style="parameters"))
+    assert old == new
+
+
+def test_aliases_and_defaults():
+    d = synthetic.config_dict("tiny")
+    del d["num_experts_per_tok"], d["layer_types"]
+    d["experts_per_token"] = 2
+    c = GptOssConfig.from_dict({**d, "unknown_key": 1})
+    assert c.num_experts_per_tok == 2
+    assert c.layer_types == ("sliding_attention", "full_attention")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("hidden_size", 100, "hidden_size = 100 must be divisible by 32"),
+    ("intermediate_size", 48, "intermediate_size = 48 must be divisible by 32"),
+    ("num_key_value_heads", 3, "num_attention_heads = 4 must be divisible by num_key_value_heads = 3"),
+    ("num_experts_per_tok", 9, "num_experts_per_tok = 9 exceeds num_local_experts = 8"),
+    ("layer_types", ["full_attention"], "layer_types has 1 entries"),
+    ("layer_types", ["full_attention", "chunked"], "unknown type"),
+    ("vocab_size", 0, "vocab_size must be a positive integer"),
+    ("rope_scaling", {"rope_type": "longrope", "factor": 2.0}, "rope_type 'longrope' is not supported"),
+])
+def test_config_validation_names_the_field(field, value, message):
+    d = synthetic.config_dict("tiny", **{field: value})
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        GptOssConfig.from_dict(d)
+
+
+def test_missing_config_field(tiny):
+    d = json.loads((tiny / "config.json").read_text())
+    del d["num_local_experts"]
+    (tiny / "config.json").write_text(json.dumps(d))
+    with pytest.raises(ConfigError, match="config.json: missing field.*num_local_experts"):
+        gptoss_np.load(tiny)
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        gptoss_np.load(tmp_path / "nowhere")
+
+
+def test_missing_config(tiny):
+    (tiny / "config.json").unlink()
+    with pytest.raises(ConfigError, match="config.json not found"):
+        gptoss_np.load(tiny)
+
+
+def test_truncated_safetensors(tiny):
+    f = tiny / "model.safetensors"
+    data = f.read_bytes()
+    f.write_bytes(data[:len(data) - 1000])
+    with pytest.raises(CheckpointError, match="model.safetensors: truncated: tensor '.*' ends at byte"):
+        gptoss_np.load(tiny)
+    f.write_bytes(data[:5])
+    with pytest.raises(CheckpointError, match="too short"):
+        gptoss_np.load(tiny)
+
+
+def _rewrite(folder, change):
+    """Rewrite model.safetensors with change(tensors) applied to {name: (dtype, array)}."""
+    f = SafetensorsFile(folder / "model.safetensors")
+    tensors = {name: (info.dtype, np.array(f.get(name))) for name, info in f.tensors.items()}
+    change(tensors)
+    (folder / "model.safetensors").unlink()
+    write(folder / "model.safetensors", tensors)
+
+
+def test_missing_tensor(tiny):
+    _rewrite(tiny, lambda t: t.pop("model.layers.1.self_attn.sinks"))
+    with pytest.raises(CheckpointError, match="'model.layers.1.self_attn.sinks' is missing"):
+        gptoss_np.load(tiny)
+
+
+def test_wrong_shape(tiny):
+    def change(t):
+        dtype, a = t["model.layers.0.mlp.experts.down_proj_scales"]
+        t["model.layers.0.mlp.experts.down_proj_scales"] = (dtype, a[:, :, :1].copy())
+    _rewrite(tiny, change)
+    with pytest.raises(CheckpointError, match=r"model.safetensors: tensor 'model.layers.0.mlp.experts.down_proj_scales'"
+                                              r" has shape \[8, 64, 1\], config.json implies \[8, 64, 2\]"):
+        gptoss_np.load(tiny)
+
+
+def test_wrong_dtype(tiny):
+    def change(t):
+        _, a = t["model.layers.0.mlp.experts.gate_up_proj_blocks"]
+        t["model.layers.0.mlp.experts.gate_up_proj_blocks"] = ("I8", a.view(np.int8))
+    _rewrite(tiny, change)
+    with pytest.raises(CheckpointError, match="gate_up_proj_blocks' has dtype I8, expected U8"):
+        gptoss_np.load(tiny)
+
+
+def test_index_names_a_missing_shard(tmp_path):
+    folder = synthetic.write_checkpoint(tmp_path / "sharded", "tiny", shards=2)
+    (folder / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="model-00002-of-00002.safetensors: safetensors file not found"):
+        gptoss_np.load(folder)
+
+
+def test_sharded_equals_single(tmp_path):
+    single = gptoss_np.load(synthetic.write_checkpoint(tmp_path / "one", "tiny", seed=4))
+    sharded = gptoss_np.load(synthetic.write_checkpoint(tmp_path / "three", "tiny", seed=4, shards=3))
+    assert (tmp_path / "three" / "model.safetensors.index.json").exists()
+    ids = [1, 2, 3, 4, 5]
+    np.testing.assert_array_equal(single.logits(ids), sharded.logits(ids))
+
+
+def test_tensors_stay_memory_mapped_and_packed(tiny):
+    ck = Checkpoint(tiny)
+    blocks = ck.tensor("model.layers.0.mlp.experts.gate_up_proj_blocks")
+    assert blocks.dtype == np.uint8 and blocks.shape == (8, 128, 2, 16)
+    base = blocks
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = base.base
+    assert isinstance(base, mmap.mmap) and not blocks.flags.writeable
+    assert ck.tensor("model.embed_tokens.weight").dtype == np.uint16  # bf16 bits, not widened
+
+
+def test_copy_of_checkpoint_loads(tiny, tmp_path):
+    copy = shutil.copytree(tiny, tmp_path / "copy")
+    assert gptoss_np.load(copy).config == gptoss_np.load(tiny).config

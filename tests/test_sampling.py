@@ -1,0 +1,165 @@
+"""gptoss_np.sampling against hand-worked examples and brute-force oracles."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from gptoss_np.sampling import filter_probs, sample
+
+
+def logits_of(probs):
+    """Logits whose softmax is `probs`."""
+    return np.log(np.asarray(probs, dtype=np.float64))
+
+
+def support(probs):
+    return set(np.flatnonzero(probs).tolist())
+
+
+def test_no_filter_is_the_softmax():
+    logits = [2.0, -1.0, 0.5, 3.0]
+    expected = [math.exp(v) for v in logits]
+    probs = filter_probs(logits)
+    assert probs.dtype == np.float64
+    np.testing.assert_allclose(probs, np.array(expected) / sum(expected), rtol=1e-12)
+
+
+@pytest.mark.parametrize("temperature", [0.25, 0.5, 2.0, 10.0])
+def test_temperature_scales_the_logits(temperature):
+    q = [0.5, 0.25, 0.125, 0.0625, 0.0625]
+    powered = [p ** (1 / temperature) for p in q]  # softmax(log q / T) is q**(1/T), renormalised
+    expected = np.array(powered) / sum(powered)
+    np.testing.assert_allclose(filter_probs(logits_of(q), temperature=temperature), expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 17, 49, 50, 80])
+def test_top_k_keeps_exactly_the_k_largest(k):
+    rng = np.random.default_rng(k)
+    logits = rng.standard_normal(50).tolist()
+    largest = sorted(range(50), key=lambda i: -logits[i])[:k]
+    total = sum(math.exp(logits[i]) for i in largest)
+    expected = [math.exp(logits[i]) / total if i in largest else 0.0 for i in range(50)]
+    np.testing.assert_allclose(filter_probs(logits, top_k=k), expected, rtol=1e-12, atol=0)
+
+
+def test_top_k_breaks_ties_towards_lower_ids():
+    assert support(filter_probs([1.0, 3.0, 3.0, 3.0, 0.0], top_k=2)) == {1, 2}
+
+
+@pytest.mark.parametrize("top_p, kept", [
+    (0.3, {1}), (0.6, {1, 3}), (0.71, {1, 3, 4}), (0.9, {1, 3, 4, 2}), (0.99, {0, 1, 2, 3, 4}),
+    (1.0, {0, 1, 2, 3, 4}),
+])
+def test_top_p_keeps_the_nucleus(top_p, kept):
+    q = [0.05, 0.5, 0.1, 0.2, 0.15]
+    probs = filter_probs(logits_of(q), top_p=top_p)
+    assert support(probs) == kept
+    total = sum(q[i] for i in kept)
+    np.testing.assert_allclose([probs[i] for i in sorted(kept)], [q[i] / total for i in sorted(kept)],
+                               rtol=1e-12)
+
+
+def _brute_force_nucleus(q, top_p):
+    """Among the smallest subsets whose mass reaches top_p, the one with the most mass."""
+    for size in range(1, len(q) + 1):
+        reaching = [s for s in itertools.combinations(range(len(q)), size)
+                    if sum(q[i] for i in s) >= top_p]
+        if reaching:
+            return set(max(reaching, key=lambda s: sum(q[i] for i in s)))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_top_p_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    q = rng.dirichlet(np.ones(8))
+    top_p = float(rng.uniform(0.05, 0.99))
+    assert support(filter_probs(logits_of(q), top_p=top_p)) == _brute_force_nucleus(q.tolist(), top_p)
+
+
+def test_top_p_on_a_large_flat_vocabulary():
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal(20000) * 0.5
+    weights = [math.exp(v) for v in logits.tolist()]
+    total, order = sum(weights), sorted(range(20000), key=lambda i: -weights[i])
+    mass, nucleus = 0.0, set()
+    for i in order:
+        nucleus.add(i)
+        mass += weights[i] / total
+        if mass >= 0.8:
+            break
+    assert len(nucleus) > 5000
+    assert support(filter_probs(logits, top_p=0.8)) == nucleus
+
+
+@pytest.mark.parametrize("min_p, kept", [(0.0, {0, 1, 2, 3, 4}), (0.2, {0, 1, 2, 4}),
+                                         (0.3, {0, 1, 4}), (0.5, {0, 1}), (1.0, {0})])
+def test_min_p_keeps_tokens_above_a_fraction_of_the_top(min_p, kept):
+    q = [0.4, 0.3, 0.1, 0.05, 0.15]
+    probs = filter_probs(logits_of(q), min_p=min_p)
+    assert support(probs) == kept
+    total = sum(q[i] for i in kept)
+    np.testing.assert_allclose(probs[sorted(kept)], [q[i] / total for i in sorted(kept)], rtol=1e-12)
+
+
+def test_top_p_sees_the_top_k_renormalised_probabilities():
+    # top-k keeps 0.4 and 0.3; renormalised, 0.4 alone is 4/7 >= 0.5.
+    assert support(filter_probs(logits_of([0.4, 0.3, 0.2, 0.1]), top_k=2, top_p=0.5)) == {0}
+
+
+def test_min_p_comes_after_top_p():
+    # top-p 0.75 keeps {0, 1, 2}; min-p 0.45 then needs >= 0.18: all three stay.
+    # (min-p first would keep {0, 1, 2} and top-p on that renormalised set only {0, 1}.)
+    probs = filter_probs(logits_of([0.4, 0.3, 0.2, 0.1]), top_p=0.75, min_p=0.45)
+    assert support(probs) == {0, 1, 2}
+
+
+def test_greedy_is_the_argmax():
+    logits = np.array([0.1, 5.0, -2.0, 4.9])
+    assert sample(logits) == 1
+    assert sample(logits, temperature=0.0, top_k=3, top_p=0.5, rng=np.random.default_rng(0)) == 1
+    assert sample([1.0, 7.0, 7.0]) == 1
+    np.testing.assert_array_equal(filter_probs(logits, temperature=0.0), [0, 1, 0, 0])
+
+
+def test_same_seed_same_tokens():
+    logits = np.random.default_rng(0).standard_normal(1000)
+
+    def draws(seed):
+        rng = np.random.default_rng(seed)
+        return [sample(logits, temperature=0.8, top_k=100, top_p=0.95, rng=rng) for _ in range(200)]
+    assert draws(7) == draws(7)
+    assert draws(7) != draws(8)
+
+
+def test_draws_follow_the_filtered_distribution():
+    q = np.array([0.4, 0.3, 0.1, 0.05, 0.15])
+    rng = np.random.default_rng(1)
+    n = 20000
+    counts = np.bincount([sample(logits_of(q), temperature=1.0, min_p=0.3, rng=rng) for _ in range(n)],
+                         minlength=5)
+    expected = np.array([0.4, 0.3, 0.0, 0.0, 0.15]) / 0.85
+    assert counts[2] == counts[3] == 0
+    sigma = np.sqrt(n * expected * (1 - expected))
+    assert np.all(np.abs(counts - n * expected) <= 5 * sigma + 1e-9)
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"temperature": -0.1}, "temperature"), ({"temperature": float("nan")}, "temperature"),
+    ({"top_k": 0}, "top_k"), ({"top_k": 2.5}, "top_k"),
+    ({"top_p": 0.0}, "top_p"), ({"top_p": 1.5}, "top_p"), ({"top_p": float("nan")}, "top_p"),
+    ({"min_p": -0.1}, "min_p"), ({"min_p": 1.01}, "min_p"),
+])
+def test_invalid_arguments_name_the_argument(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        sample([0.0, 1.0], **{"temperature": 1.0, **kwargs})
+    with pytest.raises(ValueError, match=name):
+        filter_probs([0.0, 1.0], **{"temperature": 1.0, **kwargs})
+
+
+def test_logits_must_be_a_vector():
+    with pytest.raises(ValueError, match="logits"):
+        filter_probs(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="logits"):
+        sample([], temperature=1.0)
