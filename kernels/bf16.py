@@ -30,22 +30,24 @@ def matmul_ref(x: np.ndarray, w_bits: np.ndarray) -> np.ndarray:
     return x @ bf16_to_f32(w_bits).T
 
 
+@njit(inline="always")
+def _bf16(bits):
+    """One bf16 value (uint16 bits) as float32."""
+    return np.uint32(np.uint32(bits) << 16).view(np.float32)
+
+
 @njit(parallel=True, fastmath=True, cache=True)
 def _gemv_kernel(x, w_bits, out):
-    """out[t, n] = W[n] . x[t], rows of W in parallel, each read once for all t."""
+    """out[t, n] = W[n] . x[t], rows of W in parallel."""
     T, K = x.shape
     N = w_bits.shape[0]
     chunk = 8
     for c in prange((N + chunk - 1) // chunk):
-        row_bits = np.empty(K, np.uint32)
-        row = row_bits.view(np.float32)
         for n in range(c * chunk, min(c * chunk + chunk, N)):
-            for k in range(K):
-                row_bits[k] = np.uint32(w_bits[n, k]) << 16
             for t in range(T):
                 acc = np.float32(0)
                 for k in range(K):
-                    acc += row[k] * x[t, k]
+                    acc += _bf16(w_bits[n, k]) * x[t, k]
                 out[t, n] = acc
 
 
@@ -53,10 +55,9 @@ def _gemv_kernel(x, w_bits, out):
 def _widen_kernel(w_bits, out):
     """out [N, K] float32 = W, rows in parallel."""
     N, K = w_bits.shape
-    out_bits = out.view(np.uint32)
     for n in prange(N):
         for k in range(K):
-            out_bits[n, k] = np.uint32(w_bits[n, k]) << 16
+            out[n, k] = _bf16(w_bits[n, k])
 
 
 def matmul(x: np.ndarray, w_bits: np.ndarray) -> np.ndarray:
