@@ -152,8 +152,8 @@ def _random_tensor(name: str, shape: tuple[int, ...], c: GptOssConfig, rng: np.r
     elif name == "lm_head.weight":
         w = 2.0 / math.sqrt(D) * normal
     elif name.endswith(("q_proj.weight", "k_proj.weight")):
-        # q.k / sqrt(Dh) of order a few units
-        w = (c.head_dim ** 0.25) * 1.5 / math.sqrt(D) * normal
+        # q and k entries of std ~1.2, so q.k / sqrt(Dh) has std ~1.5 at any head size
+        w = 1.2 / math.sqrt(D) * normal
     elif name.endswith("router.weight"):
         w = 2.0 / math.sqrt(D) * normal
     else:  # v_proj, o_proj
