@@ -91,7 +91,8 @@ class Checkpoint:
             raise FileNotFoundError(f"checkpoint folder {self.folder} does not exist")
         self.config = GptOssConfig.from_file(self.folder / "config.json")
         self._files = self._open_files()
-        self.nbytes = sum(info.end - info.begin for f in self._files.values() for info in f.tensors.values())
+        files = {id(f): f for f in self._files.values()}.values()
+        self.nbytes = sum(info.end - info.begin for f in files for info in f.tensors.values())
         self._validate()
 
     def _open_files(self) -> dict[str, SafetensorsFile]:

@@ -108,7 +108,7 @@ def build_o200k_harmony() -> tokenizers.Tokenizer:
     return hf
 
 
-def _cache_dir(cache_dir: str | os.PathLike | None) -> Path:
+def cache_dir_for(cache_dir: str | os.PathLike | None) -> Path:
     """The cache folder: the argument, else `$GPTOSS_NP_CACHE`, else `~/.cache/gptoss_np`."""
     if cache_dir is not None:
         return Path(cache_dir)
@@ -177,7 +177,7 @@ class Tokenizer:
         `$GPTOSS_NP_CACHE` or `~/.cache/gptoss_np`; delete the file to rebuild it. Within
         one process the loaded tokenizer is shared.
         """
-        return _cached_o200k_harmony((_cache_dir(cache_dir) / _CACHE_FILE).resolve())
+        return _cached_o200k_harmony((cache_dir_for(cache_dir) / _CACHE_FILE).resolve())
 
     @property
     def vocab_size(self) -> int:

@@ -1,0 +1,448 @@
+"""`gptoss-generate` (also `python -m gptoss_np`): run a gpt-oss model from the command line.
+
+Modes:
+  chat (the default, or --chat): the prompt becomes a user message in the harmony format; the
+      reply streams with the reasoning (`analysis` channel) dimmed on a terminal and the answer
+      (`final` channel) plain. Without --prompt: a multi-turn conversation, one user message
+      per line of stdin, until end of input.
+  --raw: the prompt is plain text, and its continuation streams as it is.
+
+Without --model the embedded tiny model runs (see embedded.py): random weights, gibberish text.
+Generated text goes to stdout; notices and a one-line speed summary per reply go to stderr.
+Every error is one line on stderr and exit code 2; Ctrl-C stops a reply with exit code 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator, Sequence, TextIO
+
+from . import embedded, harmony
+from .config import GptOssConfig
+from .model import GptOss, load
+from .tokenizer import VOCAB_SIZE, Tokenizer
+
+PROG = "gptoss-generate"
+DIM, RESET = "\x1b[2m", "\x1b[0m"
+HARMONY_STOPS = ("<|return|>", "<|call|>")
+# Tokens a well-formed message header can take; past this many, the output is not harmony.
+MAX_HEADER_TOKENS = 64
+_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+
+
+class CliError(Exception):
+    """A problem to report to the user in one line (exit code 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are CliErrors, reported in one line like the others."""
+
+    def error(self, message: str):
+        raise CliError(message)
+
+
+def _number(kind: type, valid: Callable[[float], bool], requirement: str):
+    """An argparse `type` that parses `kind` and checks `valid`, naming `requirement` if not."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text!r}") from None
+        if not valid(value):
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text}")
+        return value
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's flags."""
+    parser = _Parser(prog=PROG, description="Generate text with a gpt-oss model (NumPy engine).",
+                     epilog="Without --model, a tiny model with random weights runs: its text is gibberish.")
+    parser.add_argument("--model", metavar="PATH_OR_ID",
+                        help="checkpoint folder, or a Hugging Face id such as openai/gpt-oss-20b found "
+                             "in the local Hugging Face cache (never downloaded); default: the embedded "
+                             "tiny random model")
+    parser.add_argument("--prompt", help="the user message (chat) or the text to continue (--raw); "
+                                         "without it, chat reads one message per line of stdin")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--chat", action="store_true", help="harmony chat format (the default)")
+    mode.add_argument("--raw", action="store_true", help="no chat template: continue --prompt as plain text")
+    parser.add_argument("--reasoning-effort", choices=harmony.REASONING_EFFORTS, default="low",
+                        help="reasoning effort named in the system message (chat only; default: low)")
+    parser.add_argument("--max-new-tokens", type=_number(int, lambda n: n >= 1, "an integer >= 1"),
+                        default=256, metavar="N", help="most tokens per reply (default: 256)")
+    parser.add_argument("--temperature", type=_number(float, lambda t: math.isfinite(t) and t >= 0, "a number >= 0"),
+                        default=1.0, help="sampling temperature; 0 = greedy (default: 1.0, OpenAI's "
+                                          "recommendation for gpt-oss)")
+    parser.add_argument("--top-p", type=_number(float, lambda p: 0 < p <= 1, "in (0, 1]"),
+                        help="nucleus sampling: keep the most probable tokens up to this mass")
+    parser.add_argument("--top-k", type=_number(int, lambda k: k >= 1, "an integer >= 1"),
+                        help="keep only the k most probable tokens")
+    parser.add_argument("--min-p", type=_number(float, lambda p: 0 <= p <= 1, "in [0, 1]"),
+                        help="drop tokens less probable than min-p times the most probable")
+    parser.add_argument("--seed", type=_number(int, lambda s: s >= 0, "an integer >= 0"),
+                        help="random seed, for reproducible sampling")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where the model runs (default: auto, the GPU when usable)")
+    return parser
+
+
+# ---------------------------------------------------------------------------- model and tokenizer
+
+def hf_hub_cache() -> Path:
+    """The local Hugging Face hub cache, found as huggingface_hub finds it: `$HF_HUB_CACHE`,
+    else `$HF_HOME/hub`, else `$XDG_CACHE_HOME/huggingface/hub`, else `~/.cache/huggingface/hub`."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(os.environ.get("HF_HOME") or Path(cache) / "huggingface").expanduser() / "hub"
+
+
+def resolve_model(spec: str) -> Path:
+    """The checkpoint folder that --model names: a folder, or a hub id in the local cache.
+
+    A hub id `org/name` is looked up in `hf_hub_cache()` at `models--org--name/snapshots/<rev>`,
+    `<rev>` read from `refs/main` (or the only snapshot). Nothing is downloaded.
+    """
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise CliError(f"--model {spec}: not a folder (give the checkpoint folder)")
+    if not _HUB_ID.fullmatch(spec):
+        raise CliError(f"model folder {spec} does not exist")
+    hub = hf_hub_cache()
+    repo = hub / f"models--{spec.replace('/', '--')}"
+    refs_main = repo / "refs" / "main"
+    if refs_main.is_file():
+        candidates = [repo / "snapshots" / refs_main.read_text().strip()]
+    else:
+        candidates = sorted((repo / "snapshots").glob("*/"))
+    found = [folder for folder in candidates if folder.is_dir()]
+    if len(found) == 1:
+        return found[0]
+    raise CliError(f"no folder {spec}, and no snapshot of {spec} in the local Hugging Face cache {hub} "
+                   f"(only the local cache is searched; download the model first)")
+
+
+def load_tokenizer(folder: Path, config: GptOssConfig) -> Tokenizer:
+    """The checkpoint's tokenizer.json, else o200k_harmony when the vocabulary is gpt-oss's."""
+    if (folder / "tokenizer.json").is_file():
+        return Tokenizer.from_pretrained(folder)
+    if config.vocab_size != VOCAB_SIZE:
+        raise CliError(f"{folder} has no tokenizer.json, and its vocab_size {config.vocab_size} is not "
+                       f"o200k_harmony's {VOCAB_SIZE}: add the tokenizer.json that belongs to the checkpoint")
+    return Tokenizer.o200k_harmony()
+
+
+def stop_ids(folder: Path, config: GptOssConfig, tokenizer: Tokenizer, chat: bool) -> frozenset[int]:
+    """Ids that end a reply: generation_config.json's eos_token_id, else config.json's, else
+    harmony's <|return|> and <|call|>; chat always stops at those two (when the tokenizer has them)."""
+    file = folder / "generation_config.json"
+    eos = config.eos_token_id
+    if file.is_file():
+        try:
+            eos = json.loads(file.read_text()).get("eos_token_id", eos)
+        except (json.JSONDecodeError, AttributeError) as error:
+            raise CliError(f"{file}: not a valid generation config ({error})") from None
+    stops = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
+    if chat or not stops:
+        stops.update(_special_ids(tokenizer, HARMONY_STOPS).values())
+    return frozenset(int(i) for i in stops)
+
+
+def _special_ids(tokenizer: Tokenizer, names: Sequence[str]) -> dict[str, int]:
+    """The ids of those `names` that are special tokens of `tokenizer`."""
+    found = {}
+    for name in names:
+        try:
+            found[name] = tokenizer.special_id(name)
+        except KeyError:
+            continue
+    return found
+
+
+def _checkpoint_folder(spec: str | None) -> Path:
+    """--model's folder; without it, the embedded model (built on first use), with a notice."""
+    if spec is not None:
+        return resolve_model(spec)
+    _note("no --model given: running the embedded tiny model, whose weights are random and untrained, "
+          "so its text is gibberish (pass --model for a real checkpoint)")
+    if not embedded.location().is_dir():
+        _note(f"first run: building the tokenizer and the tiny checkpoint in {embedded.location()} "
+              f"(a few seconds)")
+    return embedded.default_checkpoint()
+
+
+def _load_model(folder: Path, device: str) -> GptOss:
+    """The model on `device`; a progress bar (for big checkpoints) only on a terminal."""
+    try:
+        return load(folder, device=device, progress=None if sys.stderr.isatty() else False)
+    except (RuntimeError, ImportError) as error:  # NotImplementedError, CUDA errors, no CuPy
+        if device == "cpu":
+            raise
+        raise CliError(f"--device {device} is not available: {error}") from None
+
+
+def _note(text: str) -> None:
+    print(f"{PROG}: {text}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------- showing tokens
+
+class RawPrinter:
+    """Writes the text of each token once its UTF-8 characters are complete."""
+
+    def __init__(self, tokenizer: Tokenizer, out: TextIO):
+        self._decoder = tokenizer.stream_decoder()
+        self._out = out
+
+    def push(self, token_id: int) -> None:
+        self._out.write(self._decoder.push(token_id))
+        self._out.flush()
+
+    def finish(self) -> None:
+        self._out.write(self._decoder.flush())
+
+
+class HarmonyPrinter:
+    """Shows a harmony reply as it streams: message contents, one per line, the `analysis`
+    channel dimmed when `color`; headers and control tokens are not shown.
+
+    Output that leaves the harmony format (an untrained model's does) is shown as raw text
+    from the first token not yet shown. `messages` holds the reply's assistant messages after
+    `finish`, for the conversation history.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, out: TextIO, color: bool):
+        self._tokenizer, self._out, self._color = tokenizer, out, color
+        self._parser = harmony.StreamParser(tokenizer)
+        self._ids: list[int] = []  # every id of the reply
+        self._unshown: list[int] = []  # ids since the last text shown
+        self._shown_message: int | None = None  # index of the message whose text was shown last
+        self._dim = False
+        self._raw: RawPrinter | None = None
+        self.messages: list[dict] = []
+
+    def push(self, token_id: int) -> None:
+        self._ids.append(token_id)
+        if self._raw is not None:
+            self._raw.push(token_id)
+            return
+        self._unshown.append(token_id)
+        try:
+            text = self._parser.push(token_id)
+        except ValueError:
+            self._go_raw()
+            return
+        if text:
+            self._show(text)
+        elif not self._parser.in_content and len(self._unshown) > MAX_HEADER_TOKENS:
+            self._go_raw()
+
+    def finish(self) -> None:
+        if self._raw is None:
+            try:
+                self.messages = [m for m in self._parser.finish() if m["role"] == "assistant"]
+            except ValueError:  # the reply ended inside a message header
+                self._go_raw()
+        if self._raw is not None:
+            self._raw.finish()
+            self.messages = [{"role": "assistant", "channel": "final", "content": self._tokenizer.decode(self._ids)}]
+        self._set_dim(False)
+
+    def _show(self, text: str) -> None:
+        message = len(self._parser.messages)
+        if message != self._shown_message:
+            self._set_dim(False)
+            if self._shown_message is not None:
+                self._out.write("\n")
+            self._set_dim(self._parser.channel == "analysis")
+            self._shown_message = message
+        self._out.write(text)
+        self._out.flush()
+        self._unshown.clear()
+
+    def _set_dim(self, dim: bool) -> None:
+        if self._color and dim != self._dim:
+            self._out.write(DIM if dim else RESET)
+        self._dim = dim
+
+    def _go_raw(self) -> None:
+        """Show the unshown ids and everything after them as raw text."""
+        self._set_dim(False)
+        if self._shown_message is not None:
+            self._out.write("\n")
+        self._raw = RawPrinter(self._tokenizer, self._out)
+        for token_id in self._unshown:
+            self._raw.push(token_id)
+
+
+# ---------------------------------------------------------------------------- generating
+
+class TimedTokens:
+    """Iterates a token stream, timing the first token (prefill) apart from the rest (decode)."""
+
+    def __init__(self, tokens: Iterator[int], prompt_tokens: int):
+        self._tokens = tokens
+        self.prompt_tokens = prompt_tokens
+        self.count = 0
+        self.prefill_s = 0.0
+        self.decode_s = 0.0
+
+    def __iter__(self) -> Iterator[int]:
+        while True:
+            start = time.perf_counter()
+            try:
+                token = next(self._tokens)
+            except StopIteration:
+                return
+            elapsed = time.perf_counter() - start
+            if self.count == 0:
+                self.prefill_s = elapsed
+            else:
+                self.decode_s += elapsed
+            self.count += 1
+            yield token
+
+    def summary(self, ended: str) -> str:
+        """One line: prompt tokens, prefill and decode speed, and why generation ended."""
+        prefill = f"{self.prompt_tokens / self.prefill_s:.1f} tok/s" if self.count else "-"
+        decode = f"{(self.count - 1) / self.decode_s:.1f} tok/s" if self.count > 1 and self.decode_s else "-"
+        return (f"prompt {self.prompt_tokens} tokens, prefill {prefill} | "
+                f"{self.count} new tokens, decode {decode} | ended: {ended}")
+
+
+class Runner:
+    """A loaded model with the command line's settings; each call streams one reply to stdout."""
+
+    def __init__(self, model: GptOss, tokenizer: Tokenizer, stops: frozenset[int], args: argparse.Namespace):
+        self.model, self.tokenizer, self.stops, self.args = model, tokenizer, stops, args
+        self.tokenizer_size = tokenizer.vocab_size
+
+    def complete(self, prompt_ids: list[int], printer: RawPrinter | HarmonyPrinter) -> bool:
+        """Generate after `prompt_ids`, show the tokens with `printer` (leaving out the stop token
+        and ids the tokenizer lacks), end stdout's line and write the summary to stderr.
+        False when interrupted (Ctrl-C)."""
+        a, context = self.args, self.model.config.max_position_embeddings
+        room = context - len(prompt_ids)
+        if room < 1:
+            raise CliError(f"the prompt ({len(prompt_ids)} tokens) fills the model's context of {context} tokens")
+        budget = min(a.max_new_tokens, room)
+        tokens = self.model.generate(prompt_ids, budget, a.temperature, top_k=a.top_k, top_p=a.top_p,
+                                     min_p=a.min_p, seed=a.seed, stop_ids=sorted(self.stops))
+        timed = TimedTokens(tokens, len(prompt_ids))
+        ended = "max-new-tokens" if budget == a.max_new_tokens else "context full"
+        unknown = 0  # ids the model has but the tokenizer lacks (a vocabulary padded past the tokenizer)
+        try:
+            for token in timed:
+                if token in self.stops:
+                    ended = "stop token"
+                elif token >= self.tokenizer_size:
+                    unknown += 1
+                else:
+                    printer.push(token)
+        except KeyboardInterrupt:
+            ended = "interrupted"
+        printer.finish()
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        if unknown:
+            _note(f"{unknown} generated id(s) are beyond the tokenizer's {self.tokenizer_size} ids; not shown")
+        print(timed.summary(ended), file=sys.stderr)
+        return ended != "interrupted"
+
+    def raw(self, text: str) -> int:
+        """Continue plain `text`; the exit code."""
+        ids = self.tokenizer.encode(text)
+        if not ids:
+            raise CliError("--prompt is empty: --raw needs text to continue")
+        return 0 if self.complete(ids, RawPrinter(self.tokenizer, sys.stdout)) else 130
+
+    def reply(self, history: list[dict]) -> tuple[list[dict], bool]:
+        """The assistant's messages after the conversation `history`, and False if interrupted."""
+        ids = harmony.render_conversation(history, reasoning_effort=self.args.reasoning_effort,
+                                          conversation_start_date=datetime.date.today().isoformat(),
+                                          tokenizer=self.tokenizer)
+        color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+        printer = HarmonyPrinter(self.tokenizer, sys.stdout, color)
+        finished = self.complete(ids, printer)
+        return printer.messages, finished
+
+    def conversation(self) -> int:
+        """Chat with one user message per line of stdin until its end; the exit code."""
+        interactive = sys.stdin.isatty()
+        if interactive:
+            _note("type a message and press Enter; Ctrl-D ends the conversation")
+        history: list[dict] = []
+        while True:
+            try:
+                line = input(">>> " if interactive else "")
+            except EOFError:
+                if interactive:
+                    print(file=sys.stderr)
+                return 0
+            if not line.strip():
+                continue
+            history.append({"role": "user", "content": line})
+            messages, finished = self.reply(history)
+            history += messages
+            if not finished:
+                return 130
+
+
+def _check_harmony(tokenizer: Tokenizer, folder: Path) -> None:
+    names = ("<|start|>", "<|channel|>", "<|message|>", "<|end|>", *HARMONY_STOPS)
+    needed = [name for name in names if name not in _special_ids(tokenizer, names)]
+    if needed:
+        raise CliError(f"the tokenizer of {folder} lacks the harmony token(s) {' '.join(needed)} "
+                       f"that chat needs; use --raw")
+
+
+def _generate(args: argparse.Namespace) -> int:
+    if args.raw and args.prompt is None:
+        raise CliError("--raw needs --prompt TEXT")
+    folder = _checkpoint_folder(args.model)
+    config = GptOssConfig.from_file(folder / "config.json")
+    tokenizer = load_tokenizer(folder, config)
+    chat = not args.raw
+    if chat:
+        _check_harmony(tokenizer, folder)
+    runner = Runner(_load_model(folder, args.device), tokenizer, stop_ids(folder, config, tokenizer, chat), args)
+    if args.raw:
+        return runner.raw(args.prompt)
+    if args.prompt is not None:
+        return 0 if runner.reply([{"role": "user", "content": args.prompt}])[1] else 130
+    return runner.conversation()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with `argv` (default: sys.argv[1:]); returns the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+        return _generate(args)
+    except SystemExit as done:  # --help
+        return int(done.code or 0)
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # stdout was closed early, e.g. piped into `head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except (CliError, OSError, ValueError) as error:  # ConfigError and CheckpointError are ValueErrors
+        print(f"{PROG}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+
+
+def run() -> None:
+    """The `gptoss-generate` entry point."""
+    sys.stdout.reconfigure(errors="replace")
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""The embedded default model: a tiny gpt-oss with random weights and the real tokenizer.
+
+`gptoss-generate` runs it when no `--model` is given, so the whole pipeline (harmony prompt,
+o200k_harmony tokenizer, prefill, decode, streaming) works on a fresh machine within seconds.
+The weights are random and untrained: the model writes gibberish.
+
+The checkpoint is synthetic's "tiny" preset (hidden 64, 2 layers, 8 experts) with gpt-oss's
+vocabulary of 201088 ids and its special ids, about 50 MB. It is written once, on first use,
+to `<cache>/tiny-default` together with its `tokenizer.json`; `<cache>` is `$GPTOSS_NP_CACHE`
+or `~/.cache/gptoss_np`. Delete the folder to rebuild it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from . import synthetic
+from .tokenizer import HARMONY_SPECIALS, VOCAB_SIZE, Tokenizer, cache_dir_for
+
+FOLDER_NAME = "tiny-default"
+SEED = 0
+
+
+def config() -> dict:
+    """The embedded model's config.json: the "tiny" preset with o200k_harmony's ids."""
+    return synthetic.config_dict("tiny", vocab_size=VOCAB_SIZE,
+                                 eos_token_id=HARMONY_SPECIALS["<|return|>"],
+                                 pad_token_id=HARMONY_SPECIALS["<|endoftext|>"])
+
+
+def location(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where the embedded checkpoint lives (whether or not it is written yet)."""
+    return cache_dir_for(cache_dir) / FOLDER_NAME
+
+
+def default_checkpoint(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The folder of the embedded checkpoint, written first if absent.
+
+    The checkpoint is written into a temporary folder beside its place, then renamed there,
+    so the folder is either absent or complete, even when several processes race to build it.
+    """
+    folder = location(cache_dir)
+    if folder.is_dir():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{FOLDER_NAME}.", dir=folder.parent))
+    try:
+        synthetic.write_checkpoint(partial, config(), seed=SEED, progress=False)
+        Tokenizer.o200k_harmony(cache_dir).hf.save(str(partial / "tokenizer.json"))
+        os.rename(partial, folder)
+    except OSError:
+        if not folder.is_dir():  # a concurrent build that won the rename is fine
+            raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return folder

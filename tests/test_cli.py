@@ -1,0 +1,363 @@
+"""The gptoss-generate command line and the embedded default model, end to end on the CPU."""
+
+from __future__ import annotations
+
+import datetime
+import io
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import tokenizers
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+import gptoss_np
+from gptoss_np import backend, cli, embedded, harmony, synthetic
+from gptoss_np.model import GptOss
+from gptoss_np.tokenizer import Tokenizer
+
+SUMMARY = re.compile(r"prompt (\d+) tokens, prefill [\d.]+ tok/s \| (\d+) new tokens, "
+                     r"decode (?:[\d.]+ tok/s|-) \| ended: ([\w -]+)")
+HARMONY_NAMES = ["<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|constrain|>", "<|return|>", "<|call|>"]
+GPT_OSS_STOPS = [200002, 199999, 200012]  # the released generation_config.json
+
+
+@pytest.fixture(scope="module")
+def cache_root(tmp_path_factory):
+    """One GPTOSS_NP_CACHE for the module, so the tokenizer and tiny checkpoint are built once."""
+    return tmp_path_factory.mktemp("gptoss_np_cache")
+
+
+@pytest.fixture(autouse=True)
+def environment(monkeypatch, cache_root, tmp_path):
+    monkeypatch.setenv("GPTOSS_NP_CACHE", str(cache_root))
+    for name in ("HF_HUB_CACHE", "XDG_CACHE_HOME", "NO_COLOR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_hf_home"))
+
+
+@pytest.fixture(scope="module")
+def default_folder(cache_root):
+    return embedded.default_checkpoint(cache_root)
+
+
+@pytest.fixture(scope="module")
+def default_model(default_folder):
+    return gptoss_np.load(default_folder)
+
+
+@pytest.fixture(scope="module")
+def harmony_tokenizer(default_folder):
+    return Tokenizer.from_pretrained(default_folder)
+
+
+@pytest.fixture(scope="module")
+def bare_checkpoint(tmp_path_factory):
+    """The 512-token synthetic checkpoint, without a tokenizer.json."""
+    return synthetic.write_checkpoint(tmp_path_factory.mktemp("bare"), "tiny")
+
+
+@pytest.fixture(scope="module")
+def small_checkpoint(tmp_path_factory):
+    """The 512-token synthetic checkpoint with a small byte-level BPE tokenizer.json that has
+    the harmony special tokens (at ids 0..6)."""
+    folder = synthetic.write_checkpoint(tmp_path_factory.mktemp("small"), "tiny")
+    hf = tokenizers.Tokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=HARMONY_NAMES, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    hf.train_from_iterator(["The sky is blue because air scatters blue light more than red light.",
+                            "system user assistant developer analysis final Reasoning: low"], trainer)
+    hf.save(str(folder / "tokenizer.json"))
+    return folder
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def summaries(err: str) -> list[tuple[int, int, str]]:
+    """(prompt tokens, new tokens, how it ended) of each summary line."""
+    return [(int(p), int(n), ended) for p, n, ended in SUMMARY.findall(err)]
+
+
+def greedy_text(model, tokenizer, prompt_ids, max_new_tokens, stops) -> tuple[str, list[int]]:
+    """What the CLI should print for a greedy reply shown raw, and the reply's ids."""
+    ids = list(model.generate(prompt_ids, max_new_tokens, 0.0, stop_ids=stops))
+    shown = [i for i in ids if i not in stops and i < tokenizer.vocab_size]
+    return tokenizer.decode(shown) + "\n", ids
+
+
+def assert_one_error_line(code: int, out: str, err: str, *words: str) -> None:
+    assert code == 2
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("gptoss-generate: error: ")
+    for word in words:
+        assert word in lines[0]
+
+
+# ------------------------------------------------------------------------------ embedded default
+
+def test_embedded_checkpoint_is_built_once_and_atomically(cache_root, default_folder):
+    assert default_folder == embedded.location(cache_root)
+    names = {p.name for p in default_folder.iterdir()}
+    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json"} <= names
+    stamp = (default_folder / "model.safetensors").stat().st_mtime_ns
+    assert embedded.default_checkpoint(cache_root) == default_folder
+    assert (default_folder / "model.safetensors").stat().st_mtime_ns == stamp
+    assert not [p for p in cache_root.iterdir() if p.name.startswith(".")], "temporary folder left behind"
+    config = json.loads((default_folder / "config.json").read_text())
+    assert config["vocab_size"] == 201088 and config["hidden_size"] == 64
+
+
+def test_default_run_is_chat_with_the_untrained_notice(capsys, default_folder, harmony_tokenizer):
+    code, out, err = run_cli(capsys, "--prompt", "Why is the sky blue?", "--max-new-tokens", "12", "--seed", "1")
+    assert code == 0
+    assert out.strip()
+    assert "random and untrained" in err and "gibberish" in err
+    prompt = harmony.render_conversation([{"role": "user", "content": "Why is the sky blue?"}],
+                                         reasoning_effort="low", tokenizer=harmony_tokenizer,
+                                         conversation_start_date=datetime.date.today().isoformat())
+    [(prompt_tokens, new_tokens, ended)] = summaries(err)
+    assert prompt_tokens == len(prompt)
+    assert 1 <= new_tokens <= 12
+
+
+def test_raw_greedy_equals_model_generate(capsys, default_model, harmony_tokenizer):
+    prompt = "The quick brown fox"
+    code, out, err = run_cli(capsys, "--raw", "--prompt", prompt, "--temperature", "0", "--max-new-tokens", "20")
+    assert code == 0
+    expected, ids = greedy_text(default_model, harmony_tokenizer, harmony_tokenizer.encode(prompt), 20,
+                                GPT_OSS_STOPS)
+    assert out == expected
+    [(prompt_tokens, new_tokens, _)] = summaries(err)
+    assert (prompt_tokens, new_tokens) == (len(harmony_tokenizer.encode(prompt)), len(ids))
+
+
+def test_chat_greedy_equals_model_generate(capsys, default_model, harmony_tokenizer):
+    """The prompt is the harmony rendering; the untrained model's reply is not harmony, so it is shown raw."""
+    code, out, err = run_cli(capsys, "--chat", "--prompt", "Hi!", "--reasoning-effort", "high",
+                             "--temperature", "0", "--max-new-tokens", "16")
+    assert code == 0
+    prompt = harmony.render_conversation([{"role": "user", "content": "Hi!"}], reasoning_effort="high",
+                                         conversation_start_date=datetime.date.today().isoformat(),
+                                         tokenizer=harmony_tokenizer)
+    expected, ids = greedy_text(default_model, harmony_tokenizer, prompt, 16, GPT_OSS_STOPS)
+    assert out == expected
+    assert summaries(err)[0][:2] == (len(prompt), len(ids))
+
+
+def test_chat_conversation_from_a_pipe_keeps_history(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hello there\n\nhello there\n"))
+    code, out, err = run_cli(capsys, "--chat", "--max-new-tokens", "8", "--seed", "0")
+    assert code == 0
+    turns = summaries(err)
+    assert len(turns) == 2  # the blank line is skipped
+    # without history both prompts would be equally long; with it the second holds the first reply
+    assert turns[1][0] >= turns[0][0] + 10
+    assert len(out.splitlines()) >= 2
+
+
+def test_ctrl_c_prints_the_summary_and_exits_130(capsys, monkeypatch, harmony_tokenizer):
+    ids = harmony_tokenizer.encode(" one two three")
+
+    def interrupted(self, *args, **kwargs):
+        yield from ids
+        raise KeyboardInterrupt
+    monkeypatch.setattr(GptOss, "generate", interrupted)
+    code, out, err = run_cli(capsys, "--raw", "--prompt", "Count:")
+    assert code == 130
+    assert out == " one two three\n"
+    assert summaries(err)[0][1:] == (len(ids), "interrupted")
+
+
+# ------------------------------------------------------------------------------ harmony display
+
+def completion(tok: Tokenizer, *messages: tuple[str, str]) -> list[int]:
+    """The ids an assistant writes after `<|start|>assistant`: (channel, text) messages, then <|return|>."""
+    ids = []
+    for i, (channel, text) in enumerate(messages):
+        if i:
+            ids += [tok.start, *tok.encode("assistant")]
+        ids += [tok.channel, *tok.encode(channel), tok.message, *tok.encode(text), tok.end]
+    ids[-1] = tok.return_
+    return ids
+
+
+@pytest.mark.parametrize("color", [True, False])
+def test_harmony_printer_dims_analysis_and_shows_final_plainly(harmony_tokenizer, color):
+    out = io.StringIO()
+    printer = cli.HarmonyPrinter(harmony_tokenizer, out, color=color)
+    for token in completion(harmony_tokenizer, ("analysis", "Rayleigh. ✓"), ("final", "Light scatters."))[:-1]:
+        printer.push(token)
+    printer.finish()
+    dim, reset = (cli.DIM, cli.RESET) if color else ("", "")
+    assert out.getvalue() == f"{dim}Rayleigh. ✓{reset}\nLight scatters."
+    assert printer.messages == [{"role": "assistant", "channel": "analysis", "content": "Rayleigh. ✓"},
+                                {"role": "assistant", "channel": "final", "content": "Light scatters."}]
+
+
+@pytest.mark.parametrize("words", [3, 200])
+def test_harmony_printer_shows_non_harmony_output_raw(harmony_tokenizer, words):
+    ids = harmony_tokenizer.encode(" word" * words)
+    out = io.StringIO()
+    printer = cli.HarmonyPrinter(harmony_tokenizer, out, color=True)
+    shown = []
+    for token in ids:
+        printer.push(token)
+        shown.append(out.getvalue())
+    printer.finish()
+    assert out.getvalue() == harmony_tokenizer.decode(ids)
+    if words > cli.MAX_HEADER_TOKENS:
+        assert shown[-1] == out.getvalue(), "long output must stream, not wait for the end"
+    assert printer.messages == [{"role": "assistant", "channel": "final", "content": harmony_tokenizer.decode(ids)}]
+
+
+# ------------------------------------------------------------------------------ other checkpoints
+
+def test_small_vocabulary_without_tokenizer_is_a_clear_error(capsys, bare_checkpoint):
+    code, out, err = run_cli(capsys, "--model", str(bare_checkpoint), "--raw", "--prompt", "hi")
+    assert_one_error_line(code, out, err, "tokenizer.json", "201088", "512")
+
+
+def test_checkpoint_tokenizer_is_used(capsys, small_checkpoint):
+    model, tok = gptoss_np.load(small_checkpoint), Tokenizer.from_pretrained(small_checkpoint)
+    assert tok.vocab_size < 512
+    stops = [tok.return_, tok.call]  # its generation_config.json has no eos ids below 512
+    code, out, err = run_cli(capsys, "--model", str(small_checkpoint), "--raw", "--prompt", "The sky is",
+                             "--temperature", "0", "--max-new-tokens", "12")
+    assert code == 0
+    expected, ids = greedy_text(model, tok, tok.encode("The sky is"), 12, stops)
+    assert out == expected
+    unknown = sum(i >= tok.vocab_size for i in ids)
+    assert (f"{unknown} generated id(s) are beyond the tokenizer's" in err) == (unknown > 0)
+
+    code, out, err = run_cli(capsys, "--model", str(small_checkpoint), "--prompt", "Why blue?",
+                             "--max-new-tokens", "6", "--reasoning-effort", "medium")
+    assert code == 0
+    prompt = harmony.render_conversation([{"role": "user", "content": "Why blue?"}], reasoning_effort="medium",
+                                         conversation_start_date=datetime.date.today().isoformat(), tokenizer=tok)
+    assert summaries(err)[0][0] == len(prompt)
+    assert "untrained" not in err
+
+
+def test_stop_ids_precedence(tmp_path, harmony_tokenizer):
+    config = gptoss_np.GptOssConfig.from_dict(embedded.config())
+    assert cli.stop_ids(tmp_path, config, harmony_tokenizer, chat=False) == {200002}  # config.json's eos
+    assert cli.stop_ids(tmp_path, config, harmony_tokenizer, chat=True) == {200002, 200012}
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [199999]}))
+    assert cli.stop_ids(tmp_path, config, harmony_tokenizer, chat=False) == {199999}
+    assert cli.stop_ids(tmp_path, config, harmony_tokenizer, chat=True) == {199999, 200002, 200012}
+    no_eos = gptoss_np.GptOssConfig.from_dict({**embedded.config(), "eos_token_id": None})
+    (tmp_path / "generation_config.json").write_text("{}")
+    assert cli.stop_ids(tmp_path, no_eos, harmony_tokenizer, chat=False) == {200002, 200012}
+
+
+# ------------------------------------------------------------------------------ hub ids
+
+def fake_hub(hub, repo_id: str, checkpoint) -> object:
+    """A Hugging Face cache entry for `repo_id` holding `checkpoint`; returns the snapshot folder."""
+    repo = hub / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(checkpoint, repo / "snapshots" / "0123abcd")
+    (repo / "snapshots" / "stale").mkdir()
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    return repo / "snapshots" / "0123abcd"
+
+
+def test_hub_id_resolves_in_the_local_cache(capsys, monkeypatch, tmp_path, small_checkpoint):
+    snapshot = fake_hub(tmp_path / "hub_cache", "some-org/tiny-gpt-oss", small_checkpoint)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub_cache"))
+    assert cli.resolve_model("some-org/tiny-gpt-oss") == snapshot
+    code, out, err = run_cli(capsys, "--model", "some-org/tiny-gpt-oss", "--raw", "--prompt", "blue",
+                             "--max-new-tokens", "4", "--seed", "3")
+    assert code == 0 and summaries(err)
+
+    monkeypatch.delenv("HF_HUB_CACHE")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    snapshot = fake_hub(tmp_path / "hf_home" / "hub", "other/model", small_checkpoint)
+    assert cli.resolve_model("other/model") == snapshot
+    monkeypatch.delenv("HF_HOME")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cli.hf_hub_cache() == tmp_path / "xdg" / "huggingface" / "hub"
+
+
+def test_unknown_hub_id_says_only_the_local_cache_was_searched(capsys):
+    code, out, err = run_cli(capsys, "--model", "openai/gpt-oss-nonexistent", "--prompt", "hi")
+    assert_one_error_line(code, out, err, "openai/gpt-oss-nonexistent", "local Hugging Face cache")
+
+
+# ------------------------------------------------------------------------------ errors and entry points
+
+@pytest.mark.parametrize("argv, words", [
+    (["--max-new-tokens", "-3"], ["--max-new-tokens", ">= 1"]),
+    (["--max-new-tokens", "ten"], ["--max-new-tokens"]),
+    (["--temperature", "-0.5"], ["--temperature"]),
+    (["--temperature", "nan"], ["--temperature"]),
+    (["--top-p", "0"], ["--top-p", "(0, 1]"]),
+    (["--top-p", "1.5"], ["--top-p"]),
+    (["--top-k", "0"], ["--top-k"]),
+    (["--min-p", "2"], ["--min-p"]),
+    (["--seed", "-1"], ["--seed"]),
+    (["--reasoning-effort", "extreme"], ["--reasoning-effort"]),
+    (["--device", "tpu"], ["--device"]),
+    (["--chat", "--raw", "--prompt", "x"], ["--raw", "--chat"]),
+    (["--raw"], ["--raw needs --prompt"]),
+    (["--bogus"], ["--bogus"]),
+    (["--model", "{tmp}/missing"], ["does not exist"]),
+    (["--model", "{tmp}/file.txt"], ["not a folder"]),
+])
+def test_bad_input_is_one_error_line(capsys, tmp_path, argv, words):
+    (tmp_path / "file.txt").write_text("x")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert_one_error_line(*run_cli(capsys, *argv), *words)
+
+
+@pytest.mark.parametrize("damage", ["config_json", "config_field", "weights", "shape"])
+def test_broken_checkpoint_is_one_error_line(capsys, tmp_path, small_checkpoint, damage):
+    folder = shutil.copytree(small_checkpoint, tmp_path / "broken")
+    config = json.loads((folder / "config.json").read_text())
+    if damage == "config_json":
+        (folder / "config.json").write_text("{ not json")
+    elif damage == "config_field":
+        del config["hidden_size"]
+    elif damage == "weights":
+        (folder / "model.safetensors").unlink()
+    else:
+        config["num_local_experts"] = 16
+    if damage in ("config_field", "shape"):
+        (folder / "config.json").write_text(json.dumps(config))
+    words = {"config_json": ["config.json"], "config_field": ["hidden_size"], "weights": ["safetensors"],
+             "shape": ["shape"]}[damage]
+    assert_one_error_line(*run_cli(capsys, "--model", str(folder), "--raw", "--prompt", "hi"), *words)
+
+
+def test_unavailable_device_is_one_error_line(capsys, small_checkpoint):
+    try:
+        backend.select("cuda")
+    except NotImplementedError:
+        pass
+    else:
+        pytest.skip("a CUDA backend is available here")
+    code, out, err = run_cli(capsys, "--model", str(small_checkpoint), "--device", "cuda", "--raw", "--prompt", "hi")
+    assert_one_error_line(code, out, err, "--device cuda")
+
+
+def test_python_m_entry_point():
+    shown = subprocess.run([sys.executable, "-m", "gptoss_np", "--help"], capture_output=True, text=True)
+    assert shown.returncode == 0
+    assert shown.stdout.startswith("usage: gptoss-generate")
+    for flag in ("--model", "--prompt", "--chat", "--raw", "--reasoning-effort", "--max-new-tokens",
+                 "--temperature", "--top-p", "--top-k", "--min-p", "--seed", "--device"):
+        assert flag in shown.stdout
+    failed = subprocess.run([sys.executable, "-m", "gptoss_np", "--top-p", "2"], capture_output=True, text=True)
+    assert failed.returncode == 2
+    assert failed.stderr.startswith("gptoss-generate: error:") and len(failed.stderr.splitlines()) == 1
