@@ -2,21 +2,31 @@
 
 A backend turns checkpoint tensors into its own arrays and provides the ops the model is written in.
 Model code calls `ops.linear(x, w, b)`, `ops.attention(...)`, ... and never sees kernels, grids or
-thread counts. `CpuOps` runs NumPy and Numba CPU kernels; the CUDA backend (CuPy + Numba CUDA) plugs
-in here with the same methods.
+thread counts; `ops.xp` is the array module (NumPy or CuPy) for the few arrays the model makes itself.
+
+  CpuOps   NumPy arrays and Numba CPU kernels
+  CudaOps  CuPy arrays on one NVIDIA GPU and Numba CUDA kernels (kernels/*_cuda.py): MXFP4 experts
+           stay packed as on disk, bf16 weights stay 16-bit; imported only when asked for
 """
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
+from . import moe as moe_layer
+from . import sampling
 from .kernels import attention, bf16, moe, mxfp4, norm_rope
+
+log = logging.getLogger(__name__)
 
 
 class CpuOps:
     """NumPy arrays on the host. Dense weights stay bf16 (uint16 bits) and MXFP4 stays packed."""
 
     name = "cpu"
+    xp = np
 
     # -- weights
     def matrix(self, a: np.ndarray) -> np.ndarray:
@@ -62,6 +72,10 @@ class CpuOps:
     def swiglu(self, gate_up, limit, alpha):
         return moe.swiglu_ref(gate_up, limit, alpha)
 
+    def experts(self, w, x, experts, weights, limit, alpha):
+        """The routed experts' weighted sum [T, D]: experts grouped on the host (moe.py)."""
+        return moe_layer.by_expert_groups(self, w, x, experts, weights, limit, alpha)
+
     def mxfp4_pairs(self, x, blocks, scales, experts):
         """Row p of x [P, K] times expert experts[p]'s matrix -> [P, N]."""
         return mxfp4.gemv_pairs(x, blocks, scales, experts)
@@ -70,14 +84,51 @@ class CpuOps:
         """x [T, K] times one expert's matrix (blocks [N, K/32, 16]) -> [T, N]."""
         return mxfp4.matmul(x, blocks, scales)
 
+    def sample(self, logits, temperature=0.0, top_k=None, top_p=None, min_p=None, rng=None) -> int:
+        """The next token id from logits [V] (see sampling.py)."""
+        return sampling.sample(logits, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, rng=rng)
+
+
+class DeviceUnavailableError(NotImplementedError):
+    """The requested device cannot run on this machine (the message says why)."""
+
+
+def cuda_unusable_reason() -> str | None:
+    """Why the CUDA backend cannot run here, or None when it can."""
+    try:
+        import cupy
+    except ImportError:
+        return "CuPy is not installed (pip install 'gptoss-np[cuda12]' or '[cuda13]')"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except cupy.cuda.runtime.CUDARuntimeError as e:
+        return f"no usable CUDA device ({e})"
+    if count == 0:
+        return "no CUDA device"
+    try:
+        from numba import cuda
+    except ImportError:
+        return "numba-cuda is not installed"
+    if not cuda.is_available():
+        return "Numba finds no usable CUDA driver"
+    return None
+
 
 def select(device: str):
     """The ops for "cpu", "cuda" or "auto" (the GPU when one is usable, else the CPU).
 
-    Until the CUDA backend lands, "auto" means the CPU and "cuda" raises.
-    """
-    if device in ("cpu", "auto"):
+    "auto" logs its choice and the reason; the returned ops' `name` says which it is."""
+    if device == "cpu":
         return CpuOps()
-    if device == "cuda":
-        raise NotImplementedError("device='cuda': the GPU backend is not built yet; use device='cpu'")
+    if device in ("cuda", "auto"):
+        reason = cuda_unusable_reason()
+        if reason is None:
+            from .backend_cuda import CudaOps
+            ops = CudaOps()
+            log.info("device=%r: using the GPU, %s", device, ops.device_name)
+            return ops
+        if device == "cuda":
+            raise DeviceUnavailableError(f"device='cuda' cannot run: {reason}")
+        log.info("device='auto': using the CPU (%s)", reason)
+        return CpuOps()
     raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {device!r}")

@@ -1,11 +1,14 @@
-"""The key/value cache of one sequence.
+"""The key/value cache of one sequence, on the host (NumPy) or the GPU (CuPy): `xp` says which.
 
 Per layer l, with G kv heads of size Dh:
   keys, values  float32 [S_l, G, Dh]
   positions     int64   [S_l]   (position of the token in each slot, -1 while empty)
-Full-attention layers keep every token: slot = position, S_l grows (doubling) as needed.
+Full-attention layers keep every token: slot = position; S_l starts at the requested capacity (the
+context the caller asked for) and doubles if a sequence outgrows it.
 Sliding-window layers keep only their last W tokens: a ring buffer of S_l = W slots, position p
 in slot p % W. Attention masks by stored position, so slot order never matters.
+Tokens arrive at consecutive positions from 0, so the filled slots are always the first
+min(length, S_l): no mask is needed to find them.
 """
 
 from __future__ import annotations
@@ -16,38 +19,40 @@ from .config import GptOssConfig
 
 
 class KVCache:
-    def __init__(self, config: GptOssConfig, capacity: int = 256):
+    def __init__(self, config: GptOssConfig, capacity: int = 256, xp=np):
         self.config = config
+        self.xp = xp
         self.length = 0  # tokens seen so far = position of the next token
         G, Dh = config.num_key_value_heads, config.head_dim
         self.windows = [config.window(i) for i in range(config.num_hidden_layers)]
         sizes = [w if w is not None else max(1, capacity) for w in self.windows]
-        self.keys = [np.zeros((s, G, Dh), np.float32) for s in sizes]
-        self.values = [np.zeros((s, G, Dh), np.float32) for s in sizes]
-        self.positions = [np.full(s, -1, np.int64) for s in sizes]
+        self.keys = [xp.zeros((s, G, Dh), np.float32) for s in sizes]
+        self.values = [xp.zeros((s, G, Dh), np.float32) for s in sizes]
+        self.positions = [xp.full(s, -1, np.int64) for s in sizes]
 
-    def update(self, layer: int, k: np.ndarray, v: np.ndarray, positions: np.ndarray):
-        """Store the new tokens' k, v [T, G, Dh] at `positions` [T]; return the keys, values and
-        positions that the new queries may attend to (everything the layer keeps, plus the new ones)."""
-        window = self.windows[layer]
+    def update(self, layer: int, k, v, positions: np.ndarray):
+        """Store the new tokens' k, v [T, G, Dh] at consecutive `positions` [T] (host int64) from
+        self.length on; return the keys, values and positions that the new queries may attend to
+        (everything the layer keeps, plus the new ones)."""
+        xp, window = self.xp, self.windows[layer]
+        start, end = int(positions[0]), int(positions[-1]) + 1
         if window is None:
-            self._reserve(layer, int(positions[-1]) + 1)
-            self.keys[layer][positions] = k
-            self.values[layer][positions] = v
-            self.positions[layer][positions] = positions
-            end = int(positions[-1]) + 1
+            self._reserve(layer, end)
+            self.keys[layer][start:end] = k
+            self.values[layer][start:end] = v
+            self.positions[layer][start:end] = xp.asarray(positions)
             return self.keys[layer][:end], self.values[layer][:end], self.positions[layer][:end]
         # sliding: the new queries also need old keys that the new ones will evict, so attend to
         # the ring's contents and the new tokens together, then keep the last W tokens
-        kept = self.positions[layer] >= 0
-        k_all = np.concatenate([self.keys[layer][kept], k])
-        v_all = np.concatenate([self.values[layer][kept], v])
-        pos_all = np.concatenate([self.positions[layer][kept], positions])
+        kept = min(start, window)
+        k_all = xp.concatenate([self.keys[layer][:kept], k])
+        v_all = xp.concatenate([self.values[layer][:kept], v])
+        pos_all = xp.concatenate([self.positions[layer][:kept], xp.asarray(positions)])
         last = slice(max(0, len(positions) - window), None)
-        slots = positions[last] % window
+        slots = xp.asarray(positions[last] % window)
         self.keys[layer][slots] = k[last]
         self.values[layer][slots] = v[last]
-        self.positions[layer][slots] = positions[last]
+        self.positions[layer][slots] = xp.asarray(positions[last])
         return k_all, v_all, pos_all
 
     def _reserve(self, layer: int, size: int) -> None:
@@ -56,6 +61,6 @@ class KVCache:
             return
         new = max(size, 2 * have)
         grow = [(0, new - have), (0, 0), (0, 0)]
-        self.keys[layer] = np.pad(self.keys[layer], grow)
-        self.values[layer] = np.pad(self.values[layer], grow)
-        self.positions[layer] = np.pad(self.positions[layer], (0, new - have), constant_values=-1)
+        self.keys[layer] = self.xp.pad(self.keys[layer], grow)
+        self.values[layer] = self.xp.pad(self.values[layer], grow)
+        self.positions[layer] = self.xp.pad(self.positions[layer], (0, new - have), constant_values=-1)

@@ -6,7 +6,6 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .sampling import sample
 
 
 def generate(model, token_ids: Sequence[int], max_new_tokens: int, *, temperature: float = 0.0,
@@ -15,6 +14,7 @@ def generate(model, token_ids: Sequence[int], max_new_tokens: int, *, temperatur
     """Yield up to `max_new_tokens` new ids; stop after yielding one of `stop_ids`.
 
     Greedy at temperature 0; otherwise sampled (see sampling.py), reproducibly for a given seed.
+    The backend samples where the logits are, so on a GPU only the chosen id crosses to the host.
     """
     ids = model.check_ids(token_ids)
     if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
@@ -30,8 +30,8 @@ def generate(model, token_ids: Sequence[int], max_new_tokens: int, *, temperatur
     cache = model.new_cache(len(ids) + max_new_tokens)
     logits = model.forward(ids, cache)  # [1, V]
     for step in range(max_new_tokens):
-        token = sample(model.ops.to_numpy(logits[0]), temperature=temperature, top_k=top_k, top_p=top_p,
-                       min_p=min_p, rng=rng)
+        token = model.ops.sample(logits[0], temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                 rng=rng)
         yield token
         if token in stops or step == max_new_tokens - 1:
             return

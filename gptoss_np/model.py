@@ -63,7 +63,8 @@ class GptOss:
         self.embedding = ops.matrix(checkpoint.tensor(EMBED))  # [V, D]
         self.norm = ops.vector(checkpoint.tensor(FINAL_NORM))  # [D]
         self.lm_head = self.embedding if c.tie_word_embeddings else ops.matrix(checkpoint.tensor(LM_HEAD))  # [V, D]
-        self.inv_freq, self.rope_scale = rope.inv_freq_and_scale(c)  # [Dh/2]
+        inv_freq, self.rope_scale = rope.inv_freq_and_scale(c)
+        self.inv_freq = ops.vector(inv_freq)  # [Dh/2]
 
     def _layer(self, t: dict[str, np.ndarray]) -> Layer:
         ops = self.ops
@@ -113,7 +114,7 @@ class GptOss:
     # ------------------------------------------------------------------ public API
 
     def new_cache(self, capacity: int = 256) -> KVCache:
-        return KVCache(self.config, capacity)
+        return KVCache(self.config, capacity, self.ops.xp)
 
     def logits(self, token_ids: Sequence[int]) -> np.ndarray:
         """The logits [T, vocab_size] (float32) at every position of one sequence."""

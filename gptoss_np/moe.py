@@ -2,9 +2,13 @@
 
 Each token's router picks its k best experts and weighs them by a softmax over those k logits.
 An expert is W_down . swiglu(W_gate_up . x + b_gate_up) + b_down with MXFP4 weights.
-One token (decode) runs its own k experts in one kernel call per projection. Several tokens are
-grouped by expert: each expert chosen by anyone runs once over all its tokens (the work shape that
-prefill needs), and its outputs are added back weighted. Both give the same answer.
+The backend chooses how tokens reach their experts (`ops.experts`):
+- by_expert_groups (CPU): one token (decode) runs its own k experts in one kernel call per projection;
+  several tokens are grouped by expert on the host: each expert chosen by anyone runs once over all
+  its tokens (the work shape that prefill needs), and its outputs are added back weighted.
+- by_pairs (GPU): every (token, slot) pair p = t * k + a at once, grouped by expert on the device,
+  with no trip to the host; each token then sums its k weighted rows.
+All give the same answer.
 """
 
 from __future__ import annotations
@@ -31,6 +35,21 @@ class MoEWeights:
 def moe(ops, w: MoEWeights, x, k: int, limit: float, alpha: float):
     """x [T, D] -> [T, D]."""
     experts, weights = ops.route(ops.linear(x, w.router, w.router_bias), k)  # [T, A], [T, A]
+    return ops.experts(w, x, experts, weights, limit, alpha)
+
+
+def by_pairs(ops, w: MoEWeights, x, experts, weights, limit: float, alpha: float):
+    """x [T, D], experts / weights [T, A] -> [T, D], all pairs at once on the device."""
+    A = experts.shape[1]
+    plan = ops.pair_plan(experts, w.router.shape[0])  # the pairs grouped by expert
+    h = ops.mxfp4_experts(x, A, w.gate_up_blocks, w.gate_up_scales, w.gate_up_bias, plan)  # [T*A, 2I]
+    h = ops.swiglu(h, limit, alpha)  # [T*A, I]
+    y = ops.mxfp4_experts(h, 1, w.down_blocks, w.down_scales, w.down_bias, plan)  # [T*A, D]
+    return ops.combine(y, weights)  # [T, D]
+
+
+def by_expert_groups(ops, w: MoEWeights, x, experts, weights, limit: float, alpha: float):
+    """x [T, D], experts / weights [T, A] -> [T, D], experts grouped on the host."""
     if x.shape[0] == 1:
         return _one_token(ops, w, x, experts[0], weights[0], limit, alpha)
     return _grouped(ops, w, x, experts, weights, limit, alpha)

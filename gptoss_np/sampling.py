@@ -17,7 +17,7 @@ import math
 import numpy as np
 
 
-def _check_args(temperature, top_k, top_p, min_p) -> None:
+def check_args(temperature, top_k, top_p, min_p) -> None:
     if not (math.isfinite(temperature) and temperature >= 0):
         raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
     if top_k is not None and (int(top_k) != top_k or top_k < 1):
@@ -65,7 +65,7 @@ def _nucleus(probs: np.ndarray, top_p: float) -> np.ndarray:
 def filter_probs(logits, *, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, min_p: float | None = None) -> np.ndarray:
     """float64 probabilities over the vocabulary after temperature, top-k, top-p, min-p."""
-    _check_args(temperature, top_k, top_p, min_p)
+    check_args(temperature, top_k, top_p, min_p)
     x = _logits_vector(logits)
     if temperature == 0:
         probs = np.zeros_like(x)
@@ -97,7 +97,7 @@ def sample(logits, *, temperature: float = 0.0, top_k: int | None = None,
     `rng` is a NumPy Generator (a seeded one makes draws reproducible); by default a fresh
     unseeded one.
     """
-    _check_args(temperature, top_k, top_p, min_p)
+    check_args(temperature, top_k, top_p, min_p)
     if temperature == 0:
         return int(np.argmax(_logits_vector(logits)))
     probs = filter_probs(logits, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)

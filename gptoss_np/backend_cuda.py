@@ -1,0 +1,146 @@
+"""The CUDA backend: CuPy arrays on one NVIDIA GPU, Numba CUDA kernels (kernels/*_cuda.py).
+
+Imported only by backend.select when a GPU is usable, so the CPU path never needs CuPy or numba-cuda.
+Weights live on the GPU as on disk: MXFP4 experts packed (uint8 blocks + e8m0 scales), dense weights
+as bf16 bits (uint16); norms, biases and sinks as float32. Activations are float32.
+Kernel choices by size live here and nowhere else:
+  bf16 linear    GEMV kernel up to bf16_cuda.MAX_ROWS tokens; above, f32 tiles of W + cuBLAS (CuPy)
+  MoE experts    EXPERT_GEMV_MAX_TOKENS tokens or fewer: the pairs' GEMV; more: sort pairs by expert,
+                 then one tiled matmul launch over all experts
+  sampling       argmax or the filtered draw on the device; only the chosen id is copied back
+"""
+
+from __future__ import annotations
+
+import cupy as cp
+import numpy as np
+
+from . import moe as moe_layer
+from . import sampling
+from .kernels import attention_cuda, bf16_cuda, moe_cuda, mxfp4_cuda, norm_rope_cuda, sampling_cuda
+
+EXPERT_GEMV_MAX_TOKENS = 1  # decode; prefill chunks take the grouped matmul
+WIDEN_TILE_ROWS = 16384  # rows of a bf16 matrix widened to float32 at a time for cuBLAS (189 MB at K = 2880)
+
+
+def _f32(a):
+    return cp.ascontiguousarray(a, dtype=cp.float32)
+
+
+class CudaOps:
+    """CuPy arrays on the current CUDA device; the same methods as CpuOps (see backend.py)."""
+
+    name = "cuda"
+    xp = cp
+
+    def __init__(self):
+        props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+        name = props["name"]
+        self.device_name = name.decode() if isinstance(name, bytes) else str(name)
+
+    # -- weights (from host arrays, e.g. memory-mapped safetensors, or arrays already on the GPU)
+    def matrix(self, a):
+        """A dense weight matrix: bf16 bits (uint16) as they are, others as float32."""
+        return cp.ascontiguousarray(cp.asarray(a)) if a.dtype == np.uint16 else _f32(cp.asarray(a))
+
+    def vector(self, a):
+        """A small tensor (norm weight, bias, sinks) as float32."""
+        a = cp.asarray(a)
+        return (a.astype(cp.uint32) << 16).view(cp.float32) if a.dtype == cp.uint16 else _f32(a)
+
+    def packed(self, a):
+        """MXFP4 blocks or scales (uint8), as on disk."""
+        return cp.ascontiguousarray(cp.asarray(a))
+
+    def to_numpy(self, a) -> np.ndarray:
+        return cp.asnumpy(a)
+
+    # -- ops
+    def embed(self, table, ids):
+        ids = cp.asarray(ids, dtype=cp.int64)
+        if table.dtype != cp.uint16:
+            return _f32(table[ids])
+        return bf16_cuda.widen_rows(table, ids, cp.empty((ids.shape[0], table.shape[1]), cp.float32))
+
+    def linear(self, x, w, b=None):
+        """x [T, K] @ w.T (+ b) for w [N, K] -> [T, N] float32."""
+        x = _f32(x)
+        T, N = x.shape[0], w.shape[0]
+        if w.dtype != cp.uint16:
+            y = x @ w.T
+            return y + b if b is not None else y
+        if T <= bf16_cuda.MAX_ROWS:
+            bias = b if b is not None else cp.zeros(N, cp.float32)
+            return bf16_cuda.gemv(x, w, bias, cp.empty((T, N), cp.float32))
+        y = cp.empty((T, N), cp.float32)
+        tile = cp.empty((min(WIDEN_TILE_ROWS, N), w.shape[1]), cp.float32)
+        for r in range(0, N, WIDEN_TILE_ROWS):
+            rows = min(WIDEN_TILE_ROWS, N - r)
+            bf16_cuda.widen_rows(w, cp.arange(r, r + rows, dtype=cp.int64), tile[:rows])
+            y[:, r:r + rows] = x @ tile[:rows].T
+        return y + b if b is not None else y
+
+    def rmsnorm(self, x, w, eps):
+        x = _f32(x)
+        return norm_rope_cuda.rmsnorm(x, w, eps, cp.empty_like(x))
+
+    def rope_tables(self, inv_freq, scale, positions):
+        T, half = len(positions), inv_freq.shape[0]
+        cos, sin = cp.empty((T, half), cp.float32), cp.empty((T, half), cp.float32)
+        return norm_rope_cuda.rope_tables(inv_freq, scale, cp.asarray(positions, dtype=cp.int64), cos, sin)
+
+    def rope(self, x, cos, sin):
+        x = _f32(x)
+        return norm_rope_cuda.rope(x, cos, sin, cp.empty_like(x))
+
+    def attention(self, q, k, v, q_pos, k_pos, sinks, window, scale):
+        q = _f32(q)
+        return attention_cuda.attention(q, _f32(k), _f32(v), cp.asarray(q_pos, dtype=cp.int64),
+                                        cp.asarray(k_pos, dtype=cp.int64), sinks, window, scale, cp.empty_like(q))
+
+    def route(self, logits, k):
+        T = logits.shape[0]
+        return moe_cuda.route(_f32(logits), cp.empty((T, k), cp.int32), cp.empty((T, k), cp.float32))
+
+    def swiglu(self, gate_up, limit, alpha):
+        P, two_i = gate_up.shape
+        return moe_cuda.swiglu(_f32(gate_up), limit, alpha, cp.empty((P, two_i // 2), cp.float32))
+
+    def experts(self, w, x, experts, weights, limit, alpha):
+        """The routed experts' weighted sum [T, D]: all (token, slot) pairs at once (moe.py)."""
+        return moe_layer.by_pairs(self, w, x, experts, weights, limit, alpha)
+
+    def pair_plan(self, experts, num_experts: int):
+        """experts [T, A] -> (each pair's expert [P], order [P], offsets [E + 1], T): for the grouped
+        matmul, the pairs sorted by expert; for the GEMV (few tokens) order and offsets are None."""
+        T = experts.shape[0]
+        flat = cp.ascontiguousarray(experts.ravel(), dtype=cp.int32)
+        if T <= EXPERT_GEMV_MAX_TOKENS:
+            return flat, None, None, T
+        order, offsets = moe_cuda.sort_pairs(flat, cp.empty_like(flat), cp.empty(num_experts + 1, cp.int32))
+        return flat, order, offsets, T
+
+    def mxfp4_experts(self, x, rows_per_x, blocks, scales, bias, plan):
+        """out[p] = W_{e(p)} . x[p // rows_per_x] + bias[e(p)] for every pair p of `plan` -> [P, N]."""
+        flat, order, offsets, T = plan
+        x = _f32(x)
+        out = cp.empty((flat.shape[0], blocks.shape[1]), cp.float32)
+        if T <= EXPERT_GEMV_MAX_TOKENS:
+            return mxfp4_cuda.expert_gemv(x, rows_per_x, flat, blocks, scales, bias, out)
+        return mxfp4_cuda.expert_matmul(x, rows_per_x, order, offsets, T, blocks, scales, bias, out)
+
+    def combine(self, y, weights):
+        T = weights.shape[0]
+        return moe_cuda.combine(_f32(y), weights, cp.empty((T, y.shape[1]), cp.float32))
+
+    def sample(self, logits, temperature=0.0, top_k=None, top_p=None, min_p=None, rng=None) -> int:
+        """The next token id from logits [V], chosen on the GPU with sampling.py's semantics; a draw
+        takes one uniform number from `rng` (a NumPy Generator), as sampling.sample does."""
+        sampling.check_args(temperature, top_k, top_p, min_p)
+        logits = _f32(logits)
+        out = cp.empty(1, cp.int32)
+        if temperature == 0:
+            return int(cp.asnumpy(sampling_cuda.argmax(logits, out))[0])
+        order = cp.argsort(-logits).astype(cp.int32)  # CuPy's sort is stable: ties keep the lower id first
+        u = (rng if rng is not None else np.random.default_rng()).random()
+        return int(cp.asnumpy(sampling_cuda.sample(logits, order, temperature, top_k, top_p, min_p, u, out))[0])

@@ -1,0 +1,127 @@
+"""What the CUDA kernels share: scalar math compiled inline into each kernel, and array helpers.
+
+The device functions are small pure functions (`cuda.jit(device=True, inline=True)`), so the FP4,
+e8m0, bf16 and SwiGLU definitions exist once. They also run under Numba's CUDA simulator
+(NUMBA_ENABLE_CUDASIM=1), where they are plain Python.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import cuda
+
+# Upper bound of threads per block: shared-memory scratch arrays are sized by it.
+MAX_THREADS = 1024
+
+
+@cuda.jit(device=True, inline=True)
+def fp4_times2(nibble):
+    """Twice the FP4 (e2m1) value of a nibble, as a float32 in -12..12 (exact)."""
+    magnitude = np.int32(nibble) & 7
+    exponent = magnitude >> 1
+    mantissa = magnitude & 1
+    twice = mantissa if exponent == 0 else (2 + mantissa) << (exponent - 1)
+    return np.float32(-twice if nibble & 8 else twice)
+
+
+@cuda.jit(device=True, inline=True)
+def e8m0_half(s):
+    """Half the e8m0 block scale: 2**(s - 128), exact (no flush of denormals: no fastmath here)."""
+    return math.ldexp(np.float32(1.0), int(s) - 128)
+
+
+@cuda.jit(device=True, inline=True)
+def bf16_lo(word):
+    """The bf16 value in the low half of a uint32 word (the even element of a little-endian pair)."""
+    return np.uint32(np.uint32(word) << 16).view(np.float32)
+
+
+@cuda.jit(device=True, inline=True)
+def bf16_hi(word):
+    """The bf16 value in the high half of a uint32 word (the odd element)."""
+    return np.uint32(np.uint32(word) & np.uint32(0xFFFF0000)).view(np.float32)
+
+
+@cuda.jit(device=True, inline=True)
+def swiglu(gate, up, limit, alpha):
+    """The clamped SwiGLU of gpt-oss: (clip(up, +-limit) + 1) * g * sigmoid(alpha * g), g = min(gate, limit)."""
+    g = min(gate, limit)
+    u = max(min(up, limit), -limit)
+    return (u + np.float32(1)) * (g / (np.float32(1) + math.exp(-alpha * g)))
+
+
+@cuda.jit(device=True, inline=True)
+def block_sum(buf, value, tid, n):
+    """Sum of `value` over the n threads of a block (n a power of two), through shared `buf` [>= n].
+
+    Every thread gets the sum. Shared memory only: the simulator has no warp shuffles."""
+    buf[tid] = value
+    cuda.syncthreads()
+    step = n // 2
+    while step > 0:
+        if tid < step:
+            buf[tid] += buf[tid + step]
+        cuda.syncthreads()
+        step //= 2
+    total = buf[0]
+    cuda.syncthreads()
+    return total
+
+
+@cuda.jit(device=True, inline=True)
+def block_max(buf, value, tid, n):
+    """Maximum of `value` over the n threads of a block (n a power of two); every thread gets it."""
+    buf[tid] = value
+    cuda.syncthreads()
+    step = n // 2
+    while step > 0:
+        if tid < step:
+            buf[tid] = max(buf[tid], buf[tid + step])
+        cuda.syncthreads()
+        step //= 2
+    best = buf[0]
+    cuda.syncthreads()
+    return best
+
+
+@cuda.jit(device=True, inline=True)
+def row_sum(buf, value, lane, row, lanes):
+    """Sum of `value` over the `lanes` threads (a power of two) of one block row, through shared
+    `buf` [>= rows * lanes]; every thread of the row gets it."""
+    base = row * lanes
+    buf[base + lane] = value
+    cuda.syncthreads()
+    step = lanes // 2
+    while step > 0:
+        if lane < step:
+            buf[base + lane] += buf[base + lane + step]
+        cuda.syncthreads()
+        step //= 2
+    total = buf[base]
+    cuda.syncthreads()
+    return total
+
+
+def power_of_two(n: int, lo: int = 1, hi: int = MAX_THREADS) -> int:
+    """The smallest power of two >= n, clipped to [lo, hi]."""
+    p = 1
+    while p < n:
+        p *= 2
+    return max(lo, min(hi, p))
+
+
+def array_module(a):
+    """cupy for a CuPy array, else numpy (the simulator's kernels take NumPy arrays)."""
+    if type(a).__module__.startswith("cupy"):
+        import cupy
+        return cupy
+    return np
+
+
+def check(condition: bool, what: str, **arrays) -> None:
+    """ValueError naming the op and the shapes and dtypes of its arguments unless `condition`."""
+    if not condition:
+        shapes = ", ".join(f"{k} {getattr(v, 'shape', v)} {getattr(v, 'dtype', '')}".rstrip() for k, v in arrays.items())
+        raise ValueError(f"{what}: {shapes} do not fit")

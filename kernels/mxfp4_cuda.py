@@ -1,0 +1,156 @@
+"""MXFP4 expert matrices on the GPU: FP4 nibbles and e8m0 scales decoded inside the matmul.
+
+Both kernels compute, for pairs p = (token, slot) routed to expert e = experts of p,
+    out[p, n] = W_e[n] . x[p // rows_per_x] + bias[e, n]
+with W_e stored as on disk (blocks uint8 [E, N, K/32, 16], scales uint8 [E, N, K/32]; see mxfp4.py).
+`rows_per_x` lets the gate_up projection read each token's row once for its A pairs (A) and the
+down projection read the pair's own row (1). Only the selected experts' bytes are read.
+
+  expert_gemv     decode: one output row per LANES threads, each lane reading whole 16-byte blocks
+  expert_matmul   prefill: pairs grouped by expert (moe_cuda.sort_pairs); a block computes a tile of
+                  pairs x rows, staging the x tile and the dequantized W tile in shared memory
+The NumPy reference is mxfp4.matmul_ref applied per pair.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import cuda
+
+from .common_cuda import MAX_THREADS, check, e8m0_half, fp4_times2, row_sum
+from .mxfp4 import BLOCK
+
+# Launch shapes (tests shrink them so the simulator covers partial blocks with few threads).
+GEMV_LANES = 32  # threads per output row (a power of two)
+GEMV_ROWS = 8  # output rows per block
+TILE_THREADS = (16, 16)  # (x: output rows, y: pairs) threads per block; each owns MICRO x MICRO outputs
+MICRO = 4
+_TILE_MAX = 64  # = 16 * MICRO: shared tiles are sized for the largest block
+
+
+@cuda.jit
+def _gemv_kernel(x, rows_per_x, experts, words, scales, bias, out):
+    """Block (lanes, rows): `rows` outputs of pair blockIdx.y; words = blocks as uint32 [E, N, G, 4].
+
+    Each lane reads one whole 16-byte block (32 weights) at a time; consecutive lanes read
+    consecutive blocks of the row, so a warp reads 512 contiguous bytes."""
+    partial = cuda.shared.array(MAX_THREADS, np.float32)
+    lane, r = cuda.threadIdx.x, cuda.threadIdx.y
+    lanes = cuda.blockDim.x
+    p = cuda.blockIdx.y
+    n = cuda.blockIdx.x * cuda.blockDim.y + r
+    N, G = words.shape[1], words.shape[2]
+    e = experts[p]
+    row = p // rows_per_x
+    acc = np.float32(0)
+    if n < N:
+        for g in range(lane, G, lanes):
+            base = g * 32
+            s = np.float32(0)
+            for j in range(4):
+                w = words[e, n, g, j]
+                for b in range(4):
+                    byte = (w >> (8 * b)) & 0xFF
+                    k = base + 8 * j + 2 * b
+                    s += fp4_times2(byte & 15) * x[row, k] + fp4_times2(byte >> 4) * x[row, k + 1]
+            acc += s * e8m0_half(scales[e, n, g])
+    total = row_sum(partial, acc, lane, r, lanes)
+    if lane == 0 and n < N:
+        out[p, n] = total + bias[e, n]
+
+
+@cuda.jit
+def _grouped_matmul_kernel(x, rows_per_x, order, offsets, blocks, scales, bias, out):
+    """Grid (row tiles, E, pair tiles), block (bx, by): expert e = blockIdx.y multiplies its pairs
+    order[offsets[e] + blockIdx.z * TM ...] (TM = by * MICRO) by its rows blockIdx.x * TN ... (TN = bx * MICRO).
+
+    Per 32-wide K block: stage x [TM, 32] and the dequantized W [TN, 32] in shared memory (rows
+    padded to 33 words against bank conflicts), then each thread updates its MICRO x MICRO outputs,
+    strided by the block shape so that neighbouring threads write neighbouring outputs."""
+    xs = cuda.shared.array((_TILE_MAX, 33), np.float32)
+    ws = cuda.shared.array((_TILE_MAX, 33), np.float32)
+    acc = cuda.local.array((MICRO, MICRO), np.float32)
+    a = cuda.local.array(MICRO, np.float32)
+    b = cuda.local.array(MICRO, np.float32)
+    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+    bx, by = cuda.blockDim.x, cuda.blockDim.y
+    tid, threads = ty * bx + tx, bx * by
+    TN, TM = bx * MICRO, by * MICRO
+    e = cuda.blockIdx.y
+    start = offsets[e] + cuda.blockIdx.z * TM
+    end = offsets[e + 1]
+    if start >= end:  # this expert has fewer pairs: the whole block leaves
+        return
+    n0 = cuda.blockIdx.x * TN
+    N, G = blocks.shape[1], blocks.shape[2]
+    for i in range(MICRO):
+        for j in range(MICRO):
+            acc[i, j] = 0
+    for g in range(G):
+        for i in range(tid, TM * 32, threads):
+            m, kk = i // 32, i % 32
+            xs[m, kk] = x[order[start + m] // rows_per_x, g * 32 + kk] if start + m < end else 0
+        for i in range(tid, TN * 16, threads):
+            nn, j = i // 16, i % 16
+            lo, hi = np.float32(0), np.float32(0)
+            if n0 + nn < N:
+                byte = blocks[e, n0 + nn, g, j]
+                s = e8m0_half(scales[e, n0 + nn, g])
+                lo, hi = fp4_times2(byte & 15) * s, fp4_times2(byte >> 4) * s
+            ws[nn, 2 * j] = lo
+            ws[nn, 2 * j + 1] = hi
+        cuda.syncthreads()
+        for kk in range(32):
+            for i in range(MICRO):
+                a[i] = xs[ty + i * by, kk]
+                b[i] = ws[tx + i * bx, kk]
+            for i in range(MICRO):
+                for j in range(MICRO):
+                    acc[i, j] += a[i] * b[j]
+        cuda.syncthreads()
+    for i in range(MICRO):
+        if start + ty + i * by < end:
+            p = order[start + ty + i * by]
+            for j in range(MICRO):
+                n = n0 + tx + j * bx
+                if n < N:
+                    out[p, n] = acc[i, j] + bias[e, n]
+
+
+def _check_experts(x, rows_per_x, blocks, scales, bias, out, P):
+    E, N, G, _ = blocks.shape
+    check(x.ndim == 2 and x.shape[1] == G * BLOCK and x.dtype == np.float32 and x.shape[0] * rows_per_x >= P
+          and blocks.dtype == np.uint8 and blocks.shape[3] == 16 and scales.shape == (E, N, G)
+          and scales.dtype == np.uint8 and bias.shape == (E, N) and bias.dtype == np.float32
+          and out.shape == (P, N) and out.dtype == np.float32,
+          "mxfp4 experts", x=x, blocks=blocks, scales=scales, bias=bias, out=out)
+    check(x.flags.c_contiguous and blocks.flags.c_contiguous, "mxfp4 experts (C-contiguous arrays)",
+          x=x, blocks=blocks)
+
+
+def expert_gemv(x, rows_per_x: int, experts, blocks, scales, bias, out):
+    """out[p, n] = W_{experts[p]}[n] . x[p // rows_per_x] + bias[experts[p], n] for p < P.
+
+    x [P / rows_per_x, K] f32, experts [P] int, blocks [E, N, K/32, 16] u8, scales [E, N, K/32] u8,
+    bias [E, N] f32, out [P, N] f32 (written; returned)."""
+    P = experts.shape[0]
+    _check_experts(x, rows_per_x, blocks, scales, bias, out, P)
+    N = blocks.shape[1]
+    grid = ((N + GEMV_ROWS - 1) // GEMV_ROWS, P)
+    _gemv_kernel[grid, (GEMV_LANES, GEMV_ROWS)](x, rows_per_x, experts, blocks.view(np.uint32), scales, bias, out)
+    return out
+
+
+def expert_matmul(x, rows_per_x: int, order, offsets, max_pairs: int, blocks, scales, bias, out):
+    """The same product for pairs grouped by expert: expert e owns pairs order[offsets[e]:offsets[e+1]].
+
+    order [P] int (pair ids), offsets [E + 1] int, max_pairs >= the most pairs of one expert
+    (the token count: a token picks an expert at most once); other arguments as expert_gemv."""
+    P = order.shape[0]
+    _check_experts(x, rows_per_x, blocks, scales, bias, out, P)
+    E, N = blocks.shape[:2]
+    check(offsets.shape == (E + 1,), "mxfp4 expert_matmul", offsets=offsets, blocks=blocks)
+    bx, by = TILE_THREADS
+    grid = ((N + bx * MICRO - 1) // (bx * MICRO), E, max(1, (max_pairs + by * MICRO - 1) // (by * MICRO)))
+    _grouped_matmul_kernel[grid, (bx, by)](x, rows_per_x, order, offsets, blocks, scales, bias, out)
+    return out

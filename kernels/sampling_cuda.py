@@ -1,0 +1,153 @@
+"""Choosing the next token on the GPU, so that only its id crosses to the host.
+
+  argmax  greedy: each block reduces a strided share of the logits to (value, index), then one
+          block reduces the blocks' results; ties go to the lower index (as np.argmax)
+  sample  temperature, top-k, top-p, min-p and the draw, with sampling.py's semantics: given the
+          ids sorted by descending logit (a stable sort, so ties rank the lower id first), every
+          filter keeps a prefix of that order; one block finds the prefix length L with scans,
+          then draws in id order (as NumPy's Generator.choice does with the same uniform u).
+The NumPy reference is sampling.sample.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import cuda
+
+from .common_cuda import MAX_THREADS, array_module, block_sum, check
+
+THREADS = 1024  # threads per block (a power of two)
+ARGMAX_BLOCKS = 128  # blocks of the first argmax pass
+
+
+@cuda.jit
+def _argmax_kernel(values, indices, out_values, out_indices):
+    """Block b: the best (value, index) of values[i], i = b * nt + tid + j * grid * nt; index i is
+    indices[i] when indices is not empty (second pass), else i itself."""
+    vbuf = cuda.shared.array(MAX_THREADS, np.float32)
+    ibuf = cuda.shared.array(MAX_THREADS, np.int32)
+    tid, nt = cuda.threadIdx.x, cuda.blockDim.x
+    best, best_i = np.float32(-math.inf), np.int32(2 ** 31 - 1)
+    for i in range(cuda.blockIdx.x * nt + tid, values.shape[0], cuda.gridDim.x * nt):
+        index = indices[i] if indices.shape[0] else np.int32(i)
+        if values[i] > best or (values[i] == best and index < best_i):
+            best, best_i = values[i], index
+    vbuf[tid], ibuf[tid] = best, best_i
+    cuda.syncthreads()
+    step = nt // 2
+    while step > 0:
+        if tid < step:
+            v, j = vbuf[tid + step], ibuf[tid + step]
+            if v > vbuf[tid] or (v == vbuf[tid] and j < ibuf[tid]):
+                vbuf[tid], ibuf[tid] = v, j
+        cuda.syncthreads()
+        step //= 2
+    if tid == 0:
+        out_values[cuda.blockIdx.x] = vbuf[0]
+        out_indices[cuda.blockIdx.x] = ibuf[0]
+
+
+@cuda.jit(device=True, inline=True)
+def _exclusive_scan(buf, tid, nt):
+    """buf[tid] becomes the sum of buf[:tid] (one thread walks the nt partial sums)."""
+    cuda.syncthreads()
+    if tid == 0:
+        running = np.float32(0)
+        for i in range(nt):
+            value = buf[i]
+            buf[i] = running
+            running += value
+    cuda.syncthreads()
+
+
+@cuda.jit
+def _sample_kernel(z, order, rank, inv_temperature, top_k, top_p, min_p, u, out):
+    """One block. Thread tid owns a contiguous chunk of positions. p_j = exp((z[order[j]] - z_max) / T)
+    in sorted order; L = min(top_k, top-p prefix, min-p prefix); then the first id (in id order)
+    whose cumulative kept probability exceeds u times their total."""
+    buf = cuda.shared.array(MAX_THREADS, np.float32)
+    found = cuda.shared.array(2, np.int32)
+    tid, nt = cuda.threadIdx.x, cuda.blockDim.x
+    V = z.shape[0]
+    chunk = (V + nt - 1) // nt
+    lo, hi = min(V, tid * chunk), min(V, (tid + 1) * chunk)
+    z_max = z[order[0]]
+    K = min(top_k, V)
+    # total over the top-k, and the top-p cut: the first sorted j whose cumulative sum reaches top_p
+    mine = np.float32(0)
+    for j in range(lo, min(hi, K)):
+        mine += math.exp((z[order[j]] - z_max) * inv_temperature)
+    total = block_sum(buf, mine, tid, nt)
+    if tid == 0:
+        found[0] = K
+    buf[tid] = mine
+    _exclusive_scan(buf, tid, nt)
+    if top_p < 1:
+        running = buf[tid]
+        for j in range(lo, min(hi, K)):
+            running += math.exp((z[order[j]] - z_max) * inv_temperature)
+            if running >= top_p * total:
+                cuda.atomic.min(found, 0, j + 1)
+                break
+    cuda.syncthreads()
+    # min-p keeps p_j >= min_p * p_0 (p_0 = 1): a prefix of the sorted order, counted
+    L = found[0]
+    count = np.float32(0)
+    for j in range(lo, min(hi, L)):
+        if math.exp((z[order[j]] - z_max) * inv_temperature) >= min_p:
+            count += 1
+    L = min(L, int(block_sum(buf, count, tid, nt)))
+    # the draw, in id order over the kept ids
+    mine = np.float32(0)
+    for i in range(lo, hi):
+        if rank[i] < L:
+            mine += math.exp((z[i] - z_max) * inv_temperature)
+    kept_total = block_sum(buf, mine, tid, nt)
+    if tid == 0:
+        found[0], found[1] = V, -1
+    buf[tid] = mine
+    _exclusive_scan(buf, tid, nt)
+    running = buf[tid]
+    last_kept = -1
+    for i in range(lo, hi):
+        if rank[i] < L:
+            last_kept = i
+            running += math.exp((z[i] - z_max) * inv_temperature)
+            if running > u * kept_total:
+                cuda.atomic.min(found, 0, i)
+                break
+    cuda.atomic.max(found, 1, last_kept)
+    cuda.syncthreads()
+    if tid == 0:  # rounding can leave u * total just above the last running sum: take the last kept id
+        out[0] = found[0] if found[0] < V else found[1]
+
+
+def argmax(logits, out):
+    """out [1] int32 = the index of the largest of logits [V] f32 (the lower index at ties)."""
+    check(logits.ndim == 1 and logits.dtype == np.float32 and out.shape == (1,) and out.dtype == np.int32,
+          "argmax", logits=logits, out=out)
+    xp = array_module(out)
+    blocks = max(1, min(ARGMAX_BLOCKS, -(-logits.shape[0] // THREADS)))
+    values, indices = xp.empty(blocks, np.float32), xp.empty(blocks, np.int32)
+    _argmax_kernel[blocks, THREADS](logits, xp.empty(0, np.int32), values, indices)
+    _argmax_kernel[1, THREADS](values, indices, xp.empty(1, np.float32), out)
+    return out
+
+
+def sample(logits, order, temperature: float, top_k: int | None, top_p: float | None, min_p: float | None,
+           u: float, out):
+    """out [1] int32 = the id drawn from logits [V] f32 after temperature (> 0), top-k, top-p and min-p,
+    with the uniform number u in [0, 1); order [V] int32 = ids by descending logit, ties lower id first."""
+    V = logits.shape[0]
+    check(temperature > 0 and logits.ndim == 1 and order.shape == (V,) and logits.dtype == np.float32
+          and order.dtype == np.int32 and out.shape == (1,) and out.dtype == np.int32,
+          "sample", logits=logits, order=order, out=out)
+    xp = array_module(out)
+    rank = xp.empty(V, np.int32)
+    rank[order] = xp.arange(V, dtype=np.int32)
+    _sample_kernel[1, THREADS](logits, order, rank, np.float32(1 / temperature), int(top_k or V),
+                               np.float32(1.0 if top_p is None else top_p), np.float32(min_p or 0.0),
+                               np.float32(u), out)
+    return out

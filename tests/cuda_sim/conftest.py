@@ -1,0 +1,35 @@
+"""CUDA kernels in Numba's simulator: collected only when NUMBA_ENABLE_CUDASIM=1 was set before numba
+was imported, which tests/test_kernels_cuda.py does by running this folder in a subprocess
+(`NUMBA_ENABLE_CUDASIM=1 python3 -m pytest tests/cuda_sim`). A plain `pytest` run skips the folder.
+The folder is a package (its __init__.py), so this conftest does not shadow tests/conftest.py.
+
+The simulator runs every GPU thread as a Python thread, so the launch shapes are shrunk here: a few
+threads per block and blocks of a few rows, which also makes the inputs' tails partial blocks.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
+    collect_ignore_glob = ["test_*.py"]
+
+SMALL_LAUNCHES = {
+    "mxfp4_cuda": dict(GEMV_LANES=4, GEMV_ROWS=2, TILE_THREADS=(2, 2)),
+    "bf16_cuda": dict(GEMV_LANES=4, GEMV_ROWS=2, WIDEN_THREADS=16),
+    "attention_cuda": dict(THREADS=8, KEYS_PER_SPLIT=8),
+    "norm_rope_cuda": dict(THREADS=16),
+    "moe_cuda": dict(THREADS=32, SORT_THREADS=8),
+    "sampling_cuda": dict(THREADS=8, ARGMAX_BLOCKS=3),
+}
+
+
+@pytest.fixture(autouse=True)
+def small_launches(monkeypatch):
+    import importlib
+    for module, values in SMALL_LAUNCHES.items():
+        m = importlib.import_module(f"gptoss_np.kernels.{module}")
+        for name, value in values.items():
+            monkeypatch.setattr(m, name, value)

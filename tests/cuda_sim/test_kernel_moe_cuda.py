@@ -1,0 +1,56 @@
+"""Router top-k, pair sorting, SwiGLU and the weighted combine (simulator) against moe's references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cuda_sim.sim import assert_close, poisoned
+from gptoss_np.kernels import moe, moe_cuda
+
+
+def test_route():
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((40, 7), dtype=np.float32)  # 40 tokens: a full and a partial block of 32
+    experts, weights = poisoned((40, 3), np.int32), poisoned((40, 3))
+    moe_cuda.route(logits, experts, weights)
+    ref_experts, ref_weights = moe.route_ref(logits, 3)
+    np.testing.assert_array_equal(experts, ref_experts)
+    assert_close(weights, ref_weights)
+
+
+def test_route_ties_go_to_the_lower_expert():
+    logits = np.array([[1.0, 3.0, 1.0, 3.0, 0.0]], np.float32)
+    experts, weights = poisoned((1, 3), np.int32), poisoned((1, 3))
+    moe_cuda.route(logits, experts, weights)
+    assert experts.tolist() == [[1, 3, 0]]
+
+
+def test_sort_pairs_groups_by_expert():
+    rng = np.random.default_rng(1)
+    experts = rng.integers(0, 6, 37).astype(np.int32)
+    experts[experts == 4] = 5  # expert 4 has no pair
+    order, offsets = moe_cuda.sort_pairs(experts, poisoned(37, np.int32), poisoned(7, np.int32))
+    np.testing.assert_array_equal(offsets, np.r_[0, np.cumsum(np.bincount(experts, minlength=6))])
+    assert sorted(order.tolist()) == list(range(37))
+    for e in range(6):
+        assert (experts[order[offsets[e]:offsets[e + 1]]] == e).all()
+
+
+@pytest.mark.filterwarnings("ignore:overflow")  # the simulator's float32 exp overflows to inf, as on the GPU
+def test_swiglu_clamps():
+    rng = np.random.default_rng(2)
+    gate_up = 6 * rng.standard_normal((3, 22), dtype=np.float32)  # |values| beyond the limit 7 too
+    gate_up[0, :4] = [-200.0, 200.0, 200.0, -200.0]
+    out = poisoned((3, 11))
+    moe_cuda.swiglu(gate_up, 7.0, 1.702, out)
+    assert_close(out, moe.swiglu_ref(gate_up, 7.0, 1.702))
+
+
+def test_combine():
+    rng = np.random.default_rng(3)
+    y = rng.standard_normal((5 * 3, 9), dtype=np.float32)
+    weights = rng.random((5, 3), dtype=np.float32)
+    out = poisoned((5, 9))
+    moe_cuda.combine(y, weights, out)
+    assert_close(out, np.einsum("ta,tad->td", weights, y.reshape(5, 3, 9)))

@@ -1,0 +1,64 @@
+"""MXFP4 expert GEMV and grouped matmul (simulator) against mxfp4.matmul_ref per pair."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cuda_sim.sim import assert_close, poisoned
+from gptoss_np.kernels import moe_cuda, mxfp4, mxfp4_cuda
+
+
+def random_experts(rng, E, N, groups):
+    blocks = rng.integers(0, 256, (E, N, groups, 16), dtype=np.uint8)
+    scales = rng.integers(100, 140, (E, N, groups), dtype=np.uint8)
+    bias = rng.standard_normal((E, N), dtype=np.float32)
+    return blocks, scales, bias
+
+
+def reference(x, rows_per_x, experts, blocks, scales, bias):
+    return np.stack([mxfp4.matmul_ref(x[p // rows_per_x].astype(np.float64)[None], blocks[e], scales[e])[0] + bias[e]
+                     for p, e in enumerate(experts)])
+
+
+@pytest.mark.parametrize("tokens, A, N, groups", [(1, 2, 5, 3), (2, 1, 3, 1)])
+def test_gemv(tokens, A, N, groups):
+    rng = np.random.default_rng(N)
+    E = 4
+    blocks, scales, bias = random_experts(rng, E, N, groups)
+    x = rng.standard_normal((tokens, groups * 32), dtype=np.float32)
+    experts = rng.choice(E, tokens * A, replace=False).astype(np.int32)
+    out = poisoned((tokens * A, N))
+    mxfp4_cuda.expert_gemv(x, A, experts, blocks, scales, bias, out)
+    assert_close(out, reference(x, A, experts, blocks, scales, bias))
+
+
+def test_gemv_reads_only_the_selected_experts():
+    rng = np.random.default_rng(1)
+    blocks, scales, bias = random_experts(rng, 3, 4, 2)
+    scales[[0, 2]] = 255  # 2**128 * 6 overflows to inf: any read of experts 0 or 2 would show
+    x = rng.standard_normal((1, 64), dtype=np.float32)
+    out = poisoned((1, 4))
+    mxfp4_cuda.expert_gemv(x, 1, np.array([1], np.int32), blocks, scales, bias, out)
+    assert_close(out, reference(x, 1, [1], blocks, scales, bias))
+
+
+@pytest.mark.parametrize("rows_per_x", [2, 1])
+def test_grouped_matmul(rows_per_x):
+    rng = np.random.default_rng(rows_per_x)
+    E, N, groups, tokens, A = 3, 11, 2, 10, 2  # 11 rows: one full 8-row tile and a partial one
+    blocks, scales, bias = random_experts(rng, E, N, groups)
+    experts = np.stack([rng.choice(E, A, replace=False) for _ in range(tokens)]).astype(np.int32).ravel()
+    experts[experts == 2] = 0  # expert 2 gets no pair (its blocks must leave); expert 0 gets 10 (2 tiles)
+    x = rng.standard_normal((tokens * A // rows_per_x, groups * 32), dtype=np.float32)
+    order, offsets = moe_cuda.sort_pairs(experts, poisoned(experts.shape, np.int32), poisoned(E + 1, np.int32))
+    out = poisoned((tokens * A, N))
+    mxfp4_cuda.expert_matmul(x, rows_per_x, order, offsets, tokens, blocks, scales, bias, out)
+    assert_close(out, reference(x, rows_per_x, experts, blocks, scales, bias))
+
+
+def test_shapes_are_checked():
+    blocks = np.zeros((2, 4, 2, 16), np.uint8)
+    with pytest.raises(ValueError, match="do not fit"):
+        mxfp4_cuda.expert_gemv(np.zeros((1, 32), np.float32), 1, np.zeros(1, np.int32), blocks,
+                               np.zeros((2, 4, 2), np.uint8), np.zeros((2, 4), np.float32), poisoned((1, 4)))

@@ -1,0 +1,34 @@
+"""Argmax and the filtered draw (simulator) against sampling.sample with the same uniform number."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cuda_sim.sim import poisoned
+from gptoss_np import sampling
+from gptoss_np.kernels import sampling_cuda
+
+
+def test_argmax_takes_the_lower_index_at_ties():
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal(70, dtype=np.float32)  # 70: 3 blocks of 8 threads, strided, partial
+    logits[[13, 61]] = 9.0
+    out = poisoned(1, np.int32)
+    sampling_cuda.argmax(logits, out)
+    assert out[0] == 13
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p, min_p", [
+    (1.0, None, None, None), (0.7, 5, None, None), (1.3, None, 0.8, None), (1.0, 12, 0.9, 0.05), (0.5, None, None, 0.2)])
+def test_sample_draws_as_the_cpu(temperature, top_k, top_p, min_p):
+    rng = np.random.default_rng(1)
+    logits = 2 * rng.standard_normal(50, dtype=np.float32)
+    order = np.argsort(-logits, kind="stable").astype(np.int32)
+    for seed in range(6):
+        u = np.random.default_rng(seed).random()
+        expected = sampling.sample(logits, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                   rng=np.random.default_rng(seed))
+        out = poisoned(1, np.int32)
+        sampling_cuda.sample(logits, order, temperature, top_k, top_p, min_p, u, out)
+        assert out[0] == expected, (seed, u)

@@ -1,0 +1,159 @@
+"""The CUDA engine on a real GPU: kernels at real launch shapes, then the whole model against the CPU
+engine and transformers (both on synthetic checkpoints, transformers on the same GPU).
+
+Every test is marked `gpu` and skipped, with the reason, when no GPU is usable (backend.cuda_unusable_reason).
+bench/gpu_check.sh runs this file on the device machine.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gptoss_np
+from conftest import CHECKPOINTS, rel_err
+from gptoss_np import backend, sampling, synthetic
+
+pytestmark = pytest.mark.gpu
+TOL = 1e-3  # relative error on float32 logits (measured values are far below it)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def gpu():
+    reason = backend.cuda_unusable_reason()
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def hf_cuda():
+    """hf_cuda(folder) -> transformers' GptOssForCausalLM on the GPU in float32, eager attention."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    if not torch.cuda.is_available():
+        pytest.skip("torch sees no GPU")
+    transformers.logging.set_verbosity_error()
+
+    def get(folder):
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            folder, dtype=torch.float32, attn_implementation="eager",
+            quantization_config=transformers.Mxfp4Config(dequantize=True)).to("cuda").eval()
+        return model
+    return get
+
+
+def hf_logits_cuda(model, ids) -> np.ndarray:
+    import torch
+    with torch.no_grad():
+        return model(torch.tensor(np.asarray(ids), device="cuda")[None]).logits[0].float().cpu().numpy()
+
+
+def prompt(config, length: int, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, config.vocab_size, length)
+
+
+# ---------------------------------------------------------------- kernels at real shapes
+
+def test_kernels_at_gpt_oss_20b_shapes():
+    import cupy as cp
+    from gptoss_np.kernels import attention, attention_cuda, bf16, bf16_cuda, moe_cuda, mxfp4, mxfp4_cuda
+    rng = np.random.default_rng(0)
+    E, N, G, T, A = 4, 2880, 90, 37, 4
+    blocks = rng.integers(0, 256, (E, N, G, 16), dtype=np.uint8)
+    scales = rng.integers(115, 125, (E, N, G), dtype=np.uint8)
+    bias = rng.standard_normal((E, N), dtype=np.float32)
+    x = rng.standard_normal((T, G * 32), dtype=np.float32)
+    experts = np.stack([rng.choice(E, A, replace=False) for _ in range(T)]).astype(np.int32).ravel()
+    ref = np.stack([mxfp4.matmul_ref(x[p // A][None], blocks[e], scales[e])[0] + bias[e] for p, e in enumerate(experts)])
+    d = {name: cp.asarray(a) for name, a in dict(blocks=blocks, scales=scales, bias=bias, x=x, experts=experts).items()}
+    out = cp.full((T * A, N), cp.nan, cp.float32)
+    mxfp4_cuda.expert_gemv(d["x"], A, d["experts"], d["blocks"], d["scales"], d["bias"], out)
+    assert rel_err(out.get(), ref) < 1e-5
+    order, offsets = moe_cuda.sort_pairs(d["experts"], cp.empty(T * A, cp.int32), cp.empty(E + 1, cp.int32))
+    out[:] = cp.nan
+    mxfp4_cuda.expert_matmul(d["x"], A, order, offsets, T, d["blocks"], d["scales"], d["bias"], out)
+    assert rel_err(out.get(), ref) < 1e-5
+
+    w = bf16.f32_to_bf16(rng.standard_normal((4096, 2880), dtype=np.float32))
+    xs = rng.standard_normal((3, 2880), dtype=np.float32)
+    y = cp.full((3, 4096), cp.nan, cp.float32)
+    bf16_cuda.gemv(cp.asarray(xs), cp.asarray(w), cp.zeros(4096, cp.float32), y)
+    assert rel_err(y.get(), bf16.matmul_ref(xs, w)) < 1e-5
+
+    S, H, Gk, Dh = 1000, 64, 8, 64
+    q = rng.standard_normal((1, H, Dh), dtype=np.float32)
+    k, v = rng.standard_normal((2, S, Gk, Dh), dtype=np.float32)
+    sinks = rng.standard_normal(H, dtype=np.float32)
+    q_pos, k_pos = np.array([S - 1]), np.arange(S)
+    for window in (None, 128):
+        o = cp.full((1, H, Dh), cp.nan, cp.float32)
+        attention_cuda.attention(cp.asarray(q), cp.asarray(k), cp.asarray(v), cp.asarray(q_pos), cp.asarray(k_pos),
+                                 cp.asarray(sinks), window, 0.125, o)
+        assert rel_err(o.get(), attention.attention_ref(q, k, v, q_pos, k_pos, sinks, window, 0.125)) < 1e-5
+
+
+def test_device_sampling_draws_as_the_cpu():
+    ops = backend.select("cuda")
+    rng = np.random.default_rng(0)
+    logits = (3 * rng.standard_normal(201088)).astype(np.float32)
+    assert ops.sample(ops.xp.asarray(logits)) == int(np.argmax(logits))
+    for seed in range(8):
+        kwargs = dict(temperature=0.8, top_k=50 if seed % 2 else None, top_p=0.9, min_p=0.01 if seed % 3 else None)
+        ours = ops.sample(ops.xp.asarray(logits), rng=np.random.default_rng(seed), **kwargs)
+        assert ours == sampling.sample(logits, rng=np.random.default_rng(seed), **kwargs)
+
+
+# ---------------------------------------------------------------- the whole model
+
+@pytest.mark.parametrize("name", list(CHECKPOINTS))
+def test_logits_match_cpu_and_transformers(name, checkpoint_dir, hf_cuda, record_property):
+    folder = checkpoint_dir(name)
+    cpu, gpu = gptoss_np.load(folder), gptoss_np.load(folder, device="cuda")
+    assert gpu.ops.name == "cuda"
+    ids = prompt(cpu.config, 100)
+    ours = gpu.logits(ids)
+    assert ours.dtype == np.float32 and ours.shape == (100, cpu.config.vocab_size)
+    errors = {"rel_err_cpu": rel_err(ours, cpu.logits(ids)), "rel_err_hf": rel_err(ours, hf_logits_cuda(hf_cuda(folder), ids))}
+    for key, value in errors.items():
+        record_property(key, value)
+    assert max(errors.values()) <= TOL, errors
+
+
+@pytest.mark.parametrize("name", ["tiny", "gqa4_sharded"])
+def test_prefill_then_decode_equals_full_sequence(name, checkpoint_dir):
+    model = gptoss_np.load(checkpoint_dir(name), device="cuda")
+    ids = prompt(model.config, 60, seed=2)
+    full = model.logits(ids)
+    cache = model.new_cache(8)  # smaller than the sequence: full layers grow on the GPU too
+    parts = [model.forward(ids[:20], cache, all_logits=True), model.forward(ids[20:45], cache, all_logits=True)]
+    parts += [model.forward(ids[t:t + 1], cache) for t in range(45, 60)]
+    assert rel_err(np.concatenate([model.ops.to_numpy(p) for p in parts]), full) <= TOL
+
+
+@pytest.mark.parametrize("name", ["tiny", "mha_tied"])
+def test_greedy_continuation_matches_cpu(name, checkpoint_dir):
+    folder = checkpoint_dir(name)
+    ids = prompt(gptoss_np.load(folder).config, 12, seed=3)
+    cpu = list(gptoss_np.load(folder).generate(ids, max_new_tokens=24))
+    assert list(gptoss_np.load(folder, device="cuda").generate(ids, max_new_tokens=24)) == cpu
+
+
+@pytest.fixture(scope="module")
+def two_layer_20b(tmp_path_factory):
+    """A 2-layer checkpoint with gpt-oss-20b's real dimensions (3.2 GB on disk)."""
+    config = synthetic.config_dict("gpt-oss-20b", num_hidden_layers=2)
+    return synthetic.write_checkpoint(tmp_path_factory.mktemp("two_layer_20b"), config, progress=False)
+
+
+def test_two_layers_of_20b(two_layer_20b, hf_cuda, record_property):
+    cpu, gpu = gptoss_np.load(two_layer_20b), gptoss_np.load(two_layer_20b, device="cuda")
+    ids = prompt(cpu.config, 40, seed=4)
+    ours = gpu.logits(ids)
+    err_cpu = rel_err(ours, cpu.logits(ids))
+    record_property("rel_err_cpu", err_cpu)
+    assert err_cpu <= TOL
+    assert list(gpu.generate(ids[:8], max_new_tokens=6)) == list(cpu.generate(ids[:8], max_new_tokens=6))
+    del cpu, gpu
+    err_hf = rel_err(ours, hf_logits_cuda(hf_cuda(two_layer_20b), ids))
+    record_property("rel_err_hf", err_hf)
+    assert err_hf <= TOL

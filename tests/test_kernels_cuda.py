@@ -1,0 +1,94 @@
+"""The CUDA kernels without a GPU: every kernel compiled to PTX for sm_90, and the simulator tests.
+
+PTX: numba-cuda compiles through NVRTC, which needs no GPU (`pip install -e ".[cudasim]"` installs
+numba-cuda with its NVRTC wheel). Simulator: tests/cuda_sim runs in a subprocess with
+NUMBA_ENABLE_CUDASIM=1, since the simulator is chosen when numba is first imported; its failures
+fail `test_simulator` here, with the subprocess's report in the message.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+C1, C2, C3, C4 = "[::1]", "[:, ::1]", "[:, :, ::1]", "[:, :, :, ::1]"
+F32, I32, I64 = "float32", "int32", "int64"
+
+# kernel -> its signature with the dtypes the CUDA backend passes
+SIGNATURES = {
+    "mxfp4_cuda._gemv_kernel": (f"{F32}{C2}", I64, f"{I32}{C1}", f"uint32{C4}", f"uint8{C3}", f"{F32}{C2}", f"{F32}{C2}"),
+    "mxfp4_cuda._grouped_matmul_kernel": (f"{F32}{C2}", I64, f"{I32}{C1}", f"{I32}{C1}", f"uint8{C4}", f"uint8{C3}",
+                                          f"{F32}{C2}", f"{F32}{C2}"),
+    "bf16_cuda._gemv_kernel": (f"{F32}{C2}", f"uint32{C2}", f"{F32}{C1}", f"{F32}{C2}"),
+    "bf16_cuda._widen_rows_kernel": (f"uint16{C2}", f"{I64}{C1}", f"{F32}{C2}"),
+    "attention_cuda._partial_kernel": (f"{F32}{C3}", f"{F32}{C3}", f"{F32}{C3}", f"{I64}{C1}", f"{I64}{C1}", I64,
+                                       F32, I64, f"{F32}{C3}", f"{F32}{C3}", f"{F32}{C4}"),
+    "attention_cuda._combine_kernel": (f"{F32}{C3}", f"{F32}{C3}", f"{F32}{C4}", f"{F32}{C1}", f"{F32}{C3}"),
+    "norm_rope_cuda._rmsnorm_kernel": (f"{F32}{C2}", f"{F32}{C1}", F32, f"{F32}{C2}"),
+    "norm_rope_cuda._rope_tables_kernel": (f"{F32}{C1}", F32, f"{I64}{C1}", f"{F32}{C2}", f"{F32}{C2}"),
+    "norm_rope_cuda._rope_kernel": (f"{F32}{C3}", f"{F32}{C2}", f"{F32}{C2}", f"{F32}{C3}"),
+    "moe_cuda._route_kernel": (f"{F32}{C2}", f"{I32}{C2}", f"{F32}{C2}"),
+    "moe_cuda._sort_pairs_kernel": (f"{I32}{C1}", f"{I32}{C1}", f"{I32}{C1}"),
+    "moe_cuda._swiglu_kernel": (f"{F32}{C2}", F32, F32, f"{F32}{C2}"),
+    "moe_cuda._combine_kernel": (f"{F32}{C2}", f"{F32}{C2}", f"{F32}{C2}"),
+    "sampling_cuda._argmax_kernel": (f"{F32}{C1}", f"{I32}{C1}", f"{F32}{C1}", f"{I32}{C1}"),
+    "sampling_cuda._sample_kernel": (f"{F32}{C1}", f"{I32}{C1}", f"{I32}{C1}", F32, I64, F32, F32, F32, f"{I32}{C1}"),
+}
+
+
+def test_every_kernel_has_a_signature():
+    found = set()
+    for path in (ROOT / "kernels").glob("*_cuda.py"):
+        module = importlib.import_module(f"gptoss_np.kernels.{path.stem}")
+        found |= {f"{path.stem}.{name}" for name in vars(module) if name.startswith("_") and name.endswith("_kernel")}
+    assert found == set(SIGNATURES)
+
+
+@pytest.fixture(scope="module")
+def compile_ptx():
+    """numba.cuda.compile_ptx for sm_90, with device functions compiled for sm_90 too (numba-cuda asks
+    the current device for their compute capability, and this machine has none)."""
+    cuda = pytest.importorskip("numba.cuda", reason="numba-cuda is not installed (pip install -e '.[cudasim]')")
+    import numba.cuda.dispatcher as dispatcher
+
+    class Sm90:
+        compute_capability = (9, 0)
+
+    @cuda.jit
+    def probe(x):
+        x[0] = 1
+
+    try:
+        cuda.compile_ptx(probe, "(float32[::1],)", cc=(9, 0))
+    except Exception as e:  # no NVRTC library: numba-cuda installed without its [cu12]/[cu13] extra
+        pytest.skip(f"NVRTC is not available to numba-cuda: {e}")
+    patch = pytest.MonkeyPatch()
+    patch.setattr(dispatcher, "get_current_device", lambda: Sm90())
+    yield lambda kernel, signature: cuda.compile_ptx(kernel, signature, cc=(9, 0))[0]
+    patch.undo()
+
+
+@pytest.mark.parametrize("name", list(SIGNATURES))
+def test_kernel_compiles_to_ptx_for_sm90(name, compile_ptx):
+    module_name, kernel_name = name.split(".")
+    kernel = getattr(importlib.import_module(f"gptoss_np.kernels.{module_name}"), kernel_name)
+    ptx = compile_ptx(kernel, "(" + ", ".join(SIGNATURES[name]) + ",)")
+    assert ".target sm_90" in ptx and ".entry" in ptx
+
+
+def test_simulator():
+    """tests/cuda_sim in Numba's CUDA simulator (a subprocess: NUMBA_ENABLE_CUDASIM must be set
+    before numba is imported)."""
+    pytest.importorskip("numba.cuda", reason="numba-cuda is not installed (pip install -e '.[cudasim]')")
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/cuda_sim"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, f"simulator tests failed:\n{run.stdout[-20000:]}\n{run.stderr[-5000:]}"
+    assert " passed" in run.stdout and "skipped" not in run.stdout, run.stdout[-2000:]
