@@ -76,6 +76,10 @@ class CpuOps:
         """The routed experts' weighted sum [T, D]: experts grouped on the host (moe.py)."""
         return moe_layer.by_expert_groups(self, w, x, experts, weights, limit, alpha)
 
+    def dispatched_experts(self, w, x, d, limit, alpha):
+        """The experts' weighted sum [T, D] for the pairs of a dispatch.Dispatch."""
+        return moe_layer.grouped(self, w, x, d, limit, alpha)
+
     def mxfp4_pairs(self, x, blocks, scales, experts):
         """Row p of x [P, K] times expert experts[p]'s matrix -> [P, N]."""
         return mxfp4.gemv_pairs(x, blocks, scales, experts)

@@ -110,6 +110,10 @@ class CudaOps:
         """The routed experts' weighted sum [T, D]: all (token, slot) pairs at once (moe.py)."""
         return moe_layer.by_pairs(self, w, x, experts, weights, limit, alpha)
 
+    def dispatched_experts(self, w, x, d, limit, alpha):
+        raise NotImplementedError("moe_dispatch='expert_choice' runs on the CPU backend only so far; "
+                                  "use moe_dispatch='exact' on the GPU")
+
     def pair_plan(self, experts, num_experts: int):
         """experts [T, A] -> (each pair's expert [P], order [P], offsets [E + 1], T): for the grouped
         matmul, the pairs sorted by expert; for the GEMV (few tokens) order and offsets are None."""

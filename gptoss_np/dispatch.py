@@ -49,6 +49,35 @@ class Dispatch:
         return np.diff(self.starts)
 
 
+MODES = ("exact", "expert_choice", "auto")
+
+
+@dataclass(frozen=True)
+class DispatchRule:
+    """How a layer routes several tokens: "exact" top-k (the default), "expert_choice" with a budget
+    of `tokens_per_expert(ratio, N, k, E)` tokens per expert, or "auto": expert choice when the seed's
+    rule says the budget saves work (`seed_prefers_expert_choice`), else exact. One token (decode)
+    always runs its own k experts."""
+
+    mode: str = "exact"
+    tokens_per_expert_ratio: float = 2.0
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"moe_dispatch must be one of {MODES}, got {self.mode!r}")
+        if not self.tokens_per_expert_ratio > 0:
+            raise ValueError(f"tokens_per_expert_ratio must be positive, got {self.tokens_per_expert_ratio!r}")
+
+    def budget(self, n_tokens: int, k: int, n_experts: int) -> int | None:
+        """Tokens per expert for expert-choice dispatch of n_tokens, or None for exact routing."""
+        if self.mode == "exact" or n_tokens == 1:
+            return None
+        budget = tokens_per_expert(self.tokens_per_expert_ratio, n_tokens, k, n_experts)
+        if self.mode == "auto" and not seed_prefers_expert_choice(budget, n_tokens):
+            return None
+        return budget
+
+
 def tokens_per_expert(ratio: float, n_tokens: int, k: int, n_experts: int) -> int:
     """The seed's budget: ratio * N * k / E tokens per expert, rounded up to a multiple of 8."""
     return 8 * math.ceil(ratio * n_tokens * k / n_experts / 8)
@@ -81,6 +110,15 @@ def expert_choice(logits: np.ndarray, k: int, budget: int) -> Dispatch:
     kept = taken & (rank_if_taken <= kth)
     dropped = int(np.count_nonzero((ranks < k) & ~kept))
     return _dispatch(logits, kept, dropped)
+
+
+def from_top_k(experts: np.ndarray, weights: np.ndarray, n_experts: int) -> Dispatch:
+    """The Dispatch of routing already chosen: experts / weights [N, k] from the router's top-k."""
+    N, k = experts.shape
+    order = np.argsort(experts.ravel(), kind="stable")  # (token, slot) pairs by expert, tokens ascending
+    starts = np.searchsorted(experts.ravel()[order], np.arange(n_experts + 1))
+    return Dispatch(tokens=order // k, weights=weights.ravel()[order].astype(np.float32), starts=starts,
+                    dropped=0, unrouted=0)
 
 
 def _ranks(logits: np.ndarray) -> np.ndarray:

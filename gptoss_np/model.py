@@ -22,7 +22,9 @@ from . import backend, rope
 from .cache import KVCache
 from .checkpoint import EMBED, FINAL_NORM, LM_HEAD, Checkpoint
 from .config import GptOssConfig
+from .dispatch import DispatchRule
 from .moe import MoEWeights, moe
+from .trace import Trace
 
 # T tokens, D hidden, H q-heads, G kv-heads, Dh head dim, E experts, A active experts, V vocab
 
@@ -53,9 +55,11 @@ class Layer:
 class GptOss:
     """A loaded model. `logits` scores a sequence, `generate` continues it."""
 
-    def __init__(self, checkpoint: Checkpoint, ops, progress: bool | None = None):
+    def __init__(self, checkpoint: Checkpoint, ops, progress: bool | None = None,
+                 dispatch_rule: DispatchRule = DispatchRule()):
         self.config: GptOssConfig = checkpoint.config
         self.ops = ops
+        self.dispatch_rule = dispatch_rule  # how MoE layers route several tokens
         c = self.config
         show = progress if progress is not None else checkpoint.nbytes > _PROGRESS_BYTES
         self.layers = [self._layer(checkpoint.layer(i))
@@ -83,23 +87,26 @@ class GptOss:
 
     # ------------------------------------------------------------------ the transformer
 
-    def forward(self, token_ids: np.ndarray, cache: KVCache, all_logits: bool = False) -> np.ndarray:
+    def forward(self, token_ids: np.ndarray, cache: KVCache, all_logits: bool = False,
+                trace: Trace | None = None) -> np.ndarray:
         """Run new tokens [T] after the `cache.length` tokens already in `cache`; returns the
-        logits [T, V] (all_logits) or [1, V] (the last position's), and advances the cache."""
+        logits [T, V] (all_logits) or [1, V] (the last position's), and advances the cache.
+        A `trace` records each layer's attention and routing."""
         c, ops = self.config, self.ops
         positions = np.arange(cache.length, cache.length + len(token_ids))  # [T]
         cos, sin = ops.rope_tables(self.inv_freq, self.rope_scale, positions)  # [T, Dh/2]
         x = ops.embed(self.embedding, token_ids)  # [T, D]
         for i, layer in enumerate(self.layers):
             h = ops.rmsnorm(x, layer.attn_norm, c.rms_norm_eps)
-            x = x + self.attention(i, layer.attn, h, positions, cos, sin, cache)
+            x = x + self.attention(i, layer.attn, h, positions, cos, sin, cache, trace)
             h = ops.rmsnorm(x, layer.mlp_norm, c.rms_norm_eps)
-            x = x + moe(ops, layer.moe, h, c.num_experts_per_tok, c.swiglu_limit, c.swiglu_alpha)
+            x = x + moe(ops, layer.moe, h, c.num_experts_per_tok, c.swiglu_limit, c.swiglu_alpha,
+                        self.dispatch_rule, trace)
         cache.length += len(token_ids)
         x = x if all_logits else x[-1:]
         return ops.linear(ops.rmsnorm(x, self.norm, c.rms_norm_eps), self.lm_head)  # [T or 1, V]
 
-    def attention(self, i, w: AttentionWeights, x, positions, cos, sin, cache: KVCache):
+    def attention(self, i, w: AttentionWeights, x, positions, cos, sin, cache: KVCache, trace=None):
         """x [T, D] -> [T, D]: causal self-attention with sinks over the cached and new tokens."""
         c, ops = self.config, self.ops
         T, H, G, Dh = x.shape[0], c.num_attention_heads, c.num_key_value_heads, c.head_dim
@@ -109,6 +116,8 @@ class GptOss:
         q, k = ops.rope(q, cos, sin), ops.rope(k, cos, sin)
         k_all, v_all, k_pos = cache.update(i, k, v, positions)  # [S, G, Dh], [S, G, Dh], [S]
         o = ops.attention(q, k_all, v_all, positions, k_pos, w.sinks, c.window(i), Dh ** -0.5)  # [T, H, Dh]
+        if trace is not None:
+            trace.attention(c.window(i), q, k_all, positions, k_pos, w.sinks, Dh ** -0.5, ops.to_numpy)
         return ops.linear(o.reshape(T, H * Dh), w.o, w.o_bias)
 
     # ------------------------------------------------------------------ public API
@@ -120,6 +129,15 @@ class GptOss:
         """The logits [T, vocab_size] (float32) at every position of one sequence."""
         ids = self.check_ids(token_ids)
         return self.ops.to_numpy(self.forward(ids, self.new_cache(len(ids)), all_logits=True))
+
+    def trace(self, token_ids: Sequence[int], attention: bool = True) -> list:
+        """Run one sequence and return, per layer, what it saw (trace.LayerTrace): attention
+        probabilities and sink shares (unless attention=False), router logits, chosen experts,
+        tokens per expert, drops."""
+        ids = self.check_ids(token_ids)
+        trace = Trace(with_attention=attention)
+        self.forward(ids, self.new_cache(len(ids)), trace=trace)
+        return trace.layers
 
     def generate(self, token_ids: Sequence[int], max_new_tokens: int, temperature: float = 0.0, *,
                  top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
@@ -147,7 +165,14 @@ class GptOss:
         return ids.astype(np.int64)
 
 
-def load(path: str | Path, device: str = "cpu", progress: bool | None = None) -> GptOss:
-    """Load a Hugging Face gpt-oss checkpoint folder on "cpu", "cuda" or "auto"."""
+def load(path: str | Path, device: str = "cpu", progress: bool | None = None, *, moe_dispatch: str = "exact",
+         tokens_per_expert_ratio: float = 2.0) -> GptOss:
+    """Load a Hugging Face gpt-oss checkpoint folder on "cpu", "cuda" or "auto".
+
+    moe_dispatch: "exact" top-k routing (as trained; the default), "expert_choice" (each expert takes
+    at most tokens_per_expert_ratio * N * k / E tokens of an N-token prompt, rounded up to a multiple
+    of 8) or "auto" (expert choice only when that budget is at most 2N/3 tokens, the seed's rule).
+    """
+    rule = DispatchRule(moe_dispatch, tokens_per_expert_ratio)
     ops = backend.select(device)
-    return GptOss(Checkpoint(path), ops, progress=progress)
+    return GptOss(Checkpoint(path), ops, progress=progress, dispatch_rule=rule)

@@ -1,6 +1,8 @@
-"""The mixture-of-experts feed-forward layer with exact top-k routing.
+"""The mixture-of-experts feed-forward layer.
 
-Each token's router picks its k best experts and weighs them by a softmax over those k logits.
+Each token's router picks its k best experts and weighs them by a softmax over those k logits
+(exact routing, the default); for long prompts a budgeted expert-choice dispatch can replace it
+(dispatch.py, CPU backend).
 An expert is W_down . swiglu(W_gate_up . x + b_gate_up) + b_down with MXFP4 weights.
 The backend chooses how tokens reach their experts (`ops.experts`):
 - by_expert_groups (CPU): one token (decode) runs its own k experts in one kernel call per projection;
@@ -8,7 +10,7 @@ The backend chooses how tokens reach their experts (`ops.experts`):
   its tokens (the work shape that prefill needs), and its outputs are added back weighted.
 - by_pairs (GPU): every (token, slot) pair p = t * k + a at once, grouped by expert on the device,
   with no trip to the host; each token then sums its k weighted rows.
-All give the same answer.
+Both give the same answer. The expert-choice dispatch runs as `grouped` over its own pairs.
 """
 
 from __future__ import annotations
@@ -16,6 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from . import dispatch
+from .dispatch import DispatchRule
+from .kernels.moe import route_ref
+
+EXACT = DispatchRule("exact")
 
 # T tokens, D hidden, E experts, A active experts per token, I expert hidden size
 
@@ -32,10 +40,24 @@ class MoEWeights:
     down_bias: np.ndarray  # [E, D]
 
 
-def moe(ops, w: MoEWeights, x, k: int, limit: float, alpha: float):
-    """x [T, D] -> [T, D]."""
-    experts, weights = ops.route(ops.linear(x, w.router, w.router_bias), k)  # [T, A], [T, A]
-    return ops.experts(w, x, experts, weights, limit, alpha)
+def moe(ops, w: MoEWeights, x, k: int, limit: float, alpha: float, rule: DispatchRule = EXACT, trace=None):
+    """x [T, D] -> [T, D]. `rule` picks exact top-k or budgeted expert-choice dispatch (dispatch.py);
+    `trace` (a trace.Trace) records the routing."""
+    E = w.router.shape[0]
+    logits = ops.linear(x, w.router, w.router_bias)  # [T, E]
+    budget = rule.budget(x.shape[0], k, E)
+    if budget is None:
+        experts, weights = ops.route(logits, k)  # [T, A], [T, A]
+        if trace is not None:
+            chosen = ops.to_numpy(experts)
+            trace.routing(ops.to_numpy(logits), chosen, np.bincount(chosen.ravel(), minlength=E))
+        return ops.experts(w, x, experts, weights, limit, alpha)
+    host_logits = ops.to_numpy(logits)
+    d = dispatch.expert_choice(host_logits, k, budget)
+    if trace is not None:
+        exact_experts, _ = route_ref(host_logits, k)
+        trace.routing(host_logits, exact_experts, d.tokens_per_expert, d.dropped, d.unrouted)
+    return ops.dispatched_experts(w, x, d, limit, alpha)
 
 
 def by_pairs(ops, w: MoEWeights, x, experts, weights, limit: float, alpha: float):
@@ -52,7 +74,7 @@ def by_expert_groups(ops, w: MoEWeights, x, experts, weights, limit: float, alph
     """x [T, D], experts / weights [T, A] -> [T, D], experts grouped on the host."""
     if x.shape[0] == 1:
         return _one_token(ops, w, x, experts[0], weights[0], limit, alpha)
-    return _grouped(ops, w, x, experts, weights, limit, alpha)
+    return grouped(ops, w, x, dispatch.from_top_k(experts, weights, w.router.shape[0]), limit, alpha)
 
 
 def _one_token(ops, w, x, experts, weights, limit, alpha):
@@ -64,20 +86,13 @@ def _one_token(ops, w, x, experts, weights, limit, alpha):
     return weights[None, :] @ y  # [1, D]
 
 
-def _grouped(ops, w, x, experts, weights, limit, alpha):
-    """x [T, D], experts / weights [T, A]."""
-    T, A = experts.shape
-    order = np.argsort(experts.ravel(), kind="stable")  # (token, slot) pairs sorted by expert
-    sorted_experts = experts.ravel()[order]
-    starts = np.flatnonzero(np.r_[True, sorted_experts[1:] != sorted_experts[:-1]])
-    ends = np.r_[starts[1:], len(order)]
+def grouped(ops, w, x, d: dispatch.Dispatch, limit, alpha):
+    """x [T, D] -> [T, D]: each expert with work runs once over its tokens, outputs added back weighted."""
     out = np.zeros_like(x)
-    for start, end in zip(starts, ends):
-        e = sorted_experts[start]
-        pairs = order[start:end]
-        tokens = pairs // A  # each token at most once per expert
+    for e, pairs in d.groups():
+        tokens = d.tokens[pairs]  # each token at most once per expert
         h = ops.mxfp4_matmul(x[tokens], w.gate_up_blocks[e], w.gate_up_scales[e]) + w.gate_up_bias[e]  # [n, 2I]
         h = ops.swiglu(h, limit, alpha)  # [n, I]
         y = ops.mxfp4_matmul(h, w.down_blocks[e], w.down_scales[e]) + w.down_bias[e]  # [n, D]
-        out[tokens] += weights.ravel()[pairs, None] * y
+        out[tokens] += d.weights[pairs, None] * y
     return out

@@ -21,23 +21,32 @@ def attention_ref(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndarray
     """
     T, H, Dh = q.shape
     S, G, _ = k.shape
-    R = H // G  # query heads per kv head
     out = np.empty((T, H, Dh), dtype=np.float32)
     chunk = max(1, _MAX_SCORES // max(1, H * S))
-    kg = k.transpose(1, 2, 0)  # [G, Dh, S]
-    vg = v.transpose(1, 0, 2)  # [G, S, Dh]
-    sink = sinks.reshape(G, R, 1, 1).astype(np.float32)
+    vg = v.transpose(1, 0, 2)[:, None]  # [G, 1, S, Dh]
     for t0 in range(0, T, chunk):
         t1 = min(T, t0 + chunk)
-        qg = q[t0:t1].reshape(t1 - t0, G, R, Dh).transpose(1, 2, 0, 3)  # [G, R, t, Dh]
-        scores = (qg @ kg[:, None]) * np.float32(scale)  # [G, R, t, S]
-        visible = k_pos[None, :] <= q_pos[t0:t1, None]
-        if window is not None:
-            visible &= k_pos[None, :] > q_pos[t0:t1, None] - window
-        scores = np.where(visible, scores, -np.inf)
-        m = np.maximum(scores.max(axis=-1, keepdims=True), sink)
-        p = np.exp(scores - m)
-        denom = p.sum(axis=-1, keepdims=True) + np.exp(sink - m)
-        o = (p @ vg[:, None]) / denom  # [G, R, t, Dh]
-        out[t0:t1] = o.transpose(2, 0, 1, 3).reshape(t1 - t0, H, Dh)
+        p, _ = probabilities_ref(q[t0:t1], k, q_pos[t0:t1], k_pos, sinks, window, scale)  # [G, R, t, S]
+        out[t0:t1] = (p @ vg).transpose(2, 0, 1, 3).reshape(t1 - t0, H, Dh)
     return out
+
+
+def probabilities_ref(q: np.ndarray, k: np.ndarray, q_pos: np.ndarray, k_pos: np.ndarray, sinks: np.ndarray,
+                      window: int | None, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Attention probabilities [G, R, T, S] over the keys and the sink's share [G, R, T, 1] (the two
+    sum to 1 for every query); query head h = g * R + r, R = H / G."""
+    T, H, Dh = q.shape
+    G = k.shape[1]
+    R = H // G
+    qg = q.reshape(T, G, R, Dh).transpose(1, 2, 0, 3)  # [G, R, T, Dh]
+    scores = (qg @ k.transpose(1, 2, 0)[:, None]) * np.float32(scale)  # [G, R, T, S]
+    visible = k_pos[None, :] <= q_pos[:, None]  # [T, S]
+    if window is not None:
+        visible &= k_pos[None, :] > q_pos[:, None] - window
+    scores = np.where(visible, scores, -np.inf)
+    sink = sinks.reshape(G, R, 1, 1).astype(np.float32)
+    m = np.maximum(scores.max(axis=-1, keepdims=True), sink)  # the running max starts at the sink
+    p = np.exp(scores - m)
+    p_sink = np.exp(sink - m)
+    denom = p.sum(axis=-1, keepdims=True) + p_sink
+    return p / denom, p_sink / denom

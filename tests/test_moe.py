@@ -1,0 +1,85 @@
+"""The MoE layer's dispatch inside the model: grouped == per token, expert choice without drops ==
+exact, the routing trace, and the load options."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gptoss_np
+from gptoss_np.moe import moe
+from conftest import rel_err
+
+
+@pytest.fixture(scope="module")
+def folder(checkpoint_dir):
+    return checkpoint_dir("gqa4_sharded")  # 16 experts, top-4
+
+
+def test_grouped_equals_per_token(folder):
+    model = gptoss_np.load(folder)
+    c, layer = model.config, model.layers[1]
+    x = np.random.default_rng(0).standard_normal((23, c.hidden_size)).astype(np.float32)
+    together = moe(model.ops, layer.moe, x, c.num_experts_per_tok, c.swiglu_limit, c.swiglu_alpha)
+    alone = np.concatenate([moe(model.ops, layer.moe, x[t:t + 1], c.num_experts_per_tok, c.swiglu_limit,
+                                c.swiglu_alpha) for t in range(23)])
+    np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-5 * np.abs(alone).max())
+
+
+def test_expert_choice_without_drops_is_exact(folder):
+    exact = gptoss_np.load(folder)
+    E, k = exact.config.num_local_experts, exact.config.num_experts_per_tok
+    ids = np.random.default_rng(1).integers(0, exact.config.vocab_size, 50)
+    roomy = gptoss_np.load(folder, moe_dispatch="expert_choice", tokens_per_expert_ratio=E / k)
+    assert roomy.dispatch_rule.budget(50, k, E) >= 50
+    assert rel_err(roomy.logits(ids), exact.logits(ids)) <= 1e-6
+    assert all(layer.dropped == 0 for layer in roomy.trace(ids))
+
+
+def test_tight_budget_drops_and_is_recorded(folder):
+    model = gptoss_np.load(folder, moe_dispatch="expert_choice", tokens_per_expert_ratio=1.0)
+    ids = np.random.default_rng(2).integers(0, model.config.vocab_size, 64)
+    budget = model.dispatch_rule.budget(64, 4, 16)
+    assert budget == 16
+    layers = model.trace(ids)
+    assert all(layer.tokens_per_expert.max() <= budget for layer in layers)
+    assert sum(layer.dropped for layer in layers) > 0
+    logits = model.logits(ids)
+    assert np.isfinite(logits).all()
+    assert rel_err(logits, gptoss_np.load(folder).logits(ids)) > 1e-4  # it does change the answer
+    # decode of one token always runs its own k experts
+    assert model.dispatch_rule.budget(1, 4, 16) is None
+
+
+def test_auto_follows_the_seed_rule(folder):
+    model = gptoss_np.load(folder, moe_dispatch="auto", tokens_per_expert_ratio=1.0)
+    assert model.dispatch_rule.budget(64, 4, 16) == 16  # 3 * 16 <= 2 * 64: expert choice
+    assert model.dispatch_rule.budget(8, 4, 16) is None  # 3 * 8 > 2 * 8: exact
+
+
+def test_trace_of_exact_routing(folder):
+    model = gptoss_np.load(folder)
+    c = model.config
+    ids = np.random.default_rng(3).integers(0, c.vocab_size, 30)
+    layers = model.trace(ids)
+    assert len(layers) == c.num_hidden_layers
+    for i, layer in enumerate(layers):
+        assert layer.attention.shape == (c.num_attention_heads, 30, 30)
+        np.testing.assert_allclose(layer.attention.sum(-1) + layer.sink, 1, rtol=1e-5)
+        q = np.arange(30)[:, None]
+        s = layer.key_positions[None, :]
+        hidden = (s > q) | ((q - s >= layer.window) if layer.window else False)
+        assert np.all(layer.attention[:, hidden] == 0)
+        assert layer.window == c.window(i)
+        assert layer.router_logits.shape == (30, c.num_local_experts)
+        assert layer.tokens_per_expert.sum() == 30 * c.num_experts_per_tok
+        np.testing.assert_array_equal(np.sort(layer.experts, axis=1),
+                                      np.sort(np.argsort(-layer.router_logits, axis=1)[:, :4], axis=1))
+        assert layer.dropped == layer.unrouted == 0
+
+
+def test_bad_dispatch_options(folder):
+    with pytest.raises(ValueError, match="moe_dispatch must be one of"):
+        gptoss_np.load(folder, moe_dispatch="random")
+    with pytest.raises(ValueError, match="tokens_per_expert_ratio must be positive"):
+        gptoss_np.load(folder, moe_dispatch="expert_choice", tokens_per_expert_ratio=0)
