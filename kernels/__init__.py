@@ -1,11 +1,12 @@
-"""Compute kernels: each op family has its NumPy reference, its Numba CPU kernel and, later, its
-Numba CUDA kernel side by side (installed as `gptoss_np.kernels`).
+"""Compute kernels: each op family has its NumPy reference and its Numba CPU kernels side by side,
+and its Numba CUDA kernels in `<op>_cuda.py` (installed as `gptoss_np.kernels`).
 
-Numba's OpenMP threads spin after each parallel loop by default and then fight OpenBLAS's threads
-for the cores (10-50x slower kernels when the two alternate, as prefill does): ask OpenMP to sleep
-instead, unless the user chose a policy.
+Numba's OpenMP threads spin for a long while after each parallel loop by default, and then fight
+OpenBLAS's threads for the cores when the two alternate, as prefill does (10-50x slower kernels);
+never spinning costs ~50 us to wake the threads at every launch, which decode (a hundred small
+launches a token) cannot afford. A short spin (about 10 us) gets both, unless the user chose.
 """
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("GOMP_SPINCOUNT", "3000")
