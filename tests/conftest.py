@@ -52,6 +52,19 @@ def checkpoint_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    """A gptoss_np cache folder of this test session (the built tokenizer lands here once)."""
+    return tmp_path_factory.mktemp("gptoss_np_cache")
+
+
+@pytest.fixture(scope="session")
+def tok(cache_dir):
+    """The o200k_harmony tokenizer, built offline once per session."""
+    from gptoss_np.tokenizer import Tokenizer
+    return Tokenizer.o200k_harmony(cache_dir=cache_dir)
+
+
+@pytest.fixture(scope="session")
 def hf_model():
     """hf_model(folder) -> transformers' GptOssForCausalLM on the CPU in float32, eager attention."""
     torch = pytest.importorskip("torch")

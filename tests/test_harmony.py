@@ -16,23 +16,12 @@ import random
 import pytest
 
 from gptoss_np.harmony import StreamParser, parse_completion, render_conversation
-from gptoss_np.tokenizer import Tokenizer
 
 if importlib.util.find_spec("openai_harmony") is None:  # imported only once the env is set
     pytest.skip("needs the test-only package openai-harmony", allow_module_level=True)
 pytest.importorskip("bpe_openai")
 
 O200K_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
-
-
-@pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("gptoss_np_cache")
-
-
-@pytest.fixture(scope="session")
-def tok(cache_dir):
-    return Tokenizer.o200k_harmony(cache_dir=cache_dir)
 
 
 @pytest.fixture(scope="session")

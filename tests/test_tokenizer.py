@@ -135,16 +135,6 @@ CORPUS = TEXTS + _fuzz_texts(400, seed=1) + _random_code_points(100, seed=2)
 
 
 @pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("gptoss_np_cache")
-
-
-@pytest.fixture(scope="session")
-def tok(cache_dir):
-    return Tokenizer.o200k_harmony(cache_dir=cache_dir)
-
-
-@pytest.fixture(scope="session")
 def oracle():
     """tiktoken's o200k_harmony, from bpe-openai's o200k_base ranks and pattern."""
     base = bpe_openai.get_encoding("o200k_base")
