@@ -45,11 +45,11 @@ def hf_run(model, ids, n_decode):
     with torch.no_grad():
         cache = DynamicCache(config=model.config)
         t0 = time.perf_counter()
-        out = model(torch.tensor(ids)[None], past_key_values=cache, use_cache=True)
+        out = model(torch.tensor(ids)[None], cache=cache, use_cache=True)
         t1 = time.perf_counter()
         for _ in range(n_decode):
             token = out.logits[:, -1].argmax(-1, keepdim=True)
-            out = model(token, past_key_values=out.past_key_values, use_cache=True)
+            out = model(token, cache=cache, use_cache=True)
         t2 = time.perf_counter()
     return len(ids) / (t1 - t0), n_decode / (t2 - t1)
 

@@ -36,6 +36,45 @@ def dequantize(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
     return values.reshape(blocks.shape[:-2] + (-1,))
 
 
+def quantize(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float [..., N, K] -> (blocks uint8 [..., N, K/32, 16], scales uint8 [..., N, K/32]): the
+    inverse of `dequantize`, rounding to the nearest value it can return.
+
+    Per block of 32 values along K:
+      scale  the smallest power of two 2**e with 6 * 2**e >= amax (the block's largest magnitude),
+             i.e. e = ceil(log2(amax / 6)), stored as the e8m0 byte e + 127; nothing is clipped.
+             (The OCP MX spec takes e = floor(log2(amax)) - 2 instead, which can be one smaller and
+             then clips the block's largest values to +-6 * 2**e.) An all-zero block gets byte 0.
+             e is clamped to [-127, 127] (byte 255 is NaN in e8m0): below, small values flush to
+             zero; above, magnitudes saturate at 6 * 2**127.
+      values each w / 2**e is rounded to the nearest FP4 value; a tie goes to the even nibble
+             code, i.e. the even mantissa (IEEE round-half-to-even: 0.25 -> 0, 0.75 -> 1,
+             2.5 -> 2, 5 -> 4). The sign bit is copied from w, so -0.0 and small negatives that
+             round to zero become the -0 code.
+    Values already of the form FP4 * 2**e come back exactly. NaN or infinite values raise ValueError.
+    """
+    w = np.asarray(w, dtype=np.float64)
+    if w.ndim < 1 or w.shape[-1] % BLOCK:
+        raise ValueError(f"mxfp4 quantize: the last axis ({w.shape[-1:]}) must be a multiple of {BLOCK}")
+    if not np.isfinite(w).all():
+        raise ValueError("mxfp4 quantize: NaN or infinite values cannot be quantized")
+    w = w.reshape(w.shape[:-1] + (w.shape[-1] // BLOCK, BLOCK))  # [..., G, 32]
+    amax = np.abs(w).max(axis=-1)  # [..., G]
+    # e = ceil(log2(amax / 6)) from frexp, then nudged by exact float64 comparisons with 6 * 2**e
+    _, e = np.frexp(np.where(amax > 0, amax / 6, 1.0))
+    e = np.where(np.ldexp(6.0, e - 1) >= amax, e - 1, e)
+    e = np.where(np.ldexp(6.0, e) < amax, e + 1, e)
+    e = np.clip(np.where(amax > 0, e, -127), -127, 127)
+    scaled = np.abs(np.ldexp(w, -e[..., None]))  # exact: a power-of-two scaling in float64
+    midpoints = (FP4_VALUES[1:8] + FP4_VALUES[:7]).astype(np.float64) / 2  # .25, .75, ..., 5
+    code = np.searchsorted(midpoints, scaled, side="left")  # ties round down to the lower code ...
+    tie = scaled == midpoints[np.minimum(code, 6)]
+    code = code + (tie & (code % 2 == 1))  # ... unless that code is odd: then up, to the even one
+    nibbles = (code | (np.signbit(w) << 3)).astype(np.uint8)  # [..., G, 32]
+    blocks = nibbles[..., 0::2] | (nibbles[..., 1::2] << 4)  # low nibble = even element
+    return blocks.astype(np.uint8), (e + 127).astype(np.uint8)
+
+
 def matmul_ref(x: np.ndarray, blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
     """x [T, K] @ W.T for one MXFP4 matrix W [N, K] -> [T, N]."""
     return x @ dequantize(blocks, scales).T
