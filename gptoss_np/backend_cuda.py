@@ -111,8 +111,22 @@ class CudaOps:
         return moe_layer.by_pairs(self, w, x, experts, weights, limit, alpha)
 
     def dispatched_experts(self, w, x, d, limit, alpha):
-        raise NotImplementedError("moe_dispatch='expert_choice' runs on the CPU backend only so far; "
-                                  "use moe_dispatch='exact' on the GPU")
+        """The experts' weighted sum [T, D] for the pairs of a dispatch.Dispatch (decided on the host).
+        Pair rows are laid out as exact routing's (token, slot) rows, so the grouped matmul and
+        `combine` serve unchanged; rows of slots a token did not fill stay zero, with weight 0."""
+        T = x.shape[0]
+        rows, weights = d.as_slots(T)  # [P], [T, k]
+        k = weights.shape[1]
+        order = cp.asarray(rows, dtype=cp.int32)
+        offsets = cp.asarray(d.starts, dtype=cp.int32)
+        most = max(1, int(d.tokens_per_expert.max(initial=0)))
+        h = cp.zeros((T * k, w.gate_up_blocks.shape[1]), cp.float32)
+        mxfp4_cuda.expert_matmul(_f32(x), k, order, offsets, most, w.gate_up_blocks, w.gate_up_scales,
+                                 w.gate_up_bias, h)  # [T*k, 2I]
+        h = self.swiglu(h, limit, alpha)  # [T*k, I]; zero rows stay zero
+        y = cp.zeros((T * k, w.down_blocks.shape[1]), cp.float32)
+        mxfp4_cuda.expert_matmul(h, 1, order, offsets, most, w.down_blocks, w.down_scales, w.down_bias, y)
+        return self.combine(y, cp.asarray(weights))  # [T, D]
 
     def pair_plan(self, experts, num_experts: int):
         """experts [T, A] -> (each pair's expert [P], order [P], offsets [E + 1], T): for the grouped

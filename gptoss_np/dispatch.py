@@ -48,6 +48,20 @@ class Dispatch:
     def tokens_per_expert(self) -> np.ndarray:
         return np.diff(self.starts)
 
+    def as_slots(self, n_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+        """The pairs in the (token, slot) layout of exact routing, for backends built on it:
+        row [P] = token * k + slot of each pair (still grouped by expert), and weights [N, k] with 0
+        in the slots a token did not fill; k = the most pairs of any token."""
+        counts = np.bincount(self.tokens, minlength=n_tokens)  # [N]
+        k = max(1, int(counts.max(initial=0)))
+        by_token = np.argsort(self.tokens, kind="stable")
+        first = np.cumsum(counts) - counts  # where each token's pairs start in by_token
+        slot = np.empty_like(self.tokens)
+        slot[by_token] = np.arange(len(self.tokens)) - first[self.tokens[by_token]]
+        weights = np.zeros((n_tokens, k), np.float32)
+        weights[self.tokens, slot] = self.weights
+        return self.tokens * k + slot, weights
+
 
 MODES = ("exact", "expert_choice", "auto")
 

@@ -2,7 +2,7 @@
 
 Each token's router picks its k best experts and weighs them by a softmax over those k logits
 (exact routing, the default); for long prompts a budgeted expert-choice dispatch can replace it
-(dispatch.py, CPU backend).
+(dispatch.py; decided on the host, computed by either backend).
 An expert is W_down . swiglu(W_gate_up . x + b_gate_up) + b_down with MXFP4 weights.
 The backend chooses how tokens reach their experts (`ops.experts`):
 - by_expert_groups (CPU): one token (decode) runs its own k experts in one kernel call per projection;

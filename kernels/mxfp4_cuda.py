@@ -145,9 +145,9 @@ def expert_matmul(x, rows_per_x: int, order, offsets, max_pairs: int, blocks, sc
     """The same product for pairs grouped by expert: expert e owns pairs order[offsets[e]:offsets[e+1]].
 
     order [P] int (pair ids), offsets [E + 1] int, max_pairs >= the most pairs of one expert
-    (the token count: a token picks an expert at most once); other arguments as expert_gemv."""
-    P = order.shape[0]
-    _check_experts(x, rows_per_x, blocks, scales, bias, out, P)
+    (the token count: a token picks an expert at most once); out [R, N] has a row for every pair id
+    (R >= P: rows no pair names are left as they are); other arguments as expert_gemv."""
+    _check_experts(x, rows_per_x, blocks, scales, bias, out, out.shape[0])
     E, N = blocks.shape[:2]
     check(offsets.shape == (E + 1,), "mxfp4 expert_matmul", offsets=offsets, blocks=blocks)
     bx, by = TILE_THREADS

@@ -89,3 +89,15 @@ def test_budget_and_seed_rule():
     assert dispatch.tokens_per_expert(2.0, 4096, 4, 32) == 1024
     assert dispatch.seed_prefers_expert_choice(16, 100)
     assert not dispatch.seed_prefers_expert_choice(16, 20)
+
+
+def test_slots_layout_keeps_every_pair():
+    L = logits(30, 8, 5)
+    d = dispatch.expert_choice(L, 2, budget=4)
+    rows, weights = d.as_slots(30)
+    k = weights.shape[1]
+    assert k <= 2 and len(set(rows.tolist())) == len(rows)  # one row per pair
+    np.testing.assert_array_equal(rows // k, d.tokens)
+    np.testing.assert_allclose(weights.ravel()[rows], d.weights)
+    assert np.count_nonzero(weights) == len(rows)
+    np.testing.assert_allclose(weights.sum(axis=1)[d.tokens], 1, rtol=1e-6)

@@ -15,6 +15,7 @@ from conftest import rel_err
 from gptoss_np import GptOss, synthetic
 from gptoss_np.backend import CpuOps
 from gptoss_np.checkpoint import Checkpoint
+from gptoss_np.dispatch import DispatchRule
 from gptoss_np.kernels import bf16_cuda
 
 
@@ -56,3 +57,17 @@ def test_tiny_model_prefill_and_decode(cuda_ops, tmp_path):
     kwargs = dict(temperature=0.9, top_k=40, top_p=0.95)
     assert (cuda_ops.sample(logits, rng=np.random.default_rng(3), **kwargs)
             == cpu.ops.sample(ref[0], rng=np.random.default_rng(3), **kwargs))
+
+
+def test_expert_choice_dispatch(cuda_ops, tmp_path):
+    """The budgeted expert-choice dispatch (decided on the host) through the grouped CUDA matmul."""
+    config = synthetic.config_dict("tiny", vocab_size=64, hidden_size=32, intermediate_size=32, head_dim=8,
+                                   num_attention_heads=2, num_key_value_heads=1, num_local_experts=4,
+                                   num_experts_per_tok=2, num_hidden_layers=1, layer_types=["full_attention"])
+    checkpoint = Checkpoint(synthetic.write_checkpoint(tmp_path, config))
+    rule = DispatchRule("expert_choice", tokens_per_expert_ratio=0.5)  # 4 tokens per expert for 16 tokens
+    cpu, gpu = GptOss(checkpoint, CpuOps(), dispatch_rule=rule), GptOss(checkpoint, cuda_ops, dispatch_rule=rule)
+    ids = np.random.default_rng(6).integers(0, cpu.config.vocab_size, 16)
+    assert sum(layer.dropped for layer in cpu.trace(ids, attention=False)) > 0
+    ours, ref = gpu.forward(ids, gpu.new_cache(16), all_logits=True), cpu.forward(ids, cpu.new_cache(16), all_logits=True)
+    assert rel_err(ours, ref) < 1e-5
