@@ -1,7 +1,7 @@
 """MoE dispatch benchmark: what the budgeted expert-choice dispatch drops, how far its logits move from
 exact top-k routing, and what it saves, for prompts of N = 16 .. 4096 tokens.
 
-    python bench/moe_dispatch.py [--tokens 16 64 256 1024 4096] [--ratios 1 1.5 2 4]
+    python bench/moe_dispatch.py [--tokens 16 64 256 1024 4096] [--ratios 1 1.5 2 4] [--device cuda]
 
 The checkpoint is synthetic with gpt-oss-20b's routing shape (32 experts, top-4) at a CPU-friendly
 width. For each N and ratio the table gives the fraction of exact (token, expert) pairs dropped
@@ -45,20 +45,22 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tokens", type=int, nargs="+", default=[16, 64, 256, 1024, 4096])
     p.add_argument("--ratios", type=float, nargs="+", default=[1.0, 1.5, 2.0, 4.0])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     p.add_argument("--checkpoint", type=Path, default=HERE / "_work" / "moe-dispatch")
     p.add_argument("--out", type=Path, default=HERE / "results")
     args = p.parse_args()
     if not (args.checkpoint / "config.json").exists():
         synthetic.write_checkpoint(args.checkpoint, synthetic.config_dict("tiny", **CONFIG))
 
-    exact = gptoss_np.load(args.checkpoint)
+    exact = gptoss_np.load(args.checkpoint, device=args.device)
     rows = []
     print(f"{'tokens':>7}{'ratio':>7}{'budget':>8}{'dropped':>9}{'unrouted':>10}{'rel err':>10}{'time/exact':>12}")
     for n in args.tokens:
         ids = np.random.default_rng(n).integers(0, exact.config.vocab_size, n)
         ref, ref_seconds, _, _ = run(exact, ids)
         for ratio in args.ratios:
-            model = gptoss_np.load(args.checkpoint, moe_dispatch="expert_choice", tokens_per_expert_ratio=ratio)
+            model = gptoss_np.load(args.checkpoint, device=args.device, moe_dispatch="expert_choice",
+                                   tokens_per_expert_ratio=ratio)
             logits, seconds, dropped, unrouted = run(model, ids)
             err = float(np.linalg.norm(logits - ref) / np.linalg.norm(ref))
             budget = model.dispatch_rule.budget(n, model.config.num_experts_per_tok,
@@ -68,9 +70,10 @@ def main() -> None:
                          "seconds": seconds, "exact_seconds": ref_seconds})
             print(f"{n:>7}{ratio:>7.1f}{budget:>8}{dropped:>9.1%}{unrouted:>10.1%}{err:>10.2e}"
                   f"{seconds / ref_seconds:>12.2f}")
-    result = {"benchmark": "moe_dispatch", "date": date.today().isoformat(), "config": CONFIG, "rows": rows}
+    result = {"benchmark": "moe_dispatch", "date": date.today().isoformat(), "device": exact.ops.name,
+              "config": CONFIG, "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"moe-dispatch-{result['date']}.json"
+    path = args.out / f"moe-dispatch-{result['date']}-{exact.ops.name}.json"
     path.write_text(json.dumps(result, indent=2))
     print(f"wrote {path}")
 
