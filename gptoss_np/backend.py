@@ -55,19 +55,19 @@ class CpuOps:
         return y + b if b is not None else y
 
     def rmsnorm(self, x, w, eps):
-        return norm_rope.rmsnorm_ref(x, w, eps)
+        return norm_rope.rmsnorm(x, w, eps)
 
     def rope_tables(self, inv_freq, scale, positions):
         return norm_rope.rope_tables(inv_freq, scale, positions)
 
     def rope(self, x, cos, sin):
-        return norm_rope.rope_ref(x, cos, sin)
+        return norm_rope.rope(x, cos, sin)
 
     def attention(self, q, k, v, q_pos, k_pos, sinks, window, scale):
         return attention.attention_ref(q, k, v, q_pos, k_pos, sinks, window, scale)
 
     def route(self, logits, k):
-        return moe.route_ref(logits, k)
+        return moe.route(logits, k)
 
     def swiglu(self, gate_up, limit, alpha):
         return moe.swiglu_ref(gate_up, limit, alpha)

@@ -28,3 +28,13 @@ def test_swiglu_matches_transformers():
     want = gpt_oss.GptOssExperts._apply_gate(experts, torch.from_numpy(gate_up)).numpy()
     np.testing.assert_allclose(swiglu_ref(gate_up, 7.0, 1.702), want, rtol=1e-6, atol=1e-6)
     assert (np.abs(gate_up) > 7).mean() > 0.2  # the clamps are exercised
+
+
+@pytest.mark.parametrize("E, k", [(8, 2), (32, 4), (5, 5), (6, 1)])
+def test_route_kernel_matches_reference(E, k):
+    from gptoss_np.kernels.moe import route
+    logits = np.random.default_rng(E + k).standard_normal((33, E), dtype=np.float32) * 3
+    experts, weights = route(logits, k)
+    ref_experts, ref_weights = route_ref(logits, k)
+    np.testing.assert_array_equal(experts, ref_experts)
+    np.testing.assert_allclose(weights, ref_weights, rtol=1e-6)

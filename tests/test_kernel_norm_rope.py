@@ -53,3 +53,15 @@ def test_rotation_matches_transformers():
     np.testing.assert_allclose(sin, hf_sin[0].numpy(), atol=1e-6)
     want = gpt_oss._apply_rotary_emb(torch.from_numpy(x), hf_cos[0][:, None], hf_sin[0][:, None]).numpy()
     np.testing.assert_allclose(rope_ref(x, cos, sin), want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("T", [1, 3, 70])
+def test_cpu_kernels_match_references(T):
+    from gptoss_np.kernels.norm_rope import rmsnorm, rope
+    rng = np.random.default_rng(T)
+    x = rng.standard_normal((T, 96), dtype=np.float32) * 20
+    w = rng.standard_normal(96, dtype=np.float32)
+    np.testing.assert_allclose(rmsnorm(x, w, 1e-5), rmsnorm_ref(x, w, 1e-5), rtol=1e-6, atol=1e-6)
+    q = rng.standard_normal((T, 5, 32), dtype=np.float32)
+    cos, sin = rope_tables(np.geomspace(1, 1e-4, 16).astype(np.float32), 1.3, np.arange(T) + 4000)
+    np.testing.assert_array_equal(rope(q, cos, sin), rope_ref(q, cos, sin))
