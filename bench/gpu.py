@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import subprocess
 import time
 import xml.etree.ElementTree as ET
@@ -23,53 +22,37 @@ import numpy as np
 
 from gptoss_np import GptOss, synthetic
 from gptoss_np.backend import select
-from gptoss_np.checkpoint import EMBED, FINAL_NORM, _layer_shapes
+from gptoss_np.checkpoint import FINAL_NORM, _layer_shapes, layer_tensor_name
 from gptoss_np.config import GptOssConfig
-
-_FP4_RMS = math.sqrt(68.5 / 8)  # RMS of the 16 FP4 values
+from gptoss_np.kernels.bf16 import f32_to_bf16
 
 
 class DeviceCheckpoint:
-    """A Checkpoint look-alike whose tensors are random CuPy arrays made on the GPU, scaled by role
-    as synthetic.py scales them (unit-scale activations through every layer)."""
+    """A Checkpoint look-alike whose tensors are random CuPy arrays made on the GPU, drawn as
+    synthetic.py draws them (its `weight_stats` and `scale_exponent`), so activations stay unit-scale."""
 
     def __init__(self, config: GptOssConfig, seed: int = 0):
         self.config = config
         self.nbytes = 0
         self.rs = cp.random.RandomState(seed)
 
-    def _bf16(self, shape, std: float, mean: float = 0.0):
-        x = self.rs.standard_normal(shape, dtype=cp.float32) * cp.float32(std) + cp.float32(mean)
-        u = x.view(cp.uint32)
-        return ((u + (0x7FFF + ((u >> 16) & 1))) >> 16).astype(cp.uint16)
-
-    def _tensor(self, short: str, shape):
-        c = self.config
-        D = c.hidden_size
-        if short.endswith("_blocks"):
+    def _tensor(self, name: str, shape):
+        if name.endswith("_blocks"):
             return self.rs.randint(0, 256, shape, dtype=cp.int32).astype(cp.uint8)
-        if short.endswith("_scales"):
-            std = (2.5 if "gate_up" in short else 1.0) / math.sqrt(shape[-1] * 32)
-            exponent = 127 + round(math.log2(std / _FP4_RMS))
+        if name.endswith("_scales"):
+            exponent = synthetic.scale_exponent(name, shape)
             return (exponent + self.rs.randint(-1, 2, shape, dtype=cp.int32)).astype(cp.uint8)
-        if short.endswith("norm"):
-            return self._bf16(shape, 0.1, mean=1.0)
-        if short in ("q", "k"):
-            return self._bf16(shape, 1.5 * c.head_dim ** 0.25 / math.sqrt(D))
-        if short == "router":
-            return self._bf16(shape, 2.0 / math.sqrt(D))
-        if short == "sinks":
-            return self._bf16(shape, 1.0)
-        return self._bf16(shape, 0.1 if short.endswith("bias") else 1.0 / math.sqrt(shape[-1]))
+        mean, std = synthetic.weight_stats(name, shape, self.config)
+        x = self.rs.standard_normal(shape, dtype=cp.float32) * cp.float32(std) + cp.float32(mean)
+        return f32_to_bf16(x)
 
     def layer(self, i: int) -> dict:
-        return {short: self._tensor(short, shape) for short, shape in _layer_shapes(self.config).items()}
+        return {short: self._tensor(layer_tensor_name(i, short), shape)
+                for short, shape in _layer_shapes(self.config).items()}
 
     def tensor(self, name: str):
         V, D = self.config.vocab_size, self.config.hidden_size
-        if name == FINAL_NORM:
-            return self._bf16((D,), 0.1, mean=1.0)
-        return self._bf16((V, D), 1.0 if name == EMBED else 2.0 / math.sqrt(D))
+        return self._tensor(name, (D,) if name == FINAL_NORM else (V, D))
 
 
 def timed(fn):

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import moe as moe_layer
 from . import sampling
-from .kernels import attention_cuda, bf16_cuda, moe_cuda, mxfp4_cuda, norm_rope_cuda, sampling_cuda
+from .kernels import attention_cuda, bf16, bf16_cuda, moe_cuda, mxfp4_cuda, norm_rope_cuda, sampling_cuda
 
 EXPERT_GEMV_MAX_TOKENS = 1  # decode; prefill chunks take the grouped matmul
 WIDEN_TILE_ROWS = 16384  # rows of a bf16 matrix widened to float32 at a time for cuBLAS (189 MB at K = 2880)
@@ -46,7 +46,7 @@ class CudaOps:
     def vector(self, a):
         """A small tensor (norm weight, bias, sinks) as float32."""
         a = cp.asarray(a)
-        return (a.astype(cp.uint32) << 16).view(cp.float32) if a.dtype == cp.uint16 else _f32(a)
+        return bf16.bf16_to_f32(a) if a.dtype == cp.uint16 else _f32(a)
 
     def packed(self, a):
         """MXFP4 blocks or scales (uint8), as on disk."""

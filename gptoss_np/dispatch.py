@@ -104,7 +104,6 @@ def seed_prefers_expert_choice(budget: int, n_tokens: int) -> bool:
 
 def exact(logits: np.ndarray, k: int) -> Dispatch:
     """Every token [N] runs its top-k experts of logits [N, E], softmax over those k."""
-    N, E = logits.shape
     ranks = _ranks(logits)  # [N, E] 0 = the token's first choice
     return _dispatch(logits, ranks < k, dropped=0)
 
@@ -128,7 +127,7 @@ def expert_choice(logits: np.ndarray, k: int, budget: int) -> Dispatch:
 
 def from_top_k(experts: np.ndarray, weights: np.ndarray, n_experts: int) -> Dispatch:
     """The Dispatch of routing already chosen: experts / weights [N, k] from the router's top-k."""
-    N, k = experts.shape
+    k = experts.shape[1]
     order = np.argsort(experts.ravel(), kind="stable")  # (token, slot) pairs by expert, tokens ascending
     starts = np.searchsorted(experts.ravel()[order], np.arange(n_experts + 1))
     return Dispatch(tokens=order // k, weights=weights.ravel()[order].astype(np.float32), starts=starts,
@@ -145,7 +144,7 @@ def _ranks(logits: np.ndarray) -> np.ndarray:
 
 def _dispatch(logits: np.ndarray, kept: np.ndarray, dropped: int) -> Dispatch:
     """Pairs where `kept` [N, E] is true, grouped by expert, with per-token softmax weights."""
-    N, E = logits.shape
+    E = logits.shape[1]
     masked = np.where(kept, logits, -np.inf)
     top = masked.max(axis=1, keepdims=True)
     unrouted = ~kept.any(axis=1)

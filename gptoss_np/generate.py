@@ -7,7 +7,6 @@ from typing import Iterator, Sequence
 import numpy as np
 
 
-
 def generate(model, token_ids: Sequence[int], max_new_tokens: int, *, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
              seed: int | None = None, stop_ids: Sequence[int] = ()) -> Iterator[int]:

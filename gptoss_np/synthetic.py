@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .checkpoint import INDEX_FILE, expected_tensors
+from .checkpoint import EMBED, INDEX_FILE, LM_HEAD, expected_tensors
 from .config import GptOssConfig
 from .kernels.bf16 import f32_to_bf16
 from .safetensors_io import write
@@ -131,31 +131,35 @@ def _generation_config(c: GptOssConfig) -> dict:
 
 def _random_tensor(name: str, shape: tuple[int, ...], c: GptOssConfig, rng: np.random.Generator):
     """(safetensors dtype, stored bits) of one random tensor, scaled by its role."""
-    D = c.hidden_size
     if name.endswith("_blocks"):
         return "U8", rng.integers(0, 256, shape, dtype=np.uint8)
     if name.endswith("_scales"):
-        # weights ~ std / sqrt(fan_in): gate_up std 2.5 puts |gate| > 7 a few percent of the time
-        fan_in = shape[-1] * 32
-        std = (2.5 if "gate_up" in name else 1.0) / math.sqrt(fan_in)
-        exponent = 127 + round(math.log2(std / _FP4_RMS))
-        return "U8", (exponent + rng.integers(-1, 2, shape)).astype(np.uint8)
+        return "U8", (scale_exponent(name, shape) + rng.integers(-1, 2, shape)).astype(np.uint8)
+    mean, std = weight_stats(name, shape, c)
     normal = rng.standard_normal(shape, dtype=np.float32)
-    if name.endswith(("norm.weight",)):
-        w = 1.0 + 0.1 * normal
-    elif name.endswith("sinks"):
-        w = normal
-    elif name.endswith("bias"):
-        w = 0.1 * normal
-    elif name == "model.embed_tokens.weight":
-        w = normal
-    elif name == "lm_head.weight":
-        w = 2.0 / math.sqrt(D) * normal
-    elif name.endswith(("q_proj.weight", "k_proj.weight")):
+    return "BF16", f32_to_bf16(std * normal if mean == 0 else mean + std * normal)
+
+
+def scale_exponent(name: str, shape: tuple[int, ...]) -> int:
+    """The e8m0 byte that a random MXFP4 matrix's block scales (`*_scales` [..., rows, K/32]) lie
+    around (+-1): weights ~ std / sqrt(fan_in), gate_up std 2.5 so |gate| > 7 a few percent of the time."""
+    fan_in = shape[-1] * 32
+    std = (2.5 if "gate_up" in name else 1.0) / math.sqrt(fan_in)
+    return 127 + round(math.log2(std / _FP4_RMS))
+
+
+def weight_stats(name: str, shape: tuple[int, ...], c: GptOssConfig) -> tuple[float, float]:
+    """(mean, std) of the normal distribution a random dense tensor is drawn from, by its role."""
+    D = c.hidden_size
+    if name.endswith("norm.weight"):
+        return 1.0, 0.1
+    if name.endswith("bias"):
+        return 0.0, 0.1
+    if name.endswith("sinks") or name == EMBED:
+        return 0.0, 1.0
+    if name == LM_HEAD or name.endswith("router.weight"):
+        return 0.0, 2.0 / math.sqrt(D)
+    if name.endswith(("q_proj.weight", "k_proj.weight")):
         # q and k entries of std ~1.2, so q.k / sqrt(Dh) has std ~1.5 at any head size
-        w = 1.2 / math.sqrt(D) * normal
-    elif name.endswith("router.weight"):
-        w = 2.0 / math.sqrt(D) * normal
-    else:  # v_proj, o_proj
-        w = 1.0 / math.sqrt(shape[-1]) * normal
-    return "BF16", f32_to_bf16(w)
+        return 0.0, 1.2 / math.sqrt(D)
+    return 0.0, 1.0 / math.sqrt(shape[-1])  # v_proj, o_proj

@@ -14,13 +14,13 @@ _TILE_ROWS = 1024
 
 
 def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
-    """bfloat16 bits (uint16) -> float32, exactly."""
-    return (np.asarray(bits).astype(np.uint32) << 16).view(np.float32)
+    """bfloat16 bits (uint16) -> float32, exactly. Works on NumPy and CuPy arrays alike."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
 def f32_to_bf16(x: np.ndarray) -> np.ndarray:
-    """float32 -> bfloat16 bits (uint16), rounding to nearest even (as torch does)."""
-    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    """float32 -> bfloat16 bits (uint16), rounding to nearest even (as torch does). NumPy or CuPy."""
+    u = x.astype(np.float32, copy=False).view(np.uint32)
     rounded = u + (np.uint32(0x7FFF) + ((u >> 16) & 1))
     return (rounded >> 16).astype(np.uint16)
 
