@@ -12,12 +12,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .mxfp4_simd import dequantize_row, row_dot
+
 # FP4 e2m1 value of each nibble: sign bit 3, exponent bits 2-1, mantissa bit 0
 FP4_VALUES = np.array([+0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
                        -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0], dtype=np.float32)
-
-# 2**(s - 128) for every e8m0 byte s: the block scale times the 1/2 that `_twice_fp4_*` leave out
-_HALF_SCALE = np.ldexp(np.float32(1.0), np.arange(256) - 128).astype(np.float32)
 
 BLOCK = 32
 # Up to this many token rows per expert the fused GEMV kernel runs; above it, tiles go to BLAS.
@@ -81,68 +80,24 @@ def matmul_ref(x: np.ndarray, blocks: np.ndarray, scales: np.ndarray) -> np.ndar
 
 
 # ---------------------------------------------------------------- Numba CPU kernels
+# The nibble decode is LLVM vector IR (mxfp4_simd.py); these loops spread rows over the cores.
 
-# Twice the FP4 magnitudes 0, .5, 1, 1.5, 2, 3, 4, 6 are 0, 1, 2, 3, 4, 6, 8, 12: they fit in the
-# 4-bit fields of one 32-bit constant (field m holds magnitude m). Shifting the constant by 4 * m is a
-# table lookup in a register, which vectorizes; a lookup in a memory table would need gathers.
-_TWICE_FP4 = 0xC8643210
-
-
-@njit(inline="always")
-def _twice_fp4_low(byte):
-    """Twice the FP4 value of the low nibble of `byte` (an int32), as float32."""
-    v = np.float32((np.int32(_TWICE_FP4) >> ((byte << 2) & 28)) & 15)
-    return -v if byte & 8 else v
-
-
-@njit(inline="always")
-def _twice_fp4_high(byte):
-    """Twice the FP4 value of the high nibble of `byte` (an int32), as float32."""
-    v = np.float32((np.int32(_TWICE_FP4) >> ((byte >> 2) & 28)) & 15)
-    return -v if byte & 128 else v
-
-
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, cache=True)
 def _gemv_pairs_kernel(x_even, x_odd, blocks, scales, experts, out):
     """out[p, n] = W[experts[p]][n] . x[p] for every pair p; rows of all pairs in parallel.
-
-    (Tuple assignments in the loops stop LLVM from vectorizing them: one name per line.)
-
-    x_even / x_odd [P, K/2] are x's even and odd elements, so the low and high nibbles of a byte
-    multiply contiguous vectors. Each block's 16 lane sums are scaled and kept per lane until the
-    row ends, so the inner loop stays a plain vector loop.
-    """
-    P, N, G = x_even.shape[0], blocks.shape[1], blocks.shape[2]
-    chunk = 16
-    for c in prange((P * N + chunk - 1) // chunk):
-        lanes = np.empty(16, np.float32)
-        for i in range(c * chunk, min(c * chunk + chunk, P * N)):
-            p = i // N
-            n = i % N
-            e = experts[p]
-            lanes[:] = 0
-            for g in range(G):
-                s = _HALF_SCALE[scales[e, n, g]]
-                for j in range(16):
-                    byte = np.int32(blocks[e, n, g, j])
-                    lo = _twice_fp4_low(byte)
-                    hi = _twice_fp4_high(byte)
-                    lanes[j] += (lo * x_even[p, g * 16 + j] + hi * x_odd[p, g * 16 + j]) * s
-            out[p, n] = lanes.sum()
+    x_even / x_odd [P, K/2] are x's even and odd elements."""
+    P, N = x_even.shape[0], blocks.shape[1]
+    for i in prange(P * N):
+        p = i // N
+        n = i % N
+        out[p, n] = row_dot(blocks[experts[p], n], scales[experts[p], n], x_even[p], x_odd[p])
 
 
 @njit(parallel=True, cache=True)
 def _dequantize_kernel(blocks, scales, out):
     """out [N, K] float32 = W, rows in parallel."""
-    N = blocks.shape[0]
-    G = blocks.shape[1]
-    for n in prange(N):
-        for g in range(G):
-            s = _HALF_SCALE[scales[n, g]]
-            for j in range(16):
-                byte = np.int32(blocks[n, g, j])
-                out[n, g * 32 + 2 * j] = _twice_fp4_low(byte) * s
-                out[n, g * 32 + 2 * j + 1] = _twice_fp4_high(byte) * s
+    for n in prange(blocks.shape[0]):
+        dequantize_row(blocks[n], scales[n], out[n])
 
 
 def gemv_pairs(x: np.ndarray, blocks: np.ndarray, scales: np.ndarray, experts: np.ndarray) -> np.ndarray:

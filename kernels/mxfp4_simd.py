@@ -1,0 +1,164 @@
+"""MXFP4 decoding written in LLVM vector IR, as Numba intrinsics for the CPU kernels in mxfp4.py.
+
+Numba compiles integer arithmetic on 64-bit lanes, so a nibble decode written in Python runs at about
+one element a cycle (bench/NOTES.md). These intrinsics spell the decode with explicit vector types:
+  row_dot(blocks, scales, x_even, x_odd) -> float32   one row of W times x
+        blocks uint8 [K/32, 16] and scales uint8 [K/32] (one row, as on disk), x_even / x_odd float32
+        [K/2]: x's even and odd elements, so a byte's low and high nibbles meet contiguous x;
+  dequantize_row(blocks, scales, out)                 the row as float32 out [K].
+A 32-value block is 16 bytes: their low nibbles become 16 lanes, their high nibbles 16 more. A nibble
+becomes twice its FP4 value, an integer (0, +-1, 2, 3, 4, 6, 8, 12), by one of two decoders:
+  _decode_by_shuffle     a 16-entry byte table looked up by the x86 byte shuffle (SSSE3 pshufb):
+                         one instruction for 16 nibbles;
+  _decode_by_arithmetic  portable IR: the magnitudes are the 4-bit fields of one 32-bit constant,
+                         shifted by 4 * (nibble & 7); the sign bit is OR'ed into the float.
+The block's scale 2**(s - 127) times the 1/2 comes from a 256-entry table.
+"""
+
+from __future__ import annotations
+
+import llvmlite.binding as llvm
+import numpy as np
+from llvmlite import ir
+from numba.core import cgutils, config, types
+from numba.core.errors import TypingError
+from numba.extending import intrinsic
+
+_I8, _I32, _F32 = ir.IntType(8), ir.IntType(32), ir.FloatType()
+_BYTES = ir.VectorType(_I8, 16)  # one block's 16 bytes, or its 16 nibbles of one half
+_INTS = ir.VectorType(_I32, 16)
+_FLOATS = ir.VectorType(_F32, 16)
+
+_TWICE_FP4 = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12]  # by nibble
+_TWICE_FP4_FIELDS = 0xC8643210  # magnitude m's value in bits 4m .. 4m+3
+# 2**(s - 128) for every e8m0 byte s: the block scale times the 1/2 the decoders leave out
+HALF_SCALE = np.ldexp(np.float32(1.0), np.arange(256) - 128).astype(np.float32)
+
+
+def _splat(value, vector_type):
+    return ir.Constant(vector_type, [value] * vector_type.count)
+
+
+def _decode_by_shuffle(builder, nibbles):
+    """<16 x i8> nibbles (0..15) -> <16 x float> twice their FP4 values."""
+    pshufb = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(_BYTES, [_BYTES, _BYTES]), "llvm.x86.ssse3.pshuf.b.128")
+    return builder.sitofp(builder.call(pshufb, [ir.Constant(_BYTES, _TWICE_FP4), nibbles]), _FLOATS)
+
+
+def _decode_by_arithmetic(builder, nibbles):
+    """<16 x i8> nibbles (0..15) -> <16 x float> twice their FP4 values."""
+    n = builder.zext(nibbles, _INTS)
+    shift = builder.shl(builder.and_(n, _splat(7, _INTS)), _splat(2, _INTS))
+    magnitude = builder.and_(builder.lshr(_splat(_TWICE_FP4_FIELDS, _INTS), shift), _splat(15, _INTS))
+    sign = builder.shl(builder.and_(n, _splat(8, _INTS)), _splat(28, _INTS))
+    value = builder.bitcast(builder.uitofp(magnitude, _FLOATS), _INTS)
+    return builder.bitcast(builder.or_(value, sign), _FLOATS)
+
+
+def _compiles_for_ssse3() -> bool:
+    """Whether Numba generates code for an x86 CPU with SSSE3 (NUMBA_CPU_NAME / _FEATURES may say not)."""
+    if not llvm.get_process_triple().startswith(("x86_64", "i686")):
+        return False
+    if config.CPU_NAME or config.CPU_FEATURES:
+        return "+ssse3" in (config.CPU_FEATURES or "")
+    return bool(llvm.get_host_cpu_features().get("ssse3"))
+
+
+def _check_args(name, args, expected):
+    for i, (arg, (dtype, ndim)) in enumerate(zip(args, expected)):
+        if not (isinstance(arg, types.Array) and arg.dtype == dtype and arg.ndim == ndim and arg.layout == "C"):
+            raise TypingError(f"{name}: argument {i} must be a C-contiguous {ndim}-d {dtype} array, not {arg}")
+
+
+class _Row:
+    """Code generation for one MXFP4 row: pointers into the Numba arrays, vector loads, the block loop."""
+
+    def __init__(self, context, builder, signature, args, decode):
+        self.builder, self.decode = builder, decode
+        arrays = [context.make_array(t)(context, builder, a) for t, a in zip(signature.args, args)]
+        self.data = [a.data for a in arrays]
+        self.n_blocks = arrays[1].nitems  # scales [K/32]
+        table = context.insert_unique_const(builder.module, "gptoss_np_mxfp4_half_scale",
+                                            ir.Constant(ir.ArrayType(_F32, 256), HALF_SCALE.tolist()))
+        self.half_scale = builder.bitcast(table, _F32.as_pointer())
+
+    def load(self, pointer, offset, vector_type):
+        address = self.builder.gep(pointer, [offset])
+        return self.builder.load(self.builder.bitcast(address, vector_type.as_pointer()), align=1)
+
+    def block(self, g):
+        """Block g -> (<16 x float> low-nibble values, high-nibble values, scalar scale), values x 2."""
+        b = self.builder
+        packed = self.load(self.data[0], b.mul(g, ir.Constant(g.type, 16)), _BYTES)
+        low = self.decode(b, b.and_(packed, _splat(15, _BYTES)))
+        high = self.decode(b, b.lshr(packed, _splat(4, _BYTES)))
+        s = b.zext(b.load(b.gep(self.data[1], [g])), g.type)
+        return low, high, b.load(b.gep(self.half_scale, [s]))
+
+    def splat(self, scalar, count=16):
+        b = self.builder
+        one = b.insert_element(ir.Constant(_FLOATS, ir.Undefined), scalar, ir.Constant(_I32, 0))
+        return b.shuffle_vector(one, one, ir.Constant(ir.VectorType(_I32, count), [0] * count))
+
+
+_FAST = ("fast",)
+
+
+def _horizontal_sum(builder, v):
+    n = v.type.count
+    while n > 1:
+        n //= 2
+        low = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, n), list(range(n))))
+        high = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, n), list(range(n, 2 * n))))
+        v = builder.fadd(low, high, flags=_FAST)
+    return builder.extract_element(v, ir.Constant(_I32, 0))
+
+
+def _intrinsics(decode):
+    """(row_dot, dequantize_row) built on one decoder."""
+
+    @intrinsic
+    def row_dot(typingctx, blocks, scales, x_even, x_odd):
+        args = (blocks, scales, x_even, x_odd)
+        _check_args("row_dot", args, [(types.uint8, 2), (types.uint8, 1), (types.float32, 1), (types.float32, 1)])
+
+        def codegen(context, builder, signature, llvm_args):
+            row = _Row(context, builder, signature, llvm_args, decode)
+            acc = cgutils.alloca_once_value(builder, ir.Constant(_FLOATS, None))  # 16 lane sums
+            with cgutils.for_range(builder, row.n_blocks) as loop:
+                g = loop.index
+                low, high, scale = row.block(g)
+                g16 = builder.mul(g, ir.Constant(g.type, 16))
+                part = builder.fadd(builder.fmul(low, row.load(row.data[2], g16, _FLOATS), flags=_FAST),
+                                    builder.fmul(high, row.load(row.data[3], g16, _FLOATS), flags=_FAST), flags=_FAST)
+                scaled = builder.fmul(part, row.splat(scale), flags=_FAST)
+                builder.store(builder.fadd(builder.load(acc), scaled, flags=_FAST), acc)
+            return _horizontal_sum(builder, builder.load(acc))
+
+        return types.float32(*args), codegen
+
+    @intrinsic
+    def dequantize_row(typingctx, blocks, scales, out):
+        args = (blocks, scales, out)
+        _check_args("dequantize_row", args, [(types.uint8, 2), (types.uint8, 1), (types.float32, 1)])
+
+        def codegen(context, builder, signature, llvm_args):
+            row = _Row(context, builder, signature, llvm_args, decode)
+            interleave = ir.Constant(ir.VectorType(_I32, 32), [i // 2 + 16 * (i % 2) for i in range(32)])
+            with cgutils.for_range(builder, row.n_blocks) as loop:
+                g = loop.index
+                low, high, scale = row.block(g)
+                values = builder.shuffle_vector(low, high, interleave)  # element 2j low nibble j, 2j+1 high
+                values = builder.fmul(values, row.splat(scale, 32))
+                address = builder.gep(row.data[2], [builder.mul(g, ir.Constant(g.type, 32))])
+                builder.store(values, builder.bitcast(address, values.type.as_pointer()), align=1)
+            return context.get_dummy_value()
+
+        return types.none(*args), codegen
+
+    return row_dot, dequantize_row
+
+
+DECODER = _decode_by_shuffle if _compiles_for_ssse3() else _decode_by_arithmetic
+row_dot, dequantize_row = _intrinsics(DECODER)

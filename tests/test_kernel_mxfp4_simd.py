@@ -1,0 +1,77 @@
+"""The LLVM-IR MXFP4 decoders (both: the x86 byte shuffle and the portable arithmetic), against the reference."""
+
+from __future__ import annotations
+
+import platform
+
+import numpy as np
+import pytest
+from numba import njit
+from numba.core.errors import TypingError
+
+from gptoss_np.kernels import mxfp4, mxfp4_simd
+
+DECODERS = {"shuffle": mxfp4_simd._decode_by_shuffle, "arithmetic": mxfp4_simd._decode_by_arithmetic}
+if platform.machine() not in ("x86_64", "AMD64"):
+    del DECODERS["shuffle"]  # the x86 instruction cannot be compiled here
+
+
+@pytest.fixture(scope="module", params=list(DECODERS))
+def kernels(request):
+    """(dot, dequantize) njit functions over whole matrices built on one decoder."""
+    row_dot, dequantize_row = mxfp4_simd._intrinsics(DECODERS[request.param])
+
+    @njit
+    def dot(blocks, scales, x_even, x_odd, out):
+        for n in range(blocks.shape[0]):
+            out[n] = row_dot(blocks[n], scales[n], x_even, x_odd)
+
+    @njit
+    def dequantize(blocks, scales, out):
+        for n in range(blocks.shape[0]):
+            dequantize_row(blocks[n], scales[n], out[n])
+
+    return dot, dequantize
+
+
+def test_every_byte_and_every_scale_dequantizes_exactly(kernels):
+    _, dequantize = kernels
+    blocks = np.tile(np.arange(256, dtype=np.uint8).reshape(16, 16), (256, 1, 1))  # [256 rows, 16 blocks, 16]
+    scales = np.repeat(np.arange(256, dtype=np.uint8), 16).reshape(256, 16)  # row r: scale r everywhere
+    scales = np.roll(scales, 1, axis=1) + np.arange(16, dtype=np.uint8)  # ... and each block a different one
+    out = np.full((256, 512), np.nan, np.float32)
+    dequantize(blocks, scales, out)
+    with np.errstate(over="ignore"):  # scale bytes >= 253 overflow float32 for the largest values
+        np.testing.assert_array_equal(out, mxfp4.dequantize(blocks, scales))
+
+
+@pytest.mark.parametrize("N, groups", [(1, 1), (7, 3), (64, 36)])
+def test_row_dot_matches_reference(kernels, N, groups):
+    dot, _ = kernels
+    rng = np.random.default_rng(N * groups)
+    blocks = rng.integers(0, 256, (N, groups, 16), dtype=np.uint8)
+    scales = rng.integers(100, 150, (N, groups), dtype=np.uint8)
+    x = rng.standard_normal(groups * 32).astype(np.float32)
+    out = np.full(N, np.nan, np.float32)
+    dot(blocks, scales, np.ascontiguousarray(x[0::2]), np.ascontiguousarray(x[1::2]), out)
+    ref = mxfp4.matmul_ref(x[None].astype(np.float64), blocks, scales)[0]
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+def test_the_host_decoder_is_the_fast_one_on_x86():
+    if platform.machine() in ("x86_64", "AMD64"):
+        assert mxfp4_simd.DECODER is mxfp4_simd._decode_by_shuffle
+    else:
+        assert mxfp4_simd.DECODER is mxfp4_simd._decode_by_arithmetic
+
+
+def test_wrong_array_types_fail_to_compile():
+    @njit
+    def call(blocks, scales, x):
+        return mxfp4_simd.row_dot(blocks, scales, x, x)
+
+    blocks, scales = np.zeros((2, 16), np.uint8), np.zeros(2, np.uint8)
+    with pytest.raises(TypingError, match="argument 2 must be a C-contiguous 1-d float32 array"):
+        call(blocks, scales, np.zeros(64, np.float64))
+    with pytest.raises(TypingError, match="argument 2 must be a C-contiguous"):
+        call(blocks, scales, np.zeros(64, np.float32)[::2])
