@@ -1,11 +1,22 @@
-"""GPU benchmark of the CUDA engine on gpt-oss-20b-shaped random weights built on the GPU (no disk).
+"""GPU benchmark of the CUDA engine on gpt-oss-shaped random weights built on the GPU (no disk).
 
-    python3 bench/gpu.py --json out.json [--tests gpu_tests.xml] [--layers 24] [--prompt 512] [--decode 32]
+    python3 bench/gpu.py --json out.json [--tests gpu_tests.xml] [--preset gpt-oss-20b] [--set KEY=VALUE ...]
+                         [--contexts 128,4096,32768] [--prompts 128,2048,8192] [--decode 32]
+                         [--transformers] [--profile]
 
-Measures the weights' GPU memory, prefill tok/s (one forward over --prompt tokens), decode tok/s
-(greedy steps with on-device argmax, one token id to the host per step) and peak GPU memory (CuPy's
-pool). With --tests, the pass/fail counts and relative errors from a pytest junit XML of
-tests/test_gpu.py go into the same JSON. Prints a table last.
+Sections, each added to the JSON as soon as it is measured (a timeout keeps what was done):
+  copy        device-to-device copy bandwidth (bytes read + written), the memory ceiling
+  memory      GPU memory of the weights, of the KV cache, and the pool's peak
+  prefill     tok/s of one forward over each prompt length (fresh cache)
+  decode      tok/s of greedy steps (argmax on the device, one id to the host a step) at each context;
+              the cache is filled with random keys and values first (a step's cost depends only on
+              what the cache holds), plus the bytes a step must read and the % of the copy-bandwidth floor
+  profile     one decode step's time per op, each op synchronized (slower than the free-running step:
+              the shares are what count) and the step's op calls
+  transformers  with --transformers: transformers' GptOssForCausalLM in bf16 on the same GPU (random
+              weights built there), greedy decode tok/s through generate(), and our ratio to it
+With --tests, the pass/fail counts and relative errors from a pytest junit XML of tests/test_gpu.py.
+Prints a table last.
 """
 
 from __future__ import annotations
@@ -16,15 +27,20 @@ import json
 import subprocess
 import time
 import xml.etree.ElementTree as ET
+from collections import defaultdict
 
 import cupy as cp
 import numpy as np
 
 from gptoss_np import GptOss, synthetic
 from gptoss_np.backend import select
+from gptoss_np.cache import KVCache
 from gptoss_np.checkpoint import FINAL_NORM, _layer_shapes, layer_tensor_name
 from gptoss_np.config import GptOssConfig
 from gptoss_np.kernels.bf16 import f32_to_bf16
+
+PROFILED_OPS = ["embed", "linear", "rmsnorm", "rope_tables", "rope", "attention", "route", "swiglu",
+                "pair_plan", "mxfp4_experts", "combine", "sample"]
 
 
 class DeviceCheckpoint:
@@ -55,12 +71,126 @@ class DeviceCheckpoint:
         return self._tensor(name, (D,) if name == FINAL_NORM else (V, D))
 
 
-def timed(fn):
+def synchronize():
     cp.cuda.Device().synchronize()
+
+
+def timed(fn):
+    synchronize()
     start = time.perf_counter()
     result = fn()
-    cp.cuda.Device().synchronize()
+    synchronize()
     return result, time.perf_counter() - start
+
+
+COPY_BYTES = 1 << 30
+
+
+def copy_bandwidth(repeats: int = 10) -> float:
+    """GB/s of a device-to-device copy of COPY_BYTES, counting bytes read and written (median)."""
+    src = cp.random.RandomState(1).randint(0, 255, COPY_BYTES // 4, dtype=cp.int32)
+    dst = cp.empty_like(src)
+    cp.copyto(dst, src)
+    times = [timed(lambda: cp.copyto(dst, src))[1] for _ in range(repeats)]
+    return 2 * src.nbytes / float(np.median(times)) / 1e9
+
+
+def decode_bytes(c: GptOssConfig, context: int) -> dict:
+    """The fewest bytes one decode step reads at `context` tokens: each weight it uses once (MXFP4
+    experts packed, dense weights bf16, biases and norms float32) and the cached keys and values."""
+    D, I, L, A = c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_experts_per_tok
+    H, G, Dh, E, V = c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.num_local_experts, c.vocab_size
+    packed = (2 * I * D + D * I) // 32 * 17  # 16 bytes of nibbles + 1 scale byte per 32 values
+    experts = L * A * (packed + 4 * (2 * I + D))
+    attention = L * (2 * (H * Dh * D + 2 * G * Dh * D + D * H * Dh) + 4 * (2 * H * Dh + 2 * G * Dh + D))
+    router = L * (2 * E * D + 4 * E)
+    kv = sum(2 * 4 * G * Dh * min(context, c.window(i) or context) for i in range(L))
+    return {"experts": experts, "attention": attention, "router": router, "lm_head": 2 * V * D,
+            "kv_cache": kv, "total": experts + attention + router + 2 * V * D + kv}
+
+
+def filled_cache(model: GptOss, context: int, room: int, seed: int = 2) -> KVCache:
+    """A KV cache holding `context` tokens of random keys and values, as a prefill would leave it."""
+    rs = cp.random.RandomState(seed)
+    cache = model.new_cache(context + room)
+    G, Dh = model.config.num_key_value_heads, model.config.head_dim
+    for i, window in enumerate(cache.windows):
+        kept = context if window is None else min(context, window)
+        positions = np.arange(context - kept, context)
+        slots = cp.asarray(positions if window is None else positions % window)
+        cache.keys[i][slots] = rs.standard_normal((kept, G, Dh), dtype=cp.float32)
+        cache.values[i][slots] = rs.standard_normal((kept, G, Dh), dtype=cp.float32)
+        cache.positions[i][slots] = cp.asarray(positions)
+    cache.length = context
+    return cache
+
+
+def decode_steps(model: GptOss, cache: KVCache, token: int, steps: int) -> int:
+    for _ in range(steps):
+        token = model.ops.sample(model.forward(np.array([token]), cache)[0])
+    return token
+
+
+PROFILE_STEPS = 3
+
+
+def profile_step(model: GptOss, cache: KVCache, token: int) -> dict:
+    """ms per decode step spent in each op (synchronized around every call) and calls per step,
+    over PROFILE_STEPS steps."""
+    repeats = PROFILE_STEPS
+    ops, spent, calls = model.ops, defaultdict(float), defaultdict(int)
+
+    def wrap(name, fn):
+        def timed_op(*args, **kwargs):
+            result, seconds = timed(lambda: fn(*args, **kwargs))
+            spent[name] += seconds
+            calls[name] += 1
+            return result
+        return timed_op
+
+    for name in PROFILED_OPS:
+        setattr(ops, name, wrap(name, getattr(ops, name)))
+    try:
+        _, total = timed(lambda: decode_steps(model, cache, token, repeats))
+    finally:
+        for name in PROFILED_OPS:
+            delattr(ops, name)
+    ops_ms = {name: round(spent[name] / repeats * 1e3, 3) for name in sorted(spent, key=spent.get, reverse=True)}
+    return {"step_ms_synchronized": round(total / repeats * 1e3, 3), "ops_ms": ops_ms,
+            "other_ms": round((total - sum(spent.values())) / repeats * 1e3, 3),
+            "calls_per_step": {name: calls[name] // repeats for name in ops_ms}}
+
+
+def transformers_decode(config: dict, prompt: np.ndarray, steps: int, device: str = "cuda") -> dict:
+    """transformers' GptOssForCausalLM in bf16 with random weights made on `device`: greedy decode
+    tok/s through generate() (the time of 1 + steps new tokens minus that of 1)."""
+    import torch
+    import transformers
+    transformers.logging.set_verbosity_error()
+    hf_config = transformers.AutoConfig.for_model(
+        "gpt_oss", **{k: v for k, v in config.items() if k not in ("quantization_config", "model_type")})
+    with torch.device(device):
+        model = transformers.AutoModelForCausalLM.from_config(hf_config, dtype=torch.bfloat16,
+                                                               attn_implementation="eager").eval()
+    ids = torch.tensor(prompt, device=device)[None]
+
+    def run(new):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        with torch.no_grad():
+            model.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    run(2)  # warm-up
+    first, whole = run(1), run(1 + steps)
+    result = {"version": transformers.__version__, "decode_tok_s": round(steps / (whole - first), 2)}
+    del model
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return result
 
 
 def test_results(path: str) -> dict:
@@ -77,57 +207,119 @@ def test_results(path: str) -> dict:
     return {**counts, "rel_errors": errors}
 
 
-def main(argv=None) -> None:
+def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ints = lambda s: [int(v) for v in s.split(",") if v]  # noqa: E731
     parser.add_argument("--json", required=True)
     parser.add_argument("--tests", help="junit XML of tests/test_gpu.py to fold into the JSON")
-    parser.add_argument("--layers", type=int, default=24)
-    parser.add_argument("--prompt", type=int, default=512)
-    parser.add_argument("--decode", type=int, default=32)
-    parser.add_argument("--context", type=int, default=4096, help="KV cache capacity (tokens)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--preset", default="gpt-oss-20b", choices=sorted(synthetic.PRESETS))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config.json field (VALUE as JSON), e.g. num_hidden_layers=4")
+    parser.add_argument("--contexts", type=ints, default=[128, 4096, 32768], help="decode contexts")
+    parser.add_argument("--prompts", type=ints, default=[128, 2048, 8192], help="prefill lengths")
+    parser.add_argument("--decode", type=int, default=32, help="decode steps timed at each context")
+    parser.add_argument("--transformers", action="store_true", help="also time transformers (bf16)")
+    parser.add_argument("--profile", action="store_true", help="time each op of a decode step")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
+    config_dict = synthetic.config_dict(args.preset, **overrides)
+    config = GptOssConfig.from_dict(config_dict)
+    report = {"device": None, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "commit": subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
+                                       text=True).stdout.strip() or "unknown",
+              "preset": args.preset, "overrides": overrides, "layers": config.num_hidden_layers}
+
+    def save():
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+
+    if args.tests:
+        report["gpu_tests"] = test_results(args.tests)
+    ops = select("cuda")
+    report["device"] = ops.device_name
+    report["copy_gb_s"] = round(copy_bandwidth(), 1)
+    save()
 
     pool = cp.get_default_memory_pool()
-    ops = select("cuda")
-    config = GptOssConfig.from_dict(synthetic.config_dict("gpt-oss-20b", num_hidden_layers=args.layers))
+    pool.free_all_blocks()
     model, load_s = timed(lambda: GptOss(DeviceCheckpoint(config), ops, progress=False))
     pool.free_all_blocks()
     weights = pool.used_bytes()
-    cache = model.new_cache(args.context)
-    kv = pool.used_bytes() - weights
-    ids = np.random.default_rng(0).integers(0, config.vocab_size, args.prompt)
+    context_kv = max(args.contexts + args.prompts)
+    cache = model.new_cache(context_kv)
+    report.update(load_s=round(load_s, 2), weights_gb=round(weights / 1e9, 3),
+                  kv_context=context_kv, kv_cache_gb=round((pool.used_bytes() - weights) / 1e9, 3))
+    del cache
+    save()
 
+    ids = np.random.default_rng(0).integers(0, config.vocab_size, max(args.prompts + [8]))
     model.forward(ids[:8], model.new_cache(64))  # compile every kernel (prefill and decode paths)
     model.forward(ids[:1], model.new_cache(64))
-    logits, prefill_s = timed(lambda: model.forward(ids, cache))
-    token = ops.sample(logits[0])
-    model.forward(np.array([token]), cache)  # a first decode step at this cache size
+    report["prefill"] = {}
+    for n in args.prompts:
+        cache = model.new_cache(n)
+        _, seconds = timed(lambda: model.forward(ids[:n], cache))
+        report["prefill"][n] = {"tok_s": round(n / seconds, 1), "ms": round(seconds * 1e3, 2)}
+        save()
 
-    def decode():
-        t = token
-        for _ in range(args.decode):
-            t = ops.sample(model.forward(np.array([t]), cache)[0])
-    _, decode_s = timed(decode)
+    report["decode"] = {}
+    token = int(ids[0])
+    for context in args.contexts:
+        cache = filled_cache(model, context, room=args.decode + 4)
+        decode_steps(model, cache, token, 1)  # a first step at this cache size
+        _, seconds = timed(lambda: decode_steps(model, cache, token, args.decode))
+        need = decode_bytes(config, context)
+        floor_s = need["total"] / (report["copy_gb_s"] * 1e9)
+        report["decode"][context] = {"tok_s": round(args.decode / seconds, 2),
+                                     "ms_per_token": round(seconds / args.decode * 1e3, 3),
+                                     "bytes_per_token": need, "floor_ms": round(floor_s * 1e3, 3),
+                                     "pct_of_floor": round(100 * floor_s / (seconds / args.decode), 1)}
+        if args.profile and context == args.contexts[0]:
+            report["profile"] = profile_step(model, cache, token)
+        del cache
+        save()
+    report["peak_gpu_gb"] = round(pool.total_bytes() / 1e9, 3)
+    save()
 
-    report = {
-        "device": ops.device_name, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip() or "unknown",
-        "layers": args.layers, "prompt_tokens": args.prompt, "decode_tokens": args.decode, "kv_context": args.context,
-        "load_s": round(load_s, 2), "weights_gb": round(weights / 1e9, 3), "kv_cache_gb": round(kv / 1e9, 3),
-        "peak_gpu_gb": round(pool.total_bytes() / 1e9, 3),
-        "prefill_tok_s": round(args.prompt / prefill_s, 1), "decode_tok_s": round(args.decode / decode_s, 2),
-    }
-    if args.tests:
-        report["gpu_tests"] = test_results(args.tests)
-    with open(args.json, "w") as f:
-        json.dump(report, f, indent=2)
-    print(f"{'field':<16} value")
-    for key, value in report.items():
-        if key != "gpu_tests":
-            print(f"{key:<16} {value}")
-    if args.tests:
+    if args.transformers:
+        del model
+        pool.free_all_blocks()
+        try:
+            report["transformers"] = transformers_decode(config_dict, ids[:args.contexts[0]], args.decode)
+            ours = report["decode"][args.contexts[0]]["tok_s"]
+            report["transformers"]["our_decode_ratio"] = round(ours / report["transformers"]["decode_tok_s"], 2)
+        except Exception as e:  # the baseline must not cost us the measurements above
+            report["transformers"] = {"error": f"{type(e).__name__}: {e}"}
+        save()
+    print_table(report)
+    return report
+
+
+def print_table(report: dict) -> None:
+    print(f"\n{report['device']}, {report['preset']} ({report['layers']} layers), commit {report['commit']}")
+    print(f"copy {report['copy_gb_s']} GB/s; weights {report['weights_gb']} GB, KV cache "
+          f"{report['kv_cache_gb']} GB at {report['kv_context']} tokens, peak {report['peak_gpu_gb']} GB")
+    print(f"{'prefill tokens':>15}{'tok/s':>12}")
+    for n, r in report["prefill"].items():
+        print(f"{n:>15}{r['tok_s']:>12}")
+    print(f"{'decode context':>15}{'tok/s':>12}{'ms/token':>10}{'floor ms':>10}{'% floor':>9}")
+    for n, r in report["decode"].items():
+        print(f"{n:>15}{r['tok_s']:>12}{r['ms_per_token']:>10}{r['floor_ms']:>10}{r['pct_of_floor']:>9}")
+    if "profile" in report:
+        p = report["profile"]
+        print(f"decode step, ops synchronized: {p['step_ms_synchronized']} ms; per op (ms, calls):")
+        for name, ms in p["ops_ms"].items():
+            print(f"  {name:<16}{ms:>9}{p['calls_per_step'][name]:>6}")
+        print(f"  {'(outside ops)':<16}{p['other_ms']:>9}")
+    if "transformers" in report:
+        print(f"transformers: {report['transformers']}")
+    if "gpu_tests" in report:
         t = report["gpu_tests"]
-        print(f"{'gpu tests':<16} {t['passed']} passed, {t['failed']} failed, {t['skipped']} skipped")
+        print(f"gpu tests: {t['passed']} passed, {t['failed']} failed, {t['skipped']} skipped")
         for name, err in t["rel_errors"].items():
             print(f"  {name:<60} {err:.2e}")
 

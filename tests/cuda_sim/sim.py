@@ -1,6 +1,9 @@
-"""Helpers of the simulator tests: poisoned outputs and the comparison with a reference."""
+"""Helpers of the simulator tests: poisoned outputs, the comparison with a reference, and a `cupy`
+module made of NumPy for code that is written against CuPy."""
 
 from __future__ import annotations
+
+import types
 
 import numpy as np
 
@@ -14,3 +17,39 @@ def assert_close(out, ref, rtol=1e-5):
     """Every element written, and within rtol of the reference's largest magnitude."""
     assert np.isfinite(out).all(), "unwritten (NaN) or overflowed outputs"
     np.testing.assert_allclose(out, ref, rtol=rtol, atol=rtol * max(1e-30, float(np.abs(ref).max())))
+
+
+class _RandomState(np.random.RandomState):
+    """NumPy's RandomState with CuPy's `dtype` argument to standard_normal."""
+
+    def standard_normal(self, size=None, dtype=np.float64):
+        return super().standard_normal(size).astype(dtype)
+
+
+class _MemoryPool:
+    """CuPy's memory pool, as far as bench/gpu.py asks: host memory is not counted."""
+
+    def free_all_blocks(self):
+        pass
+
+    def used_bytes(self):
+        return 0
+
+    def total_bytes(self):
+        return 0
+
+
+def numpy_as_cupy() -> types.ModuleType:
+    """A `cupy` module made of NumPy: the simulator's kernels take NumPy arrays."""
+    shim = types.ModuleType("cupy")
+    shim.__dict__.update({name: getattr(np, name) for name in dir(np) if not name.startswith("__")})
+    shim.asarray = lambda a, dtype=None: np.array(a, dtype=dtype)  # a copy, as a host-to-device transfer
+    shim.asnumpy = np.asarray
+    shim.argsort = lambda a: np.argsort(a, kind="stable")  # CuPy's sort is stable
+    shim.random = types.SimpleNamespace(RandomState=_RandomState)
+    pool = _MemoryPool()
+    shim.get_default_memory_pool = lambda: pool
+    device = types.SimpleNamespace(id=0, synchronize=lambda: None)
+    shim.cuda = types.SimpleNamespace(Device=lambda: device, runtime=types.SimpleNamespace(
+        getDeviceProperties=lambda i: {"name": b"Numba CUDA simulator"}))
+    return shim

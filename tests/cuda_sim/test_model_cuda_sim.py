@@ -6,30 +6,17 @@ from __future__ import annotations
 
 import importlib
 import sys
-import types
 
 import numpy as np
 import pytest
 
 from conftest import rel_err
+from cuda_sim.sim import numpy_as_cupy
 from gptoss_np import GptOss, synthetic
 from gptoss_np.backend import CpuOps
 from gptoss_np.checkpoint import Checkpoint
 from gptoss_np.dispatch import DispatchRule
 from gptoss_np.kernels import bf16_cuda
-
-
-def numpy_as_cupy() -> types.ModuleType:
-    """A `cupy` module made of NumPy: the simulator's kernels take NumPy arrays."""
-    shim = types.ModuleType("cupy")
-    shim.__dict__.update({name: getattr(np, name) for name in dir(np) if not name.startswith("__")})
-    shim.asarray = lambda a, dtype=None: np.array(a, dtype=dtype)  # a copy, as a host-to-device transfer
-    shim.asnumpy = np.asarray
-    shim.argsort = lambda a: np.argsort(a, kind="stable")  # CuPy's sort is stable
-    device = types.SimpleNamespace(id=0)
-    shim.cuda = types.SimpleNamespace(Device=lambda: device, runtime=types.SimpleNamespace(
-        getDeviceProperties=lambda i: {"name": b"Numba CUDA simulator"}))
-    return shim
 
 
 @pytest.fixture

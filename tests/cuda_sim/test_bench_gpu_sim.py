@@ -1,0 +1,68 @@
+"""bench/gpu.py end to end in the simulator (NumPy standing in for CuPy) on a toy model, so that the
+GPU session's one call does not find a broken benchmark; and its byte count against the issue's."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cuda_sim.sim import numpy_as_cupy
+from gptoss_np import synthetic
+from gptoss_np.config import GptOssConfig
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "gpu.py"
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", numpy_as_cupy())
+    monkeypatch.delitem(sys.modules, "gptoss_np.backend_cuda", raising=False)
+    spec = importlib.util.spec_from_file_location("bench_gpu", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "COPY_BYTES", 1 << 20)
+    monkeypatch.setattr(module, "PROFILE_STEPS", 1)
+    monkeypatch.setattr(module, "select", lambda device: importlib.import_module("gptoss_np.backend_cuda").CudaOps())
+    return module
+
+
+def test_decode_bytes_of_20b_are_the_issues_floor(bench):
+    need = bench.decode_bytes(GptOssConfig.from_dict(synthetic.config_dict("gpt-oss-20b")), context=1)
+    assert need["experts"] / 1e9 == pytest.approx(1.27, abs=0.01)
+    assert (need["attention"] + need["router"]) / 1e9 == pytest.approx(1.28, abs=0.01)
+    assert need["lm_head"] / 1e9 == pytest.approx(1.16, abs=0.01)
+    assert need["total"] / 1e9 == pytest.approx(3.71, abs=0.01)
+
+
+def test_benchmark_runs_and_writes_its_json(bench, tmp_path):
+    toy = ["num_hidden_layers=1", "vocab_size=64", "hidden_size=32", "intermediate_size=32", "head_dim=8", "num_attention_heads=2",
+           "num_key_value_heads=1", "num_local_experts=4", "num_experts_per_tok=2", "sliding_window=4"]
+    out = tmp_path / "gpu.json"
+    argv = ["--json", str(out), "--preset", "tiny", "--contexts", "9", "--prompts", "3", "--decode", "1", "--profile"]
+    report = bench.main(argv + [arg for kv in toy for arg in ("--set", kv)])
+    saved = json.loads(out.read_text())
+    assert saved["device"] == "Numba CUDA simulator" and saved["layers"] == 1
+    assert set(saved["decode"]) == {"9"} and saved["prefill"]["3"]["tok_s"] > 0
+    assert all(r["tok_s"] > 0 and r["bytes_per_token"]["total"] > 0 and "pct_of_floor" in r for r in saved["decode"].values())
+    profile = report["profile"]
+    assert profile["calls_per_step"]["mxfp4_experts"] == 2  # gate_up and down
+    assert profile["calls_per_step"]["linear"] == 5 + 1  # q, k, v, o, router; lm_head
+    assert set(profile["ops_ms"]) >= {"attention", "mxfp4_experts", "sample"}
+
+
+def test_filled_cache_holds_what_a_prefill_would(bench):
+    from gptoss_np import GptOss
+    config = GptOssConfig.from_dict(synthetic.config_dict("tiny", num_hidden_layers=2, sliding_window=4))
+    model = GptOss(bench.DeviceCheckpoint(config), bench.select("cuda"), progress=False)
+    cache = bench.filled_cache(model, context=10, room=3)
+    assert cache.length == 10
+    full, sliding = config.layer_types.index("full_attention"), config.layer_types.index("sliding_attention")
+    np.testing.assert_array_equal(cache.positions[full][:10], np.arange(10))
+    assert (cache.positions[full][10:] == -1).all()
+    np.testing.assert_array_equal(np.sort(cache.positions[sliding]), [6, 7, 8, 9])
+    np.testing.assert_array_equal(cache.positions[sliding] % 4, np.arange(4))  # position p in slot p % W
