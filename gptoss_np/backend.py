@@ -64,7 +64,7 @@ class CpuOps:
         return norm_rope.rope(x, cos, sin)
 
     def attention(self, q, k, v, q_pos, k_pos, sinks, window, scale):
-        return attention.attention_ref(q, k, v, q_pos, k_pos, sinks, window, scale)
+        return attention.attention(q, k, v, q_pos, k_pos, sinks, window, scale)
 
     def route(self, logits, k):
         return moe.route(logits, k)

@@ -1,22 +1,31 @@
-"""Attention with per-head sinks, GQA and an optional sliding window (NumPy reference; the CPU path).
+"""Attention with per-head sinks, GQA and an optional sliding window: the NumPy reference and the
+Numba CPU kernel for a few queries.
 
 Each query head h has a sink logit s_h: a virtual key that takes part in the softmax but has no value,
 so a head can put probability on "nothing". In online-softmax form: start the running max at s_h and
-add exp(s_h - m) to the denominator.
+add exp(s_h - m) to the denominator. A key slot whose position is negative is empty and never seen.
+
+On the CPU, prefill (many queries) takes the reference, whose matrix products go to BLAS; decode
+(one query over a long cache) takes the kernel, which reads each cached key and value once per kv head
+instead of making strided copies of the whole cache.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+from numba import njit, prange
 
 _MAX_SCORES = 1 << 24  # score elements per query chunk (64 MiB of float32)
+KERNEL_MAX_QUERIES = 8  # up to this many queries the Numba kernel runs, above it the reference
 
 
 def attention_ref(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndarray, k_pos: np.ndarray,
                   sinks: np.ndarray, window: int | None, scale: float) -> np.ndarray:
     """q [T, H, Dh], k/v [S, G, Dh], positions q_pos [T], k_pos [S], sinks [H] -> [T, H, Dh].
 
-    Query t sees key s when k_pos[s] <= q_pos[t] and, with a window W, k_pos[s] > q_pos[t] - W.
+    Query t sees key s when 0 <= k_pos[s] <= q_pos[t] and, with a window W, k_pos[s] > q_pos[t] - W.
     Query head h reads kv head h // (H / G).
     """
     T, H, Dh = q.shape
@@ -40,7 +49,7 @@ def probabilities_ref(q: np.ndarray, k: np.ndarray, q_pos: np.ndarray, k_pos: np
     R = H // G
     qg = q.reshape(T, G, R, Dh).transpose(1, 2, 0, 3)  # [G, R, T, Dh]
     scores = (qg @ k.transpose(1, 2, 0)[:, None]) * np.float32(scale)  # [G, R, T, S]
-    visible = k_pos[None, :] <= q_pos[:, None]  # [T, S]
+    visible = (k_pos[None, :] <= q_pos[:, None]) & (k_pos[None, :] >= 0)  # [T, S]
     if window is not None:
         visible &= k_pos[None, :] > q_pos[:, None] - window
     scores = np.where(visible, scores, -np.inf)
@@ -50,3 +59,57 @@ def probabilities_ref(q: np.ndarray, k: np.ndarray, q_pos: np.ndarray, k_pos: np
     p_sink = np.exp(sink - m)
     denom = p.sum(axis=-1, keepdims=True) + p_sink
     return p / denom, p_sink / denom
+
+
+def attention(q, k, v, q_pos, k_pos, sinks, window: int | None, scale: float) -> np.ndarray:
+    """attention_ref's result; a few queries go to the Numba kernel."""
+    if q.shape[0] > KERNEL_MAX_QUERIES:
+        return attention_ref(q, k, v, q_pos, k_pos, sinks, window, scale)
+    out = np.empty(q.shape, np.float32)
+    _attention_kernel(np.ascontiguousarray(q, dtype=np.float32), k, v, np.asarray(q_pos, np.int64),
+                      np.asarray(k_pos, np.int64), sinks, int(window or 0), np.float32(scale), out)
+    return out
+
+
+@njit(parallel=True, fastmath={"reassoc", "contract"}, cache=True)  # not "ninf": masked scores are -inf
+def _attention_kernel(q, k, v, q_pos, k_pos, sinks, window, scale, out):
+    """out [T, H, Dh]; one (query t, kv head g) per iteration: its R = H / G query heads score every
+    visible key (read once for the R heads), then the probabilities weigh the values.
+    window 0 means no window."""
+    T, H, Dh = q.shape
+    S, G = k.shape[0], k.shape[1]
+    R = H // G
+    for i in prange(T * G):
+        t = i // G
+        g = i % G
+        qp = q_pos[t]
+        p = np.empty((R, S), np.float32)  # scores, then probabilities
+        acc = np.zeros((R, Dh), np.float32)
+        for s in range(S):
+            kp = k_pos[s]
+            visible = kp >= 0 and kp <= qp and (window == 0 or kp > qp - window)
+            for r in range(R):
+                dot = np.float32(0)
+                if visible:
+                    for d in range(Dh):
+                        dot += q[t, g * R + r, d] * k[s, g, d]
+                p[r, s] = dot * scale if visible else -np.inf
+        for r in range(R):
+            m = sinks[g * R + r]
+            for s in range(S):
+                m = max(m, p[r, s])
+            denom = math.exp(sinks[g * R + r] - m)
+            for s in range(S):
+                e = math.exp(p[r, s] - m)  # 0 for invisible keys
+                p[r, s] = e
+                denom += e
+            for s in range(S):
+                p[r, s] /= denom
+        for s in range(S):
+            for r in range(R):
+                w = p[r, s]
+                for d in range(Dh):
+                    acc[r, d] += w * v[s, g, d]
+        for r in range(R):
+            for d in range(Dh):
+                out[t, g * R + r, d] = acc[r, d]

@@ -1,11 +1,13 @@
-"""Sink attention: the NumPy reference against a direct float64 transcription of transformers' eager
-attention (append the sink column, softmax, drop it) with explicit causal / sliding masks."""
+"""Sink attention: the NumPy reference and the Numba kernel against a direct float64 transcription of
+transformers' eager attention (append the sink column, softmax, drop it) with explicit causal / sliding
+masks."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from gptoss_np.kernels import attention as attention_kernels
 from gptoss_np.kernels.attention import attention_ref
 
 
@@ -16,10 +18,10 @@ def oracle(q, k, v, q_pos, k_pos, sinks, window, scale):
     for t in range(T):
         for h in range(H):
             g = h // (H // G)
-            logits = [float(q[t, h] @ k[s, g]) * scale for s in range(len(k_pos))
-                      if k_pos[s] <= q_pos[t] and (window is None or q_pos[t] - k_pos[s] < window)]
-            values = [v[s, g] for s in range(len(k_pos))
-                      if k_pos[s] <= q_pos[t] and (window is None or q_pos[t] - k_pos[s] < window)]
+            seen = [s for s in range(len(k_pos))
+                    if 0 <= k_pos[s] <= q_pos[t] and (window is None or q_pos[t] - k_pos[s] < window)]
+            logits = [float(q[t, h] @ k[s, g]) * scale for s in seen]
+            values = [v[s, g] for s in seen]
             row = np.array(logits + [sinks[h]], dtype=np.float64)
             p = np.exp(row - row.max())
             p /= p.sum()
@@ -27,19 +29,44 @@ def oracle(q, k, v, q_pos, k_pos, sinks, window, scale):
     return out
 
 
-@pytest.mark.parametrize("T, S, H, G, window", [(7, 7, 4, 2, None), (6, 13, 4, 1, 4), (1, 20, 8, 8, 6),
-                                                (5, 9, 6, 3, 1)])
-def test_attention_matches_oracle(T, S, H, G, window):
+CASES = [(7, 7, 4, 2, None, 0), (6, 13, 4, 1, 4, 0), (1, 20, 8, 8, 6, 0), (5, 9, 6, 3, 1, 0),
+         (1, 300, 8, 2, None, 40), (3, 50, 4, 2, 16, 10)]  # T, S, H, G, window, empty slots
+
+
+def random_case(T, S, H, G, window, empty, Dh=8):
     rng = np.random.default_rng(T * S + H)
-    Dh = 8
     q = rng.standard_normal((T, H, Dh), dtype=np.float32) * 2
     k = rng.standard_normal((S, G, Dh), dtype=np.float32)
     v = rng.standard_normal((S, G, Dh), dtype=np.float32)
-    k_pos = rng.permutation(S)  # slot order must not matter (ring buffer)
-    q_pos = np.arange(S - T, S)
+    filled = S - empty
+    k_pos = np.concatenate([rng.permutation(filled), np.full(empty, -1)])  # slot order must not matter (ring)
+    q_pos = np.arange(filled - T, filled)
     sinks = rng.standard_normal(H).astype(np.float32)
-    ours = attention_ref(q, k, v, q_pos, k_pos, sinks, window, Dh ** -0.5)
-    np.testing.assert_allclose(ours, oracle(q, k, v, q_pos, k_pos, sinks, window, Dh ** -0.5), rtol=1e-5, atol=1e-6)
+    return q, k, v, q_pos, k_pos, sinks, window, Dh ** -0.5
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_attention_matches_oracle(case):
+    args = random_case(*case)
+    np.testing.assert_allclose(attention_ref(*args), oracle(*args), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_kernel_matches_oracle(case):
+    args = random_case(*case)
+    out = np.full(args[0].shape, np.nan, np.float32)
+    attention_kernels._attention_kernel(*args[:6], int(args[6] or 0), np.float32(args[7]), out)
+    np.testing.assert_allclose(out, oracle(*args), rtol=1e-5, atol=1e-6)
+
+
+def test_few_queries_take_the_kernel_many_the_reference(monkeypatch):
+    calls = []
+    monkeypatch.setattr(attention_kernels, "_attention_kernel", lambda *a: calls.append("kernel"))
+    monkeypatch.setattr(attention_kernels, "attention_ref", lambda *a: calls.append("ref"))
+    for T in (1, attention_kernels.KERNEL_MAX_QUERIES, attention_kernels.KERNEL_MAX_QUERIES + 1):
+        args = random_case(T, 20, 4, 2, None, 0)
+        attention_kernels.attention(*args)
+    assert calls == ["kernel", "kernel", "ref"]
 
 
 def test_sink_takes_probability_mass():
