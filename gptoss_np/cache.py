@@ -30,29 +30,30 @@ class KVCache:
         self.values = [xp.zeros((s, G, Dh), np.float32) for s in sizes]
         self.positions = [xp.full(s, -1, np.int64) for s in sizes]
 
-    def update(self, layer: int, k, v, positions: np.ndarray):
-        """Store the new tokens' k, v [T, G, Dh] at consecutive `positions` [T] (host int64) from
-        self.length on; return the keys, values and positions that the new queries may attend to
-        (everything the layer keeps, plus the new ones)."""
+    def update(self, layer: int, k, v, positions):
+        """Store the new tokens' k, v [T, G, Dh] at `positions` [T] (an xp array: self.length,
+        self.length + 1, ...); return the keys, values and positions that the new queries may attend
+        to (everything the layer keeps, plus the new ones). Slicing uses host integers only, so no
+        value crosses from the GPU to the host."""
         xp, window = self.xp, self.windows[layer]
-        start, end = int(positions[0]), int(positions[-1]) + 1
+        start, end = self.length, self.length + len(positions)
         if window is None:
             self._reserve(layer, end)
             self.keys[layer][start:end] = k
             self.values[layer][start:end] = v
-            self.positions[layer][start:end] = xp.asarray(positions)
+            self.positions[layer][start:end] = positions
             return self.keys[layer][:end], self.values[layer][:end], self.positions[layer][:end]
         # sliding: the new queries also need old keys that the new ones will evict, so attend to
         # the ring's contents and the new tokens together, then keep the last W tokens
         kept = min(start, window)
         k_all = xp.concatenate([self.keys[layer][:kept], k])
         v_all = xp.concatenate([self.values[layer][:kept], v])
-        pos_all = xp.concatenate([self.positions[layer][:kept], xp.asarray(positions)])
+        pos_all = xp.concatenate([self.positions[layer][:kept], positions])
         last = slice(max(0, len(positions) - window), None)
-        slots = xp.asarray(positions[last] % window)
+        slots = positions[last] % window
         self.keys[layer][slots] = k[last]
         self.values[layer][slots] = v[last]
-        self.positions[layer][slots] = xp.asarray(positions[last])
+        self.positions[layer][slots] = positions[last]
         return k_all, v_all, pos_all
 
     def _reserve(self, layer: int, size: int) -> None:

@@ -93,7 +93,7 @@ class GptOss:
         logits [T, V] (all_logits) or [1, V] (the last position's), and advances the cache.
         A `trace` records each layer's attention and routing."""
         c, ops = self.config, self.ops
-        positions = np.arange(cache.length, cache.length + len(token_ids))  # [T]
+        positions = ops.xp.arange(cache.length, cache.length + len(token_ids))  # [T], where ops compute
         cos, sin = ops.rope_tables(self.inv_freq, self.rope_scale, positions)  # [T, Dh/2]
         x = ops.embed(self.embedding, token_ids)  # [T, D]
         for i, layer in enumerate(self.layers):

@@ -39,8 +39,8 @@ class Trace:
         if not self.with_attention:
             self.layers.append(LayerTrace(window=window))
             return
-        q, k, k_pos, sinks = (to_numpy(a) for a in (q, k, k_pos, sinks))
-        p, p_sink = probabilities_ref(q, k, np.asarray(q_pos), k_pos, sinks, window, scale)  # [G, R, T, S]
+        q, k, q_pos, k_pos, sinks = (to_numpy(a) for a in (q, k, q_pos, k_pos, sinks))
+        p, p_sink = probabilities_ref(q, k, q_pos, k_pos, sinks, window, scale)  # [G, R, T, S]
         G, R, T, S = p.shape
         self.layers.append(LayerTrace(window=window, attention=p.reshape(G * R, T, S),
                                       sink=p_sink.reshape(G * R, T), key_positions=k_pos))
