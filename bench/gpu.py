@@ -6,6 +6,9 @@
 
 Sections, each added to the JSON as soon as it is measured (a timeout keeps what was done):
   copy        device-to-device copy bandwidth (bytes read + written), the memory ceiling
+  launch      host microseconds per launch of an empty Numba kernel given 3 CuPy arrays, the same
+              arrays as Numba device arrays, and per CuPy elementwise launch (a decode step makes
+              hundreds of launches: this says what graphs or fewer launches can save)
   memory      GPU memory of the weights, of the KV cache, and the pool's peak
   prefill     tok/s of one forward over each prompt length (fresh cache)
   decode      tok/s of greedy steps (argmax on the device, one id to the host a step) at each context;
@@ -93,6 +96,32 @@ def copy_bandwidth(repeats: int = 10) -> float:
     cp.copyto(dst, src)
     times = [timed(lambda: cp.copyto(dst, src))[1] for _ in range(repeats)]
     return 2 * src.nbytes / float(np.median(times)) / 1e9
+
+
+def launch_overhead(launches: int = 300) -> dict:
+    """Host microseconds per launch, measured over `launches` back-to-back launches and a sync."""
+    from numba import config, cuda
+    if config.ENABLE_CUDASIM:
+        return {"skipped": "Numba's CUDA simulator"}
+
+    @cuda.jit
+    def touch(a, b, c):
+        i = cuda.grid(1)
+        if i < c.shape[0]:
+            c[i] = a[i] + b[i]
+
+    a, b, c = (cp.ones(256, cp.float32) for _ in range(3))
+    views = [cuda.as_cuda_array(x) for x in (a, b, c)]
+    cases = {"numba_kernel_cupy_args": lambda: touch[1, 256](a, b, c),
+             "numba_kernel_numba_args": lambda: touch[1, 256](*views),
+             "cupy_elementwise": lambda: cp.add(a, b, out=c)}
+    result = {}
+    for name, launch in cases.items():
+        launch()
+        synchronize()
+        _, seconds = timed(lambda: [launch() for _ in range(launches)])
+        result[name + "_us"] = round(seconds / launches * 1e6, 2)
+    return result
 
 
 def decode_bytes(c: GptOssConfig, context: int) -> dict:
@@ -242,6 +271,7 @@ def main(argv=None) -> dict:
     ops = select("cuda")
     report["device"] = ops.device_name
     report["copy_gb_s"] = round(copy_bandwidth(), 1)
+    report["launch"] = launch_overhead()
     save()
 
     pool = cp.get_default_memory_pool()
@@ -301,6 +331,7 @@ def main(argv=None) -> dict:
 
 def print_table(report: dict) -> None:
     print(f"\n{report['device']}, {report['preset']} ({report['layers']} layers), commit {report['commit']}")
+    print(f"launch overhead (host us): {report['launch']}")
     print(f"copy {report['copy_gb_s']} GB/s; weights {report['weights_gb']} GB, KV cache "
           f"{report['kv_cache_gb']} GB at {report['kv_context']} tokens, peak {report['peak_gpu_gb']} GB")
     print(f"{'prefill tokens':>15}{'tok/s':>12}")

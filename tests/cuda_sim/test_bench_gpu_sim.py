@@ -46,7 +46,7 @@ def test_benchmark_runs_and_writes_its_json(bench, tmp_path):
     argv = ["--json", str(out), "--preset", "tiny", "--contexts", "9", "--prompts", "3", "--decode", "1", "--profile"]
     report = bench.main(argv + [arg for kv in toy for arg in ("--set", kv)])
     saved = json.loads(out.read_text())
-    assert saved["device"] == "Numba CUDA simulator" and saved["layers"] == 1
+    assert saved["device"] == "Numba CUDA simulator" and saved["layers"] == 1 and "skipped" in saved["launch"]
     assert set(saved["decode"]) == {"9"} and saved["prefill"]["3"]["tok_s"] > 0
     assert all(r["tok_s"] > 0 and r["bytes_per_token"]["total"] > 0 and "pct_of_floor" in r for r in saved["decode"].values())
     profile = report["profile"]
