@@ -28,6 +28,7 @@ _I8, _I32, _F32 = ir.IntType(8), ir.IntType(32), ir.FloatType()
 _BYTES = ir.VectorType(_I8, 16)  # one block's 16 bytes, or its 16 nibbles of one half
 _INTS = ir.VectorType(_I32, 16)
 _FLOATS = ir.VectorType(_F32, 16)
+_FAST = ("fast",)  # fast-math flags: sums may be reassociated (vector lanes, then one horizontal sum)
 
 _TWICE_FP4 = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12]  # by nibble
 _TWICE_FP4_FIELDS = 0xC8643210  # magnitude m's value in bits 4m .. 4m+3
@@ -100,9 +101,6 @@ class _Row:
         b = self.builder
         one = b.insert_element(ir.Constant(_FLOATS, ir.Undefined), scalar, ir.Constant(_I32, 0))
         return b.shuffle_vector(one, one, ir.Constant(ir.VectorType(_I32, count), [0] * count))
-
-
-_FAST = ("fast",)
 
 
 def _horizontal_sum(builder, v):

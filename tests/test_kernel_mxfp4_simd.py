@@ -58,11 +58,18 @@ def test_row_dot_matches_reference(kernels, N, groups):
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
-def test_the_host_decoder_is_the_fast_one_on_x86():
-    if platform.machine() in ("x86_64", "AMD64"):
-        assert mxfp4_simd.DECODER is mxfp4_simd._decode_by_shuffle
-    else:
-        assert mxfp4_simd.DECODER is mxfp4_simd._decode_by_arithmetic
+def test_the_byte_shuffle_is_used_where_numba_compiles_for_it(monkeypatch):
+    x86 = platform.machine() in ("x86_64", "AMD64")
+    expected = mxfp4_simd._decode_by_shuffle if mxfp4_simd._compiles_for_ssse3() else mxfp4_simd._decode_by_arithmetic
+    assert mxfp4_simd.DECODER is expected
+    config = mxfp4_simd.config
+    monkeypatch.setattr(config, "CPU_NAME", None)
+    monkeypatch.setattr(config, "CPU_FEATURES", None)
+    assert mxfp4_simd._compiles_for_ssse3() == x86  # the host's features: every x86-64 CPU in use has SSSE3
+    monkeypatch.setattr(config, "CPU_NAME", "generic")  # NUMBA_CPU_NAME=generic: baseline x86-64, no SSSE3
+    assert not mxfp4_simd._compiles_for_ssse3()
+    monkeypatch.setattr(config, "CPU_FEATURES", "+sse2,+ssse3")
+    assert mxfp4_simd._compiles_for_ssse3() == x86
 
 
 def test_wrong_array_types_fail_to_compile():
