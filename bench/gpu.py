@@ -2,7 +2,7 @@
 
     python3 bench/gpu.py --json out.json [--tests gpu_tests.xml] [--preset gpt-oss-20b] [--set KEY=VALUE ...]
                          [--contexts 128,4096,32768] [--prompts 128,2048,8192] [--decode 32]
-                         [--transformers] [--profile]
+                         [--prefill-budget 60] [--transformers] [--profile]
 
 Sections, each added to the JSON as soon as it is measured (a timeout keeps what was done):
   copy        device-to-device copy bandwidth (bytes read + written), the memory ceiling
@@ -10,12 +10,14 @@ Sections, each added to the JSON as soon as it is measured (a timeout keeps what
               arrays as Numba device arrays, and per CuPy elementwise launch (a decode step makes
               hundreds of launches: this says what graphs or fewer launches can save)
   memory      GPU memory of the weights, of the KV cache, and the pool's peak
-  prefill     tok/s of one forward over each prompt length (fresh cache)
   decode      tok/s of greedy steps (argmax on the device, one id to the host a step) at each context;
               the cache is filled with random keys and values first (a step's cost depends only on
               what the cache holds), plus the bytes a step must read and the % of the copy-bandwidth floor
   profile     one decode step's time per op, each op synchronized (slower than the free-running step:
               the shares are what count) and the step's op calls
+  prefill     tok/s of one forward over each prompt length (fresh cache), shortest first; a length
+              whose predicted time (quadratic in length, from the last) would exceed --prefill-budget
+              is skipped and says so
   transformers  with --transformers: transformers' GptOssForCausalLM in bf16 on the same GPU (random
               weights built there), greedy decode tok/s through generate(), and our ratio to it
 With --tests, the pass/fail counts and relative errors from a pytest junit XML of tests/test_gpu.py.
@@ -247,6 +249,8 @@ def parse_args(argv):
     parser.add_argument("--contexts", type=ints, default=[128, 4096, 32768], help="decode contexts")
     parser.add_argument("--prompts", type=ints, default=[128, 2048, 8192], help="prefill lengths")
     parser.add_argument("--decode", type=int, default=32, help="decode steps timed at each context")
+    parser.add_argument("--prefill-budget", type=float, default=60, metavar="SECONDS",
+                        help="skip prompt lengths whose predicted prefill time would exceed this in total")
     parser.add_argument("--transformers", action="store_true", help="also time transformers (bf16)")
     parser.add_argument("--profile", action="store_true", help="time each op of a decode step")
     return parser.parse_args(argv)
@@ -289,13 +293,6 @@ def main(argv=None) -> dict:
     ids = np.random.default_rng(0).integers(0, config.vocab_size, max(args.prompts + [8]))
     model.forward(ids[:8], model.new_cache(64))  # compile every kernel (prefill and decode paths)
     model.forward(ids[:1], model.new_cache(64))
-    report["prefill"] = {}
-    for n in args.prompts:
-        cache = model.new_cache(n)
-        _, seconds = timed(lambda: model.forward(ids[:n], cache))
-        report["prefill"][n] = {"tok_s": round(n / seconds, 1), "ms": round(seconds * 1e3, 2)}
-        save()
-
     report["decode"] = {}
     token = int(ids[0])
     for context in args.contexts:
@@ -312,6 +309,20 @@ def main(argv=None) -> dict:
             report["profile"] = profile_step(model, cache, token)
         del cache
         save()
+    report["prefill"] = {}
+    spent, last = 0.0, None  # prefill seconds so far; (tokens, seconds) of the last one measured
+    for n in sorted(args.prompts):
+        predicted = last[1] * (n / last[0]) ** 2 if last else 0.0  # attention grows with the square
+        if spent + predicted > args.prefill_budget:
+            report["prefill"][n] = {"skipped": f"predicted {predicted:.0f} s, over the --prefill-budget"}
+            continue
+        cache = model.new_cache(n)
+        _, seconds = timed(lambda: model.forward(ids[:n], cache))
+        del cache
+        spent, last = spent + seconds, (n, seconds)
+        report["prefill"][n] = {"tok_s": round(n / seconds, 1), "ms": round(seconds * 1e3, 2)}
+        save()
+
     report["peak_gpu_gb"] = round(pool.total_bytes() / 1e9, 3)
     save()
 
@@ -336,7 +347,7 @@ def print_table(report: dict) -> None:
           f"{report['kv_cache_gb']} GB at {report['kv_context']} tokens, peak {report['peak_gpu_gb']} GB")
     print(f"{'prefill tokens':>15}{'tok/s':>12}")
     for n, r in report["prefill"].items():
-        print(f"{n:>15}{r['tok_s']:>12}")
+        print(f"{n:>15}{r['tok_s']:>12}" if "tok_s" in r else f"{n:>15}  skipped: {r['skipped']}")
     print(f"{'decode context':>15}{'tok/s':>12}{'ms/token':>10}{'floor ms':>10}{'% floor':>9}")
     for n, r in report["decode"].items():
         print(f"{n:>15}{r['tok_s']:>12}{r['ms_per_token']:>10}{r['floor_ms']:>10}{r['pct_of_floor']:>9}")

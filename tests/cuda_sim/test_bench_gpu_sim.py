@@ -43,11 +43,13 @@ def test_benchmark_runs_and_writes_its_json(bench, tmp_path):
     toy = ["num_hidden_layers=1", "vocab_size=64", "hidden_size=32", "intermediate_size=32", "head_dim=8", "num_attention_heads=2",
            "num_key_value_heads=1", "num_local_experts=4", "num_experts_per_tok=2", "sliding_window=4"]
     out = tmp_path / "gpu.json"
-    argv = ["--json", str(out), "--preset", "tiny", "--contexts", "9", "--prompts", "3", "--decode", "1", "--profile"]
+    argv = ["--json", str(out), "--preset", "tiny", "--contexts", "9", "--prompts", "3,6", "--decode", "1", "--profile",
+            "--prefill-budget", "0"]  # the 3-token prefill runs, the 6-token one is predicted over budget
     report = bench.main(argv + [arg for kv in toy for arg in ("--set", kv)])
     saved = json.loads(out.read_text())
     assert saved["device"] == "Numba CUDA simulator" and saved["layers"] == 1 and "skipped" in saved["launch"]
     assert set(saved["decode"]) == {"9"} and saved["prefill"]["3"]["tok_s"] > 0
+    assert "over the --prefill-budget" in saved["prefill"]["6"]["skipped"]
     assert all(r["tok_s"] > 0 and r["bytes_per_token"]["total"] > 0 and "pct_of_floor" in r for r in saved["decode"].values())
     profile = report["profile"]
     assert profile["calls_per_step"]["mxfp4_experts"] == 2  # gate_up and down
