@@ -12,15 +12,17 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .mxfp4_simd import dequantize_row, row_dot
+from .mxfp4_simd import TILE_ROWS, TILE_TOKENS, dequantize_row, row_dot, tile_dot
 
 # FP4 e2m1 value of each nibble: sign bit 3, exponent bits 2-1, mantissa bit 0
 FP4_VALUES = np.array([+0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
                        -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0], dtype=np.float32)
 
 BLOCK = 32
-# Up to this many token rows per expert the fused GEMV kernel runs; above it, tiles go to BLAS.
-GEMV_MAX_ROWS = 8
+# Token rows of one matrix: up to GEMV_MAX_ROWS one fused GEMV per row; up to TILED_MAX_ROWS the
+# fused tile kernel; above, dequantized tiles go to BLAS (bench/NOTES.md has the measurements).
+GEMV_MAX_ROWS = 4
+TILED_MAX_ROWS = 128
 _TILE_ROWS = 512
 
 
@@ -94,6 +96,16 @@ def _gemv_pairs_kernel(x_even, x_odd, blocks, scales, experts, out):
 
 
 @njit(parallel=True, cache=True)
+def _tiled_kernel(x_even, x_odd, blocks, scales, out):
+    """out [N, Tp] = W x^T, tiles of TILE_ROWS rows x TILE_TOKENS tokens in parallel (each row tile
+    with all token tiles in turn, so its bytes stay in cache). x_even / x_odd [Tp, K/2]; N and Tp
+    are multiples of the tile."""
+    token_tiles = x_even.shape[0] // TILE_TOKENS
+    for i in prange(blocks.shape[0] // TILE_ROWS * token_tiles):
+        tile_dot(blocks, scales, x_even, x_odd, out, i // token_tiles * TILE_ROWS, i % token_tiles * TILE_TOKENS)
+
+
+@njit(parallel=True, cache=True)
 def _dequantize_kernel(blocks, scales, out):
     """out [N, K] float32 = W, rows in parallel."""
     for n in prange(blocks.shape[0]):
@@ -120,13 +132,16 @@ def gemv_pairs(x: np.ndarray, blocks: np.ndarray, scales: np.ndarray, experts: n
 def matmul(x: np.ndarray, blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
     """x [T, K] f32 @ W.T for one MXFP4 matrix W (blocks [N, K/32, 16], scales [N, K/32]) -> [T, N].
 
-    Few rows: the fused GEMV. Many rows: tiles of W are dequantized into a small buffer (never the
-    whole matrix) and multiplied by BLAS, which reuses each tile for all T rows.
+    A few rows: the fused GEMV, row by row. Up to TILED_MAX_ROWS: the fused tile kernel, which decodes
+    each weight once for TILE_TOKENS rows. More: tiles of W are dequantized into a small buffer
+    (never the whole matrix) and multiplied by BLAS, which reuses each tile for all T rows.
     """
     T = x.shape[0]
     N = blocks.shape[0]
     if T <= GEMV_MAX_ROWS:
         return gemv_pairs(x, blocks[None], scales[None], np.zeros(T, dtype=np.int64))
+    if T <= TILED_MAX_ROWS and N % TILE_ROWS == 0:
+        return _tiled(x, blocks, scales)
     out = np.empty((T, N), dtype=np.float32)
     tile = np.empty((min(_TILE_ROWS, N), blocks.shape[1] * BLOCK), dtype=np.float32)
     for r in range(0, N, _TILE_ROWS):
@@ -134,3 +149,14 @@ def matmul(x: np.ndarray, blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
         _dequantize_kernel(blocks[r:r + rows], scales[r:r + rows], tile[:rows])
         out[:, r:r + rows] = x @ tile[:rows].T
     return out
+
+
+def _tiled(x: np.ndarray, blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """matmul through the tile kernel: x's rows padded with zeros to whole token tiles."""
+    T, K = x.shape
+    padded = np.zeros((-(-T // TILE_TOKENS) * TILE_TOKENS, K), np.float32)
+    padded[:T] = x
+    out = np.empty((blocks.shape[0], padded.shape[0]), np.float32)  # [N, Tp]
+    _tiled_kernel(np.ascontiguousarray(padded[:, 0::2]), np.ascontiguousarray(padded[:, 1::2]),
+                  np.ascontiguousarray(blocks), np.ascontiguousarray(scales), out)
+    return np.ascontiguousarray(out[:, :T].T)

@@ -5,7 +5,12 @@ one element a cycle (bench/NOTES.md). These intrinsics spell the decode with exp
   row_dot(blocks, scales, x_even, x_odd) -> float32   one row of W times x
         blocks uint8 [K/32, 16] and scales uint8 [K/32] (one row, as on disk), x_even / x_odd float32
         [K/2]: x's even and odd elements, so a byte's low and high nibbles meet contiguous x;
-  dequantize_row(blocks, scales, out)                 the row as float32 out [K].
+  dequantize_row(blocks, scales, out)                 the row as float32 out [K];
+  tile_dot(blocks, scales, x_even, x_odd, out, n0, t0)  a tile of W [N, K/32, 16] times x [Tp, K]:
+        out [N, Tp] at rows n0 .. n0 + TILE_ROWS, tokens t0 .. t0 + TILE_TOKENS. Each block of a
+        row is decoded once for all the tile's tokens, the sums stay in registers (TILE_ROWS x
+        TILE_TOKENS vectors of 16): prefill's matmul for a few dozen tokens, where BLAS on
+        dequantized tiles is slow.
 A 32-value block is 16 bytes: their low nibbles become 16 lanes, their high nibbles 16 more. A nibble
 becomes twice its FP4 value, an integer (0, +-1, 2, 3, 4, 6, 8, 12), by one of two decoders:
   _decode_by_shuffle     a 16-entry byte table looked up by the x86 byte shuffle (SSSE3 pshufb):
@@ -72,14 +77,17 @@ def _check_args(name, args, expected):
             raise TypingError(f"{name}: argument {i} must be a C-contiguous {ndim}-d {dtype} array, not {arg}")
 
 
-class _Row:
-    """Code generation for one MXFP4 row: pointers into the Numba arrays, vector loads, the block loop."""
+class _Packed:
+    """Code generation over MXFP4 arguments (blocks [..., G, 16], scales [..., G] first): pointers into
+    the Numba arrays, vector loads, and the decode of one block by its index among all blocks."""
 
     def __init__(self, context, builder, signature, args, decode):
         self.builder, self.decode = builder, decode
-        arrays = [context.make_array(t)(context, builder, a) for t, a in zip(signature.args, args)]
+        arrays = [context.make_array(t)(context, builder, a)
+                  for t, a in zip(signature.args, args) if isinstance(t, types.Array)]
         self.data = [a.data for a in arrays]
-        self.n_blocks = arrays[1].nitems  # scales [K/32]
+        self.shapes = [cgutils.unpack_tuple(builder, a.shape) for a in arrays]
+        self.blocks_per_row = self.shapes[1][-1]  # G = K/32
         table = context.insert_unique_const(builder.module, "gptoss_np_mxfp4_half_scale",
                                             ir.Constant(ir.ArrayType(_F32, 256), HALF_SCALE.tolist()))
         self.half_scale = builder.bitcast(table, _F32.as_pointer())
@@ -88,13 +96,14 @@ class _Row:
         address = self.builder.gep(pointer, [offset])
         return self.builder.load(self.builder.bitcast(address, vector_type.as_pointer()), align=1)
 
-    def block(self, g):
-        """Block g -> (<16 x float> low-nibble values, high-nibble values, scalar scale), values x 2."""
+    def block(self, index):
+        """Block `index` (row * G + g) -> (<16 x float> low-nibble values, high-nibble values, scalar
+        scale); the values are twice FP4, the scale carries the 1/2."""
         b = self.builder
-        packed = self.load(self.data[0], b.mul(g, ir.Constant(g.type, 16)), _BYTES)
+        packed = self.load(self.data[0], b.mul(index, ir.Constant(index.type, 16)), _BYTES)
         low = self.decode(b, b.and_(packed, _splat(15, _BYTES)))
         high = self.decode(b, b.lshr(packed, _splat(4, _BYTES)))
-        s = b.zext(b.load(b.gep(self.data[1], [g])), g.type)
+        s = b.zext(b.load(b.gep(self.data[1], [index])), index.type)
         return low, high, b.load(b.gep(self.half_scale, [s]))
 
     def splat(self, scalar, count=16):
@@ -113,8 +122,8 @@ def _horizontal_sum(builder, v):
     return builder.extract_element(v, ir.Constant(_I32, 0))
 
 
-def _intrinsics(decode):
-    """(row_dot, dequantize_row) built on one decoder."""
+def _intrinsics(decode, rows: int, tokens: int):
+    """(row_dot, dequantize_row, tile_dot) built on one decoder, tile_dot for rows x tokens tiles."""
 
     @intrinsic
     def row_dot(typingctx, blocks, scales, x_even, x_odd):
@@ -122,9 +131,9 @@ def _intrinsics(decode):
         _check_args("row_dot", args, [(types.uint8, 2), (types.uint8, 1), (types.float32, 1), (types.float32, 1)])
 
         def codegen(context, builder, signature, llvm_args):
-            row = _Row(context, builder, signature, llvm_args, decode)
+            row = _Packed(context, builder, signature, llvm_args, decode)
             acc = cgutils.alloca_once_value(builder, ir.Constant(_FLOATS, None))  # 16 lane sums
-            with cgutils.for_range(builder, row.n_blocks) as loop:
+            with cgutils.for_range(builder, row.blocks_per_row) as loop:
                 g = loop.index
                 low, high, scale = row.block(g)
                 g16 = builder.mul(g, ir.Constant(g.type, 16))
@@ -142,9 +151,9 @@ def _intrinsics(decode):
         _check_args("dequantize_row", args, [(types.uint8, 2), (types.uint8, 1), (types.float32, 1)])
 
         def codegen(context, builder, signature, llvm_args):
-            row = _Row(context, builder, signature, llvm_args, decode)
+            row = _Packed(context, builder, signature, llvm_args, decode)
             interleave = ir.Constant(ir.VectorType(_I32, 32), [i // 2 + 16 * (i % 2) for i in range(32)])
-            with cgutils.for_range(builder, row.n_blocks) as loop:
+            with cgutils.for_range(builder, row.blocks_per_row) as loop:
                 g = loop.index
                 low, high, scale = row.block(g)
                 values = builder.shuffle_vector(low, high, interleave)  # element 2j low nibble j, 2j+1 high
@@ -155,8 +164,53 @@ def _intrinsics(decode):
 
         return types.none(*args), codegen
 
-    return row_dot, dequantize_row
+    @intrinsic
+    def tile_dot(typingctx, blocks, scales, x_even, x_odd, out, n0, t0):
+        args = (blocks, scales, x_even, x_odd, out)
+        _check_args("tile_dot", args, [(types.uint8, 3), (types.uint8, 2), (types.float32, 2), (types.float32, 2),
+                                       (types.float32, 2)])
+        if not (isinstance(n0, types.Integer) and isinstance(t0, types.Integer)):
+            raise TypingError(f"tile_dot: n0 and t0 must be integers, not {n0}, {t0}")
+
+        def codegen(context, builder, signature, llvm_args):
+            b = builder
+            m = _Packed(context, builder, signature, llvm_args, decode)
+            n0, t0 = (context.cast(b, v, t, types.intp) for v, t in zip(llvm_args[5:], signature.args[5:]))
+            half_k, width = m.shapes[2][1], m.shapes[4][1]  # x_even [Tp, K/2], out [N, Tp]
+            G = m.blocks_per_row
+            zero = ir.Constant(_FLOATS, None)
+            acc = [[cgutils.alloca_once_value(b, zero) for _ in range(tokens)] for _ in range(rows)]
+            const = lambda v: ir.Constant(n0.type, v)  # noqa: E731
+            with cgutils.for_range(b, G) as loop:
+                g = loop.index
+                weights = []  # per row: (low, high) values times the block scale
+                for r in range(rows):
+                    low, high, scale = m.block(b.add(b.mul(b.add(n0, const(r)), G), g))
+                    weights.append((b.fmul(low, m.splat(scale), flags=_FAST), b.fmul(high, m.splat(scale), flags=_FAST)))
+                for t in range(tokens):
+                    offset = b.add(b.mul(b.add(t0, const(t)), half_k), b.mul(g, const(16)))
+                    x_lo, x_hi = m.load(m.data[2], offset, _FLOATS), m.load(m.data[3], offset, _FLOATS)
+                    for r, (w_lo, w_hi) in enumerate(weights):
+                        a = b.fadd(b.load(acc[r][t]), b.fmul(w_lo, x_lo, flags=_FAST), flags=_FAST)
+                        b.store(b.fadd(a, b.fmul(w_hi, x_hi, flags=_FAST), flags=_FAST), acc[r][t])
+            for r in range(rows):
+                for t in range(tokens):
+                    index = b.add(b.mul(b.add(n0, const(r)), width), b.add(t0, const(t)))
+                    b.store(_horizontal_sum(b, b.load(acc[r][t])), b.gep(m.data[4], [index]))
+            return context.get_dummy_value()
+
+        return types.none(*args, n0, t0), codegen
+
+    return row_dot, dequantize_row, tile_dot
+
+
+def _has_512_bit_vectors() -> bool:
+    """Whether Numba compiles for AVX-512 (32 vector registers hold a 2 x 8 tile's 16 accumulators)."""
+    if config.CPU_NAME or config.CPU_FEATURES:
+        return "+avx512f" in (config.CPU_FEATURES or "")
+    return bool(llvm.get_host_cpu_features().get("avx512f"))
 
 
 DECODER = _decode_by_shuffle if _compiles_for_ssse3() else _decode_by_arithmetic
-row_dot, dequantize_row = _intrinsics(DECODER)
+TILE_ROWS, TILE_TOKENS = (2, 8) if _has_512_bit_vectors() else (2, 4)
+row_dot, dequantize_row, tile_dot = _intrinsics(DECODER, TILE_ROWS, TILE_TOKENS)

@@ -52,16 +52,30 @@ def test_gemv_pairs_matches_reference(P, N, groups):
         np.testing.assert_allclose(out[p], ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
-@pytest.mark.parametrize("T", [1, 5, 8, 9, 40])
-def test_matmul_gemv_and_tiled_paths(T):
-    rng = np.random.default_rng(T)
-    N, groups = 600, 3  # 600 rows: one full tile of 512 and a partial one
+@pytest.mark.parametrize("T, N", [(1, 600), (4, 600), (5, 600), (9, 600), (40, 600), (128, 600), (129, 600),
+                                  (40, 601)])
+def test_matmul_paths(T, N):
+    """GEMV up to GEMV_MAX_ROWS, the tile kernel up to TILED_MAX_ROWS (N a multiple of its rows),
+    else BLAS on dequantized tiles (600 rows: a full tile of 512 and a partial one)."""
+    rng = np.random.default_rng(T + N)
+    groups = 3
     blocks, scales = random_packed(rng, (N,), groups)
     x = rng.standard_normal((T, groups * 32), dtype=np.float32)
     ref = mxfp4.matmul_ref(x.astype(np.float64), blocks, scales)
     out = mxfp4.matmul(x, blocks, scales)
     assert out.shape == (T, N) and out.dtype == np.float32
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+def test_matmul_path_choice(monkeypatch):
+    calls = []
+    monkeypatch.setattr(mxfp4, "gemv_pairs", lambda *a: calls.append("gemv"))
+    monkeypatch.setattr(mxfp4, "_tiled", lambda *a: calls.append("tiled"))
+    monkeypatch.setattr(mxfp4, "_dequantize_kernel", lambda *a: calls.append("blas"))
+    blocks, scales = random_packed(np.random.default_rng(0), (64,), 1)
+    for T in (mxfp4.GEMV_MAX_ROWS, mxfp4.GEMV_MAX_ROWS + 1, mxfp4.TILED_MAX_ROWS, mxfp4.TILED_MAX_ROWS + 1):
+        mxfp4.matmul(np.zeros((T, 32), np.float32), blocks, scales)
+    assert calls == ["gemv", "tiled", "tiled", "blas"]
 
 
 def test_dequantize_kernel_is_exact():

@@ -19,7 +19,7 @@ if platform.machine() not in ("x86_64", "AMD64"):
 @pytest.fixture(scope="module", params=list(DECODERS))
 def kernels(request):
     """(dot, dequantize) njit functions over whole matrices built on one decoder."""
-    row_dot, dequantize_row = mxfp4_simd._intrinsics(DECODERS[request.param])
+    row_dot, dequantize_row, _ = mxfp4_simd._intrinsics(DECODERS[request.param], 1, 1)
 
     @njit
     def dot(blocks, scales, x_even, x_odd, out):
@@ -56,6 +56,30 @@ def test_row_dot_matches_reference(kernels, N, groups):
     dot(blocks, scales, np.ascontiguousarray(x[0::2]), np.ascontiguousarray(x[1::2]), out)
     ref = mxfp4.matmul_ref(x[None].astype(np.float64), blocks, scales)[0]
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("decoder", list(DECODERS))
+@pytest.mark.parametrize("rows, tokens", [(2, 8), (2, 4), (3, 2)])
+def test_tile_dot_writes_its_tile_and_nothing_else(decoder, rows, tokens):
+    *_, tile_dot = mxfp4_simd._intrinsics(DECODERS[decoder], rows, tokens)
+
+    @njit
+    def one_tile(blocks, scales, x_even, x_odd, out, n0, t0):
+        tile_dot(blocks, scales, x_even, x_odd, out, n0, t0)
+
+    rng = np.random.default_rng(rows * 10 + tokens)
+    N, T, groups = rows * 3, tokens * 2, 5
+    blocks = rng.integers(0, 256, (N, groups, 16), dtype=np.uint8)
+    scales = rng.integers(100, 150, (N, groups), dtype=np.uint8)
+    x = rng.standard_normal((T, groups * 32)).astype(np.float32)
+    ref = mxfp4.matmul_ref(x.astype(np.float64), blocks, scales).T  # [N, T]
+    out = np.full((N, T), np.nan, np.float32)
+    n0, t0 = rows, tokens  # the middle row tile, the second token tile
+    one_tile(blocks, scales, np.ascontiguousarray(x[:, 0::2]), np.ascontiguousarray(x[:, 1::2]), out, n0, t0)
+    tile = (slice(n0, n0 + rows), slice(t0, t0 + tokens))
+    np.testing.assert_allclose(out[tile], ref[tile], rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    out[tile] = np.nan
+    assert np.isnan(out).all()  # nothing outside the tile was written
 
 
 def test_the_byte_shuffle_is_used_where_numba_compiles_for_it(monkeypatch):
