@@ -22,7 +22,7 @@ BLOCK = 32
 # Token rows of one matrix: up to GEMV_MAX_ROWS one fused GEMV per row; up to TILED_MAX_ROWS the
 # fused tile kernel; above, dequantized tiles go to BLAS (bench/NOTES.md has the measurements).
 GEMV_MAX_ROWS = 4
-TILED_MAX_ROWS = 128
+TILED_MAX_ROWS = 64
 _TILE_ROWS = 512
 
 
