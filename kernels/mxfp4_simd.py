@@ -212,5 +212,5 @@ def _has_512_bit_vectors() -> bool:
 
 
 DECODER = _decode_by_shuffle if _compiles_for_ssse3() else _decode_by_arithmetic
-TILE_ROWS, TILE_TOKENS = (2, 8) if _has_512_bit_vectors() else (2, 4)
+TILE_ROWS, TILE_TOKENS = (2, 8) if _has_512_bit_vectors() else (1, 4)
 row_dot, dequantize_row, tile_dot = _intrinsics(DECODER, TILE_ROWS, TILE_TOKENS)
