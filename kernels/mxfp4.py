@@ -23,7 +23,7 @@ BLOCK = 32
 # fused tile kernel; above, dequantized tiles go to BLAS (bench/NOTES.md has the measurements).
 GEMV_MAX_ROWS = 4
 TILED_MAX_ROWS = 64
-_TILE_ROWS = 512
+_DEQUANT_ROWS = 512  # rows of W dequantized at a time for BLAS
 
 
 # ---------------------------------------------------------------- NumPy reference
@@ -136,16 +136,18 @@ def matmul(x: np.ndarray, blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
     each weight once for TILE_TOKENS rows. More: tiles of W are dequantized into a small buffer
     (never the whole matrix) and multiplied by BLAS, which reuses each tile for all T rows.
     """
-    T = x.shape[0]
-    N = blocks.shape[0]
+    T, K = x.shape
+    N, G, _ = blocks.shape
+    if K != G * BLOCK or scales.shape != (N, G):
+        raise ValueError(f"mxfp4 matmul: x {x.shape}, blocks {blocks.shape}, scales {scales.shape} do not fit")
     if T <= GEMV_MAX_ROWS:
         return gemv_pairs(x, blocks[None], scales[None], np.zeros(T, dtype=np.int64))
     if T <= TILED_MAX_ROWS and N % TILE_ROWS == 0:
         return _tiled(x, blocks, scales)
     out = np.empty((T, N), dtype=np.float32)
-    tile = np.empty((min(_TILE_ROWS, N), blocks.shape[1] * BLOCK), dtype=np.float32)
-    for r in range(0, N, _TILE_ROWS):
-        rows = min(_TILE_ROWS, N - r)
+    tile = np.empty((min(_DEQUANT_ROWS, N), blocks.shape[1] * BLOCK), dtype=np.float32)
+    for r in range(0, N, _DEQUANT_ROWS):
+        rows = min(_DEQUANT_ROWS, N - r)
         _dequantize_kernel(blocks[r:r + rows], scales[r:r + rows], tile[:rows])
         out[:, r:r + rows] = x @ tile[:rows].T
     return out

@@ -86,7 +86,10 @@ def test_dequantize_kernel_is_exact():
     np.testing.assert_array_equal(out, mxfp4.dequantize(blocks, scales))
 
 
-def test_shape_mismatch_is_an_error():
+@pytest.mark.parametrize("T", [1, 20, 100])  # every path of matmul checks before any kernel reads
+def test_shape_mismatch_is_an_error(T):
     blocks = np.zeros((2, 4, 2, 16), np.uint8)
     with pytest.raises(ValueError, match="do not fit"):
         mxfp4.gemv_pairs(np.zeros((1, 32), np.float32), blocks, np.zeros((2, 4, 2), np.uint8), np.zeros(1, int))
+    with pytest.raises(ValueError, match="do not fit"):
+        mxfp4.matmul(np.zeros((T, 32), np.float32), blocks[0], np.zeros((4, 2), np.uint8))
