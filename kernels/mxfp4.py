@@ -145,7 +145,7 @@ def matmul(x: np.ndarray, blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
     if T <= TILED_MAX_ROWS and N % TILE_ROWS == 0:
         return _tiled(x, blocks, scales)
     out = np.empty((T, N), dtype=np.float32)
-    tile = np.empty((min(_DEQUANT_ROWS, N), blocks.shape[1] * BLOCK), dtype=np.float32)
+    tile = np.empty((min(_DEQUANT_ROWS, N), K), dtype=np.float32)
     for r in range(0, N, _DEQUANT_ROWS):
         rows = min(_DEQUANT_ROWS, N - r)
         _dequantize_kernel(blocks[r:r + rows], scales[r:r + rows], tile[:rows])

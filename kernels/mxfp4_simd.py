@@ -62,13 +62,14 @@ def _decode_by_arithmetic(builder, nibbles):
     return builder.bitcast(builder.or_(value, sign), _FLOATS)
 
 
-def _compiles_for_ssse3() -> bool:
-    """Whether Numba generates code for an x86 CPU with SSSE3 (NUMBA_CPU_NAME / _FEATURES may say not)."""
+def _compiles_for(feature: str) -> bool:
+    """Whether Numba generates code for an x86 CPU with `feature` ("ssse3", "avx512f"). A
+    NUMBA_CPU_NAME without a NUMBA_CPU_FEATURES list that names the feature counts as without it."""
     if not llvm.get_process_triple().startswith(("x86_64", "i686")):
         return False
     if config.CPU_NAME or config.CPU_FEATURES:
-        return "+ssse3" in (config.CPU_FEATURES or "")
-    return bool(llvm.get_host_cpu_features().get("ssse3"))
+        return f"+{feature}" in (config.CPU_FEATURES or "")
+    return bool(llvm.get_host_cpu_features().get(feature))
 
 
 def _check_args(name, args, expected):
@@ -186,7 +187,8 @@ def _intrinsics(decode, rows: int, tokens: int):
                 weights = []  # per row: (low, high) values times the block scale
                 for r in range(rows):
                     low, high, scale = m.block(b.add(b.mul(b.add(n0, const(r)), G), g))
-                    weights.append((b.fmul(low, m.splat(scale), flags=_FAST), b.fmul(high, m.splat(scale), flags=_FAST)))
+                    scale = m.splat(scale)
+                    weights.append((b.fmul(low, scale, flags=_FAST), b.fmul(high, scale, flags=_FAST)))
                 for t in range(tokens):
                     offset = b.add(b.mul(b.add(t0, const(t)), half_k), b.mul(g, const(16)))
                     x_lo, x_hi = m.load(m.data[2], offset, _FLOATS), m.load(m.data[3], offset, _FLOATS)
@@ -204,13 +206,7 @@ def _intrinsics(decode, rows: int, tokens: int):
     return row_dot, dequantize_row, tile_dot
 
 
-def _has_512_bit_vectors() -> bool:
-    """Whether Numba compiles for AVX-512 (32 vector registers hold a 2 x 8 tile's 16 accumulators)."""
-    if config.CPU_NAME or config.CPU_FEATURES:
-        return "+avx512f" in (config.CPU_FEATURES or "")
-    return bool(llvm.get_host_cpu_features().get("avx512f"))
-
-
-DECODER = _decode_by_shuffle if _compiles_for_ssse3() else _decode_by_arithmetic
-TILE_ROWS, TILE_TOKENS = (2, 8) if _has_512_bit_vectors() else (1, 4)
+DECODER = _decode_by_shuffle if _compiles_for("ssse3") else _decode_by_arithmetic
+# a 2 x 8 tile's 16 accumulators fit AVX-512's 32 vector registers; with 16 registers 1 x 4 ran best
+TILE_ROWS, TILE_TOKENS = (2, 8) if _compiles_for("avx512f") else (1, 4)
 row_dot, dequantize_row, tile_dot = _intrinsics(DECODER, TILE_ROWS, TILE_TOKENS)

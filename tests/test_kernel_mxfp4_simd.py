@@ -84,16 +84,16 @@ def test_tile_dot_writes_its_tile_and_nothing_else(decoder, rows, tokens):
 
 def test_the_byte_shuffle_is_used_where_numba_compiles_for_it(monkeypatch):
     x86 = platform.machine() in ("x86_64", "AMD64")
-    expected = mxfp4_simd._decode_by_shuffle if mxfp4_simd._compiles_for_ssse3() else mxfp4_simd._decode_by_arithmetic
+    expected = mxfp4_simd._decode_by_shuffle if mxfp4_simd._compiles_for("ssse3") else mxfp4_simd._decode_by_arithmetic
     assert mxfp4_simd.DECODER is expected
     config = mxfp4_simd.config
     monkeypatch.setattr(config, "CPU_NAME", None)
     monkeypatch.setattr(config, "CPU_FEATURES", None)
-    assert mxfp4_simd._compiles_for_ssse3() == x86  # the host's features: every x86-64 CPU in use has SSSE3
+    assert mxfp4_simd._compiles_for("ssse3") == x86  # the host's features: every x86-64 CPU in use has SSSE3
     monkeypatch.setattr(config, "CPU_NAME", "generic")  # NUMBA_CPU_NAME=generic: baseline x86-64, no SSSE3
-    assert not mxfp4_simd._compiles_for_ssse3()
+    assert not mxfp4_simd._compiles_for("ssse3")
     monkeypatch.setattr(config, "CPU_FEATURES", "+sse2,+ssse3")
-    assert mxfp4_simd._compiles_for_ssse3() == x86
+    assert mxfp4_simd._compiles_for("ssse3") == x86
 
 
 def test_wrong_array_types_fail_to_compile():
