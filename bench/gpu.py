@@ -10,9 +10,11 @@ Sections, each added to the JSON as soon as it is measured (a timeout keeps what
               arrays as Numba device arrays, and per CuPy elementwise launch (a decode step makes
               hundreds of launches: this says what graphs or fewer launches can save)
   memory      GPU memory of the weights, of the KV cache, and the pool's peak
-  decode      tok/s of greedy steps (argmax on the device, one id to the host a step) at each context;
-              the cache is filled with random keys and values first (a step's cost depends only on
-              what the cache holds), plus the bytes a step must read and the % of the copy-bandwidth floor
+  decode      tok/s of greedy steps (argmax on the device, one id to the host a step) at each context,
+              through generate()'s decoder (steps replayed from a CUDA graph; graph_replayed says
+              whether the capture worked) and op by op (eager_*); the cache is filled with random keys
+              and values first (a step's cost depends only on what the cache holds), plus the bytes a
+              step must read and the % of the copy-bandwidth floor
   profile     one decode step's time per op, each op synchronized (slower than the free-running step:
               the shares are what count) and the step's op calls
   prefill     tok/s of one forward over each prompt length (fresh cache), shortest first; a length
@@ -38,7 +40,7 @@ import cupy as cp
 import numpy as np
 
 from gptoss_np import GptOss, synthetic
-from gptoss_np.backend import select
+from gptoss_np.backend import eager_decoder, select
 from gptoss_np.cache import KVCache
 from gptoss_np.checkpoint import FINAL_NORM, _layer_shapes, layer_tensor_name
 from gptoss_np.config import GptOssConfig
@@ -156,9 +158,10 @@ def filled_cache(model: GptOss, context: int, room: int, seed: int = 2) -> KVCac
     return cache
 
 
-def decode_steps(model: GptOss, cache: KVCache, token: int, steps: int) -> int:
+def decode_steps(model: GptOss, decode, token: int, steps: int) -> int:
+    """`steps` greedy tokens through decode(token) -> logits [1, V], as generate() runs them."""
     for _ in range(steps):
-        token = model.ops.sample(model.forward(np.array([token]), cache)[0])
+        token = model.ops.sample(decode(token)[0])
     return token
 
 
@@ -182,7 +185,7 @@ def profile_step(model: GptOss, cache: KVCache, token: int) -> dict:
     for name in PROFILED_OPS:
         setattr(ops, name, wrap(name, getattr(ops, name)))
     try:
-        _, total = timed(lambda: decode_steps(model, cache, token, repeats))
+        _, total = timed(lambda: decode_steps(model, eager_decoder(model, cache), token, repeats))
     finally:
         for name in PROFILED_OPS:
             delattr(ops, name)
@@ -296,19 +299,24 @@ def main(argv=None) -> dict:
     report["decode"] = {}
     token = int(ids[0])
     for context in args.contexts:
-        cache = filled_cache(model, context, room=args.decode + 4)
-        decode_steps(model, cache, token, 1)  # a first step at this cache size
-        _, seconds = timed(lambda: decode_steps(model, cache, token, args.decode))
         need = decode_bytes(config, context)
         floor_s = need["total"] / (report["copy_gb_s"] * 1e9)
-        report["decode"][context] = {"tok_s": round(args.decode / seconds, 2),
-                                     "ms_per_token": round(seconds / args.decode * 1e3, 3),
-                                     "bytes_per_token": need, "floor_ms": round(floor_s * 1e3, 3),
-                                     "pct_of_floor": round(100 * floor_s / (seconds / args.decode), 1)}
-        if args.profile and context == args.contexts[0]:
-            report["profile"] = profile_step(model, cache, token)
-        del cache
-        save()
+        row = report["decode"][context] = {"bytes_per_token": need, "floor_ms": round(floor_s * 1e3, 3)}
+        for path in ("generate", "eager"):  # generate()'s decoder (CUDA graphs), and op by op
+            cache = filled_cache(model, context, room=args.decode + 4)
+            decode = ops.decoder(model, cache) if path == "generate" else eager_decoder(model, cache)
+            decode_steps(model, decode, token, 2)  # the first steps at this cache size (and the capture)
+            _, seconds = timed(lambda: decode_steps(model, decode, token, args.decode))
+            prefix = "" if path == "generate" else "eager_"
+            row.update({prefix + "tok_s": round(args.decode / seconds, 2),
+                        prefix + "ms_per_token": round(seconds / args.decode * 1e3, 3),
+                        prefix + "pct_of_floor": round(100 * floor_s / (seconds / args.decode), 1)})
+            if path == "generate":
+                row["graph_replayed"] = getattr(decode, "graph", None) is not None
+            elif args.profile and context == args.contexts[0]:
+                report["profile"] = profile_step(model, cache, token)
+            del cache, decode
+            save()
     report["prefill"] = {}
     spent, last = 0.0, None  # prefill seconds so far; (tokens, seconds) of the last one measured
     for n in sorted(args.prompts):
@@ -348,9 +356,11 @@ def print_table(report: dict) -> None:
     print(f"{'prefill tokens':>15}{'tok/s':>12}")
     for n, r in report["prefill"].items():
         print(f"{n:>15}{r['tok_s']:>12}" if "tok_s" in r else f"{n:>15}  skipped: {r['skipped']}")
-    print(f"{'decode context':>15}{'tok/s':>12}{'ms/token':>10}{'floor ms':>10}{'% floor':>9}")
+    print(f"{'decode context':>15}{'tok/s':>12}{'ms/token':>10}{'floor ms':>10}{'% floor':>9}{'graph':>7}"
+          f"{'eager tok/s':>13}")
     for n, r in report["decode"].items():
-        print(f"{n:>15}{r['tok_s']:>12}{r['ms_per_token']:>10}{r['floor_ms']:>10}{r['pct_of_floor']:>9}")
+        print(f"{n:>15}{r.get('tok_s', '-'):>12}{r.get('ms_per_token', '-'):>10}{r['floor_ms']:>10}"
+              f"{r.get('pct_of_floor', '-'):>9}{str(r.get('graph_replayed', '-')):>7}{r.get('eager_tok_s', '-'):>13}")
     if "profile" in report:
         p = report["profile"]
         print(f"decode step, ops synchronized: {p['step_ms_synchronized']} ms; per op (ms, calls):")

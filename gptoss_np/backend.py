@@ -6,7 +6,8 @@ thread counts; `ops.xp` is the array module (NumPy or CuPy) for the few arrays t
 
   CpuOps   NumPy arrays and Numba CPU kernels
   CudaOps  CuPy arrays on one NVIDIA GPU and Numba CUDA kernels (kernels/*_cuda.py): MXFP4 experts
-           stay packed as on disk, bf16 weights stay 16-bit; imported only when asked for
+           stay packed as on disk, bf16 weights stay 16-bit; decode steps replayed from a CUDA graph;
+           imported only when asked for
 """
 
 from __future__ import annotations
@@ -92,6 +93,15 @@ class CpuOps:
         """The next token id from logits [V] (see sampling.py)."""
         return sampling.sample(logits, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, rng=rng)
 
+    def decoder(self, model, cache):
+        """decode(token) -> the logits [1, V] after it: how generation runs one token at a time."""
+        return eager_decoder(model, cache)
+
+
+def eager_decoder(model, cache):
+    """decode(token) -> logits [1, V]: one forward of one token, op by op."""
+    return lambda token: model.forward(np.array([token]), cache)
+
 
 class DeviceUnavailableError(NotImplementedError):
     """The requested device cannot run on this machine (the message says why)."""
@@ -118,17 +128,18 @@ def cuda_unusable_reason() -> str | None:
     return None
 
 
-def select(device: str):
+def select(device: str, cuda_graphs: bool = True):
     """The ops for "cpu", "cuda" or "auto" (the GPU when one is usable, else the CPU).
 
-    "auto" logs its choice and the reason; the returned ops' `name` says which it is."""
+    "auto" logs its choice and the reason; the returned ops' `name` says which it is. On the GPU,
+    `cuda_graphs` replays decode steps from a CUDA graph (cuda_graph.py) instead of launching each op."""
     if device == "cpu":
         return CpuOps()
     if device in ("cuda", "auto"):
         reason = cuda_unusable_reason()
         if reason is None:
             from .backend_cuda import CudaOps
-            ops = CudaOps()
+            ops = CudaOps(graphs=cuda_graphs)
             log.info("device=%r: using the GPU, %s", device, ops.device_name)
             return ops
         if device == "cuda":

@@ -8,6 +8,7 @@ Kernel choices by size live here and nowhere else:
   MoE experts    EXPERT_GEMV_MAX_TOKENS tokens or fewer: the pairs' GEMV; more: sort pairs by expert,
                  then one tiled matmul launch over all experts
   sampling       argmax or the filtered draw on the device; only the chosen id is copied back
+  decode         replayed from a CUDA graph (cuda_graph.py) unless `graphs` is off
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import numpy as np
 
 from . import moe as moe_layer
 from . import sampling
+from .backend import eager_decoder
+from .cuda_graph import GraphDecoder
 from .kernels import attention_cuda, bf16, bf16_cuda, moe_cuda, mxfp4_cuda, norm_rope_cuda, sampling_cuda
 
 EXPERT_GEMV_MAX_TOKENS = 1  # decode; prefill chunks take the grouped matmul
@@ -33,7 +36,8 @@ class CudaOps:
     name = "cuda"
     xp = cp
 
-    def __init__(self):
+    def __init__(self, graphs: bool = True):
+        self.graphs = graphs  # decode from CUDA graphs (turned off if a capture fails)
         props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
         name = props["name"]
         self.device_name = name.decode() if isinstance(name, bytes) else str(name)
@@ -162,3 +166,8 @@ class CudaOps:
         order = cp.argsort(-logits).astype(cp.int32)  # CuPy's sort is stable: ties keep the lower id first
         u = (rng if rng is not None else np.random.default_rng()).random()
         return int(cp.asnumpy(sampling_cuda.sample(logits, order, temperature, top_k, top_p, min_p, u, out))[0])
+
+    def decoder(self, model, cache):
+        """decode(token) -> the logits [1, V] after it: steps replayed from a CUDA graph when
+        self.graphs, else op by op."""
+        return GraphDecoder(model, cache) if self.graphs else eager_decoder(model, cache)

@@ -9,6 +9,12 @@ Sliding-window layers keep only their last W tokens: a ring buffer of S_l = W sl
 in slot p % W. Attention masks by stored position, so slot order never matters.
 Tokens arrive at consecutive positions from 0, so the filled slots are always the first
 min(length, S_l): no mask is needed to find them.
+
+With `static_shapes` (set by cuda_graph.GraphDecoder), a single new token is written at slot
+position % S_l, and its query attends over the layer's whole buffer (empty slots hold position -1
+and are never seen): no shape then depends on the position, so one recorded decode step serves
+every position. That is exact for sliding layers too: the one key it evicts, at position p - W, is
+outside the window of the query at p. The buffers must not grow then: the caller sizes the cache.
 """
 
 from __future__ import annotations
@@ -23,12 +29,19 @@ class KVCache:
         self.config = config
         self.xp = xp
         self.length = 0  # tokens seen so far = position of the next token
+        self.static_shapes = False  # one-token updates attend over whole buffers (see above)
         G, Dh = config.num_key_value_heads, config.head_dim
         self.windows = [config.window(i) for i in range(config.num_hidden_layers)]
         sizes = [w if w is not None else max(1, capacity) for w in self.windows]
         self.keys = [xp.zeros((s, G, Dh), np.float32) for s in sizes]
         self.values = [xp.zeros((s, G, Dh), np.float32) for s in sizes]
         self.positions = [xp.full(s, -1, np.int64) for s in sizes]
+
+    @property
+    def capacity(self) -> int | None:
+        """Tokens the full-attention layers hold before they must grow (None if every layer slides)."""
+        full = [keys.shape[0] for keys, window in zip(self.keys, self.windows) if window is None]
+        return min(full) if full else None
 
     def update(self, layer: int, k, v, positions):
         """Store the new tokens' k, v [T, G, Dh] at `positions` [T] (an xp array: self.length,
@@ -37,6 +50,8 @@ class KVCache:
         value crosses from the GPU to the host."""
         xp, window = self.xp, self.windows[layer]
         start, end = self.length, self.length + len(positions)
+        if self.static_shapes and len(positions) == 1:
+            return self._write_one(layer, k, v, positions, end)
         if window is None:
             self._reserve(layer, end)
             self.keys[layer][start:end] = k
@@ -55,6 +70,18 @@ class KVCache:
         self.values[layer][slots] = v[last]
         self.positions[layer][slots] = positions[last]
         return k_all, v_all, pos_all
+
+    def _write_one(self, layer: int, k, v, positions, end: int):
+        """The static-shape update of one token at device position `positions` [1]."""
+        if self.windows[layer] is None and end > self.keys[layer].shape[0]:
+            raise ValueError(f"the KV cache holds {self.keys[layer].shape[0]} tokens and cannot grow "
+                             "while its shapes are static (CUDA graph decode): make a larger one")
+        keys, values, stored = self.keys[layer], self.values[layer], self.positions[layer]
+        slots = positions % keys.shape[0]  # [1], computed where the position is
+        keys[slots] = k
+        values[slots] = v
+        stored[slots] = positions
+        return keys, values, stored
 
     def _reserve(self, layer: int, size: int) -> None:
         have = self.keys[layer].shape[0]

@@ -28,10 +28,11 @@ def generate(model, token_ids: Sequence[int], max_new_tokens: int, *, temperatur
         return
     cache = model.new_cache(len(ids) + max_new_tokens)
     logits = model.forward(ids, cache)  # [1, V]
+    decode = model.ops.decoder(model, cache)  # on a GPU, steps replayed from a CUDA graph
     for step in range(max_new_tokens):
         token = model.ops.sample(logits[0], temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                  rng=rng)
         yield token
         if token in stops or step == max_new_tokens - 1:
             return
-        logits = model.forward(np.array([token]), cache)
+        logits = decode(token)

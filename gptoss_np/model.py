@@ -88,12 +88,15 @@ class GptOss:
     # ------------------------------------------------------------------ the transformer
 
     def forward(self, token_ids: np.ndarray, cache: KVCache, all_logits: bool = False,
-                trace: Trace | None = None) -> np.ndarray:
+                trace: Trace | None = None, positions=None) -> np.ndarray:
         """Run new tokens [T] after the `cache.length` tokens already in `cache`; returns the
         logits [T, V] (all_logits) or [1, V] (the last position's), and advances the cache.
-        A `trace` records each layer's attention and routing."""
+        A `trace` records each layer's attention and routing. `positions` [T] (an ops.xp array
+        holding cache.length, cache.length + 1, ...) is for callers that keep the position in
+        device memory (cuda_graph.py); by default it is made here."""
         c, ops = self.config, self.ops
-        positions = ops.xp.arange(cache.length, cache.length + len(token_ids))  # [T], where ops compute
+        if positions is None:
+            positions = ops.xp.arange(cache.length, cache.length + len(token_ids))  # [T], where ops compute
         cos, sin = ops.rope_tables(self.inv_freq, self.rope_scale, positions)  # [T, Dh/2]
         x = ops.embed(self.embedding, token_ids)  # [T, D]
         for i, layer in enumerate(self.layers):
@@ -166,13 +169,15 @@ class GptOss:
 
 
 def load(path: str | Path, device: str = "cpu", progress: bool | None = None, *, moe_dispatch: str = "exact",
-         tokens_per_expert_ratio: float = 2.0) -> GptOss:
+         tokens_per_expert_ratio: float = 2.0, cuda_graphs: bool = True) -> GptOss:
     """Load a Hugging Face gpt-oss checkpoint folder on "cpu", "cuda" or "auto".
 
     moe_dispatch: "exact" top-k routing (as trained; the default), "expert_choice" (each expert takes
     at most tokens_per_expert_ratio * N * k / E tokens of an N-token prompt, rounded up to a multiple
     of 8) or "auto" (expert choice only when that budget is at most 2N/3 tokens, the seed's rule).
+    cuda_graphs: on a GPU, generate() replays each decode step from a CUDA graph (one launch instead
+    of hundreds); False launches op by op (for debugging and comparison).
     """
     rule = DispatchRule(moe_dispatch, tokens_per_expert_ratio)
-    ops = backend.select(device)
+    ops = backend.select(device, cuda_graphs=cuda_graphs)
     return GptOss(Checkpoint(path), ops, progress=progress, dispatch_rule=rule)

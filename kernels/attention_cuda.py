@@ -19,7 +19,7 @@ import math
 import numpy as np
 from numba import cuda
 
-from .common_cuda import MAX_THREADS, array_module, block_max, check, power_of_two
+from .common_cuda import MAX_THREADS, array_module, block_max, check, power_of_two, stream_of
 
 THREADS = 128  # threads per block of the partial kernel (at least the head dim)
 KEYS_PER_SPLIT = 256  # keys one block walks, unless that would need too many partial results
@@ -114,7 +114,7 @@ def attention(q, k, v, q_pos, k_pos, sinks, window: int | None, scale: float, ou
     m = xp.empty((splits, T, H), np.float32)
     l = xp.empty((splits, T, H), np.float32)
     acc = xp.empty((splits, T, H, Dh), np.float32)
-    _partial_kernel[(H, T, splits), threads](q, k, v, q_pos, k_pos, int(window or 0), np.float32(scale),
+    _partial_kernel[(H, T, splits), threads, stream_of(out)](q, k, v, q_pos, k_pos, int(window or 0), np.float32(scale),
                                              keys_per_split, m, l, acc)
-    _combine_kernel[(H, T), power_of_two(Dh)](m, l, acc, sinks, out)
+    _combine_kernel[(H, T), power_of_two(Dh), stream_of(out)](m, l, acc, sinks, out)
     return out

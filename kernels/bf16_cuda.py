@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from .common_cuda import bf16_hi, bf16_lo, check, row_sum
+from .common_cuda import bf16_hi, bf16_lo, check, row_sum, stream_of
 
 MAX_ROWS = 8  # token rows one GEMV launch handles (its per-thread accumulators)
 GEMV_LANES = 32  # threads per output row (a power of two)
@@ -73,7 +73,7 @@ def gemv(x, w_bits, bias, out):
           "bf16 gemv", x=x, w=w_bits, bias=bias, out=out)
     check(GEMV_LANES * GEMV_ROWS <= _GEMV_MAX_THREADS, "bf16 gemv block", lanes=GEMV_LANES, rows=GEMV_ROWS)
     grid = (N + GEMV_ROWS - 1) // GEMV_ROWS
-    _gemv_kernel[grid, (GEMV_LANES, GEMV_ROWS)](x, w_bits.view(np.uint32), bias, out)
+    _gemv_kernel[grid, (GEMV_LANES, GEMV_ROWS), stream_of(out)](x, w_bits.view(np.uint32), bias, out)
     return out
 
 
@@ -84,5 +84,5 @@ def widen_rows(w_bits, rows, out):
           and out.dtype == np.float32, "bf16 widen_rows", w=w_bits, rows=rows, out=out)
     if R:
         grid = ((w_bits.shape[1] + WIDEN_THREADS - 1) // WIDEN_THREADS, R)
-        _widen_rows_kernel[grid, WIDEN_THREADS](w_bits, rows, out)
+        _widen_rows_kernel[grid, WIDEN_THREADS, stream_of(out)](w_bits, rows, out)
     return out

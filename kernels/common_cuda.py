@@ -120,6 +120,23 @@ def array_module(a):
     return np
 
 
+_streams = {}  # CUDA stream handle -> Numba's wrapper of it
+
+
+def stream_of(out):
+    """The stream to launch a kernel writing `out` on: for a CuPy array, CuPy's current stream, so
+    that Numba's launches are ordered with CuPy's work and are recorded with it when that stream
+    captures a CUDA graph (cuda_graph.py); 0, the default stream, for anything else (the simulator)."""
+    if array_module(out) is np:
+        return 0
+    handle = array_module(out).cuda.get_current_stream().ptr
+    if not handle:
+        return 0
+    if handle not in _streams:
+        _streams[handle] = cuda.external_stream(handle)
+    return _streams[handle]
+
+
 def check(condition: bool, what: str, **arrays) -> None:
     """ValueError naming the op and the shapes and dtypes of its arguments unless `condition`."""
     if not condition:

@@ -16,7 +16,7 @@ import math
 import numpy as np
 from numba import cuda
 
-from .common_cuda import check, swiglu as _swiglu
+from .common_cuda import check, stream_of, swiglu as _swiglu
 
 THREADS = 256  # threads per block
 SORT_THREADS = 1024  # the one block of sort_pairs
@@ -108,7 +108,7 @@ def route(logits, experts, weights):
     check(experts.shape == weights.shape and experts.shape[0] == T and experts.shape[1] <= E
           and logits.dtype == weights.dtype == np.float32 and experts.dtype == np.int32,
           "route", logits=logits, experts=experts, weights=weights)
-    _route_kernel[_blocks(T), THREADS](logits, experts, weights)
+    _route_kernel[_blocks(T), THREADS, stream_of(experts)](logits, experts, weights)
     return experts, weights
 
 
@@ -118,7 +118,7 @@ def sort_pairs(experts, order, offsets):
     check(experts.ndim == 1 and order.shape == experts.shape and offsets.shape[0] - 1 <= MAX_EXPERTS
           and experts.dtype == order.dtype == offsets.dtype == np.int32,
           "sort_pairs", experts=experts, order=order, offsets=offsets)
-    _sort_pairs_kernel[1, SORT_THREADS](experts, order, offsets)
+    _sort_pairs_kernel[1, SORT_THREADS, stream_of(order)](experts, order, offsets)
     return order, offsets
 
 
@@ -127,7 +127,7 @@ def swiglu(gate_up, limit: float, alpha: float, out):
     P, I = out.shape
     check(gate_up.shape == (P, 2 * I) and gate_up.dtype == out.dtype == np.float32,
           "swiglu", gate_up=gate_up, out=out)
-    _swiglu_kernel[_blocks(P * I), THREADS](gate_up, np.float32(limit), np.float32(alpha), out)
+    _swiglu_kernel[_blocks(P * I), THREADS, stream_of(out)](gate_up, np.float32(limit), np.float32(alpha), out)
     return out
 
 
@@ -136,5 +136,5 @@ def combine(y, weights, out):
     T, D = out.shape
     check(weights.shape[0] == T and y.shape == (T * weights.shape[1], D)
           and y.dtype == weights.dtype == out.dtype == np.float32, "moe combine", y=y, weights=weights, out=out)
-    _combine_kernel[_blocks(T * D), THREADS](y, weights, out)
+    _combine_kernel[_blocks(T * D), THREADS, stream_of(out)](y, weights, out)
     return out

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from .common_cuda import MAX_THREADS, check, e8m0_half, fp4_times2, row_sum
+from .common_cuda import MAX_THREADS, check, e8m0_half, fp4_times2, row_sum, stream_of
 from .mxfp4 import BLOCK
 
 # Launch shapes (tests shrink them so the simulator covers partial blocks with few threads).
@@ -137,7 +137,7 @@ def expert_gemv(x, rows_per_x: int, experts, blocks, scales, bias, out):
     _check_experts(x, rows_per_x, blocks, scales, bias, out, P)
     N = blocks.shape[1]
     grid = ((N + GEMV_ROWS - 1) // GEMV_ROWS, P)
-    _gemv_kernel[grid, (GEMV_LANES, GEMV_ROWS)](x, rows_per_x, experts, blocks.view(np.uint32), scales, bias, out)
+    _gemv_kernel[grid, (GEMV_LANES, GEMV_ROWS), stream_of(out)](x, rows_per_x, experts, blocks.view(np.uint32), scales, bias, out)
     return out
 
 
@@ -152,5 +152,5 @@ def expert_matmul(x, rows_per_x: int, order, offsets, max_pairs: int, blocks, sc
     check(offsets.shape == (E + 1,), "mxfp4 expert_matmul", offsets=offsets, blocks=blocks)
     bx, by = TILE_THREADS
     grid = ((N + bx * MICRO - 1) // (bx * MICRO), E, max(1, (max_pairs + by * MICRO - 1) // (by * MICRO)))
-    _grouped_matmul_kernel[grid, (bx, by)](x, rows_per_x, order, offsets, blocks, scales, bias, out)
+    _grouped_matmul_kernel[grid, (bx, by), stream_of(out)](x, rows_per_x, order, offsets, blocks, scales, bias, out)
     return out

@@ -12,7 +12,7 @@ import math
 import numpy as np
 from numba import cuda
 
-from .common_cuda import MAX_THREADS, block_sum, check, power_of_two
+from .common_cuda import MAX_THREADS, block_sum, check, power_of_two, stream_of
 
 THREADS = 256  # threads per block (rmsnorm: per row)
 
@@ -60,7 +60,7 @@ def rmsnorm(x, w, eps: float, out):
     check(w.shape == (D,) and out.shape == (T, D) and x.dtype == w.dtype == out.dtype == np.float32,
           "rmsnorm", x=x, w=w, out=out)
     if T:
-        _rmsnorm_kernel[T, power_of_two(min(THREADS, D))](x, w, np.float32(eps), out)
+        _rmsnorm_kernel[T, power_of_two(min(THREADS, D)), stream_of(out)](x, w, np.float32(eps), out)
     return out
 
 
@@ -71,7 +71,7 @@ def rope_tables(inv_freq, scale: float, positions, cos, sin):
           "rope_tables", inv_freq=inv_freq, positions=positions, cos=cos, sin=sin)
     n = T * half
     if n:
-        _rope_tables_kernel[-(-n // THREADS), THREADS](inv_freq, np.float32(scale), positions, cos, sin)
+        _rope_tables_kernel[-(-n // THREADS), THREADS, stream_of(cos)](inv_freq, np.float32(scale), positions, cos, sin)
     return cos, sin
 
 
@@ -82,5 +82,5 @@ def rope(x, cos, sin, out):
           and x.dtype == cos.dtype == out.dtype == np.float32, "rope", x=x, cos=cos, sin=sin, out=out)
     n = T * heads * Dh // 2
     if n:
-        _rope_kernel[-(-n // THREADS), THREADS](x, cos, sin, out)
+        _rope_kernel[-(-n // THREADS), THREADS, stream_of(out)](x, cos, sin, out)
     return out

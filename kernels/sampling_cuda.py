@@ -16,7 +16,7 @@ import math
 import numpy as np
 from numba import cuda
 
-from .common_cuda import MAX_THREADS, array_module, block_sum, check
+from .common_cuda import MAX_THREADS, array_module, block_sum, check, stream_of
 
 THREADS = 1024  # threads per block (a power of two)
 ARGMAX_BLOCKS = 128  # blocks of the first argmax pass
@@ -131,8 +131,8 @@ def argmax(logits, out):
     xp = array_module(out)
     blocks = max(1, min(ARGMAX_BLOCKS, -(-logits.shape[0] // THREADS)))
     values, indices = xp.empty(blocks, np.float32), xp.empty(blocks, np.int32)
-    _argmax_kernel[blocks, THREADS](logits, xp.empty(0, np.int32), values, indices)
-    _argmax_kernel[1, THREADS](values, indices, xp.empty(1, np.float32), out)
+    _argmax_kernel[blocks, THREADS, stream_of(out)](logits, xp.empty(0, np.int32), values, indices)
+    _argmax_kernel[1, THREADS, stream_of(out)](values, indices, xp.empty(1, np.float32), out)
     return out
 
 
@@ -147,7 +147,7 @@ def sample(logits, order, temperature: float, top_k: int | None, top_p: float | 
     xp = array_module(out)
     rank = xp.empty(V, np.int32)
     rank[order] = xp.arange(V, dtype=np.int32)
-    _sample_kernel[1, THREADS](logits, order, rank, np.float32(1 / temperature), int(top_k or V),
+    _sample_kernel[1, THREADS, stream_of(out)](logits, order, rank, np.float32(1 / temperature), int(top_k or V),
                                np.float32(1.0 if top_p is None else top_p), np.float32(min_p or 0.0),
                                np.float32(u), out)
     return out

@@ -135,7 +135,31 @@ def test_greedy_continuation_matches_cpu(name, checkpoint_dir):
     folder = checkpoint_dir(name)
     ids = prompt(gptoss_np.load(folder).config, 12, seed=3)
     cpu = list(gptoss_np.load(folder).generate(ids, max_new_tokens=24))
-    assert list(gptoss_np.load(folder, device="cuda").generate(ids, max_new_tokens=24)) == cpu
+    gpu = gptoss_np.load(folder, device="cuda")
+    assert list(gpu.generate(ids, max_new_tokens=24)) == cpu
+    assert gpu.ops.graphs  # the decode steps were replayed from a graph: no capture failed
+    assert list(gptoss_np.load(folder, device="cuda", cuda_graphs=False).generate(ids, max_new_tokens=24)) == cpu
+
+
+@pytest.mark.parametrize("name", ["tiny", "gqa4_sharded"])
+def test_graph_decode_matches_transformers(name, checkpoint_dir, hf_cuda, record_property):
+    """Decode steps replayed from one CUDA graph (cuda_graph.py), past the sliding window, against
+    transformers over the whole sequence and against one op-by-op prefill of it."""
+    from gptoss_np.cuda_graph import GraphDecoder
+    folder = checkpoint_dir(name)
+    model = gptoss_np.load(folder, device="cuda")
+    ids = prompt(model.config, 60, seed=6)
+    cache = model.new_cache(60)
+    parts = [model.ops.to_numpy(model.forward(ids[:20], cache, all_logits=True))]
+    decode = GraphDecoder(model, cache)
+    parts += [model.ops.to_numpy(decode(int(t))) for t in ids[20:]]  # a copy: the next replay overwrites
+    assert decode.graph is not None and cache.length == 60
+    ours = np.concatenate(parts)
+    errors = {"rel_err_graph_vs_prefill": rel_err(ours, model.logits(ids)),
+              "rel_err_graph_hf": rel_err(ours, hf_logits_cuda(hf_cuda(folder), ids))}
+    for key, value in errors.items():
+        record_property(key, value)
+    assert max(errors.values()) <= TOL, errors
 
 
 @pytest.fixture(scope="module")

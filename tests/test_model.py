@@ -46,6 +46,24 @@ def test_prefill_then_decode_equals_full_sequence(name, checkpoint_dir, hf_model
     assert rel_err(stepped, ref) <= TOL
 
 
+@pytest.mark.parametrize("name", ["tiny", "top1_sliding", "mha_tied"])
+def test_static_shape_decode_matches_transformers(name, checkpoint_dir, hf_model):
+    """The decode step that CUDA graphs replay: every one-token update writes slot position % size and
+    attends over the layer's whole buffer, with the position given as an array (not cache.length)."""
+    folder = checkpoint_dir(name)
+    model = gptoss_np.load(folder)
+    ids = prompt(model, 60, seed=5)
+    cache = model.new_cache(60)
+    parts = [model.forward(ids[:20], cache, all_logits=True)]
+    cache.static_shapes = True
+    parts += [model.forward(ids[t:t + 1], cache, positions=np.array([t])) for t in range(20, 60)]
+    assert cache.length == 60 and cache.keys[0].shape[0] == (60 if cache.windows[0] is None else cache.windows[0])
+    assert rel_err(np.concatenate(parts), hf_logits(hf_model(folder), ids)) <= TOL
+    if cache.capacity is not None:
+        with pytest.raises(ValueError, match="cannot grow"):
+            model.forward(ids[:1], cache, positions=np.array([60]))
+
+
 @pytest.mark.parametrize("name", ["tiny", "mha_tied"])
 def test_greedy_continuation_matches_transformers(name, checkpoint_dir, hf_model):
     import torch

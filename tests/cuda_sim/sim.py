@@ -3,6 +3,7 @@ module made of NumPy for code that is written against CuPy."""
 
 from __future__ import annotations
 
+import contextlib
 import types
 
 import numpy as np
@@ -39,6 +40,22 @@ class _MemoryPool:
         return 0
 
 
+class _Stream:
+    """A CUDA stream that cannot capture: the simulator has no CUDA graphs."""
+
+    def __init__(self, non_blocking=False):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def begin_capture(self):
+        raise RuntimeError("Numba's CUDA simulator has no CUDA graphs")
+
+
 def numpy_as_cupy() -> types.ModuleType:
     """A `cupy` module made of NumPy: the simulator's kernels take NumPy arrays."""
     shim = types.ModuleType("cupy")
@@ -50,6 +67,7 @@ def numpy_as_cupy() -> types.ModuleType:
     pool = _MemoryPool()
     shim.get_default_memory_pool = lambda: pool
     device = types.SimpleNamespace(id=0, synchronize=lambda: None)
-    shim.cuda = types.SimpleNamespace(Device=lambda: device, runtime=types.SimpleNamespace(
-        getDeviceProperties=lambda i: {"name": b"Numba CUDA simulator"}))
+    shim.cuda = types.SimpleNamespace(
+        Device=lambda: device, Stream=_Stream, using_allocator=lambda allocator: contextlib.nullcontext(),
+        runtime=types.SimpleNamespace(getDeviceProperties=lambda i: {"name": b"Numba CUDA simulator"}))
     return shim

@@ -1,10 +1,11 @@
 """The CUDA backend's whole composition in the simulator: CudaOps, with NumPy standing in for CuPy,
-runs the tiny model through every CUDA kernel (prefill, then decode past the sliding window) and
-must give the CPU engine's logits and sampled tokens."""
+runs the tiny model through every CUDA kernel (prefill, then generate()'s decode steps past the
+sliding window) and must give the CPU engine's logits and sampled tokens."""
 
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 
 import numpy as np
@@ -22,12 +23,13 @@ from gptoss_np.kernels import bf16_cuda
 @pytest.fixture
 def cuda_ops(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", numpy_as_cupy())
-    monkeypatch.delitem(sys.modules, "gptoss_np.backend_cuda", raising=False)
+    for module in ("gptoss_np.backend_cuda", "gptoss_np.cuda_graph"):  # imported again with the shim
+        monkeypatch.delitem(sys.modules, module, raising=False)
     monkeypatch.setattr(bf16_cuda, "MAX_ROWS", 4)  # a 6-token prefill takes the widen + matmul path
     return importlib.import_module("gptoss_np.backend_cuda").CudaOps()
 
 
-def test_tiny_model_prefill_and_decode(cuda_ops, tmp_path):
+def test_tiny_model_prefill_and_decode(cuda_ops, tmp_path, caplog):
     # smaller than "tiny" (the simulator runs each GPU thread as a Python thread), every feature kept
     config = synthetic.config_dict("tiny", vocab_size=96, hidden_size=32, intermediate_size=32, head_dim=8,
                                    num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
@@ -36,9 +38,18 @@ def test_tiny_model_prefill_and_decode(cuda_ops, tmp_path):
     cpu, gpu = GptOss(checkpoint, CpuOps()), GptOss(checkpoint, cuda_ops)
     ids = np.random.default_rng(5).integers(0, cpu.config.vocab_size, 8)
     caches = cpu.new_cache(8), gpu.new_cache(8)
-    for chunk in (ids[:6], *ids[6:, None]):  # prefill 6, then decode to position 7 (window 4)
-        ours, ref = gpu.forward(chunk, caches[1]), cpu.forward(chunk, caches[0])
-        assert rel_err(ours, ref) < 1e-5
+    ours, ref = gpu.forward(ids[:6], caches[1]), cpu.forward(ids[:6], caches[0])  # prefill 6
+    assert rel_err(ours, ref) < 1e-5
+    # decode to position 7 (window 4) as generate() does: cuda_graph.GraphDecoder runs the first step
+    # op by op with static shapes, then tries a capture, which the simulator refuses: a warning, and
+    # op by op from then on
+    decode = cuda_ops.decoder(gpu, caches[1])
+    with caplog.at_level(logging.WARNING, logger="gptoss_np.cuda_graph"):
+        for token in ids[6:]:
+            ours, ref = decode(int(token)), cpu.forward(token[None], caches[0])
+            assert rel_err(ours, ref) < 1e-5
+    assert caches[1].static_shapes and caches[1].length == 8
+    assert "CUDA graph capture failed" in caplog.text and not cuda_ops.graphs
     logits = ours[0]
     assert cuda_ops.sample(logits) == cpu.ops.sample(ref[0])
     kwargs = dict(temperature=0.9, top_k=40, top_p=0.95)
