@@ -17,9 +17,10 @@ Sections, each added to the JSON as soon as it is measured (a timeout keeps what
               step must read and the % of the copy-bandwidth floor
   profile     one decode step's time per op, each op synchronized (slower than the free-running step:
               the shares are what count) and the step's op calls
-  prefill     tok/s of one forward over each prompt length (fresh cache), shortest first; a length
-              whose predicted time (quadratic in length, from the last) would exceed --prefill-budget
-              is skipped and says so
+  prefill     tok/s of one forward over each prompt length (fresh cache), shortest first, with the MoE
+              experts by the tiled Numba kernel and by cuBLAS on dequantized experts (tiled_tok_s,
+              blas_tok_s; tok_s is the path backend_cuda's rule takes); a length whose predicted time
+              (quadratic in length, from the last) would exceed --prefill-budget is skipped and says so
   transformers  with --transformers: transformers' GptOssForCausalLM in bf16 on the same GPU (random
               weights built there), greedy decode tok/s through generate(), and our ratio to it
 With --tests, the pass/fail counts and relative errors from a pytest junit XML of tests/test_gpu.py.
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
 import json
 import subprocess
 import time
@@ -305,7 +307,7 @@ def main(argv=None) -> dict:
         for path in ("generate", "eager"):  # generate()'s decoder (CUDA graphs), and op by op
             cache = filled_cache(model, context, room=args.decode + 4)
             decode = ops.decoder(model, cache) if path == "generate" else eager_decoder(model, cache)
-            decode_steps(model, decode, token, 2)  # the first steps at this cache size (and the capture)
+            decode_steps(model, decode, token, 2 if path == "generate" else 1)  # a first step (and the capture)
             _, seconds = timed(lambda: decode_steps(model, decode, token, args.decode))
             prefix = "" if path == "generate" else "eager_"
             row.update({prefix + "tok_s": round(args.decode / seconds, 2),
@@ -318,17 +320,29 @@ def main(argv=None) -> dict:
             del cache, decode
             save()
     report["prefill"] = {}
-    spent, last = 0.0, None  # prefill seconds so far; (tokens, seconds) of the last one measured
+    backend_cuda = importlib.import_module("gptoss_np.backend_cuda")
+    rule = backend_cuda.EXPERT_BLAS_MIN_TOKENS
+    backend_cuda.EXPERT_BLAS_MIN_TOKENS = 1
+    model.forward(ids[:2], model.new_cache(2))  # compile the cuBLAS experts' path
+    backend_cuda.EXPERT_BLAS_MIN_TOKENS = rule
+    spent, last = 0.0, None  # prefill seconds so far; (tokens, seconds of both paths) of the last one measured
     for n in sorted(args.prompts):
         predicted = last[1] * (n / last[0]) ** 2 if last else 0.0  # attention grows with the square
         if spent + predicted > args.prefill_budget:
             report["prefill"][n] = {"skipped": f"predicted {predicted:.0f} s, over the --prefill-budget"}
             continue
-        cache = model.new_cache(n)
-        _, seconds = timed(lambda: model.forward(ids[:n], cache))
-        del cache
-        spent, last = spent + seconds, (n, seconds)
-        report["prefill"][n] = {"tok_s": round(n / seconds, 1), "ms": round(seconds * 1e3, 2)}
+        row = report["prefill"][n] = {"experts_by": "blas" if n >= rule else "tiled"}
+        for path, blas_from in (("tiled", n + 1), ("blas", 1)):  # MoE by the tiled kernel, by cuBLAS
+            backend_cuda.EXPERT_BLAS_MIN_TOKENS = blas_from
+            cache = model.new_cache(n)
+            _, seconds = timed(lambda: model.forward(ids[:n], cache))
+            del cache
+            spent += seconds
+            row[path + "_tok_s"] = round(n / seconds, 1)
+            if path == row["experts_by"]:
+                row.update(tok_s=round(n / seconds, 1), ms=round(seconds * 1e3, 2))
+        backend_cuda.EXPERT_BLAS_MIN_TOKENS = rule
+        last = (n, n / row["tiled_tok_s"] + n / row["blas_tok_s"])
         save()
 
     report["peak_gpu_gb"] = round(pool.total_bytes() / 1e9, 3)
@@ -353,9 +367,10 @@ def print_table(report: dict) -> None:
     print(f"launch overhead (host us): {report['launch']}")
     print(f"copy {report['copy_gb_s']} GB/s; weights {report['weights_gb']} GB, KV cache "
           f"{report['kv_cache_gb']} GB at {report['kv_context']} tokens, peak {report['peak_gpu_gb']} GB")
-    print(f"{'prefill tokens':>15}{'tok/s':>12}")
+    print(f"{'prefill tokens':>15}{'tok/s':>12}{'tiled tok/s':>13}{'blas tok/s':>12}")
     for n, r in report["prefill"].items():
-        print(f"{n:>15}{r['tok_s']:>12}" if "tok_s" in r else f"{n:>15}  skipped: {r['skipped']}")
+        print(f"{n:>15}{r['tok_s']:>12}{r['tiled_tok_s']:>13}{r['blas_tok_s']:>12}" if "tok_s" in r
+              else f"{n:>15}  skipped: {r['skipped']}")
     print(f"{'decode context':>15}{'tok/s':>12}{'ms/token':>10}{'floor ms':>10}{'% floor':>9}{'graph':>7}"
           f"{'eager tok/s':>13}")
     for n, r in report["decode"].items():

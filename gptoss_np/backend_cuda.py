@@ -6,7 +6,9 @@ as bf16 bits (uint16); norms, biases and sinks as float32. Activations are float
 Kernel choices by size live here and nowhere else:
   bf16 linear    GEMV kernel up to bf16_cuda.MAX_ROWS tokens; above, f32 tiles of W + cuBLAS (CuPy)
   MoE experts    EXPERT_GEMV_MAX_TOKENS tokens or fewer: the pairs' GEMV; more: sort pairs by expert,
-                 then one tiled matmul launch over all experts
+                 then one tiled matmul launch over all experts; from EXPERT_BLAS_MIN_TOKENS tokens:
+                 each chosen expert's matrix dequantized to float32, times its pairs' rows by cuBLAS
+                 (bench/gpu.py times both prefill paths)
   sampling       argmax or the filtered draw on the device; only the chosen id is copied back
   decode         replayed from a CUDA graph (cuda_graph.py) unless `graphs` is off
 """
@@ -23,6 +25,7 @@ from .cuda_graph import GraphDecoder
 from .kernels import attention_cuda, bf16, bf16_cuda, moe_cuda, mxfp4_cuda, norm_rope_cuda, sampling_cuda
 
 EXPERT_GEMV_MAX_TOKENS = 1  # decode; prefill chunks take the grouped matmul
+EXPERT_BLAS_MIN_TOKENS = 256  # a guess until a GPU measures it: ~32 pairs per expert of 20b's 32
 WIDEN_TILE_ROWS = 16384  # rows of a bf16 matrix widened to float32 at a time for cuBLAS (189 MB at K = 2880)
 
 
@@ -149,7 +152,16 @@ class CudaOps:
         out = cp.empty((flat.shape[0], blocks.shape[1]), cp.float32)
         if T <= EXPERT_GEMV_MAX_TOKENS:
             return mxfp4_cuda.expert_gemv(x, rows_per_x, flat, blocks, scales, bias, out)
-        return mxfp4_cuda.expert_matmul(x, rows_per_x, order, offsets, T, blocks, scales, bias, out)
+        if T < EXPERT_BLAS_MIN_TOKENS:
+            return mxfp4_cuda.expert_matmul(x, rows_per_x, order, offsets, T, blocks, scales, bias, out)
+        starts = cp.asnumpy(offsets)  # [E + 1] on the host: one wait per projection
+        N, G = blocks.shape[1:3]
+        w = cp.empty((N, G * 32), cp.float32)  # one expert's matrix at a time
+        for e in np.flatnonzero(np.diff(starts)):  # the experts with pairs
+            pairs = order[starts[e]:starts[e + 1]]  # [n]
+            w_e = mxfp4_cuda.dequantize(blocks[e], scales[e], w)  # [N, K]
+            out[pairs] = x[pairs // rows_per_x] @ w_e.T + bias[e]  # [n, N]
+        return out
 
     def combine(self, y, weights):
         T = weights.shape[0]

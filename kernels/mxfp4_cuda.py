@@ -9,7 +9,8 @@ down projection read the pair's own row (1). Only the selected experts' bytes ar
   expert_gemv     decode: one output row per LANES threads, each lane reading whole 16-byte blocks
   expert_matmul   prefill: pairs grouped by expert (moe_cuda.sort_pairs); a block computes a tile of
                   pairs x rows, staging the x tile and the dequantized W tile in shared memory
-The NumPy reference is mxfp4.matmul_ref applied per pair.
+  dequantize      one expert's whole matrix as float32, for a cuBLAS matmul over its pairs (long prompts)
+The NumPy references are mxfp4.matmul_ref applied per pair, and mxfp4.dequantize.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ GEMV_ROWS = 8  # output rows per block
 TILE_THREADS = (16, 16)  # (x: output rows, y: pairs) threads per block; each owns MICRO x MICRO outputs
 MICRO = 4
 _TILE_MAX = 64  # = 16 * MICRO: shared tiles are sized for the largest block
+DEQUANT_THREADS = 256
 
 
 @cuda.jit
@@ -117,6 +119,19 @@ def _grouped_matmul_kernel(x, rows_per_x, order, offsets, blocks, scales, bias, 
                     out[p, n] = acc[i, j] + bias[e, n]
 
 
+@cuda.jit
+def _dequantize_kernel(blocks, scales, out):
+    """Thread per packed byte j of block (n, g): the two weights out[n, 32g + 2j] and out[n, 32g + 2j + 1]."""
+    i = cuda.grid(1)
+    N, G = blocks.shape[0], blocks.shape[1]
+    if i < N * G * 16:
+        n, g, j = i // (G * 16), (i // 16) % G, i % 16
+        byte = blocks[n, g, j]
+        s = e8m0_half(scales[n, g])
+        out[n, 32 * g + 2 * j] = fp4_times2(byte & 15) * s
+        out[n, 32 * g + 2 * j + 1] = fp4_times2(byte >> 4) * s
+
+
 def _check_experts(x, rows_per_x, blocks, scales, bias, out, P):
     E, N, G, _ = blocks.shape
     check(x.ndim == 2 and x.shape[1] == G * BLOCK and x.dtype == np.float32 and x.shape[0] * rows_per_x >= P
@@ -153,4 +168,16 @@ def expert_matmul(x, rows_per_x: int, order, offsets, max_pairs: int, blocks, sc
     bx, by = TILE_THREADS
     grid = ((N + bx * MICRO - 1) // (bx * MICRO), E, max(1, (max_pairs + by * MICRO - 1) // (by * MICRO)))
     _grouped_matmul_kernel[grid, (bx, by), stream_of(out)](x, rows_per_x, order, offsets, blocks, scales, bias, out)
+    return out
+
+
+def dequantize(blocks, scales, out):
+    """out [N, K] f32 = one expert's weights from blocks [N, K/32, 16] u8 and scales [N, K/32] u8."""
+    N, G = blocks.shape[:2]
+    check(blocks.shape == (N, G, 16) and scales.shape == (N, G) and blocks.dtype == scales.dtype == np.uint8
+          and out.shape == (N, G * BLOCK) and out.dtype == np.float32 and out.flags.c_contiguous,
+          "mxfp4 dequantize", blocks=blocks, scales=scales, out=out)
+    n = N * G * 16
+    if n:
+        _dequantize_kernel[-(-n // DEQUANT_THREADS), DEQUANT_THREADS, stream_of(out)](blocks, scales, out)
     return out

@@ -1,4 +1,5 @@
-"""MXFP4 expert GEMV and grouped matmul (simulator) against mxfp4.matmul_ref per pair."""
+"""MXFP4 expert GEMV, grouped matmul and dequantization (simulator) against mxfp4.matmul_ref per
+pair and mxfp4.dequantize."""
 
 from __future__ import annotations
 
@@ -55,6 +56,14 @@ def test_grouped_matmul(rows_per_x):
     out = poisoned((tokens * A, N))
     mxfp4_cuda.expert_matmul(x, rows_per_x, order, offsets, tokens, blocks, scales, bias, out)
     assert_close(out, reference(x, rows_per_x, experts, blocks, scales, bias))
+
+
+def test_dequantize():
+    rng = np.random.default_rng(4)
+    blocks, scales, _ = random_experts(rng, 1, 3, 2)
+    out = poisoned((3, 64))
+    mxfp4_cuda.dequantize(blocks[0], scales[0], out)
+    np.testing.assert_array_equal(out, mxfp4.dequantize(blocks[0], scales[0]))  # exact: products by powers of 2
 
 
 def test_shapes_are_checked():

@@ -17,7 +17,7 @@ from gptoss_np import GptOss, synthetic
 from gptoss_np.backend import CpuOps
 from gptoss_np.checkpoint import Checkpoint
 from gptoss_np.dispatch import DispatchRule
-from gptoss_np.kernels import bf16_cuda
+from gptoss_np.kernels import bf16_cuda, mxfp4
 
 
 @pytest.fixture
@@ -55,6 +55,26 @@ def test_tiny_model_prefill_and_decode(cuda_ops, tmp_path, caplog):
     kwargs = dict(temperature=0.9, top_k=40, top_p=0.95)
     assert (cuda_ops.sample(logits, rng=np.random.default_rng(3), **kwargs)
             == cpu.ops.sample(ref[0], rng=np.random.default_rng(3), **kwargs))
+
+
+@pytest.mark.parametrize("tokens", [1, 5])
+def test_expert_paths(cuda_ops, monkeypatch, tokens):
+    """CudaOps.mxfp4_experts by its GEMV (one token), its grouped matmul, and cuBLAS on dequantized
+    experts (from EXPERT_BLAS_MIN_TOKENS tokens; lowered here), against mxfp4.matmul_ref per pair."""
+    backend_cuda = sys.modules["gptoss_np.backend_cuda"]
+    rng = np.random.default_rng(tokens)
+    E, N, G, A = 4, 6, 2, 2
+    blocks = rng.integers(0, 256, (E, N, G, 16), dtype=np.uint8)
+    scales = rng.integers(118, 130, (E, N, G), dtype=np.uint8)
+    bias = rng.standard_normal((E, N), dtype=np.float32)
+    x = rng.standard_normal((tokens, G * 32), dtype=np.float32)
+    experts = np.stack([rng.choice(E - 1, A, replace=False) for _ in range(tokens)]).astype(np.int32)  # E-1 unused
+    ref = np.stack([mxfp4.matmul_ref(x[p // A][None], blocks[e], scales[e])[0] + bias[e]
+                    for p, e in enumerate(experts.ravel())])
+    for blas_from in ((2, 10**9) if tokens > 1 else (10**9,)):
+        monkeypatch.setattr(backend_cuda, "EXPERT_BLAS_MIN_TOKENS", blas_from)
+        out = cuda_ops.mxfp4_experts(x, A, blocks, scales, bias, cuda_ops.pair_plan(experts, E))
+        assert rel_err(out, ref) < 1e-6
 
 
 def test_expert_choice_dispatch(cuda_ops, tmp_path):
