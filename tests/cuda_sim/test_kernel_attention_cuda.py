@@ -17,14 +17,17 @@ def inputs(rng, T, S, H, G, Dh):
     return q, k, v, sinks
 
 
-@pytest.mark.parametrize("T, S, window", [
-    (5, 5, None),  # prefill from an empty cache
-    (3, 21, 6),  # prefill chunk after 18 cached tokens, sliding window; 21 keys = 3 splits of 8
-    (1, 19, None),  # decode: one query, several splits, the last one partial
+# (the simulator's blocks, tests/cuda_sim/conftest.py: 8 rows, chunks of 4 keys, splits of 8 keys)
+@pytest.mark.parametrize("T, S, window, H, G", [
+    (5, 5, None, 4, 2),  # prefill from an empty cache: 4 queries x 2 heads per block, the second block partial
+    (3, 21, 6, 4, 2),  # prefill chunk after 18 cached tokens, sliding window; 21 keys = 3 splits of 7
+    (1, 19, None, 4, 2),  # decode: one query, several splits, the last chunk partial
+    (9, 30, 4, 8, 2),  # 4 heads a kv head: 2 queries per block; chunks outside every row's window are skipped
+    (1, 13, None, 8, 8),  # no GQA: a block holds 1 row
 ])
-def test_matches_reference(T, S, window):
+def test_matches_reference(T, S, window, H, G):
     rng = np.random.default_rng(S)
-    H, G, Dh = 4, 2, 16
+    Dh = 16
     q, k, v, sinks = inputs(rng, T, S, H, G, Dh)
     q_pos = np.arange(S - T, S)
     k_pos = rng.permutation(S)  # slot order does not matter: masks use positions
