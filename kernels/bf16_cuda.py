@@ -39,19 +39,22 @@ def _gemv_kernel(x, words, bias, out):
         for c in range(lane, KW // 4, lanes):
             w0, w1, w2, w3 = words[n, 4 * c], words[n, 4 * c + 1], words[n, 4 * c + 2], words[n, 4 * c + 3]
             k = 8 * c
-            for t in range(T):
-                acc[t] += (bf16_lo(w0) * x[t, k] + bf16_hi(w0) * x[t, k + 1]
-                           + bf16_lo(w1) * x[t, k + 2] + bf16_hi(w1) * x[t, k + 3]
-                           + bf16_lo(w2) * x[t, k + 4] + bf16_hi(w2) * x[t, k + 5]
-                           + bf16_lo(w3) * x[t, k + 6] + bf16_hi(w3) * x[t, k + 7])
+            for t in range(MAX_ROWS):  # a fixed trip count keeps acc in registers
+                if t < T:
+                    acc[t] += (bf16_lo(w0) * x[t, k] + bf16_hi(w0) * x[t, k + 1]
+                               + bf16_lo(w1) * x[t, k + 2] + bf16_hi(w1) * x[t, k + 3]
+                               + bf16_lo(w2) * x[t, k + 4] + bf16_hi(w2) * x[t, k + 5]
+                               + bf16_lo(w3) * x[t, k + 6] + bf16_hi(w3) * x[t, k + 7])
         for i in range(KW // 4 * 4 + lane, KW, lanes):
             w = words[n, i]
-            for t in range(T):
-                acc[t] += bf16_lo(w) * x[t, 2 * i] + bf16_hi(w) * x[t, 2 * i + 1]
-    for t in range(T):
-        total = row_sum(partial, acc[t], lane, r, lanes)
-        if lane == 0 and n < N:
-            out[t, n] = total + bias[n]
+            for t in range(MAX_ROWS):
+                if t < T:
+                    acc[t] += bf16_lo(w) * x[t, 2 * i] + bf16_hi(w) * x[t, 2 * i + 1]
+    for t in range(MAX_ROWS):
+        if t < T:
+            total = row_sum(partial, acc[t], lane, r, lanes)
+            if lane == 0 and n < N:
+                out[t, n] = total + bias[n]
 
 
 @cuda.jit
