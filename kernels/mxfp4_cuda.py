@@ -6,7 +6,8 @@ with W_e stored as on disk (blocks uint8 [E, N, K/32, 16], scales uint8 [E, N, K
 `rows_per_x` lets the gate_up projection read each token's row once for its A pairs (A) and the
 down projection read the pair's own row (1). Only the selected experts' bytes are read.
 
-  expert_gemv     decode: one output row per LANES threads, each lane reading whole 16-byte blocks
+  expert_gemv     decode: two output rows per warp, x staged in shared memory, each lane reading
+                  4-byte words (a warp reads 128 contiguous bytes a row)
   expert_matmul   prefill: pairs grouped by expert (moe_cuda.sort_pairs); a block computes a tile of
                   pairs x rows, staging the x tile and the dequantized W tile in shared memory
   dequantize      one expert's whole matrix as float32, for a cuBLAS matmul over its pairs (long prompts)
@@ -22,8 +23,10 @@ from .common_cuda import MAX_THREADS, check, e8m0_half, fp4_times2, row_sum, str
 from .mxfp4 import BLOCK
 
 # Launch shapes (tests shrink them so the simulator covers partial blocks with few threads).
-GEMV_LANES = 32  # threads per output row (a power of two)
-GEMV_ROWS = 8  # output rows per block
+GEMV_LANES = 32  # threads per pair of output rows (a power of two)
+GEMV_WARPS = 8  # pairs of output rows per block (the x row is staged once for 16 rows)
+GEMV_MAX_K = 4096  # longest x row the GEMV stages in shared memory (gpt-oss: 2880)
+_X_PADDED = GEMV_MAX_K + GEMV_MAX_K // 8
 TILE_THREADS = (16, 16)  # (x: output rows, y: pairs) threads per block; each owns MICRO x MICRO outputs
 MICRO = 4
 _TILE_MAX = 64  # = 16 * MICRO: shared tiles are sized for the largest block
@@ -32,33 +35,46 @@ DEQUANT_THREADS = 256
 
 @cuda.jit
 def _gemv_kernel(x, rows_per_x, experts, words, scales, bias, out):
-    """Block (lanes, rows): `rows` outputs of pair blockIdx.y; words = blocks as uint32 [E, N, G, 4].
+    """Block (lanes, warps) of pair blockIdx.y: each warp computes two neighbouring output rows n, n + 1
+    (gate_up's gate and up), so every x value read serves both; words = blocks as uint32 [E, N, G, 4].
 
-    Each lane reads one whole 16-byte block (32 weights) at a time; consecutive lanes read
-    consecutive blocks of the row, so a warp reads 512 contiguous bytes."""
+    The pair's x row is staged in shared memory first, element k at k + k // 8. Lane L then reads word
+    i = L, L + lanes, ... of each row (8 weights, k = 8i .. 8i + 7): a warp reads 128 contiguous bytes
+    of a row at a time, and its 32 lanes read x at 9i + m, 32 distinct banks."""
+    xs = cuda.shared.array(_X_PADDED, np.float32)
     partial = cuda.shared.array(MAX_THREADS, np.float32)
-    lane, r = cuda.threadIdx.x, cuda.threadIdx.y
-    lanes = cuda.blockDim.x
+    lane, warp = cuda.threadIdx.x, cuda.threadIdx.y
+    lanes, warps = cuda.blockDim.x, cuda.blockDim.y
     p = cuda.blockIdx.y
-    n = cuda.blockIdx.x * cuda.blockDim.y + r
     N, G = words.shape[1], words.shape[2]
     e = experts[p]
     row = p // rows_per_x
-    acc = np.float32(0)
+    for k in range(warp * lanes + lane, G * BLOCK, lanes * warps):
+        xs[k + k // 8] = x[row, k]
+    cuda.syncthreads()
+    n = 2 * (cuda.blockIdx.x * warps + warp)
+    acc0, acc1 = np.float32(0), np.float32(0)
     if n < N:
-        for g in range(lane, G, lanes):
-            base = g * 32
-            s = np.float32(0)
-            for j in range(4):
-                w = words[e, n, g, j]
-                for b in range(4):
-                    byte = (w >> (8 * b)) & 0xFF
-                    k = base + 8 * j + 2 * b
-                    s += fp4_times2(byte & 15) * x[row, k] + fp4_times2(byte >> 4) * x[row, k + 1]
-            acc += s * e8m0_half(scales[e, n, g])
-    total = row_sum(partial, acc, lane, r, lanes)
+        second = n + 1 < N
+        for i in range(lane, G * 4, lanes):
+            g, j = i // 4, i % 4
+            w0 = words[e, n, g, j]
+            w1 = words[e, n + 1, g, j] if second else np.uint32(0)
+            s0, s1 = np.float32(0), np.float32(0)
+            for b in range(4):
+                lo, hi = xs[9 * i + 2 * b], xs[9 * i + 2 * b + 1]
+                byte0, byte1 = (w0 >> (8 * b)) & 0xFF, (w1 >> (8 * b)) & 0xFF
+                s0 += fp4_times2(byte0 & 15) * lo + fp4_times2(byte0 >> 4) * hi
+                s1 += fp4_times2(byte1 & 15) * lo + fp4_times2(byte1 >> 4) * hi
+            acc0 += s0 * e8m0_half(scales[e, n, g])
+            if second:
+                acc1 += s1 * e8m0_half(scales[e, n + 1, g])
+    total0 = row_sum(partial, acc0, lane, warp, lanes)
+    total1 = row_sum(partial, acc1, lane, warp, lanes)
     if lane == 0 and n < N:
-        out[p, n] = total + bias[e, n]
+        out[p, n] = total0 + bias[e, n]
+        if n + 1 < N:
+            out[p, n + 1] = total1 + bias[e, n + 1]
 
 
 @cuda.jit
@@ -151,8 +167,10 @@ def expert_gemv(x, rows_per_x: int, experts, blocks, scales, bias, out):
     P = experts.shape[0]
     _check_experts(x, rows_per_x, blocks, scales, bias, out, P)
     N = blocks.shape[1]
-    grid = ((N + GEMV_ROWS - 1) // GEMV_ROWS, P)
-    _gemv_kernel[grid, (GEMV_LANES, GEMV_ROWS), stream_of(out)](x, rows_per_x, experts, blocks.view(np.uint32), scales, bias, out)
+    check(x.shape[1] <= GEMV_MAX_K, "mxfp4 expert_gemv (K <= GEMV_MAX_K)", x=x)
+    grid = (-(-N // (2 * GEMV_WARPS)), P)
+    _gemv_kernel[grid, (GEMV_LANES, GEMV_WARPS), stream_of(out)](x, rows_per_x, experts, blocks.view(np.uint32),
+                                                                scales, bias, out)
     return out
 
 
