@@ -10,6 +10,9 @@ Sections, each added to the JSON as soon as it is measured (a timeout keeps what
               arrays as Numba device arrays, and per CuPy elementwise launch (a decode step makes
               hundreds of launches: this says what graphs or fewer launches can save)
   memory      GPU memory of the weights, of the KV cache, and the pool's peak
+  kernels     each weight-reading op of a decode step alone (20 calls replayed from a CUDA graph;
+              attention at the longest decode context): microseconds a call, GB/s of the bytes it
+              must read, and % of the copy bandwidth
   decode      tok/s of greedy steps (argmax on the device, one id to the host a step) at each context,
               through generate()'s decoder (steps replayed from a CUDA graph; graph_replayed says
               whether the capture worked) and op by op (eager_*); the cache is filled with random keys
@@ -46,6 +49,7 @@ from gptoss_np.backend import eager_decoder, select
 from gptoss_np.cache import KVCache
 from gptoss_np.checkpoint import FINAL_NORM, _layer_shapes, layer_tensor_name
 from gptoss_np.config import GptOssConfig
+from gptoss_np.cuda_graph import capture
 from gptoss_np.kernels.bf16 import f32_to_bf16
 
 PROFILED_OPS = ["embed", "linear", "rmsnorm", "rope_tables", "rope", "attention", "route", "swiglu",
@@ -127,6 +131,58 @@ def launch_overhead(launches: int = 300) -> dict:
         synchronize()
         _, seconds = timed(lambda: [launch() for _ in range(launches)])
         result[name + "_us"] = round(seconds / launches * 1e6, 2)
+    return result
+
+
+KERNEL_LAUNCHES = 20
+
+
+def replayed_seconds(fn, launches: int) -> tuple[float, str]:
+    """Seconds per call of fn, from `launches` calls recorded in one CUDA graph and replayed (GPU time
+    only); when recording fails, from calls launched one by one (host time included), which it says."""
+    fn()  # compiles
+    synchronize()
+    try:
+        graph, _, kept = capture(lambda: [fn() for _ in range(launches)])
+        stream = cp.cuda.get_current_stream()
+        graph.launch(stream)
+        _, seconds = timed(lambda: [graph.launch(stream) for _ in range(3)])
+        return seconds / (3 * launches), "graph"
+    except Exception:  # noqa: BLE001 (the simulator, or an op that cannot be captured)
+        _, seconds = timed(lambda: [fn() for _ in range(launches)])
+        return seconds / launches, "op by op"
+
+
+def kernel_bandwidth(model: GptOss, copy_gb_s: float, context: int) -> dict:
+    """Each weight-reading op of a decode step alone, at the model's shapes with layer 0's weights:
+    microseconds a call and GB/s of the bytes it must read, against the copy bandwidth."""
+    c, ops, layer = model.config, model.ops, model.layers[0]
+    D, I, A = c.hidden_size, c.intermediate_size, c.num_experts_per_tok
+    H, G, Dh = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+    rs = cp.random.RandomState(3)
+    x = rs.standard_normal((1, D), dtype=cp.float32)
+    h = rs.standard_normal((A, I), dtype=cp.float32)
+    plan = ops.pair_plan(cp.arange(A, dtype=cp.int32)[None], c.num_local_experts)  # one token, A experts
+    q = rs.standard_normal((1, H, Dh), dtype=cp.float32)
+    k, v = (rs.standard_normal((context, G, Dh), dtype=cp.float32) for _ in range(2))
+    q_pos, k_pos = cp.full(1, context - 1, cp.int64), cp.arange(context, dtype=cp.int64)
+    w, attn = layer.moe, layer.attn
+    packed = lambda rows, cols: rows * cols // 32 * 17 + 4 * rows  # noqa: E731 (nibbles, scales, bias)
+    cases = {
+        "mxfp4_gate_up": (lambda: ops.mxfp4_experts(x, A, w.gate_up_blocks, w.gate_up_scales, w.gate_up_bias, plan),
+                          A * packed(2 * I, D)),
+        "mxfp4_down": (lambda: ops.mxfp4_experts(h, 1, w.down_blocks, w.down_scales, w.down_bias, plan),
+                       A * packed(D, I)),
+        "bf16_q": (lambda: ops.linear(x, attn.q, attn.q_bias), 2 * H * Dh * D),
+        "bf16_lm_head": (lambda: ops.linear(x, model.lm_head), 2 * c.vocab_size * D),
+        f"attention_{context}": (lambda: ops.attention(q, k, v, q_pos, k_pos, attn.sinks, None, Dh ** -0.5),
+                                 2 * 4 * context * G * Dh),
+    }
+    result = {}
+    for name, (fn, nbytes) in cases.items():
+        seconds, how = replayed_seconds(fn, KERNEL_LAUNCHES)
+        result[name] = {"us": round(seconds * 1e6, 2), "gb_s": round(nbytes / seconds / 1e9, 1),
+                        "pct_of_copy": round(100 * nbytes / seconds / 1e9 / copy_gb_s, 1), "timed": how}
     return result
 
 
@@ -295,6 +351,8 @@ def main(argv=None) -> dict:
     del cache
     save()
 
+    report["kernels"] = kernel_bandwidth(model, report["copy_gb_s"], context=max(args.contexts))
+    save()
     ids = np.random.default_rng(0).integers(0, config.vocab_size, max(args.prompts + [8]))
     model.forward(ids[:8], model.new_cache(64))  # compile every kernel (prefill and decode paths)
     model.forward(ids[:1], model.new_cache(64))
@@ -376,6 +434,10 @@ def print_table(report: dict) -> None:
     for n, r in report["decode"].items():
         print(f"{n:>15}{r.get('tok_s', '-'):>12}{r.get('ms_per_token', '-'):>10}{r['floor_ms']:>10}"
               f"{r.get('pct_of_floor', '-'):>9}{str(r.get('graph_replayed', '-')):>7}{r.get('eager_tok_s', '-'):>13}")
+    if "kernels" in report:
+        print(f"{'kernel':>22}{'us':>10}{'GB/s':>9}{'% copy':>8}  timed")
+        for name, r in report["kernels"].items():
+            print(f"{name:>22}{r['us']:>10}{r['gb_s']:>9}{r['pct_of_copy']:>8}  {r['timed']}")
     if "profile" in report:
         p = report["profile"]
         print(f"decode step, ops synchronized: {p['step_ms_synchronized']} ms; per op (ms, calls):")

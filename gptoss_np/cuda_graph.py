@@ -58,30 +58,36 @@ class GraphDecoder:
         return self.logits
 
     def _record(self):
-        """Capture one step on a side stream (capture executes nothing), with every allocation kept."""
-        pool = cp.get_default_memory_pool()
-
-        def keep(size):
-            memory = pool.malloc(size)
-            self.kept.append(memory)
-            return memory
-
-        stream = _capture_stream()
+        """Capture one step (capture executes nothing); on failure, decode op by op from now on."""
         length = self.cache.length
         try:
-            with stream, cp.cuda.using_allocator(keep):
-                stream.begin_capture()
-                try:
-                    logits = self.model.forward(self.token, self.cache, positions=self.position)
-                finally:
-                    graph = stream.end_capture()
-        except Exception as e:  # a capture that fails leaves nothing behind: decode op by op instead
-            self.kept.clear()
+            self.graph, self.logits, self.kept = capture(
+                lambda: self.model.forward(self.token, self.cache, positions=self.position))
+        except Exception as e:  # a capture that fails leaves nothing behind
             self.model.ops.graphs = False
             log.warning("CUDA graph capture failed, decoding op by op from now on: %s: %s", type(e).__name__, e)
-        else:
-            self.graph, self.logits = graph, logits
         self.cache.length = length  # the recorded step has not run yet
+
+
+def capture(fn):
+    """Record fn()'s GPU work as a CUDA graph, on a side stream: returns (graph, fn's result, the
+    memory allocated while recording, which the caller keeps as long as it replays the graph)."""
+    pool = cp.get_default_memory_pool()
+    kept = []
+
+    def keep(size):
+        memory = pool.malloc(size)
+        kept.append(memory)
+        return memory
+
+    stream = _capture_stream()
+    with stream, cp.cuda.using_allocator(keep):
+        stream.begin_capture()
+        try:
+            result = fn()
+        finally:
+            graph = stream.end_capture()
+    return graph, result, kept
 
 
 _capture_streams = {}  # device id -> the side stream that records graphs

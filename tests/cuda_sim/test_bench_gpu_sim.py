@@ -28,6 +28,7 @@ def bench(monkeypatch):
     spec.loader.exec_module(module)
     monkeypatch.setattr(module, "COPY_BYTES", 1 << 20)
     monkeypatch.setattr(module, "PROFILE_STEPS", 1)
+    monkeypatch.setattr(module, "KERNEL_LAUNCHES", 1)
     monkeypatch.setattr(module, "select", lambda device: importlib.import_module("gptoss_np.backend_cuda").CudaOps())
     return module
 
@@ -55,6 +56,9 @@ def test_benchmark_runs_and_writes_its_json(bench, tmp_path):
     assert all(r["tok_s"] > 0 and r["eager_tok_s"] > 0 and r["bytes_per_token"]["total"] > 0 and "pct_of_floor" in r
                for r in saved["decode"].values())
     assert saved["decode"]["9"]["graph_replayed"] is False  # the simulator cannot capture
+    assert {"mxfp4_gate_up", "mxfp4_down", "bf16_q", "bf16_lm_head"} < set(saved["kernels"])
+    # no graphs in the simulator: the kernels are timed op by op
+    assert all(r["us"] > 0 and "gb_s" in r and r["timed"] == "op by op" for r in saved["kernels"].values())
     profile = report["profile"]
     assert profile["calls_per_step"]["mxfp4_experts"] == 2  # gate_up and down
     assert profile["calls_per_step"]["linear"] == 5 + 1  # q, k, v, o, router; lm_head
