@@ -69,5 +69,6 @@ def numpy_as_cupy() -> types.ModuleType:
     device = types.SimpleNamespace(id=0, synchronize=lambda: None)
     shim.cuda = types.SimpleNamespace(
         Device=lambda: device, Stream=_Stream, using_allocator=lambda allocator: contextlib.nullcontext(),
+        get_current_stream=lambda: None,
         runtime=types.SimpleNamespace(getDeviceProperties=lambda i: {"name": b"Numba CUDA simulator"}))
     return shim
