@@ -3,7 +3,8 @@
 A bf16 matrix W [N, K] is kept as its uint16 bits (as on the CPU, see bf16.py); the GEMV reads it as
 uint32 words [N, K/2], each word holding elements 2j (low half) and 2j+1 (high half).
 
-  gemv        out[t, n] = W[n] . x[t] + bias[n] for up to MAX_ROWS token rows, W read once for all
+  gemv        out[t, n] = W[n] . x[t] + bias[n] for up to MAX_ROWS token rows, W read once for all,
+              x staged in shared memory (a warp's loads of it hit 32 distinct banks)
   widen_rows  out[i] = float32(W[rows[i]]): embedding lookups, and f32 tiles of W for a cuBLAS matmul
 The NumPy references are bf16.matmul_ref and bf16.bf16_to_f32.
 """
@@ -16,45 +17,75 @@ from numba import cuda
 from .common_cuda import bf16_hi, bf16_lo, check, row_sum, stream_of
 
 MAX_ROWS = 8  # token rows one GEMV launch handles (its per-thread accumulators)
-GEMV_LANES = 32  # threads per output row (a power of two)
-GEMV_ROWS = 8  # output rows per block
+GEMV_LANES = 32  # threads per warp of the GEMV (a power of two)
+GEMV_WARPS = 8  # warps per block
+WARP_ROWS = 4  # output rows a warp computes for large N (the staged x then serves 32 rows a block)
+WARP_ROWS_FROM_N = 16384  # N from which warps take WARP_ROWS rows (lm_head); below, one row (more blocks)
+K_CHUNK = 1024  # x columns staged in shared memory at a time
 WIDEN_THREADS = 256
 _GEMV_MAX_THREADS = 256
+_XS_COLS = 1024 + 1024 // 8  # K_CHUNK columns padded: column k at k + k // 8
+_ACC = WARP_ROWS * MAX_ROWS
 
 
 @cuda.jit
-def _gemv_kernel(x, words, bias, out):
-    """Block (lanes, rows): `rows` outputs for every token row. Each lane reads 4 words (8 weights,
-    16 bytes) at a time, consecutive lanes consecutive 16-byte pieces; odd word counts end in a tail."""
+def _gemv_kernel(x, words, bias, warp_rows, out):
+    """Block (lanes, warps); warp w computes `warp_rows` neighbouring output rows for every token row.
+
+    x is staged in shared memory K_CHUNK columns at a time, column k at k + k // 8. A lane reads 4
+    words (8 weights, 16 bytes) at a time, consecutive lanes consecutive 16-byte pieces, and their
+    8 x values at 9c .. 9c + 7 (c = the lane's piece): 32 distinct banks across a warp. A chunk's odd
+    words (fewer than 4) are its tail."""
+    xs = cuda.shared.array((MAX_ROWS, _XS_COLS), np.float32)
     partial = cuda.shared.array(_GEMV_MAX_THREADS, np.float32)
-    acc = cuda.local.array(MAX_ROWS, np.float32)
-    lane, r = cuda.threadIdx.x, cuda.threadIdx.y
-    lanes = cuda.blockDim.x
-    n = cuda.blockIdx.x * cuda.blockDim.y + r
+    acc = cuda.local.array(_ACC, np.float32)  # [row of the warp, token row]
+    lane, warp = cuda.threadIdx.x, cuda.threadIdx.y
+    lanes, warps = cuda.blockDim.x, cuda.blockDim.y
+    tid, threads = warp * lanes + lane, lanes * warps
     T = x.shape[0]
     N, KW = words.shape
-    for t in range(MAX_ROWS):
-        acc[t] = 0
-    if n < N:
-        for c in range(lane, KW // 4, lanes):
-            w0, w1, w2, w3 = words[n, 4 * c], words[n, 4 * c + 1], words[n, 4 * c + 2], words[n, 4 * c + 3]
-            k = 8 * c
-            for t in range(MAX_ROWS):  # a fixed trip count keeps acc in registers
-                if t < T:
-                    acc[t] += (bf16_lo(w0) * x[t, k] + bf16_hi(w0) * x[t, k + 1]
-                               + bf16_lo(w1) * x[t, k + 2] + bf16_hi(w1) * x[t, k + 3]
-                               + bf16_lo(w2) * x[t, k + 4] + bf16_hi(w2) * x[t, k + 5]
-                               + bf16_lo(w3) * x[t, k + 6] + bf16_hi(w3) * x[t, k + 7])
-        for i in range(KW // 4 * 4 + lane, KW, lanes):
-            w = words[n, i]
+    first = (cuda.blockIdx.x * warps + warp) * warp_rows
+    for i in range(_ACC):
+        acc[i] = 0
+    for k0 in range(0, 2 * KW, K_CHUNK):
+        kc = min(K_CHUNK, 2 * KW - k0)
+        for i in range(tid, kc, threads):
             for t in range(MAX_ROWS):
                 if t < T:
-                    acc[t] += bf16_lo(w) * x[t, 2 * i] + bf16_hi(w) * x[t, 2 * i + 1]
-    for t in range(MAX_ROWS):
-        if t < T:
-            total = row_sum(partial, acc[t], lane, r, lanes)
-            if lane == 0 and n < N:
-                out[t, n] = total + bias[n]
+                    xs[t, i + i // 8] = x[t, k0 + i]
+        cuda.syncthreads()
+        w0 = k0 // 2
+        for c in range(lane, kc // 8, lanes):  # inside: fixed trip counts, so acc stays in registers
+            for t in range(MAX_ROWS):
+                if t < T:
+                    x0, x1, x2, x3 = xs[t, 9 * c], xs[t, 9 * c + 1], xs[t, 9 * c + 2], xs[t, 9 * c + 3]
+                    x4, x5, x6, x7 = xs[t, 9 * c + 4], xs[t, 9 * c + 5], xs[t, 9 * c + 6], xs[t, 9 * c + 7]
+                    for rr in range(WARP_ROWS):
+                        n = first + rr
+                        if rr < warp_rows and n < N:
+                            a, b = words[n, w0 + 4 * c], words[n, w0 + 4 * c + 1]
+                            e, f = words[n, w0 + 4 * c + 2], words[n, w0 + 4 * c + 3]
+                            acc[rr * MAX_ROWS + t] += (bf16_lo(a) * x0 + bf16_hi(a) * x1 + bf16_lo(b) * x2
+                                                       + bf16_hi(b) * x3 + bf16_lo(e) * x4 + bf16_hi(e) * x5
+                                                       + bf16_lo(f) * x6 + bf16_hi(f) * x7)
+        for j in range(kc // 8 * 4 + lane, kc // 2, lanes):
+            for t in range(MAX_ROWS):
+                if t < T:
+                    lo, hi = xs[t, 2 * j + (2 * j) // 8], xs[t, 2 * j + 1 + (2 * j + 1) // 8]
+                    for rr in range(WARP_ROWS):
+                        n = first + rr
+                        if rr < warp_rows and n < N:
+                            wd = words[n, w0 + j]
+                            acc[rr * MAX_ROWS + t] += bf16_lo(wd) * lo + bf16_hi(wd) * hi
+        cuda.syncthreads()
+    for rr in range(WARP_ROWS):
+        if rr < warp_rows:  # the same for the whole block, as row_sum needs
+            n = first + rr
+            for t in range(MAX_ROWS):
+                if t < T:
+                    total = row_sum(partial, acc[rr * MAX_ROWS + t], lane, warp, lanes)
+                    if lane == 0 and n < N:
+                        out[t, n] = total + bias[n]
 
 
 @cuda.jit
@@ -74,9 +105,11 @@ def gemv(x, w_bits, bias, out):
           and w_bits.dtype == np.uint16 and bias.shape == (N,) and bias.dtype == np.float32
           and out.shape == (T, N) and out.dtype == np.float32 and x.flags.c_contiguous and w_bits.flags.c_contiguous,
           "bf16 gemv", x=x, w=w_bits, bias=bias, out=out)
-    check(GEMV_LANES * GEMV_ROWS <= _GEMV_MAX_THREADS, "bf16 gemv block", lanes=GEMV_LANES, rows=GEMV_ROWS)
-    grid = (N + GEMV_ROWS - 1) // GEMV_ROWS
-    _gemv_kernel[grid, (GEMV_LANES, GEMV_ROWS), stream_of(out)](x, w_bits.view(np.uint32), bias, out)
+    check(GEMV_LANES * GEMV_WARPS <= _GEMV_MAX_THREADS and K_CHUNK <= 1024 and K_CHUNK % 8 == 0,
+          "bf16 gemv block", lanes=GEMV_LANES, warps=GEMV_WARPS, chunk=K_CHUNK)
+    warp_rows = WARP_ROWS if N >= WARP_ROWS_FROM_N else 1
+    grid = -(-N // (GEMV_WARPS * warp_rows))
+    _gemv_kernel[grid, (GEMV_LANES, GEMV_WARPS), stream_of(out)](x, w_bits.view(np.uint32), bias, warp_rows, out)
     return out
 
 

@@ -27,7 +27,7 @@ SIGNATURES = {
     "mxfp4_cuda._grouped_matmul_kernel": (f"{F32}{C2}", I64, f"{I32}{C1}", f"{I32}{C1}", f"uint8{C4}", f"uint8{C3}",
                                           f"{F32}{C2}", f"{F32}{C2}"),
     "mxfp4_cuda._dequantize_kernel": (f"uint8{C3}", f"uint8{C2}", f"{F32}{C2}"),
-    "bf16_cuda._gemv_kernel": (f"{F32}{C2}", f"uint32{C2}", f"{F32}{C1}", f"{F32}{C2}"),
+    "bf16_cuda._gemv_kernel": (f"{F32}{C2}", f"uint32{C2}", f"{F32}{C1}", I64, f"{F32}{C2}"),
     "bf16_cuda._widen_rows_kernel": (f"uint16{C2}", f"{I64}{C1}", f"{F32}{C2}"),
     "attention_cuda._partial_kernel": (f"{F32}{C3}", f"{F32}{C3}", f"{F32}{C3}", f"{I64}{C1}", f"{I64}{C1}", I64,
                                        F32, I64, I64, f"{F32}{C3}", f"{F32}{C3}", f"{F32}{C4}"),

@@ -9,8 +9,14 @@ from cuda_sim.sim import assert_close, poisoned
 from gptoss_np.kernels import bf16, bf16_cuda
 
 
-@pytest.mark.parametrize("T, N, K", [(1, 5, 40), (3, 3, 18)])  # K = 18: 9 words, two 4-word pieces and a tail
-def test_gemv(T, N, K):
+# (the simulator's shapes, tests/cuda_sim/conftest.py: x staged 16 columns at a time, 2 warps a block)
+@pytest.mark.parametrize("T, N, K, warp_rows_from_n", [
+    (1, 5, 40, 10**9),  # chunks of 16, 16 and 8 columns
+    (3, 3, 18, 10**9),  # a chunk of 16 (two 4-word pieces), then one of 2 (a one-word tail)
+    (2, 11, 28, 1),  # 4 rows a warp (the last warp has 3 rows past N); chunks of 16 and 12 (tail words 4, 5)
+])
+def test_gemv(T, N, K, warp_rows_from_n, monkeypatch):
+    monkeypatch.setattr(bf16_cuda, "WARP_ROWS_FROM_N", warp_rows_from_n)
     rng = np.random.default_rng(K)
     w = bf16.f32_to_bf16(rng.standard_normal((N, K), dtype=np.float32))
     x = rng.standard_normal((T, K), dtype=np.float32)
