@@ -8,12 +8,18 @@ e8m0, bf16 and SwiGLU definitions exist once. They also run under Numba's CUDA s
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 from numba import cuda
 
 # Upper bound of threads per block: shared-memory scratch arrays are sized by it.
 MAX_THREADS = 1024
+
+# Decoding one token launches small grids on purpose (one block for a row's norm, for routing, ...);
+# Numba warns about every grid under 128 blocks, once per distinct size, which would fill a user's
+# terminal during generation.
+warnings.filterwarnings("ignore", message=r"Grid size \d+ will likely result in GPU under-utilization")
 
 
 @cuda.jit(device=True, inline=True)

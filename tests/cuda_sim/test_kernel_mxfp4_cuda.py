@@ -66,6 +66,17 @@ def test_dequantize():
     np.testing.assert_array_equal(out, mxfp4.dequantize(blocks[0], scales[0]))  # exact: products by powers of 2
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # scale 255 makes inf, as it should
+def test_dequantize_every_byte_at_extreme_scales():
+    """All 256 bytes (two FP4 nibbles each) under the smallest, middle and largest e8m0 scales, where
+    values turn denormal or overflow to inf: exact, as the NumPy reference's ldexp."""
+    scales = np.array([0, 1, 2, 100, 126, 127, 128, 129, 200, 254, 255], np.uint8)
+    blocks = np.tile(np.arange(256, dtype=np.uint8).reshape(16, 16), (len(scales), 1, 1))  # [N, 16 groups, 16]
+    out = poisoned((len(scales), 16 * 32))
+    mxfp4_cuda.dequantize(blocks, np.repeat(scales[:, None], 16, axis=1), out)
+    np.testing.assert_array_equal(out, mxfp4.dequantize(blocks, np.repeat(scales[:, None], 16, axis=1)))
+
+
 def test_shapes_are_checked():
     blocks = np.zeros((2, 4, 2, 16), np.uint8)
     with pytest.raises(ValueError, match="do not fit"):
