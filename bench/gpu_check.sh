@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU session's one call (under 8.5 minutes on an H100: call the device tool with timeout_s=540):
 # install the project, run the gpu tests, then the 20b-shaped benchmark, then, with the time left, the
-# MoE dispatch benchmark; JSON and logs land under $OUT (the device tool's output folder).
+# MoE dispatch benchmark and the notebooks on the GPU (when their modules are installed there); JSON
+# and logs land under $OUT (the device tool's output folder).
 #
 #   bash bench/gpu_check.sh          # from the repository root, on a machine with a GPU
 #
@@ -17,6 +18,9 @@ export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -3
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/nvidia_smi.txt"
 python3 -c "import cupy, numba, numba.cuda; print('cupy', cupy.__version__, 'numba', numba.__version__)" 2>&1 | tee "$OUT/versions.txt"
+python3 -c "import importlib.util as u; print('notebook modules missing:', ' '.join(m for m in
+    ['nbclient', 'nbformat', 'ipykernel', 'matplotlib', 'bpe_openai', 'tokenizers'] if u.find_spec(m) is None) or 'none')" \
+    2>&1 | tee -a "$OUT/versions.txt"
 
 timeout 220 python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider --durations=5 \
     --junitxml="$OUT/gpu_tests.xml" 2>&1 | tee "$OUT/gpu_tests.log" | tail -40
@@ -30,5 +34,12 @@ left=$((510 - SECONDS))
 if [ "$left" -gt 45 ]; then
     timeout "$left" python3 bench/moe_dispatch.py --device cuda --out "$OUT" --checkpoint /tmp/moe-dispatch 2>&1 \
         | tee "$OUT/moe_dispatch.log" | tail -25
+fi
+# then, if the notebooks' modules are here and time is left, the walkthroughs on the GPU (issue 7)
+left=$((510 - SECONDS))
+if grep -q "notebook modules missing: none" "$OUT/versions.txt" && [ "$left" -gt 120 ]; then
+    folder=$(python3 -c "from gptoss_np import embedded; print(embedded.default_checkpoint())")
+    GPTOSS_NOTEBOOK_CHECKPOINT="$folder" GPTOSS_NOTEBOOK_DEVICE=cuda timeout "$left" python3 -m pytest -q \
+        -p no:cacheprovider tests/test_notebooks.py -k runs_top 2>&1 | tee "$OUT/notebooks.log" | tail -15
 fi
 echo "gpu_check.sh: ${SECONDS} s"
