@@ -74,11 +74,12 @@ def test_kernels_at_gpt_oss_20b_shapes():
     mxfp4_cuda.expert_matmul(d["x"], A, order, offsets, T, d["blocks"], d["scales"], d["bias"], out)
     assert rel_err(out.get(), ref) < 1e-5
 
-    w = bf16.f32_to_bf16(rng.standard_normal((4096, 2880), dtype=np.float32))
-    xs = rng.standard_normal((3, 2880), dtype=np.float32)
-    y = cp.full((3, 4096), cp.nan, cp.float32)
-    bf16_cuda.gemv(cp.asarray(xs), cp.asarray(w), cp.zeros(4096, cp.float32), y)
-    assert rel_err(y.get(), bf16.matmul_ref(xs, w)) < 1e-5
+    for T, N in ((3, 4096), (1, 20001)):  # one row a warp (q), and 4 rows a warp with a ragged end (lm_head-like)
+        w = bf16.f32_to_bf16(rng.standard_normal((N, 2880), dtype=np.float32))
+        xs = rng.standard_normal((T, 2880), dtype=np.float32)
+        y = cp.full((T, N), cp.nan, cp.float32)
+        bf16_cuda.gemv(cp.asarray(xs), cp.asarray(w), cp.zeros(N, cp.float32), y)
+        assert rel_err(y.get(), bf16.matmul_ref(xs, w)) < 1e-5
 
     S, H, Gk, Dh = 1000, 64, 8, 64
     q = rng.standard_normal((1, H, Dh), dtype=np.float32)
