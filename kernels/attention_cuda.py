@@ -29,6 +29,8 @@ THREADS = 128  # threads per block of the partial kernel: a multiple of the head
 ROWS = 64  # query rows (queries x heads of one kv group) of one block
 KEYS = 32  # keys staged in shared memory at a time
 KEYS_PER_SPLIT = 256  # keys one block walks, unless that would need too many partial results
+MIN_SPLITS = 16  # short contexts still split (a chunk of keys each, at least), so that one query's
+                 # few kv heads make enough blocks: 8 kv heads x 16 splits = 128 blocks
 MAX_PARTIALS = 1 << 16  # splits * T * H: bounds the scratch memory (MAX_PARTIALS * Dh floats)
 MAX_DH = 64  # head dims the shared tiles hold (gpt-oss: 64)
 _DH_PADDED, _KEYS_PADDED = MAX_DH + 1, KEYS + 1  # shared rows padded, so that a row starts in the next bank
@@ -174,7 +176,8 @@ def attention(q, k, v, q_pos, k_pos, sinks, window: int | None, scale: float, ou
           and q.dtype == k.dtype == v.dtype == sinks.dtype == out.dtype == np.float32,
           "attention", q=q, k=k, v=v, q_pos=q_pos, k_pos=k_pos, sinks=sinks, out=out)
     queries = max(1, min(T, ROWS // (H // G)))  # per block
-    splits = max(1, min(-(-S // KEYS_PER_SPLIT), MAX_PARTIALS // (T * H)))
+    wanted = max(-(-S // KEYS_PER_SPLIT), min(MIN_SPLITS, -(-S // KEYS)))
+    splits = max(1, min(wanted, MAX_PARTIALS // (T * H)))
     keys_per_split = max(1, -(-S // splits))
     splits = max(1, -(-S // keys_per_split))
     xp = array_module(out)

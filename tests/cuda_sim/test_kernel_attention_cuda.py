@@ -17,10 +17,11 @@ def inputs(rng, T, S, H, G, Dh):
     return q, k, v, sinks
 
 
-# (the simulator's blocks, tests/cuda_sim/conftest.py: 8 rows, chunks of 4 keys, splits of 8 keys)
+# (the simulator's blocks, tests/cuda_sim/conftest.py: 8 rows, chunks of 4 keys; splits of at most 8 keys,
+# and at least as many as there are chunks, up to 4)
 @pytest.mark.parametrize("T, S, window, H, G", [
     (5, 5, None, 4, 2),  # prefill from an empty cache: 4 queries x 2 heads per block, the second block partial
-    (3, 21, 6, 4, 2),  # prefill chunk after 18 cached tokens, sliding window; 21 keys = 3 splits of 7
+    (3, 21, 6, 4, 2),  # prefill chunk after 18 cached tokens, sliding window; 21 keys = 4 splits of 6
     (1, 19, None, 4, 2),  # decode: one query, several splits, the last chunk partial
     (9, 30, 4, 8, 2),  # 4 heads a kv head: 2 queries per block; chunks outside every row's window are skipped
     (1, 13, None, 8, 8),  # no GQA: a block holds 1 row
