@@ -169,8 +169,8 @@ def kernel_bandwidth(model: GptOss, copy_gb_s: float, context: int) -> dict:
     w, attn = layer.moe, layer.attn
     packed = lambda rows, cols: rows * cols // 32 * 17 + 4 * rows  # noqa: E731 (nibbles, scales, bias)
     cases = {
-        "mxfp4_gate_up": (lambda: ops.mxfp4_experts(x, A, w.gate_up_blocks, w.gate_up_scales, w.gate_up_bias, plan),
-                          A * packed(2 * I, D)),
+        "mxfp4_gate_up": (lambda: ops.mxfp4_experts(x, A, w.gate_up_blocks, w.gate_up_scales, w.gate_up_bias, plan,
+                                                    swiglu=(c.swiglu_limit, c.swiglu_alpha)), A * packed(2 * I, D)),
         "mxfp4_down": (lambda: ops.mxfp4_experts(h, 1, w.down_blocks, w.down_scales, w.down_bias, plan),
                        A * packed(D, I)),
         "bf16_q": (lambda: ops.linear(x, attn.q, attn.q_bias), 2 * H * Dh * D),

@@ -145,23 +145,27 @@ class CudaOps:
         order, offsets = moe_cuda.sort_pairs(flat, cp.empty_like(flat), cp.empty(num_experts + 1, cp.int32))
         return flat, order, offsets, T
 
-    def mxfp4_experts(self, x, rows_per_x, blocks, scales, bias, plan):
-        """out[p] = W_{e(p)} . x[p // rows_per_x] + bias[e(p)] for every pair p of `plan` -> [P, N]."""
+    def mxfp4_experts(self, x, rows_per_x, blocks, scales, bias, plan, swiglu=None):
+        """out[p] = W_{e(p)} . x[p // rows_per_x] + bias[e(p)] for every pair p of `plan` -> [P, N];
+        with swiglu = (limit, alpha), the clamped SwiGLU of that (gate_up) -> [P, N / 2], fused into
+        the GEMV."""
         flat, order, offsets, T = plan
         x = _f32(x)
-        out = cp.empty((flat.shape[0], blocks.shape[1]), cp.float32)
+        P, N = flat.shape[0], blocks.shape[1]
         if T <= EXPERT_GEMV_MAX_TOKENS:
-            return mxfp4_cuda.expert_gemv(x, rows_per_x, flat, blocks, scales, bias, out)
+            out = cp.empty((P, N if swiglu is None else N // 2), cp.float32)
+            return mxfp4_cuda.expert_gemv(x, rows_per_x, flat, blocks, scales, bias, out, swiglu)
+        out = cp.empty((P, N), cp.float32)
         if T < EXPERT_BLAS_MIN_TOKENS:
-            return mxfp4_cuda.expert_matmul(x, rows_per_x, order, offsets, T, blocks, scales, bias, out)
-        starts = cp.asnumpy(offsets)  # [E + 1] on the host: one wait per projection
-        N, G = blocks.shape[1:3]
-        w = cp.empty((N, G * 32), cp.float32)  # one expert's matrix at a time
-        for e in np.flatnonzero(np.diff(starts)):  # the experts with pairs
-            pairs = order[starts[e]:starts[e + 1]]  # [n]
-            w_e = mxfp4_cuda.dequantize(blocks[e], scales[e], w)  # [N, K]
-            out[pairs] = x[pairs // rows_per_x] @ w_e.T + bias[e]  # [n, N]
-        return out
+            mxfp4_cuda.expert_matmul(x, rows_per_x, order, offsets, T, blocks, scales, bias, out)
+        else:
+            starts = cp.asnumpy(offsets)  # [E + 1] on the host: one wait per projection
+            w = cp.empty((N, blocks.shape[2] * 32), cp.float32)  # one expert's matrix at a time
+            for e in np.flatnonzero(np.diff(starts)):  # the experts with pairs
+                pairs = order[starts[e]:starts[e + 1]]  # [n]
+                w_e = mxfp4_cuda.dequantize(blocks[e], scales[e], w)  # [N, K]
+                out[pairs] = x[pairs // rows_per_x] @ w_e.T + bias[e]  # [n, N]
+        return out if swiglu is None else self.swiglu(out, *swiglu)
 
     def combine(self, y, weights):
         T = weights.shape[0]

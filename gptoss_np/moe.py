@@ -64,8 +64,8 @@ def by_pairs(ops, w: MoEWeights, x, experts, weights, limit: float, alpha: float
     """x [T, D], experts / weights [T, A] -> [T, D], all pairs at once on the device."""
     A = experts.shape[1]
     plan = ops.pair_plan(experts, w.router.shape[0])  # the pairs grouped by expert
-    h = ops.mxfp4_experts(x, A, w.gate_up_blocks, w.gate_up_scales, w.gate_up_bias, plan)  # [T*A, 2I]
-    h = ops.swiglu(h, limit, alpha)  # [T*A, I]
+    h = ops.mxfp4_experts(x, A, w.gate_up_blocks, w.gate_up_scales, w.gate_up_bias, plan,
+                          swiglu=(limit, alpha))  # [T*A, I]: gate_up, then the clamped SwiGLU
     y = ops.mxfp4_experts(h, 1, w.down_blocks, w.down_scales, w.down_bias, plan)  # [T*A, D]
     return ops.combine(y, weights)  # [T, D]
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from .common_cuda import MAX_THREADS, check, e8m0_half, fp4_times2, row_sum, stream_of
+from .common_cuda import MAX_THREADS, check, e8m0_half, fp4_times2, row_sum, stream_of, swiglu
 from .mxfp4 import BLOCK
 
 # Launch shapes (tests shrink them so the simulator covers partial blocks with few threads).
@@ -34,9 +34,10 @@ DEQUANT_THREADS = 256
 
 
 @cuda.jit
-def _gemv_kernel(x, rows_per_x, experts, words, scales, bias, out):
+def _gemv_kernel(x, rows_per_x, experts, words, scales, bias, limit, alpha, fuse_swiglu, out):
     """Block (lanes, warps) of pair blockIdx.y: each warp computes two neighbouring output rows n, n + 1
     (gate_up's gate and up), so every x value read serves both; words = blocks as uint32 [E, N, G, 4].
+    With fuse_swiglu, the warp writes swiglu(row n, row n + 1) to out[p, n / 2] instead.
 
     The pair's x row is staged in shared memory first, element k at k + k // 8. Lane L then reads word
     i = L, L + lanes, ... of each row (8 weights, k = 8i .. 8i + 7): a warp reads 128 contiguous bytes
@@ -72,9 +73,12 @@ def _gemv_kernel(x, rows_per_x, experts, words, scales, bias, out):
     total0 = row_sum(partial, acc0, lane, warp, lanes)
     total1 = row_sum(partial, acc1, lane, warp, lanes)
     if lane == 0 and n < N:
-        out[p, n] = total0 + bias[e, n]
-        if n + 1 < N:
-            out[p, n + 1] = total1 + bias[e, n + 1]
+        if fuse_swiglu:  # N is even
+            out[p, n // 2] = swiglu(total0 + bias[e, n], total1 + bias[e, n + 1], limit, alpha)
+        else:
+            out[p, n] = total0 + bias[e, n]
+            if n + 1 < N:
+                out[p, n + 1] = total1 + bias[e, n + 1]
 
 
 @cuda.jit
@@ -148,29 +152,33 @@ def _dequantize_kernel(blocks, scales, out):
         out[n, 32 * g + 2 * j + 1] = fp4_times2(byte >> 4) * s
 
 
-def _check_experts(x, rows_per_x, blocks, scales, bias, out, P):
+def _check_experts(x, rows_per_x, blocks, scales, bias, out, P, out_cols=None):
     E, N, G, _ = blocks.shape
     check(x.ndim == 2 and x.shape[1] == G * BLOCK and x.dtype == np.float32 and x.shape[0] * rows_per_x >= P
           and blocks.dtype == np.uint8 and blocks.shape[3] == 16 and scales.shape == (E, N, G)
           and scales.dtype == np.uint8 and bias.shape == (E, N) and bias.dtype == np.float32
-          and out.shape == (P, N) and out.dtype == np.float32,
+          and out.shape == (P, N if out_cols is None else out_cols) and out.dtype == np.float32,
           "mxfp4 experts", x=x, blocks=blocks, scales=scales, bias=bias, out=out)
     check(x.flags.c_contiguous and blocks.flags.c_contiguous, "mxfp4 experts (C-contiguous arrays)",
           x=x, blocks=blocks)
 
 
-def expert_gemv(x, rows_per_x: int, experts, blocks, scales, bias, out):
+def expert_gemv(x, rows_per_x: int, experts, blocks, scales, bias, out, swiglu=None):
     """out[p, n] = W_{experts[p]}[n] . x[p // rows_per_x] + bias[experts[p], n] for p < P.
 
     x [P / rows_per_x, K] f32, experts [P] int, blocks [E, N, K/32, 16] u8, scales [E, N, K/32] u8,
-    bias [E, N] f32, out [P, N] f32 (written; returned)."""
+    bias [E, N] f32, out [P, N] f32 (written; returned). With swiglu = (limit, alpha), out is
+    [P, N / 2]: the clamped SwiGLU of each gate (even row) and up (odd row), as moe.swiglu_ref."""
     P = experts.shape[0]
-    _check_experts(x, rows_per_x, blocks, scales, bias, out, P)
     N = blocks.shape[1]
-    check(x.shape[1] <= GEMV_MAX_K, "mxfp4 expert_gemv (K <= GEMV_MAX_K)", x=x)
+    check(x.shape[1] <= GEMV_MAX_K and (swiglu is None or N % 2 == 0),
+          "mxfp4 expert_gemv (K <= GEMV_MAX_K; with swiglu, an even N)", x=x, blocks=blocks)
+    _check_experts(x, rows_per_x, blocks, scales, bias, out, P, out_cols=None if swiglu is None else N // 2)
+    limit, alpha = swiglu if swiglu is not None else (0.0, 0.0)
     grid = (-(-N // (2 * GEMV_WARPS)), P)
-    _gemv_kernel[grid, (GEMV_LANES, GEMV_WARPS), stream_of(out)](x, rows_per_x, experts, blocks.view(np.uint32),
-                                                                scales, bias, out)
+    _gemv_kernel[grid, (GEMV_LANES, GEMV_WARPS), stream_of(out)](
+        x, rows_per_x, experts, blocks.view(np.uint32), scales, bias, np.float32(limit), np.float32(alpha),
+        int(swiglu is not None), out)
     return out
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cuda_sim.sim import assert_close, poisoned
-from gptoss_np.kernels import moe_cuda, mxfp4, mxfp4_cuda
+from gptoss_np.kernels import moe, moe_cuda, mxfp4, mxfp4_cuda
 
 
 def random_experts(rng, E, N, groups):
@@ -32,6 +32,20 @@ def test_gemv(tokens, A, N, groups):
     out = poisoned((tokens * A, N))
     mxfp4_cuda.expert_gemv(x, A, experts, blocks, scales, bias, out)
     assert_close(out, reference(x, A, experts, blocks, scales, bias))
+
+
+def test_gemv_with_swiglu():
+    """Rows 2j (gate) and 2j + 1 (up) of one warp become SwiGLU column j."""
+    rng = np.random.default_rng(3)
+    E, N, groups, A = 3, 10, 2, 2  # 5 gate/up pairs: the second block's last warp has none
+    blocks, scales, bias = random_experts(rng, E, N, groups)
+    # gates of a few units: the simulator's math.exp raises where CUDA's overflows to inf
+    scales = rng.integers(118, 125, scales.shape, dtype=np.uint8)
+    x = rng.standard_normal((1, groups * 32), dtype=np.float32)
+    experts = np.array([2, 0], np.int32)
+    out = poisoned((A, N // 2))
+    mxfp4_cuda.expert_gemv(x, A, experts, blocks, scales, bias, out, swiglu=(7.0, 1.702))
+    assert_close(out, moe.swiglu_ref(reference(x, A, experts, blocks, scales, bias), 7.0, 1.702))
 
 
 def test_gemv_reads_only_the_selected_experts():

@@ -17,7 +17,7 @@ from gptoss_np import GptOss, synthetic
 from gptoss_np.backend import CpuOps
 from gptoss_np.checkpoint import Checkpoint
 from gptoss_np.dispatch import DispatchRule
-from gptoss_np.kernels import bf16_cuda, mxfp4
+from gptoss_np.kernels import bf16_cuda, moe, mxfp4
 
 
 @pytest.fixture
@@ -58,23 +58,27 @@ def test_tiny_model_prefill_and_decode(cuda_ops, tmp_path, caplog):
 
 
 @pytest.mark.parametrize("tokens", [1, 5])
-def test_expert_paths(cuda_ops, monkeypatch, tokens):
+@pytest.mark.parametrize("swiglu", [None, (7.0, 1.702)])
+def test_expert_paths(cuda_ops, monkeypatch, tokens, swiglu):
     """CudaOps.mxfp4_experts by its GEMV (one token), its grouped matmul, and cuBLAS on dequantized
-    experts (from EXPERT_BLAS_MIN_TOKENS tokens; lowered here), against mxfp4.matmul_ref per pair."""
+    experts (from EXPERT_BLAS_MIN_TOKENS tokens; lowered here), against mxfp4.matmul_ref per pair;
+    with SwiGLU after it (fused into the GEMV), against moe.swiglu_ref."""
     backend_cuda = sys.modules["gptoss_np.backend_cuda"]
     rng = np.random.default_rng(tokens)
     E, N, G, A = 4, 6, 2, 2
     blocks = rng.integers(0, 256, (E, N, G, 16), dtype=np.uint8)
-    scales = rng.integers(118, 130, (E, N, G), dtype=np.uint8)
+    scales = rng.integers(116, 124, (E, N, G), dtype=np.uint8)  # gates of a few units for SwiGLU
     bias = rng.standard_normal((E, N), dtype=np.float32)
     x = rng.standard_normal((tokens, G * 32), dtype=np.float32)
     experts = np.stack([rng.choice(E - 1, A, replace=False) for _ in range(tokens)]).astype(np.int32)  # E-1 unused
     ref = np.stack([mxfp4.matmul_ref(x[p // A][None], blocks[e], scales[e])[0] + bias[e]
                     for p, e in enumerate(experts.ravel())])
+    if swiglu is not None:
+        ref = moe.swiglu_ref(ref, *swiglu)
     for blas_from in ((2, 10**9) if tokens > 1 else (10**9,)):
         monkeypatch.setattr(backend_cuda, "EXPERT_BLAS_MIN_TOKENS", blas_from)
-        out = cuda_ops.mxfp4_experts(x, A, blocks, scales, bias, cuda_ops.pair_plan(experts, E))
-        assert rel_err(out, ref) < 1e-6
+        out = cuda_ops.mxfp4_experts(x, A, blocks, scales, bias, cuda_ops.pair_plan(experts, E), swiglu=swiglu)
+        assert out.shape == ref.shape and rel_err(out, ref) < 1e-6
 
 
 def test_expert_choice_dispatch(cuda_ops, tmp_path):
