@@ -18,7 +18,7 @@ import numpy as np
 
 from . import moe as moe_layer
 from . import sampling
-from .kernels import attention, bf16, moe, mxfp4, norm_rope
+from .kernels import attention, bf16, kv_cache, moe, mxfp4, norm_rope
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,9 @@ class CpuOps:
 
     def attention(self, q, k, v, q_pos, k_pos, sinks, window, scale):
         return attention.attention(q, k, v, q_pos, k_pos, sinks, window, scale)
+
+    def cache_write_one(self, k, v, positions, keys, values, stored):
+        return kv_cache.write_one(k, v, positions, keys, values, stored)
 
     def route(self, logits, k):
         return moe.route(logits, k)

@@ -22,7 +22,7 @@ from . import moe as moe_layer
 from . import sampling
 from .backend import eager_decoder
 from .cuda_graph import GraphDecoder
-from .kernels import attention_cuda, bf16, bf16_cuda, moe_cuda, mxfp4_cuda, norm_rope_cuda, sampling_cuda
+from .kernels import attention_cuda, bf16, bf16_cuda, kv_cache_cuda, moe_cuda, mxfp4_cuda, norm_rope_cuda, sampling_cuda
 
 EXPERT_GEMV_MAX_TOKENS = 1  # decode; prefill chunks take the grouped matmul
 EXPERT_BLAS_MIN_TOKENS = 256  # a guess until a GPU measures it: ~32 pairs per expert of 20b's 32
@@ -104,6 +104,9 @@ class CudaOps:
         q = _f32(q)
         return attention_cuda.attention(q, _f32(k), _f32(v), cp.asarray(q_pos, dtype=cp.int64),
                                         cp.asarray(k_pos, dtype=cp.int64), sinks, window, scale, cp.empty_like(q))
+
+    def cache_write_one(self, k, v, positions, keys, values, stored):
+        return kv_cache_cuda.write_one(_f32(k), _f32(v), positions, keys, values, stored)
 
     def route(self, logits, k):
         T = logits.shape[0]

@@ -1,4 +1,4 @@
-"""The key/value cache of one sequence, on the host (NumPy) or the GPU (CuPy): `xp` says which.
+"""The key/value cache of one sequence, on the host (NumPy) or the GPU (CuPy): `ops.xp` says which.
 
 Per layer l, with G kv heads of size Dh:
   keys, values  float32 [S_l, G, Dh]
@@ -25,9 +25,10 @@ from .config import GptOssConfig
 
 
 class KVCache:
-    def __init__(self, config: GptOssConfig, capacity: int = 256, xp=np):
+    def __init__(self, config: GptOssConfig, capacity: int, ops):
         self.config = config
-        self.xp = xp
+        self.ops = ops  # the backend (backend.py): its arrays, and the static-shape write
+        self.xp = xp = ops.xp
         self.length = 0  # tokens seen so far = position of the next token
         self.static_shapes = False  # one-token updates attend over whole buffers (see above)
         G, Dh = config.num_key_value_heads, config.head_dim
@@ -76,12 +77,7 @@ class KVCache:
         if self.windows[layer] is None and end > self.keys[layer].shape[0]:
             raise ValueError(f"the KV cache holds {self.keys[layer].shape[0]} tokens and cannot grow "
                              "while its shapes are static (CUDA graph decode): make a larger one")
-        keys, values, stored = self.keys[layer], self.values[layer], self.positions[layer]
-        slots = positions % keys.shape[0]  # [1], computed where the position is
-        keys[slots] = k
-        values[slots] = v
-        stored[slots] = positions
-        return keys, values, stored
+        return self.ops.cache_write_one(k, v, positions, self.keys[layer], self.values[layer], self.positions[layer])
 
     def _reserve(self, layer: int, size: int) -> None:
         have = self.keys[layer].shape[0]

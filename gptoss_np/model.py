@@ -126,7 +126,7 @@ class GptOss:
     # ------------------------------------------------------------------ public API
 
     def new_cache(self, capacity: int = 256) -> KVCache:
-        return KVCache(self.config, capacity, self.ops.xp)
+        return KVCache(self.config, capacity, self.ops)
 
     def logits(self, token_ids: Sequence[int]) -> np.ndarray:
         """The logits [T, vocab_size] (float32) at every position of one sequence."""

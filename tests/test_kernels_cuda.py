@@ -36,6 +36,8 @@ SIGNATURES = {
     "norm_rope_cuda._rmsnorm_kernel": (f"{F32}{C2}", f"{F32}{C1}", F32, f"{F32}{C2}"),
     "norm_rope_cuda._rope_tables_kernel": (f"{F32}{C1}", F32, f"{I64}{C1}", f"{F32}{C2}", f"{F32}{C2}"),
     "norm_rope_cuda._rope_kernel": (f"{F32}{C3}", f"{F32}{C2}", f"{F32}{C2}", f"{F32}{C3}"),
+    "kv_cache_cuda._write_one_kernel": (f"{F32}{C3}", f"{F32}{C3}", f"{I64}{C1}", f"{F32}{C3}", f"{F32}{C3}",
+                                        f"{I64}{C1}"),
     "moe_cuda._route_kernel": (f"{F32}{C2}", f"{I32}{C2}", f"{F32}{C2}"),
     "moe_cuda._sort_pairs_kernel": (f"{I32}{C1}", f"{I32}{C1}", f"{I32}{C1}"),
     "moe_cuda._swiglu_kernel": (f"{F32}{C2}", F32, F32, f"{F32}{C2}"),

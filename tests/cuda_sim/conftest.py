@@ -23,6 +23,7 @@ SMALL_LAUNCHES = {
     "norm_rope_cuda": dict(THREADS=16),
     "moe_cuda": dict(THREADS=32, SORT_THREADS=8),
     "sampling_cuda": dict(THREADS=8, ARGMAX_BLOCKS=3),
+    "kv_cache_cuda": dict(THREADS=8),
 }
 
 

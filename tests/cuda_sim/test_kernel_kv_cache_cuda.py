@@ -1,0 +1,23 @@
+"""The KV cache's one-token write (simulator) against kv_cache.write_one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gptoss_np.kernels import kv_cache, kv_cache_cuda
+
+
+@pytest.mark.parametrize("position, S", [(13, 5), (2, 40)])  # a ring that wrapped; a slot = the position
+def test_write_one(position, S):
+    rng = np.random.default_rng(S)
+    G, Dh = 2, 8  # 16 elements: two blocks of the simulator's 8 threads
+    keys, values = rng.standard_normal((2, S, G, Dh), dtype=np.float32)
+    stored = rng.integers(-1, 50, S)
+    k, v = rng.standard_normal((2, 1, G, Dh), dtype=np.float32)
+    positions = np.array([position])
+    ref = kv_cache.write_one(k, v, positions, keys.copy(), values.copy(), stored.copy())
+    out = kv_cache_cuda.write_one(k, v, positions, keys, values, stored)
+    for ours, theirs in zip(out, ref):
+        np.testing.assert_array_equal(ours, theirs)
+    assert stored[position % S] == position and (keys[position % S] == k[0]).all()
