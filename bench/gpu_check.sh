@@ -17,7 +17,8 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -3
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/nvidia_smi.txt"
-python3 -c "import cupy, numba, numba.cuda; print('cupy', cupy.__version__, 'numba', numba.__version__)" 2>&1 | tee "$OUT/versions.txt"
+python3 -c "import importlib.metadata as m; print(*sorted({d.metadata['Name'] + ' ' + d.version for d in m.distributions()
+    if d.metadata['Name'].lower().startswith(('cupy', 'numba', 'cuda-', 'torch', 'transformers'))}))" 2>&1 | tee "$OUT/versions.txt"
 python3 -c "import importlib.util as u; print('notebook modules missing:', ' '.join(m for m in
     ['nbclient', 'nbformat', 'ipykernel', 'matplotlib', 'bpe_openai', 'tokenizers'] if u.find_spec(m) is None) or 'none')" \
     2>&1 | tee -a "$OUT/versions.txt"
