@@ -42,7 +42,7 @@ def _visible(key_pos, query_pos, window):
     return key_pos >= 0 and key_pos <= query_pos and (window == 0 or key_pos > query_pos - window)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _partial_kernel(q, k, v, q_pos, k_pos, window, scale, queries, keys_per_split, m_out, l_out, acc_out):
     """m_out, l_out [splits, T, H] and acc_out [splits, T, H, Dh]: this block's running max, sum
     and unnormalised output per row (m = -inf and l = 0 when it saw no visible key). Row r is
@@ -144,7 +144,7 @@ def _partial_kernel(q, k, v, q_pos, k_pos, window, scale, queries, keys_per_spli
             l_out[split, t, g * R + r % R] = l[r]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _combine_kernel(m_in, l_in, acc_in, sinks, out):
     """Block (h, t), thread d < Dh: out[t, h, d] from the splits' partial results and the sink."""
     h, t, d = cuda.blockIdx.x, cuda.blockIdx.y, cuda.threadIdx.x

@@ -28,7 +28,7 @@ _XS_COLS = 1024 + 1024 // 8  # K_CHUNK columns padded: column k at k + k // 8
 _ACC = WARP_ROWS * MAX_ROWS
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _gemv_kernel(x, words, bias, warp_rows, out):
     """Block (lanes, warps); warp w computes `warp_rows` neighbouring output rows for every token row.
 
@@ -88,7 +88,7 @@ def _gemv_kernel(x, words, bias, warp_rows, out):
                         out[t, n] = total + bias[n]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _widen_rows_kernel(w, rows, out):
     """Grid (column blocks, rows): out[i, k] = float32 of bf16 bits w[rows[i], k]."""
     i = cuda.blockIdx.y

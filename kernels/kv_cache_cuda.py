@@ -15,7 +15,7 @@ from .common_cuda import check, stream_of
 THREADS = 256
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _write_one_kernel(k, v, positions, keys, values, stored):
     """Thread i < G * Dh copies element i of the token's key and value; thread 0 also its position."""
     i = cuda.grid(1)

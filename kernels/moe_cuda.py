@@ -23,7 +23,7 @@ SORT_THREADS = 1024  # the one block of sort_pairs
 MAX_EXPERTS = 256
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _route_kernel(logits, experts, weights):
     """Thread per token: k passes, each taking the best logit ranked below the previous pick
     (by value, then lower index first), then a softmax over the k picked logits."""
@@ -51,7 +51,7 @@ def _route_kernel(logits, experts, weights):
         weights[t, a] /= total
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _sort_pairs_kernel(experts, order, offsets):
     """One block: count the pairs of each expert, scan the counts into offsets, then place each
     pair at its expert's next free slot."""
@@ -76,7 +76,7 @@ def _sort_pairs_kernel(experts, order, offsets):
         order[cuda.atomic.add(counts, experts[p], 1)] = p
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _swiglu_kernel(gate_up, limit, alpha, out):
     i = cuda.grid(1)
     P, I = out.shape
@@ -85,7 +85,7 @@ def _swiglu_kernel(gate_up, limit, alpha, out):
         out[p, j] = _swiglu(gate_up[p, 2 * j], gate_up[p, 2 * j + 1], limit, alpha)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _combine_kernel(y, weights, out):
     i = cuda.grid(1)
     T, D = out.shape

@@ -33,7 +33,7 @@ _TILE_MAX = 64  # = 16 * MICRO: shared tiles are sized for the largest block
 DEQUANT_THREADS = 256
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _gemv_kernel(x, rows_per_x, experts, words, scales, bias, limit, alpha, fuse_swiglu, out):
     """Block (lanes, warps) of pair blockIdx.y: each warp computes two neighbouring output rows n, n + 1
     (gate_up's gate and up), so every x value read serves both; words = blocks as uint32 [E, N, G, 4].
@@ -81,7 +81,7 @@ def _gemv_kernel(x, rows_per_x, experts, words, scales, bias, limit, alpha, fuse
                 out[p, n + 1] = total1 + bias[e, n + 1]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _grouped_matmul_kernel(x, rows_per_x, order, offsets, blocks, scales, bias, out):
     """Grid (row tiles, E, pair tiles), block (bx, by): expert e = blockIdx.y multiplies its pairs
     order[offsets[e] + blockIdx.z * TM ...] (TM = by * MICRO) by its rows blockIdx.x * TN ... (TN = bx * MICRO).
@@ -139,7 +139,7 @@ def _grouped_matmul_kernel(x, rows_per_x, order, offsets, blocks, scales, bias, 
                     out[p, n] = acc[i, j] + bias[e, n]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _dequantize_kernel(blocks, scales, out):
     """Thread per packed byte j of block (n, g): the two weights out[n, 32g + 2j] and out[n, 32g + 2j + 1]."""
     i = cuda.grid(1)

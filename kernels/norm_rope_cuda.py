@@ -17,7 +17,7 @@ from .common_cuda import MAX_THREADS, block_sum, check, power_of_two, stream_of
 THREADS = 256  # threads per block (rmsnorm: per row)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _rmsnorm_kernel(x, w, eps, out):
     buf = cuda.shared.array(MAX_THREADS, np.float32)
     t, tid, nt = cuda.blockIdx.x, cuda.threadIdx.x, cuda.blockDim.x
@@ -30,7 +30,7 @@ def _rmsnorm_kernel(x, w, eps, out):
         out[t, i] = w[i] * (x[t, i] * inv_rms)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _rope_tables_kernel(inv_freq, scale, positions, cos, sin):
     i = cuda.grid(1)
     half = inv_freq.shape[0]
@@ -41,7 +41,7 @@ def _rope_tables_kernel(inv_freq, scale, positions, cos, sin):
         sin[t, f] = math.sin(angle) * scale
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _rope_kernel(x, cos, sin, out):
     i = cuda.grid(1)
     T, heads, Dh = x.shape

@@ -22,7 +22,7 @@ THREADS = 1024  # threads per block (a power of two)
 ARGMAX_BLOCKS = 128  # blocks of the first argmax pass
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _argmax_kernel(values, indices, out_values, out_indices):
     """Block b: the best (value, index) of values[i], i = b * nt + tid + j * grid * nt; index i is
     indices[i] when indices is not empty (second pass), else i itself."""
@@ -62,7 +62,7 @@ def _exclusive_scan(buf, tid, nt):
     cuda.syncthreads()
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _sample_kernel(z, order, rank, inv_temperature, top_k, top_p, min_p, u, out):
     """One block. Thread tid owns a contiguous chunk of positions. p_j = exp((z[order[j]] - z_max) / T)
     in sorted order; L = min(top_k, top-p prefix, min-p prefix); then the first id (in id order)
