@@ -24,12 +24,15 @@ warnings.filterwarnings("ignore", message=r"Grid size \d+ will likely result in 
 
 @cuda.jit(device=True, inline=True)
 def fp4_times2(nibble):
-    """Twice the FP4 (e2m1) value of a nibble, as a float32 in -12..12 (exact)."""
-    magnitude = np.int32(nibble) & 7
-    exponent = magnitude >> 1
-    mantissa = magnitude & 1
-    twice = mantissa if exponent == 0 else (2 + mantissa) << (exponent - 1)
-    return np.float32(-twice if nibble & 8 else twice)
+    """Twice the FP4 (e2m1) value of a nibble, as a float32 in -12..12 (exact).
+
+    The nibble's sign bit placed at float32 bit 31 and its 2 exponent and 1 mantissa bits at bits
+    24-22 make a float32 that is the FP4 value times 2**-126 (magnitude 1, 0.5, lands on the denormal
+    2**-127: no flush of denormals, no fastmath here), so one multiply by 2**127 gives twice the value:
+    5 integer operations and a multiply, no branches."""
+    n = np.uint32(nibble)
+    bits = np.uint32(((n & np.uint32(8)) << np.uint32(28)) | ((n & np.uint32(7)) << np.uint32(22)))
+    return bits.view(np.float32) * np.float32(2.0 ** 127)
 
 
 @cuda.jit(device=True, inline=True)
