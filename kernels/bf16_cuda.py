@@ -24,7 +24,7 @@ WARP_ROWS_FROM_N = 16384  # N from which warps take WARP_ROWS rows (lm_head); be
 K_CHUNK = 1024  # x columns staged in shared memory at a time
 WIDEN_THREADS = 256
 _GEMV_MAX_THREADS = 256
-_XS_COLS = 1024 + 1024 // 8  # K_CHUNK columns padded: column k at k + k // 8
+_XS_COLS = K_CHUNK + K_CHUNK // 8  # K_CHUNK columns padded: column k at k + k // 8
 _ACC = WARP_ROWS * MAX_ROWS
 
 
@@ -105,7 +105,7 @@ def gemv(x, w_bits, bias, out):
           and w_bits.dtype == np.uint16 and bias.shape == (N,) and bias.dtype == np.float32
           and out.shape == (T, N) and out.dtype == np.float32 and x.flags.c_contiguous and w_bits.flags.c_contiguous,
           "bf16 gemv", x=x, w=w_bits, bias=bias, out=out)
-    check(GEMV_LANES * GEMV_WARPS <= _GEMV_MAX_THREADS and K_CHUNK <= 1024 and K_CHUNK % 8 == 0,
+    check(GEMV_LANES * GEMV_WARPS <= _GEMV_MAX_THREADS and K_CHUNK + K_CHUNK // 8 <= _XS_COLS and K_CHUNK % 8 == 0,
           "bf16 gemv block", lanes=GEMV_LANES, warps=GEMV_WARPS, chunk=K_CHUNK)
     warp_rows = WARP_ROWS if N >= WARP_ROWS_FROM_N else 1
     grid = -(-N // (GEMV_WARPS * warp_rows))

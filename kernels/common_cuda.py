@@ -80,22 +80,6 @@ def block_sum(buf, value, tid, n):
 
 
 @cuda.jit(device=True, inline=True)
-def block_max(buf, value, tid, n):
-    """Maximum of `value` over the n threads of a block (n a power of two); every thread gets it."""
-    buf[tid] = value
-    cuda.syncthreads()
-    step = n // 2
-    while step > 0:
-        if tid < step:
-            buf[tid] = max(buf[tid], buf[tid + step])
-        cuda.syncthreads()
-        step //= 2
-    best = buf[0]
-    cuda.syncthreads()
-    return best
-
-
-@cuda.jit(device=True, inline=True)
 def row_sum(buf, value, lane, row, lanes):
     """Sum of `value` over the `lanes` threads (a power of two) of one block row, through shared
     `buf` [>= rows * lanes]; every thread of the row gets it."""
