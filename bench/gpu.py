@@ -33,6 +33,7 @@ Prints a table last.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import importlib
 import json
@@ -134,6 +135,12 @@ def launch_overhead(launches: int = 300) -> dict:
     return result
 
 
+def expert_bytes(rows: int, cols: int) -> int:
+    """Bytes of one MXFP4 expert matrix [rows, cols] with its bias: 16 bytes of nibbles and 1 scale
+    byte per 32 values, 4 bytes of float32 bias per row."""
+    return rows * cols // 32 * 17 + 4 * rows
+
+
 KERNEL_LAUNCHES = 20
 
 
@@ -167,12 +174,11 @@ def kernel_bandwidth(model: GptOss, copy_gb_s: float, context: int) -> dict:
     k, v = (rs.standard_normal((context, G, Dh), dtype=cp.float32) for _ in range(2))
     q_pos, k_pos = cp.full(1, context - 1, cp.int64), cp.arange(context, dtype=cp.int64)
     w, attn = layer.moe, layer.attn
-    packed = lambda rows, cols: rows * cols // 32 * 17 + 4 * rows  # noqa: E731 (nibbles, scales, bias)
     cases = {
         "mxfp4_gate_up": (lambda: ops.mxfp4_experts(x, A, w.gate_up_blocks, w.gate_up_scales, w.gate_up_bias, plan,
-                                                    swiglu=(c.swiglu_limit, c.swiglu_alpha)), A * packed(2 * I, D)),
+                                                    swiglu=(c.swiglu_limit, c.swiglu_alpha)), A * expert_bytes(2 * I, D)),
         "mxfp4_down": (lambda: ops.mxfp4_experts(h, 1, w.down_blocks, w.down_scales, w.down_bias, plan),
-                       A * packed(D, I)),
+                       A * expert_bytes(D, I)),
         "bf16_q": (lambda: ops.linear(x, attn.q, attn.q_bias), 2 * H * Dh * D),
         "bf16_lm_head": (lambda: ops.linear(x, model.lm_head), 2 * c.vocab_size * D),
         f"attention_{context}": (lambda: ops.attention(q, k, v, q_pos, k_pos, attn.sinks, None, Dh ** -0.5),
@@ -191,8 +197,7 @@ def decode_bytes(c: GptOssConfig, context: int) -> dict:
     experts packed, dense weights bf16, biases and norms float32) and the cached keys and values."""
     D, I, L, A = c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_experts_per_tok
     H, G, Dh, E, V = c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.num_local_experts, c.vocab_size
-    packed = (2 * I * D + D * I) // 32 * 17  # 16 bytes of nibbles + 1 scale byte per 32 values
-    experts = L * A * (packed + 4 * (2 * I + D))
+    experts = L * A * (expert_bytes(2 * I, D) + expert_bytes(D, I))
     attention = L * (2 * (H * Dh * D + 2 * G * Dh * D + D * H * Dh) + 4 * (2 * H * Dh + 2 * G * Dh + D))
     router = L * (2 * E * D + 4 * E)
     kv = sum(2 * 4 * G * Dh * min(context, c.window(i) or context) for i in range(L))
@@ -251,6 +256,19 @@ def profile_step(model: GptOss, cache: KVCache, token: int) -> dict:
     return {"step_ms_synchronized": round(total / repeats * 1e3, 3), "ops_ms": ops_ms,
             "other_ms": round((total - sum(spent.values())) / repeats * 1e3, 3),
             "calls_per_step": {name: calls[name] // repeats for name in ops_ms}}
+
+
+@contextlib.contextmanager
+def experts_by_blas_from(tokens: int):
+    """Within: the CUDA backend multiplies the MoE experts of prompts from `tokens` tokens by cuBLAS
+    (backend_cuda.EXPERT_BLAS_MIN_TOKENS), below by the tiled kernel; the rule is restored after."""
+    backend_cuda = importlib.import_module("gptoss_np.backend_cuda")
+    rule = backend_cuda.EXPERT_BLAS_MIN_TOKENS
+    backend_cuda.EXPERT_BLAS_MIN_TOKENS = tokens
+    try:
+        yield
+    finally:
+        backend_cuda.EXPERT_BLAS_MIN_TOKENS = rule
 
 
 def transformers_decode(config: dict, prompt: np.ndarray, steps: int, device: str = "cuda") -> dict:
@@ -378,11 +396,9 @@ def main(argv=None) -> dict:
             del cache, decode
             save()
     report["prefill"] = {}
-    backend_cuda = importlib.import_module("gptoss_np.backend_cuda")
-    rule = backend_cuda.EXPERT_BLAS_MIN_TOKENS
-    backend_cuda.EXPERT_BLAS_MIN_TOKENS = 1
-    model.forward(ids[:2], model.new_cache(2))  # compile the cuBLAS experts' path
-    backend_cuda.EXPERT_BLAS_MIN_TOKENS = rule
+    rule = importlib.import_module("gptoss_np.backend_cuda").EXPERT_BLAS_MIN_TOKENS
+    with experts_by_blas_from(1):
+        model.forward(ids[:2], model.new_cache(2))  # compile the cuBLAS experts' path
     spent, last = 0.0, None  # prefill seconds so far; (tokens, seconds of both paths) of the last one measured
     for n in sorted(args.prompts):
         predicted = last[1] * (n / last[0]) ** 2 if last else 0.0  # attention grows with the square
@@ -391,15 +407,14 @@ def main(argv=None) -> dict:
             continue
         row = report["prefill"][n] = {"experts_by": "blas" if n >= rule else "tiled"}
         for path, blas_from in (("tiled", n + 1), ("blas", 1)):  # MoE by the tiled kernel, by cuBLAS
-            backend_cuda.EXPERT_BLAS_MIN_TOKENS = blas_from
             cache = model.new_cache(n)
-            _, seconds = timed(lambda: model.forward(ids[:n], cache))
+            with experts_by_blas_from(blas_from):
+                _, seconds = timed(lambda: model.forward(ids[:n], cache))
             del cache
             spent += seconds
             row[path + "_tok_s"] = round(n / seconds, 1)
             if path == row["experts_by"]:
                 row.update(tok_s=round(n / seconds, 1), ms=round(seconds * 1e3, 2))
-        backend_cuda.EXPERT_BLAS_MIN_TOKENS = rule
         last = (n, n / row["tiled_tok_s"] + n / row["blas_tok_s"])
         save()
 
