@@ -85,8 +85,13 @@ def capture(fn):
         stream.begin_capture()
         try:
             result = fn()
-        finally:
-            graph = stream.end_capture()
+        except BaseException:
+            try:  # end the capture, which the error has usually invalidated; the first error says why
+                stream.end_capture()
+            except Exception:
+                pass
+            raise
+        graph = stream.end_capture()
     return graph, result, kept
 
 

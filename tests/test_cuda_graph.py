@@ -24,14 +24,17 @@ def cuda_graph(monkeypatch):
 
 
 class StandInGraph:
-    """Replays a recorded step by running it again into the recorded output; like a real replay, it
-    leaves the host's cache.length alone."""
+    """Replays a recorded step by running it again into the recorded output. Like a real replay it
+    sees the host as it was when recording (cache.length then: a step that read the position from the
+    host instead of the device buffer would repeat the recorded position) and leaves it alone."""
 
     def __init__(self, step, output, cache):
         self.step, self.output, self.cache, self.launches = step, output, cache, 0
+        self.recorded_length = cache.length
 
     def launch(self, stream):
         length = self.cache.length
+        self.cache.length = self.recorded_length
         np.copyto(self.output, self.step())
         self.cache.length = length
         self.launches += 1
@@ -46,9 +49,9 @@ def test_graph_decoder_replays_its_recorded_step(cuda_graph, checkpoint_dir, hf_
     recorded = []
 
     def stand_in_capture(step):
-        output = step()
-        recorded.append(StandInGraph(step, output, cache))
-        return recorded[-1], output, []
+        recorded.append(StandInGraph(step, None, cache))
+        recorded[-1].output = step()
+        return recorded[-1], recorded[-1].output, []
 
     monkeypatch.setattr(cuda_graph, "capture", stand_in_capture)
     parts = [model.forward(ids[:10], cache, all_logits=True)]
@@ -74,3 +77,40 @@ def test_a_failed_capture_falls_back_to_op_by_op(cuda_graph, checkpoint_dir, hf_
     assert "CUDA graph capture failed" in caplog.text and not model.ops.graphs and decode.graph is None
     assert cache.length == len(ids)
     assert rel_err(np.concatenate(stepped), hf_logits(hf_model(folder), ids)[3:]) <= 1e-4
+
+
+class CapturingStream:
+    """A stream that records: begin_capture / end_capture as CUDA has them, where a capture that an
+    op broke can only be ended with an error."""
+
+    def __init__(self):
+        self.capturing, self.broken, self.ended = False, False, 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def begin_capture(self):
+        self.capturing = True
+
+    def end_capture(self):
+        self.capturing, self.ended = False, self.ended + 1
+        if self.broken:
+            raise RuntimeError("cudaErrorStreamCaptureInvalidated: operation failed due to a previous error during capture")
+        return "graph"
+
+
+def test_capture_returns_the_graph_and_reports_the_first_error(cuda_graph, monkeypatch):
+    stream = CapturingStream()
+    monkeypatch.setattr(cuda_graph, "_capture_stream", lambda: stream)
+    assert cuda_graph.capture(lambda: "logits") == ("graph", "logits", [])
+
+    def host_sync():
+        stream.broken = True
+        raise RuntimeError("cudaErrorStreamCaptureUnsupported: operation not permitted when stream is capturing")
+
+    with pytest.raises(RuntimeError, match="StreamCaptureUnsupported"):  # the cause, not the invalidated capture
+        cuda_graph.capture(host_sync)
+    assert stream.ended == 2 and not stream.capturing
