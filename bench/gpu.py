@@ -53,7 +53,7 @@ from gptoss_np.config import GptOssConfig
 from gptoss_np.cuda_graph import capture
 from gptoss_np.kernels.bf16 import f32_to_bf16
 
-PROFILED_OPS = ["embed", "linear", "rmsnorm", "rope_tables", "rope", "attention", "route", "swiglu",
+PROFILED_OPS = ["embed", "linear", "rmsnorm", "rope_tables", "rope", "cache_write_one", "attention", "route", "swiglu",
                 "pair_plan", "mxfp4_experts", "combine", "sample"]
 
 
@@ -179,7 +179,7 @@ def kernel_bandwidth(model: GptOss, copy_gb_s: float, context: int) -> dict:
                                                     swiglu=(c.swiglu_limit, c.swiglu_alpha)), A * expert_bytes(2 * I, D)),
         "mxfp4_down": (lambda: ops.mxfp4_experts(h, 1, w.down_blocks, w.down_scales, w.down_bias, plan),
                        A * expert_bytes(D, I)),
-        "bf16_q": (lambda: ops.linear(x, attn.q, attn.q_bias), 2 * H * Dh * D),
+        "bf16_qkv": (lambda: ops.linear(x, attn.qkv, attn.qkv_bias), 2 * (H + 2 * G) * Dh * D),
         "bf16_lm_head": (lambda: ops.linear(x, model.lm_head), 2 * c.vocab_size * D),
         f"attention_{context}": (lambda: ops.attention(q, k, v, q_pos, k_pos, attn.sinks, None, Dh ** -0.5),
                                  2 * 4 * context * G * Dh),

@@ -30,12 +30,15 @@ class CpuOps:
     xp = np
 
     # -- weights
-    def matrix(self, a: np.ndarray) -> np.ndarray:
-        """A dense weight matrix: bf16 bits (uint16) are kept as they are, others become float32."""
+    def matrix(self, *parts: np.ndarray) -> np.ndarray:
+        """A dense weight matrix, or several stacked by rows: bf16 bits (uint16) are kept as they are
+        (one part stays memory-mapped), others become float32."""
+        a = parts[0] if len(parts) == 1 else np.concatenate(parts)
         return np.asarray(a) if a.dtype == np.uint16 else np.asarray(a, dtype=np.float32)
 
-    def vector(self, a: np.ndarray) -> np.ndarray:
-        """A small tensor (norm weight, bias, sinks) as float32."""
+    def vector(self, *parts: np.ndarray) -> np.ndarray:
+        """A small tensor (norm weight, bias, sinks), or several joined, as float32."""
+        a = parts[0] if len(parts) == 1 else np.concatenate(parts)
         return bf16.bf16_to_f32(a) if a.dtype == np.uint16 else np.asarray(a, dtype=np.float32)
 
     def packed(self, a: np.ndarray) -> np.ndarray:

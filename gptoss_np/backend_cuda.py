@@ -33,6 +33,11 @@ def _f32(a):
     return cp.ascontiguousarray(a, dtype=cp.float32)
 
 
+def _joined(parts):
+    """Host or device arrays joined along their first axis, on the device."""
+    return cp.asarray(parts[0]) if len(parts) == 1 else cp.concatenate([cp.asarray(p) for p in parts])
+
+
 class CudaOps:
     """CuPy arrays on the current CUDA device; the same methods as CpuOps (see backend.py)."""
 
@@ -46,13 +51,15 @@ class CudaOps:
         self.device_name = name.decode() if isinstance(name, bytes) else str(name)
 
     # -- weights (from host arrays, e.g. memory-mapped safetensors, or arrays already on the GPU)
-    def matrix(self, a):
-        """A dense weight matrix: bf16 bits (uint16) as they are, others as float32."""
-        return cp.ascontiguousarray(cp.asarray(a)) if a.dtype == np.uint16 else _f32(cp.asarray(a))
+    def matrix(self, *parts):
+        """A dense weight matrix, or several stacked by rows: bf16 bits (uint16) as they are, others
+        as float32. Parts on the host are copied one at a time."""
+        a = _joined(parts)
+        return cp.ascontiguousarray(a) if a.dtype == np.uint16 else _f32(a)
 
-    def vector(self, a):
-        """A small tensor (norm weight, bias, sinks) as float32."""
-        a = cp.asarray(a)
+    def vector(self, *parts):
+        """A small tensor (norm weight, bias, sinks), or several joined, as float32."""
+        a = _joined(parts)
         return bf16.bf16_to_f32(a) if a.dtype == cp.uint16 else _f32(a)
 
     def packed(self, a):

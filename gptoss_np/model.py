@@ -33,13 +33,9 @@ _PROGRESS_BYTES = 1 << 30  # show a progress bar when loading checkpoints larger
 
 @dataclass
 class AttentionWeights:
-    q: np.ndarray  # [H*Dh, D]
-    k: np.ndarray  # [G*Dh, D]
-    v: np.ndarray  # [G*Dh, D]
+    qkv: np.ndarray  # [(H + 2G) * Dh, D]: the q, k and v projections stacked, one matmul for the three
     o: np.ndarray  # [D, H*Dh]
-    q_bias: np.ndarray | None  # [H*Dh]
-    k_bias: np.ndarray | None  # [G*Dh]
-    v_bias: np.ndarray | None  # [G*Dh]
+    qkv_bias: np.ndarray | None  # [(H + 2G) * Dh]
     o_bias: np.ndarray | None  # [D]
     sinks: np.ndarray  # [H]
 
@@ -72,11 +68,11 @@ class GptOss:
 
     def _layer(self, t: dict[str, np.ndarray]) -> Layer:
         ops = self.ops
-        bias = (lambda name: ops.vector(t[name])) if self.config.attention_bias else (lambda name: None)
+        has_bias = self.config.attention_bias
         attn = AttentionWeights(
-            q=ops.matrix(t["q"]), k=ops.matrix(t["k"]), v=ops.matrix(t["v"]), o=ops.matrix(t["o"]),
-            q_bias=bias("q_bias"), k_bias=bias("k_bias"), v_bias=bias("v_bias"), o_bias=bias("o_bias"),
-            sinks=ops.vector(t["sinks"]))
+            qkv=ops.matrix(t["q"], t["k"], t["v"]), o=ops.matrix(t["o"]),
+            qkv_bias=ops.vector(t["q_bias"], t["k_bias"], t["v_bias"]) if has_bias else None,
+            o_bias=ops.vector(t["o_bias"]) if has_bias else None, sinks=ops.vector(t["sinks"]))
         experts = MoEWeights(
             router=ops.matrix(t["router"]), router_bias=ops.vector(t["router_bias"]),
             gate_up_blocks=ops.packed(t["gate_up_blocks"]), gate_up_scales=ops.packed(t["gate_up_scales"]),
@@ -113,10 +109,9 @@ class GptOss:
         """x [T, D] -> [T, D]: causal self-attention with sinks over the cached and new tokens."""
         c, ops = self.config, self.ops
         T, H, G, Dh = x.shape[0], c.num_attention_heads, c.num_key_value_heads, c.head_dim
-        q = ops.linear(x, w.q, w.q_bias).reshape(T, H, Dh)
-        k = ops.linear(x, w.k, w.k_bias).reshape(T, G, Dh)
-        v = ops.linear(x, w.v, w.v_bias).reshape(T, G, Dh)
-        q, k = ops.rope(q, cos, sin), ops.rope(k, cos, sin)
+        qkv = ops.linear(x, w.qkv, w.qkv_bias).reshape(T, H + 2 * G, Dh)  # q, k, v heads side by side
+        qk = ops.rope(qkv[:, :H + G], cos, sin)  # q and k rotated together
+        q, k, v = qk[:, :H], qk[:, H:], qkv[:, H + G:]  # [T, H, Dh], [T, G, Dh], [T, G, Dh]
         k_all, v_all, k_pos = cache.update(i, k, v, positions)  # [S, G, Dh], [S, G, Dh], [S]
         o = ops.attention(q, k_all, v_all, positions, k_pos, w.sinks, c.window(i), Dh ** -0.5)  # [T, H, Dh]
         if trace is not None:

@@ -53,8 +53,9 @@ def test_activations_are_realistic(mid_model):
     layer = m.layers[0]
     h = ops.rmsnorm(ops.embed(m.embedding, ids), layer.attn_norm, c.rms_norm_eps)
 
-    q = ops.linear(h, layer.attn.q, layer.attn.q_bias).reshape(64, c.num_attention_heads, c.head_dim)
-    k = ops.linear(h, layer.attn.k, layer.attn.k_bias).reshape(64, c.num_key_value_heads, c.head_dim)
+    H, G = c.num_attention_heads, c.num_key_value_heads
+    qkv = ops.linear(h, layer.attn.qkv, layer.attn.qkv_bias).reshape(64, H + 2 * G, c.head_dim)
+    q, k = qkv[:, :H], qkv[:, H:H + G]
     scores = np.einsum("thd,shd->hts", q[:, :c.num_key_value_heads], k) / np.sqrt(c.head_dim)
     assert 0.5 < scores.std() < 10
 

@@ -56,12 +56,13 @@ def test_benchmark_runs_and_writes_its_json(bench, tmp_path):
     assert all(r["tok_s"] > 0 and r["eager_tok_s"] > 0 and r["bytes_per_token"]["total"] > 0 and "pct_of_floor" in r
                for r in saved["decode"].values())
     assert saved["decode"]["9"]["graph_replayed"] is False  # the simulator cannot capture
-    assert {"mxfp4_gate_up", "mxfp4_down", "bf16_q", "bf16_lm_head"} < set(saved["kernels"])
+    assert {"mxfp4_gate_up", "mxfp4_down", "bf16_qkv", "bf16_lm_head"} < set(saved["kernels"])
     # no graphs in the simulator: the kernels are timed op by op
     assert all(r["us"] > 0 and "gb_s" in r and r["timed"] == "op by op" for r in saved["kernels"].values())
     profile = report["profile"]
     assert profile["calls_per_step"]["mxfp4_experts"] == 2  # gate_up and down
-    assert profile["calls_per_step"]["linear"] == 5 + 1  # q, k, v, o, router; lm_head
+    assert profile["calls_per_step"]["linear"] == 3 + 1  # qkv, o, router; lm_head
+    assert profile["calls_per_step"]["rope"] == 1  # q and k together
     assert set(profile["ops_ms"]) >= {"attention", "mxfp4_experts", "sample"}
 
 
