@@ -39,6 +39,7 @@ import importlib
 import json
 import subprocess
 import time
+import traceback
 import xml.etree.ElementTree as ET
 from collections import defaultdict
 
@@ -317,6 +318,19 @@ def test_results(path: str) -> dict:
     return {**counts, "rel_errors": errors}
 
 
+@contextlib.contextmanager
+def section(report: dict, name: str, save):
+    """Measure one part: if it fails, its error (the last line, and the traceback on stderr) goes
+    into report[name]["error"] and the run goes on with the next part; the JSON is saved either way."""
+    try:
+        yield
+    except Exception as e:
+        traceback.print_exc()
+        entry = report.get(name)
+        report[name] = {**(entry if isinstance(entry, dict) else {}), "error": f"{type(e).__name__}: {e}"}
+    save()
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ints = lambda s: [int(v) for v in s.split(",") if v]  # noqa: E731
@@ -354,8 +368,8 @@ def main(argv=None) -> dict:
     ops = select("cuda")
     report["device"] = ops.device_name
     report["copy_gb_s"] = round(copy_bandwidth(), 1)
-    report["launch"] = launch_overhead()
-    save()
+    with section(report, "launch", save):
+        report["launch"] = launch_overhead()
 
     pool = cp.get_default_memory_pool()
     pool.free_all_blocks()
@@ -369,8 +383,8 @@ def main(argv=None) -> dict:
     del cache
     save()
 
-    report["kernels"] = kernel_bandwidth(model, report["copy_gb_s"], context=max(args.contexts))
-    save()
+    with section(report, "kernels", save):
+        report["kernels"] = kernel_bandwidth(model, report["copy_gb_s"], context=max(args.contexts))
     ids = np.random.default_rng(0).integers(0, config.vocab_size, max(args.prompts + [8]))
     model.forward(ids[:8], model.new_cache(64))  # compile every kernel (prefill and decode paths)
     model.forward(ids[:1], model.new_cache(64))
@@ -381,20 +395,21 @@ def main(argv=None) -> dict:
         floor_s = need["total"] / (report["copy_gb_s"] * 1e9)
         row = report["decode"][context] = {"bytes_per_token": need, "floor_ms": round(floor_s * 1e3, 3)}
         for path in ("generate", "eager"):  # generate()'s decoder (CUDA graphs), and op by op
-            cache = filled_cache(model, context, room=args.decode + 4)
-            decode = ops.decoder(model, cache) if path == "generate" else eager_decoder(model, cache)
-            decode_steps(model, decode, token, 2 if path == "generate" else 1)  # a first step (and the capture)
-            _, seconds = timed(lambda: decode_steps(model, decode, token, args.decode))
-            prefix = "" if path == "generate" else "eager_"
-            row.update({prefix + "tok_s": round(args.decode / seconds, 2),
-                        prefix + "ms_per_token": round(seconds / args.decode * 1e3, 3),
-                        prefix + "pct_of_floor": round(100 * floor_s / (seconds / args.decode), 1)})
-            if path == "generate":
-                row["graph_replayed"] = getattr(decode, "graph", None) is not None
-            elif args.profile and context == args.contexts[0]:
-                report["profile"] = profile_step(model, cache, token)
-            del cache, decode
-            save()
+            with section(row, path, save):
+                cache = filled_cache(model, context, room=args.decode + 4)
+                decode = ops.decoder(model, cache) if path == "generate" else eager_decoder(model, cache)
+                decode_steps(model, decode, token, 2 if path == "generate" else 1)  # a first step (and the capture)
+                _, seconds = timed(lambda: decode_steps(model, decode, token, args.decode))
+                prefix = "" if path == "generate" else "eager_"
+                row.update({prefix + "tok_s": round(args.decode / seconds, 2),
+                            prefix + "ms_per_token": round(seconds / args.decode * 1e3, 3),
+                            prefix + "pct_of_floor": round(100 * floor_s / (seconds / args.decode), 1)})
+                if path == "generate":
+                    row["graph_replayed"] = getattr(decode, "graph", None) is not None
+                elif args.profile and context == args.contexts[0]:
+                    with section(report, "profile", save):
+                        report["profile"] = profile_step(model, cache, token)
+                del cache, decode
     report["prefill"] = {}
     rule = importlib.import_module("gptoss_np.backend_cuda").EXPERT_BLAS_MIN_TOKENS
     with experts_by_blas_from(1):
@@ -407,16 +422,17 @@ def main(argv=None) -> dict:
             continue
         row = report["prefill"][n] = {"experts_by": "blas" if n >= rule else "tiled"}
         for path, blas_from in (("tiled", n + 1), ("blas", 1)):  # MoE by the tiled kernel, by cuBLAS
-            cache = model.new_cache(n)
-            with experts_by_blas_from(blas_from):
-                _, seconds = timed(lambda: model.forward(ids[:n], cache))
-            del cache
-            spent += seconds
-            row[path + "_tok_s"] = round(n / seconds, 1)
-            if path == row["experts_by"]:
-                row.update(tok_s=round(n / seconds, 1), ms=round(seconds * 1e3, 2))
-        last = (n, n / row["tiled_tok_s"] + n / row["blas_tok_s"])
-        save()
+            with section(row, path, save):
+                cache = model.new_cache(n)
+                with experts_by_blas_from(blas_from):
+                    _, seconds = timed(lambda: model.forward(ids[:n], cache))
+                del cache
+                spent += seconds
+                row[path + "_tok_s"] = round(n / seconds, 1)
+                if path == row["experts_by"]:
+                    row.update(tok_s=round(n / seconds, 1), ms=round(seconds * 1e3, 2))
+        if "tiled_tok_s" in row and "blas_tok_s" in row:
+            last = (n, n / row["tiled_tok_s"] + n / row["blas_tok_s"])
 
     report["peak_gpu_gb"] = round(pool.total_bytes() / 1e9, 3)
     save()
@@ -424,13 +440,10 @@ def main(argv=None) -> dict:
     if args.transformers:
         del model
         pool.free_all_blocks()
-        try:
+        with section(report, "transformers", save):  # the baseline must not cost us the measurements above
             report["transformers"] = transformers_decode(config_dict, ids[:args.contexts[0]], args.decode)
             ours = report["decode"][args.contexts[0]]["tok_s"]
             report["transformers"]["our_decode_ratio"] = round(ours / report["transformers"]["decode_tok_s"], 2)
-        except Exception as e:  # the baseline must not cost us the measurements above
-            report["transformers"] = {"error": f"{type(e).__name__}: {e}"}
-        save()
     print_table(report)
     return report
 
@@ -442,18 +455,21 @@ def print_table(report: dict) -> None:
           f"{report['kv_cache_gb']} GB at {report['kv_context']} tokens, peak {report['peak_gpu_gb']} GB")
     print(f"{'prefill tokens':>15}{'tok/s':>12}{'tiled tok/s':>13}{'blas tok/s':>12}")
     for n, r in report["prefill"].items():
-        print(f"{n:>15}{r['tok_s']:>12}{r['tiled_tok_s']:>13}{r['blas_tok_s']:>12}" if "tok_s" in r
-              else f"{n:>15}  skipped: {r['skipped']}")
+        print(f"{n:>15}{r.get('tok_s', '-'):>12}{r.get('tiled_tok_s', '-'):>13}{r.get('blas_tok_s', '-'):>12}"
+              if "skipped" not in r else f"{n:>15}  skipped: {r['skipped']}")
+        print_errors(r, ("tiled", "blas"))
     print(f"{'decode context':>15}{'tok/s':>12}{'ms/token':>10}{'floor ms':>10}{'% floor':>9}{'graph':>7}"
           f"{'eager tok/s':>13}")
     for n, r in report["decode"].items():
         print(f"{n:>15}{r.get('tok_s', '-'):>12}{r.get('ms_per_token', '-'):>10}{r['floor_ms']:>10}"
               f"{r.get('pct_of_floor', '-'):>9}{str(r.get('graph_replayed', '-')):>7}{r.get('eager_tok_s', '-'):>13}")
-    if "kernels" in report:
+        print_errors(r, ("generate", "eager"))
+    print_errors(report, ("launch", "kernels", "profile", "transformers"))
+    if "kernels" in report and "error" not in report["kernels"]:
         print(f"{'kernel':>22}{'us':>10}{'GB/s':>9}{'% copy':>8}  timed")
         for name, r in report["kernels"].items():
             print(f"{name:>22}{r['us']:>10}{r['gb_s']:>9}{r['pct_of_copy']:>8}  {r['timed']}")
-    if "profile" in report:
+    if "profile" in report and "error" not in report["profile"]:
         p = report["profile"]
         print(f"decode step, ops synchronized: {p['step_ms_synchronized']} ms; per op (ms, calls):")
         for name, ms in p["ops_ms"].items():
@@ -466,6 +482,13 @@ def print_table(report: dict) -> None:
         print(f"gpu tests: {t['passed']} passed, {t['failed']} failed, {t['skipped']} skipped")
         for name, err in t["rel_errors"].items():
             print(f"  {name:<60} {err:.2e}")
+
+
+def print_errors(report: dict, names) -> None:
+    """The errors that `section` recorded under these names, a line each."""
+    for name in names:
+        if isinstance(report.get(name), dict) and "error" in report[name]:
+            print(f"  {name} failed: {report[name]['error']}")
 
 
 if __name__ == "__main__":

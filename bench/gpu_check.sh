@@ -1,21 +1,33 @@
 #!/usr/bin/env bash
-# The GPU session's one call (under 8.5 minutes on an H100: call the device tool with timeout_s=540):
-# install the project, run the gpu tests, then the 20b-shaped benchmark, then, with the time left, the
-# MoE dispatch benchmark and the notebooks on the GPU (when their modules are installed there); JSON
-# and logs land under $OUT (the device tool's output folder).
+# The GPU session's device call (all parts: under 8.5 minutes on an H100; call the device tool with
+# timeout_s=540): install the project, run the gpu tests, then the 20b-shaped benchmark, then, with
+# the time left, the MoE dispatch benchmark and the notebooks on the GPU. JSON and logs land under
+# $OUT (the device tool's output folder).
 #
-#   bash bench/gpu_check.sh          # from the repository root, on a machine with a GPU
+#   bash bench/gpu_check.sh                  # every part, from the repository root, on a machine with a GPU
+#   bash bench/gpu_check.sh bench moe        # only these parts (of: tests bench moe notebooks), e.g. a rerun
 #
 # $OUT/gpu_check.json: device, date, commit, gpu tests passed/failed, rel errors, copy bandwidth,
 # prefill tok/s at 128 / 2k / 8k tokens, decode tok/s at 128 / 4k / 32k context with bytes per token
 # and % of the floor, one decode step's time per op, transformers' bf16 decode on the same GPU,
-# weights / KV cache / peak GPU memory, each decode kernel's GB/s. Written section by section; the
-# table is printed last. $OUT/moe-dispatch-<date>-cuda.json: issue 5's table on the GPU.
+# weights / KV cache / peak GPU memory, each decode kernel's GB/s; a part that fails records its
+# error there and the next one runs. Written section by section; the table is printed last.
+# $OUT/moe-dispatch-<date>-cuda.json: issue 5's table on the GPU.
+# The notebooks need modules the device image lacks: `bash bench/device_wheels.sh` here first, and
+# name .whl in the call's carry; they are installed from there.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+parts=" ${*:-tests bench moe notebooks} "
+wants() { [[ "$parts" == *" $1 "* ]]; }
+LIMIT=510  # seconds for the whole script; the optional parts use what is left
+
 python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -3
+if compgen -G ".whl/*.whl" > /dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        2>&1 | tail -3 && export PYTHONPATH=/tmp/site
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/nvidia_smi.txt"
 python3 -c "import importlib.metadata as m; print(*sorted({d.metadata['Name'] + ' ' + d.version for d in m.distributions()
     if d.metadata['Name'].lower().startswith(('cupy', 'numba', 'cuda-', 'torch', 'transformers'))}))" 2>&1 | tee "$OUT/versions.txt"
@@ -23,22 +35,25 @@ python3 -c "import importlib.util as u; print('notebook modules missing:', ' '.j
     ['nbclient', 'nbformat', 'ipykernel', 'matplotlib', 'bpe_openai', 'tokenizers'] if u.find_spec(m) is None) or 'none')" \
     2>&1 | tee -a "$OUT/versions.txt"
 
-timeout 220 python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider --durations=5 \
-    --junitxml="$OUT/gpu_tests.xml" 2>&1 | tee "$OUT/gpu_tests.log" | tail -40
-tests=()
-[ -s "$OUT/gpu_tests.xml" ] && tests=(--tests "$OUT/gpu_tests.xml")
-timeout 260 python3 bench/gpu.py --json "$OUT/gpu_check.json" "${tests[@]}" --profile --transformers 2>&1 \
-    | tee "$OUT/gpu_bench.log" | tail -60
-
-# with the time left (the whole script stays under ~8.5 minutes): the MoE dispatch timings (issue 5)
-left=$((510 - SECONDS))
-if [ "$left" -gt 45 ]; then
+if wants tests; then
+    timeout 220 python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider --durations=5 \
+        --junitxml="$OUT/gpu_tests.xml" 2>&1 | tee "$OUT/gpu_tests.log" | tail -40
+fi
+if wants bench; then
+    tests=()
+    [ -s "$OUT/gpu_tests.xml" ] && tests=(--tests "$OUT/gpu_tests.xml")
+    timeout 260 python3 bench/gpu.py --json "$OUT/gpu_check.json" "${tests[@]}" --profile --transformers 2>&1 \
+        | tee "$OUT/gpu_bench.log" | tail -60
+fi
+# with the time left: the MoE dispatch timings (issue 5)
+left=$((LIMIT - SECONDS))
+if wants moe && [ "$left" -gt 45 ]; then
     timeout "$left" python3 bench/moe_dispatch.py --device cuda --out "$OUT" --checkpoint /tmp/moe-dispatch 2>&1 \
         | tee "$OUT/moe_dispatch.log" | tail -25
 fi
 # then, if the notebooks' modules are here and time is left, the walkthroughs on the GPU (issue 7)
-left=$((510 - SECONDS))
-if grep -q "notebook modules missing: none" "$OUT/versions.txt" && [ "$left" -gt 120 ]; then
+left=$((LIMIT - SECONDS))
+if wants notebooks && grep -q "notebook modules missing: none" "$OUT/versions.txt" && [ "$left" -gt 120 ]; then
     folder=$(python3 -c "from gptoss_np import embedded; print(embedded.default_checkpoint())")
     GPTOSS_NOTEBOOK_CHECKPOINT="$folder" GPTOSS_NOTEBOOK_DEVICE=cuda timeout "$left" python3 -m pytest -q \
         -p no:cacheprovider tests/test_notebooks.py -k runs_top 2>&1 | tee "$OUT/notebooks.log" | tail -15

@@ -41,12 +41,17 @@ def test_decode_bytes_of_20b_are_the_issues_floor(bench):
     assert need["total"] / 1e9 == pytest.approx(3.71, abs=0.01)
 
 
-def test_benchmark_runs_and_writes_its_json(bench, tmp_path):
+def test_benchmark_runs_and_writes_its_json(bench, tmp_path, monkeypatch, capsys):
+    def no_baseline(*args):
+        raise RuntimeError("no transformers here")
+
+    monkeypatch.setattr(bench, "transformers_decode", no_baseline)  # a part that fails: recorded, the run goes on
     toy = ["num_hidden_layers=1", "vocab_size=64", "hidden_size=32", "intermediate_size=32", "head_dim=8", "num_attention_heads=2",
            "num_key_value_heads=1", "num_local_experts=4", "num_experts_per_tok=2", "sliding_window=4"]
     out = tmp_path / "gpu.json"
     argv = ["--json", str(out), "--preset", "tiny", "--contexts", "9", "--prompts", "3,6", "--decode", "1", "--profile",
-            "--prefill-budget", "0"]  # the 3-token prefill runs, the 6-token one is predicted over budget
+            "--prefill-budget", "0", "--transformers"]
+    # the 3-token prefill runs, the 6-token one is predicted over budget
     report = bench.main(argv + [arg for kv in toy for arg in ("--set", kv)])
     saved = json.loads(out.read_text())
     assert saved["device"] == "Numba CUDA simulator" and saved["layers"] == 1 and "skipped" in saved["launch"]
@@ -64,6 +69,8 @@ def test_benchmark_runs_and_writes_its_json(bench, tmp_path):
     assert profile["calls_per_step"]["linear"] == 3 + 1  # qkv, o, router; lm_head
     assert profile["calls_per_step"]["rope"] == 1  # q and k together
     assert set(profile["ops_ms"]) >= {"attention", "mxfp4_experts", "sample"}
+    assert saved["transformers"] == {"error": "RuntimeError: no transformers here"}
+    assert "transformers failed: RuntimeError: no transformers here" in capsys.readouterr().out  # in the table
 
 
 def test_filled_cache_holds_what_a_prefill_would(bench):
