@@ -22,8 +22,10 @@ Sections, each added to the JSON as soon as it is measured (a timeout keeps what
               the shares are what count) and the step's op calls
   prefill     tok/s of one forward over each prompt length (fresh cache), shortest first, with the MoE
               experts by the tiled Numba kernel and by cuBLAS on dequantized experts (tiled_tok_s,
-              blas_tok_s; tok_s is the path backend_cuda's rule takes); a length whose predicted time
-              (quadratic in length, from the last) would exceed --prefill-budget is skipped and says so
+              blas_tok_s; tok_s is the path backend_cuda's rule takes), cuBLAS's products as two TF32
+              products where the GPU has TF32 tensor cores, and with float32 products (blas_fp32_tok_s);
+              a length whose predicted time (quadratic in length, from the last) would exceed
+              --prefill-budget is skipped and says so
   transformers  with --transformers: transformers' GptOssForCausalLM in bf16 on the same GPU (random
               weights built there), greedy decode tok/s through generate(), and our ratio to it
 With --tests, the pass/fail counts and relative errors from a pytest junit XML of tests/test_gpu.py.
@@ -260,16 +262,17 @@ def profile_step(model: GptOss, cache: KVCache, token: int) -> dict:
 
 
 @contextlib.contextmanager
-def experts_by_blas_from(tokens: int):
-    """Within: the CUDA backend multiplies the MoE experts of prompts from `tokens` tokens by cuBLAS
-    (backend_cuda.EXPERT_BLAS_MIN_TOKENS), below by the tiled kernel; the rule is restored after."""
+def prefill_path(ops, blas_from: int, tensor_cores: bool):
+    """Within: the CUDA backend multiplies the MoE experts of prompts from `blas_from` tokens by
+    cuBLAS (backend_cuda.EXPERT_BLAS_MIN_TOKENS), below by the tiled kernel, and its cuBLAS products
+    run on TF32 tensor cores (two products, tf32.py) or in float32; both are restored after."""
     backend_cuda = importlib.import_module("gptoss_np.backend_cuda")
-    rule = backend_cuda.EXPERT_BLAS_MIN_TOKENS
-    backend_cuda.EXPERT_BLAS_MIN_TOKENS = tokens
+    rule, tf32 = backend_cuda.EXPERT_BLAS_MIN_TOKENS, ops.tf32
+    backend_cuda.EXPERT_BLAS_MIN_TOKENS, ops.tf32 = blas_from, tensor_cores
     try:
         yield
     finally:
-        backend_cuda.EXPERT_BLAS_MIN_TOKENS = rule
+        backend_cuda.EXPERT_BLAS_MIN_TOKENS, ops.tf32 = rule, tf32
 
 
 def transformers_decode(config: dict, prompt: np.ndarray, steps: int, device: str = "cuda") -> dict:
@@ -412,8 +415,11 @@ def main(argv=None) -> dict:
                 del cache, decode
     report["prefill"] = {}
     rule = importlib.import_module("gptoss_np.backend_cuda").EXPERT_BLAS_MIN_TOKENS
-    with experts_by_blas_from(1):
+    with prefill_path(ops, 1, ops.tf32):
         model.forward(ids[:2], model.new_cache(2))  # compile the cuBLAS experts' path
+    paths = {"tiled": (None, ops.tf32), "blas": (1, ops.tf32)}  # experts by the tiled kernel, by cuBLAS
+    if ops.tf32:
+        paths["blas_fp32"] = (1, False)  # cuBLAS in float32 instead of two TF32 products
     spent, last = 0.0, None  # prefill seconds so far; (tokens, seconds of both paths) of the last one measured
     for n in sorted(args.prompts):
         predicted = last[1] * (n / last[0]) ** 2 if last else 0.0  # attention grows with the square
@@ -421,18 +427,18 @@ def main(argv=None) -> dict:
             report["prefill"][n] = {"skipped": f"predicted {predicted:.0f} s, over the --prefill-budget"}
             continue
         row = report["prefill"][n] = {"experts_by": "blas" if n >= rule else "tiled"}
-        for path, blas_from in (("tiled", n + 1), ("blas", 1)):  # MoE by the tiled kernel, by cuBLAS
+        for path, (blas_from, tensor_cores) in paths.items():
             with section(row, path, save):
                 cache = model.new_cache(n)
-                with experts_by_blas_from(blas_from):
+                with prefill_path(ops, blas_from or n + 1, tensor_cores):
                     _, seconds = timed(lambda: model.forward(ids[:n], cache))
                 del cache
                 spent += seconds
                 row[path + "_tok_s"] = round(n / seconds, 1)
                 if path == row["experts_by"]:
                     row.update(tok_s=round(n / seconds, 1), ms=round(seconds * 1e3, 2))
-        if "tiled_tok_s" in row and "blas_tok_s" in row:
-            last = (n, n / row["tiled_tok_s"] + n / row["blas_tok_s"])
+        if all(path + "_tok_s" in row for path in paths):
+            last = (n, sum(n / row[path + "_tok_s"] for path in paths))
 
     report["peak_gpu_gb"] = round(pool.total_bytes() / 1e9, 3)
     save()
@@ -453,11 +459,11 @@ def print_table(report: dict) -> None:
     print(f"launch overhead (host us): {report['launch']}")
     print(f"copy {report['copy_gb_s']} GB/s; weights {report['weights_gb']} GB, KV cache "
           f"{report['kv_cache_gb']} GB at {report['kv_context']} tokens, peak {report['peak_gpu_gb']} GB")
-    print(f"{'prefill tokens':>15}{'tok/s':>12}{'tiled tok/s':>13}{'blas tok/s':>12}")
+    print(f"{'prefill tokens':>15}{'tok/s':>12}{'tiled tok/s':>13}{'blas tok/s':>12}{'blas f32 tok/s':>16}")
     for n, r in report["prefill"].items():
         print(f"{n:>15}{r.get('tok_s', '-'):>12}{r.get('tiled_tok_s', '-'):>13}{r.get('blas_tok_s', '-'):>12}"
-              if "skipped" not in r else f"{n:>15}  skipped: {r['skipped']}")
-        print_errors(r, ("tiled", "blas"))
+              f"{r.get('blas_fp32_tok_s', '-'):>16}" if "skipped" not in r else f"{n:>15}  skipped: {r['skipped']}")
+        print_errors(r, ("tiled", "blas", "blas_fp32"))
     print(f"{'decode context':>15}{'tok/s':>12}{'ms/token':>10}{'floor ms':>10}{'% floor':>9}{'graph':>7}"
           f"{'eager tok/s':>13}")
     for n, r in report["decode"].items():

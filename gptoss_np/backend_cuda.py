@@ -7,19 +7,24 @@ Kernel choices by size live here and nowhere else:
   bf16 linear    GEMV kernel up to bf16_cuda.MAX_ROWS tokens; above, f32 tiles of W + cuBLAS (CuPy)
   MoE experts    EXPERT_GEMV_MAX_TOKENS tokens or fewer: the pairs' GEMV; more: sort pairs by expert,
                  then one tiled matmul launch over all experts; from EXPERT_BLAS_MIN_TOKENS tokens:
-                 each chosen expert's matrix dequantized to float32, times its pairs' rows by cuBLAS
-                 (bench/gpu.py times both prefill paths)
+                 the pairs' rows gathered in expert order once, then each chosen expert's matrix
+                 dequantized to float32 and multiplied by cuBLAS into its rows' block (two launches
+                 an expert; bench/gpu.py times both prefill paths)
+  cuBLAS         on GPUs with TF32 tensor cores (compute capability 8.0 on), two TF32 products with
+                 float32's accuracy (tf32.py: the weights are exact in TF32); else float32 products
   sampling       argmax or the filtered draw on the device; only the chosen id is copied back
   decode         replayed from a CUDA graph (cuda_graph.py) unless `graphs` is off
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import cupy as cp
 import numpy as np
 
 from . import moe as moe_layer
-from . import sampling
+from . import sampling, tf32
 from .backend import eager_decoder
 from .cuda_graph import GraphDecoder
 from .kernels import attention_cuda, bf16, bf16_cuda, kv_cache_cuda, moe_cuda, mxfp4_cuda, norm_rope_cuda, sampling_cuda
@@ -49,6 +54,7 @@ class CudaOps:
         props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
         name = props["name"]
         self.device_name = name.decode() if isinstance(name, bytes) else str(name)
+        self.tf32 = props["major"] >= 8  # cuBLAS products on TF32 tensor cores, split in two (tf32.py)
 
     # -- weights (from host arrays, e.g. memory-mapped safetensors, or arrays already on the GPU)
     def matrix(self, *parts):
@@ -91,7 +97,7 @@ class CudaOps:
         for r in range(0, N, WIDEN_TILE_ROWS):
             rows = min(WIDEN_TILE_ROWS, N - r)
             bf16_cuda.widen_rows(w, cp.arange(r, r + rows, dtype=cp.int64), tile[:rows])
-            y[:, r:r + rows] = x @ tile[:rows].T
+            y[:, r:r + rows] = self.matmul_t(x, tile[:rows])
         return y + b if b is not None else y
 
     def rmsnorm(self, x, w, eps):
@@ -169,13 +175,43 @@ class CudaOps:
         if T < EXPERT_BLAS_MIN_TOKENS:
             mxfp4_cuda.expert_matmul(x, rows_per_x, order, offsets, T, blocks, scales, bias, out)
         else:
-            starts = cp.asnumpy(offsets)  # [E + 1] on the host: one wait per projection
-            w = cp.empty((N, blocks.shape[2] * 32), cp.float32)  # one expert's matrix at a time
-            for e in np.flatnonzero(np.diff(starts)):  # the experts with pairs
-                pairs = order[starts[e]:starts[e + 1]]  # [n]
-                w_e = mxfp4_cuda.dequantize(blocks[e], scales[e], w)  # [N, K]
-                out[pairs] = x[pairs // rows_per_x] @ w_e.T + bias[e]  # [n, N]
+            out[order] = self._experts_by_blas(x[order // rows_per_x], offsets, blocks, scales) + bias[flat[order]]
         return out if swiglu is None else self.swiglu(out, *swiglu)
+
+    def _experts_by_blas(self, rows, offsets, blocks, scales):
+        """rows [P, K] grouped by expert (offsets [E + 1]) times their experts' matrices -> [P, N]: each
+        expert's matrix dequantized to float32 and multiplied by cuBLAS into its rows' block, two
+        launches an expert; on TF32 tensor cores as two halves of the rows (tf32.py)."""
+        starts = cp.asnumpy(offsets)  # [E + 1] on the host: one wait per projection
+        halves = 2 if self.tf32 else 1
+        rows = tf32.interleaved_halves(rows, cp) if self.tf32 else rows  # [halves * P, K]
+        y = cp.empty((rows.shape[0], blocks.shape[1]), cp.float32)  # [halves * P, N]
+        w = cp.empty((blocks.shape[1], blocks.shape[2] * 32), cp.float32)  # one expert's matrix at a time
+        with self.cublas_mode():
+            for e in np.flatnonzero(np.diff(starts)):  # the experts with pairs
+                block = slice(halves * starts[e], halves * starts[e + 1])
+                cp.matmul(rows[block], mxfp4_cuda.dequantize(blocks[e], scales[e], w).T, out=y[block])
+        return tf32.sum_halves(y) if self.tf32 else y
+
+    def matmul_t(self, x, w):
+        """x [T, K] @ w [N, K].T by cuBLAS, for float32 weights exact in TF32 (widened bf16,
+        dequantized MXFP4): on TF32 tensor cores as two halves of x (tf32.py), else in float32."""
+        if not self.tf32:
+            return x @ w.T
+        with self.cublas_mode():
+            return tf32.matmul_t(x, w, cp)
+
+    @contextlib.contextmanager
+    def cublas_mode(self):
+        """Within: CuPy's float32 products on TF32 tensor cores when self.tf32 (the compute type
+        that CUPY_TF32=1 would set for the process), put back after."""
+        before = cp._core.get_compute_type(cp.float32)
+        if self.tf32:
+            cp._core.set_compute_type(cp.float32, cp._core._routines_linalg.COMPUTE_TYPE_TF32)
+        try:
+            yield
+        finally:
+            cp._core.set_compute_type(cp.float32, before)
 
     def combine(self, y, weights):
         T = weights.shape[0]

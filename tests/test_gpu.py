@@ -13,6 +13,7 @@ import pytest
 import gptoss_np
 from conftest import CHECKPOINTS, rel_err
 from gptoss_np import backend, sampling, synthetic
+from gptoss_np.kernels import attention, bf16, mxfp4
 
 pytestmark = pytest.mark.gpu
 TOL = 1e-3  # relative error on float32 logits (measured values are far below it)
@@ -56,7 +57,7 @@ def prompt(config, length: int, seed: int = 1) -> np.ndarray:
 
 def test_kernels_at_gpt_oss_20b_shapes():
     import cupy as cp
-    from gptoss_np.kernels import attention, attention_cuda, bf16, bf16_cuda, moe_cuda, mxfp4, mxfp4_cuda
+    from gptoss_np.kernels import attention_cuda, bf16_cuda, moe_cuda, mxfp4_cuda
     rng = np.random.default_rng(0)
     E, N, G, T, A = 4, 2880, 90, 37, 4
     blocks = rng.integers(0, 256, (E, N, G, 16), dtype=np.uint8)
@@ -91,6 +92,47 @@ def test_kernels_at_gpt_oss_20b_shapes():
         attention_cuda.attention(cp.asarray(q), cp.asarray(k), cp.asarray(v), cp.asarray(q_pos), cp.asarray(k_pos),
                                  cp.asarray(sinks), window, 0.125, o)
         assert rel_err(o.get(), attention.attention_ref(q, k, v, q_pos, k_pos, sinks, window, 0.125)) < 1e-5
+
+
+def test_tf32_products_are_as_exact_as_float32(record_property):
+    """cuBLAS's TF32 mode engages (one TF32 product loses ~1e-4), and CudaOps.matmul_t's two products
+    (tf32.py) keep float32's accuracy for MXFP4 and bf16 weights."""
+    import cupy as cp
+    from gptoss_np.backend_cuda import CudaOps
+    ops = CudaOps()
+    assert ops.tf32, "an H100 has TF32 tensor cores"
+    rng = np.random.default_rng(5)
+    N, K, T = 2880, 2880, 300
+    mxfp4_w = mxfp4.dequantize(rng.integers(0, 256, (N, K // 32, 16), dtype=np.uint8),
+                               rng.integers(110, 130, (N, K // 32), dtype=np.uint8))
+    bf16_w = bf16.bf16_to_f32(bf16.f32_to_bf16(rng.standard_normal((N, K), dtype=np.float32)))
+    x = rng.standard_normal((T, K), dtype=np.float32)
+    for name, w in (("mxfp4", mxfp4_w), ("bf16", bf16_w)):
+        truth = x.astype(np.float64) @ w.astype(np.float64).T
+        xd, wd = cp.asarray(x), cp.asarray(w)
+        float32 = rel_err((xd @ wd.T).get(), truth)
+        split = rel_err(ops.matmul_t(xd, wd).get(), truth)
+        before = cp._core.get_compute_type(cp.float32)
+        cp._core.set_compute_type(cp.float32, cp._core._routines_linalg.COMPUTE_TYPE_TF32)
+        try:
+            one_tf32 = rel_err((xd @ wd.T).get(), truth)
+        finally:
+            cp._core.set_compute_type(cp.float32, before)
+        for key, value in (("float32", float32), ("tf32x2", split), ("tf32x1", one_tf32)):
+            record_property(f"rel_err_{name}_{key}", value)
+        assert one_tf32 > 30 * split, (one_tf32, split)
+        assert split <= 3 * float32 + 1e-7, (split, float32)
+
+
+def test_prefill_with_experts_by_cublas_matches_transformers(checkpoint_dir, hf_cuda, monkeypatch, record_property):
+    """The prefill path of long prompts (experts dequantized, cuBLAS in TF32 halves), forced on."""
+    from gptoss_np import backend_cuda
+    monkeypatch.setattr(backend_cuda, "EXPERT_BLAS_MIN_TOKENS", 2)
+    folder = checkpoint_dir("tiny")
+    ids = prompt(gptoss_np.load(folder).config, 100, seed=7)
+    err = rel_err(gptoss_np.load(folder, device="cuda").logits(ids), hf_logits_cuda(hf_cuda(folder), ids))
+    record_property("rel_err_hf", err)
+    assert err <= TOL
 
 
 def test_device_sampling_draws_as_the_cpu():

@@ -56,6 +56,22 @@ class _Stream:
         raise RuntimeError("Numba's CUDA simulator has no CUDA graphs")
 
 
+class _ComputeTypes:
+    """cupy._core's cuBLAS compute type per dtype (backend_cuda sets TF32 around its products; NumPy's
+    products here stay float32)."""
+
+    TF32 = 7
+
+    def __init__(self):
+        self.types = {}
+
+    def get_compute_type(self, dtype):
+        return self.types.get(np.dtype(dtype), 1)
+
+    def set_compute_type(self, dtype, compute_type):
+        self.types[np.dtype(dtype)] = compute_type
+
+
 def numpy_as_cupy() -> types.ModuleType:
     """A `cupy` module made of NumPy: the simulator's kernels take NumPy arrays."""
     shim = types.ModuleType("cupy")
@@ -66,9 +82,12 @@ def numpy_as_cupy() -> types.ModuleType:
     shim.random = types.SimpleNamespace(RandomState=_RandomState)
     pool = _MemoryPool()
     shim.get_default_memory_pool = lambda: pool
+    compute = _ComputeTypes()
+    shim._core = types.SimpleNamespace(get_compute_type=compute.get_compute_type, set_compute_type=compute.set_compute_type,
+                                       _routines_linalg=types.SimpleNamespace(COMPUTE_TYPE_TF32=compute.TF32))
     device = types.SimpleNamespace(id=0, synchronize=lambda: None)
     shim.cuda = types.SimpleNamespace(
         Device=lambda: device, Stream=_Stream, using_allocator=lambda allocator: contextlib.nullcontext(),
         get_current_stream=lambda: None,
-        runtime=types.SimpleNamespace(getDeviceProperties=lambda i: {"name": b"Numba CUDA simulator"}))
+        runtime=types.SimpleNamespace(getDeviceProperties=lambda i: {"name": b"Numba CUDA simulator", "major": 9}))
     return shim

@@ -93,3 +93,21 @@ def test_expert_choice_dispatch(cuda_ops, tmp_path):
     assert sum(layer.dropped for layer in cpu.trace(ids, attention=False)) > 0
     ours, ref = gpu.forward(ids, gpu.new_cache(16), all_logits=True), cpu.forward(ids, cpu.new_cache(16), all_logits=True)
     assert rel_err(ours, ref) < 1e-5
+
+
+@pytest.mark.parametrize("tensor_cores", [True, False])
+def test_cublas_products_take_tf32_mode_only_for_their_call(cuda_ops, monkeypatch, tensor_cores):
+    """On a GPU with TF32 tensor cores, CudaOps.matmul_t runs tf32.matmul_t (two products) with cuBLAS
+    in TF32 mode, and puts the mode back; without them, one float32 product."""
+    cp, tf32 = sys.modules["cupy"], sys.modules["gptoss_np.tf32"]
+    modes = []
+    split_product = tf32.matmul_t
+    monkeypatch.setattr(tf32, "matmul_t", lambda x, w, xp: modes.append(cp._core.get_compute_type(np.float32))
+                        or split_product(x, w, xp))
+    cuda_ops.tf32 = tensor_cores
+    rng = np.random.default_rng(7)
+    x, w = rng.standard_normal((5, 64), dtype=np.float32), rng.standard_normal((3, 64), dtype=np.float32)
+    before = cp._core.get_compute_type(np.float32)
+    assert rel_err(cuda_ops.matmul_t(x, w), x.astype(np.float64) @ w.T) < 1e-6
+    assert modes == ([cp._core._routines_linalg.COMPUTE_TYPE_TF32] if tensor_cores else [])
+    assert cp._core.get_compute_type(np.float32) == before
