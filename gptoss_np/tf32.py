@@ -50,4 +50,4 @@ def sum_halves(y):
 
 def matmul_t(x, w, xp=np):
     """x [T, K] @ w [N, K].T -> [T, N] float32 as x_hi @ w.T + x_lo @ w.T, in one product."""
-    return sum_halves(interleaved_halves(x, xp) @ w.T)
+    return sum_halves(xp.matmul(interleaved_halves(x, xp), w.T))

@@ -8,6 +8,8 @@ import types
 
 import numpy as np
 
+from gptoss_np import tf32
+
 
 def poisoned(shape, dtype=np.float32):
     """An output array filled with NaN (or -1 for integers), so unwritten elements show."""
@@ -57,8 +59,9 @@ class _Stream:
 
 
 class _ComputeTypes:
-    """cupy._core's cuBLAS compute type per dtype (backend_cuda sets TF32 around its products; NumPy's
-    products here stay float32)."""
+    """cupy._core's cuBLAS compute type per dtype, and `matmul` as cuBLAS computes float32 products in
+    it: in TF32 mode both operands rounded to TF32 (tensor cores multiply those exactly and sum in
+    float32), so the simulator shows what a product loses there."""
 
     TF32 = 7
 
@@ -70,6 +73,11 @@ class _ComputeTypes:
 
     def set_compute_type(self, dtype, compute_type):
         self.types[np.dtype(dtype)] = compute_type
+
+    def matmul(self, a, b, out=None):
+        if a.dtype == b.dtype == np.float32 and self.get_compute_type(np.float32) == self.TF32:
+            a, b = tf32.round_to_tf32(a), tf32.round_to_tf32(b)
+        return np.matmul(a, b, out=out)
 
 
 def numpy_as_cupy() -> types.ModuleType:
@@ -83,6 +91,7 @@ def numpy_as_cupy() -> types.ModuleType:
     pool = _MemoryPool()
     shim.get_default_memory_pool = lambda: pool
     compute = _ComputeTypes()
+    shim.matmul = compute.matmul
     shim._core = types.SimpleNamespace(get_compute_type=compute.get_compute_type, set_compute_type=compute.set_compute_type,
                                        _routines_linalg=types.SimpleNamespace(COMPUTE_TYPE_TF32=compute.TF32))
     device = types.SimpleNamespace(id=0, synchronize=lambda: None)

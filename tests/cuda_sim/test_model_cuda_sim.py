@@ -17,7 +17,7 @@ from gptoss_np import GptOss, synthetic
 from gptoss_np.backend import CpuOps
 from gptoss_np.checkpoint import Checkpoint
 from gptoss_np.dispatch import DispatchRule
-from gptoss_np.kernels import bf16_cuda, moe, mxfp4
+from gptoss_np.kernels import bf16, bf16_cuda, moe, mxfp4
 
 
 @pytest.fixture
@@ -106,8 +106,27 @@ def test_cublas_products_take_tf32_mode_only_for_their_call(cuda_ops, monkeypatc
                         or split_product(x, w, xp))
     cuda_ops.tf32 = tensor_cores
     rng = np.random.default_rng(7)
-    x, w = rng.standard_normal((5, 64), dtype=np.float32), rng.standard_normal((3, 64), dtype=np.float32)
+    x = rng.standard_normal((5, 64), dtype=np.float32)
+    w = bf16.bf16_to_f32(bf16.f32_to_bf16(rng.standard_normal((3, 64), dtype=np.float32)))  # exact in TF32
     before = cp._core.get_compute_type(np.float32)
     assert rel_err(cuda_ops.matmul_t(x, w), x.astype(np.float64) @ w.T) < 1e-6
     assert modes == ([cp._core._routines_linalg.COMPUTE_TYPE_TF32] if tensor_cores else [])
     assert cp._core.get_compute_type(np.float32) == before
+
+
+def test_cublas_prefill_on_tf32_keeps_float32_accuracy(cuda_ops, monkeypatch, tmp_path):
+    """A prefill whose projections and experts all take cuBLAS, its TF32 products emulated (sim.py):
+    the two halves keep the CPU engine's float32 logits, where one TF32 product would not."""
+    monkeypatch.setattr(sys.modules["gptoss_np.backend_cuda"], "EXPERT_BLAS_MIN_TOKENS", 2)
+    config = synthetic.config_dict("tiny", vocab_size=96, hidden_size=32, intermediate_size=32, head_dim=8,
+                                   num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
+                                   num_experts_per_tok=2, num_hidden_layers=1, layer_types=["full_attention"])
+    checkpoint = Checkpoint(synthetic.write_checkpoint(tmp_path, config))
+    cpu, gpu = GptOss(checkpoint, CpuOps()), GptOss(checkpoint, cuda_ops)
+    ids = np.random.default_rng(8).integers(0, cpu.config.vocab_size, 8)
+    ref = cpu.forward(ids, cpu.new_cache(8), all_logits=True)
+    assert cuda_ops.tf32
+    assert rel_err(gpu.forward(ids, gpu.new_cache(8), all_logits=True), ref) < 1e-5
+    tf32 = sys.modules["gptoss_np.tf32"]
+    monkeypatch.setattr(tf32, "split", lambda x: (x, np.zeros_like(x)))  # one TF32 product of x
+    assert rel_err(gpu.forward(ids, gpu.new_cache(8), all_logits=True), ref) > 1e-5
