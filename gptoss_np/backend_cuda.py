@@ -75,6 +75,15 @@ class CudaOps:
     def to_numpy(self, a) -> np.ndarray:
         return cp.asnumpy(a)
 
+    def check_room(self, nbytes: int) -> None:
+        """MemoryError saying what is needed and what is free, unless `nbytes` of weights fit in the
+        GPU's free memory (with the blocks CuPy's memory pool holds unused)."""
+        free, total = cp.cuda.runtime.memGetInfo()
+        free += cp.get_default_memory_pool().free_bytes()
+        if nbytes > free:
+            raise MemoryError(f"the checkpoint's weights need {nbytes / 1e9:.2f} GB of GPU memory; {self.device_name} "
+                              f"has {free / 1e9:.2f} GB free of {total / 1e9:.2f} GB")
+
     # -- ops
     def embed(self, table, ids):
         ids = cp.asarray(ids, dtype=cp.int64)

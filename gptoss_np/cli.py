@@ -190,6 +190,8 @@ def _load_model(folder: Path, device: str) -> GptOss:
         if device == "cpu":
             raise
         raise CliError(f"--device {device} is not available: {error}") from None
+    except MemoryError as error:  # the weights do not fit (the CUDA backend checks before loading)
+        raise CliError(f"--device {device}: {error}") from None
 
 
 def _note(text: str) -> None:

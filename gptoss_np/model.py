@@ -57,6 +57,7 @@ class GptOss:
         self.ops = ops
         self.dispatch_rule = dispatch_rule  # how MoE layers route several tokens
         c = self.config
+        ops.check_room(checkpoint.nbytes)  # a clear error before loading what cannot fit
         show = progress if progress is not None else checkpoint.nbytes > _PROGRESS_BYTES
         self.layers = [self._layer(checkpoint.layer(i))
                        for i in tqdm(range(c.num_hidden_layers), desc="loading layers", disable=not show)]

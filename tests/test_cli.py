@@ -351,6 +351,15 @@ def test_unavailable_device_is_one_error_line(capsys, small_checkpoint):
     assert_one_error_line(code, out, err, "--device cuda")
 
 
+def test_weights_too_big_for_the_device_is_one_error_line(capsys, monkeypatch, small_checkpoint):
+    def no_room(*args, **kwargs):
+        raise MemoryError("the checkpoint's weights need 13.80 GB of GPU memory; GPU has 7.90 GB free of 8.00 GB")
+
+    monkeypatch.setattr(cli, "load", no_room)
+    code, out, err = run_cli(capsys, "--model", str(small_checkpoint), "--device", "cuda", "--raw", "--prompt", "hi")
+    assert_one_error_line(code, out, err, "--device cuda: ", "13.80 GB", "7.90 GB free")
+
+
 def test_python_m_entry_point():
     shown = subprocess.run([sys.executable, "-m", "gptoss_np", "--help"], capture_output=True, text=True)
     assert shown.returncode == 0

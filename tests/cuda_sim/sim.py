@@ -22,6 +22,9 @@ def assert_close(out, ref, rtol=1e-5):
     np.testing.assert_allclose(out, ref, rtol=rtol, atol=rtol * max(1e-30, float(np.abs(ref).max())))
 
 
+FREE_BYTES = 1 << 30  # the simulated GPU's free memory
+
+
 class _RandomState(np.random.RandomState):
     """NumPy's RandomState with CuPy's `dtype` argument to standard_normal."""
 
@@ -30,7 +33,7 @@ class _RandomState(np.random.RandomState):
 
 
 class _MemoryPool:
-    """CuPy's memory pool, as far as bench/gpu.py asks: host memory is not counted."""
+    """CuPy's memory pool, as far as the backend and bench/gpu.py ask: host memory is not counted."""
 
     def free_all_blocks(self):
         pass
@@ -39,6 +42,9 @@ class _MemoryPool:
         return 0
 
     def total_bytes(self):
+        return 0
+
+    def free_bytes(self):
         return 0
 
 
@@ -98,5 +104,6 @@ def numpy_as_cupy() -> types.ModuleType:
     shim.cuda = types.SimpleNamespace(
         Device=lambda: device, Stream=_Stream, using_allocator=lambda allocator: contextlib.nullcontext(),
         get_current_stream=lambda: None,
-        runtime=types.SimpleNamespace(getDeviceProperties=lambda i: {"name": b"Numba CUDA simulator", "major": 9}))
+        runtime=types.SimpleNamespace(getDeviceProperties=lambda i: {"name": b"Numba CUDA simulator", "major": 9},
+                                      memGetInfo=lambda: (FREE_BYTES, 2 * FREE_BYTES)))
     return shim

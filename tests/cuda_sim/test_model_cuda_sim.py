@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import rel_err
+from cuda_sim import sim
 from cuda_sim.sim import numpy_as_cupy
 from gptoss_np import GptOss, synthetic
 from gptoss_np.backend import CpuOps
@@ -130,3 +131,13 @@ def test_cublas_prefill_on_tf32_keeps_float32_accuracy(cuda_ops, monkeypatch, tm
     tf32 = sys.modules["gptoss_np.tf32"]
     monkeypatch.setattr(tf32, "split", lambda x: (x, np.zeros_like(x)))  # one TF32 product of x
     assert rel_err(gpu.forward(ids, gpu.new_cache(8), all_logits=True), ref) > 1e-5
+
+
+def test_weights_that_cannot_fit_are_refused_before_loading(cuda_ops, monkeypatch, tmp_path):
+    checkpoint = Checkpoint(synthetic.write_checkpoint(tmp_path, synthetic.config_dict("tiny")))
+    monkeypatch.setattr(sim, "FREE_BYTES", checkpoint.nbytes - 1)
+    with pytest.raises(MemoryError, match=r"weights need \d+\.\d\d GB of GPU memory; Numba CUDA simulator has "
+                                          r"\d+\.\d\d GB free of \d+\.\d\d GB"):
+        GptOss(checkpoint, cuda_ops)
+    monkeypatch.setattr(sim, "FREE_BYTES", checkpoint.nbytes)
+    GptOss(checkpoint, cuda_ops)
