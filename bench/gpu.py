@@ -28,6 +28,8 @@ Sections, each added to the JSON as soon as it is measured (a timeout keeps what
               --prefill-budget is skipped and says so
   transformers  with --transformers: transformers' GptOssForCausalLM in bf16 on the same GPU (random
               weights built there), greedy decode tok/s through generate(), and our ratio to it
+  targets     the issues' targets for the preset (TARGETS), each with what was measured and whether
+              it is met
 With --tests, the pass/fail counts and relative errors from a pytest junit XML of tests/test_gpu.py.
 Prints a table last.
 """
@@ -448,10 +450,42 @@ def main(argv=None) -> dict:
         pool.free_all_blocks()
         with section(report, "transformers", save):  # the baseline must not cost us the measurements above
             report["transformers"] = transformers_decode(config_dict, ids[:args.contexts[0]], args.decode)
-            ours = report["decode"][args.contexts[0]]["tok_s"]
-            report["transformers"]["our_decode_ratio"] = round(ours / report["transformers"]["decode_tok_s"], 2)
+            ours = report["decode"][args.contexts[0]].get("tok_s")
+            if ours:
+                report["transformers"]["our_decode_ratio"] = round(ours / report["transformers"]["decode_tok_s"], 2)
+    report["targets"] = targets(report)
+    save()
     print_table(report)
     return report
+
+
+# The issues' targets by preset (issue 6: speed; issue 4: the 20b weights' GPU memory): the figure,
+# and whether it is a floor or a ceiling.
+TARGETS = {
+    "gpt-oss-20b": {"decode_tok_s_up_to_1k": (400, "min"), "prefill_tok_s_at_2k": (20000, "min"),
+                    "decode_vs_transformers": (10, "min"), "weights_gb": (14, "max")},
+    "gpt-oss-120b": {"decode_tok_s_up_to_1k": (250, "min")},
+}
+
+
+def targets(report: dict) -> dict:
+    """Each target of the report's preset: the target, what was measured (None if it was not), met."""
+    def row(table: dict, key: int) -> dict:  # keys are ints while running, strings once read from JSON
+        return table.get(key) or table.get(str(key)) or {}
+
+    decode = [r.get("tok_s") for n, r in report.get("decode", {}).items() if int(n) <= 1024]
+    measured = {
+        "decode_tok_s_up_to_1k": min(decode) if decode and None not in decode else None,
+        "prefill_tok_s_at_2k": row(report.get("prefill", {}), 2048).get("tok_s"),
+        "decode_vs_transformers": report.get("transformers", {}).get("our_decode_ratio"),
+        "weights_gb": report.get("weights_gb"),
+    }
+    result = {}
+    for name, (goal, kind) in TARGETS.get(report["preset"], {}).items():
+        value = measured[name]
+        met = None if value is None else (value >= goal if kind == "min" else value <= goal)
+        result[name] = {"target": goal, "kind": kind, "measured": value, "met": met}
+    return result
 
 
 def print_table(report: dict) -> None:
@@ -483,6 +517,9 @@ def print_table(report: dict) -> None:
         print(f"  {'(outside ops)':<16}{p['other_ms']:>9}")
     if "transformers" in report:
         print(f"transformers: {report['transformers']}")
+    for name, t in report.get("targets", {}).items():
+        verdict = {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
+        print(f"target {name}: {'>=' if t['kind'] == 'min' else '<='} {t['target']}, measured {t['measured']}: {verdict}")
     if "gpu_tests" in report:
         t = report["gpu_tests"]
         print(f"gpu tests: {t['passed']} passed, {t['failed']} failed, {t['skipped']} skipped")

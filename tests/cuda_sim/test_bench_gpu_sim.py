@@ -84,3 +84,17 @@ def test_filled_cache_holds_what_a_prefill_would(bench):
     assert (cache.positions[full][10:] == -1).all()
     np.testing.assert_array_equal(np.sort(cache.positions[sliding]), [6, 7, 8, 9])
     np.testing.assert_array_equal(cache.positions[sliding] % 4, np.arange(4))  # position p in slot p % W
+
+
+def test_targets_of_the_issues(bench):
+    report = json.loads(json.dumps({  # as read back from the JSON: string keys
+        "preset": "gpt-oss-20b", "weights_gb": 13.8,
+        "decode": {128: {"tok_s": 450.0}, 1024: {"tok_s": 390.0}, 32768: {"tok_s": 100.0}},
+        "prefill": {128: {"tok_s": 5000.0}, 2048: {"tok_s": 21000.0}},
+        "transformers": {"error": "RuntimeError: out of memory"}}))
+    t = bench.targets(report)
+    assert t["decode_tok_s_up_to_1k"] == {"target": 400, "kind": "min", "measured": 390.0, "met": False}
+    assert t["prefill_tok_s_at_2k"]["met"] is True and t["weights_gb"]["met"] is True
+    assert t["decode_vs_transformers"]["measured"] is None and t["decode_vs_transformers"]["met"] is None
+    assert set(bench.targets({**report, "preset": "gpt-oss-120b"})) == {"decode_tok_s_up_to_1k"}
+    assert bench.targets({**report, "preset": "tiny"}) == {}
