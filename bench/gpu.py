@@ -72,11 +72,14 @@ class DeviceCheckpoint:
         self.rs = cp.random.RandomState(seed)
 
     def _tensor(self, name: str, shape):
-        if name.endswith("_blocks"):
-            return self.rs.randint(0, 256, shape, dtype=cp.int32).astype(cp.uint8)
-        if name.endswith("_scales"):
-            exponent = synthetic.scale_exponent(name, shape)
-            return (exponent + self.rs.randint(-1, 2, shape, dtype=cp.int32)).astype(cp.uint8)
+        if name.endswith(("_blocks", "_scales")):
+            # [E, ...] uint8, drawn an expert at a time: int32 draws of a whole 120b layer take 4 GB
+            out = cp.empty(shape, cp.uint8)
+            low, high = (0, 256) if name.endswith("_blocks") else (-1, 2)
+            offset = 0 if name.endswith("_blocks") else synthetic.scale_exponent(name, shape)
+            for e in range(shape[0]):
+                out[e] = offset + self.rs.randint(low, high, shape[1:], dtype=cp.int32)
+            return out
         mean, std = synthetic.weight_stats(name, shape, self.config)
         x = self.rs.standard_normal(shape, dtype=cp.float32) * cp.float32(std) + cp.float32(mean)
         return f32_to_bf16(x)
