@@ -19,7 +19,8 @@ Sections, each added to the JSON as soon as it is measured (a timeout keeps what
               and values first (a step's cost depends only on what the cache holds), plus the bytes a
               step must read and the % of the copy-bandwidth floor
   profile     one decode step's time per op, each op synchronized (slower than the free-running step:
-              the shares are what count) and the step's op calls
+              the shares are what count), the host's part of it (launch overhead), and the op calls;
+              prefill_profile the same for one prefill of the measured length nearest 2k tokens
   prefill     tok/s of one forward over each prompt length (fresh cache), shortest first, with the MoE
               experts by the tiled Numba kernel and by cuBLAS on dequantized experts (tiled_tok_s,
               blas_tok_s; tok_s is the path backend_cuda's rule takes), cuBLAS's products as two TF32
@@ -239,16 +240,22 @@ def decode_steps(model: GptOss, decode, token: int, steps: int) -> int:
 PROFILE_STEPS = 3
 
 
-def profile_step(model: GptOss, cache: KVCache, token: int) -> dict:
-    """ms per decode step spent in each op (synchronized around every call) and calls per step,
-    over PROFILE_STEPS steps."""
-    repeats = PROFILE_STEPS
-    ops, spent, calls = model.ops, defaultdict(float), defaultdict(int)
+def profile_ops(model: GptOss, run, repeats: int) -> dict:
+    """Where the time of `run()` goes, per run over `repeats` runs: ms in each op with the GPU
+    synchronized around every call (slower than free-running: the shares are what count), of which
+    host ms (until the op returned, before the wait: launch overhead where it is most of the op's
+    time), and the op's calls."""
+    ops, spent, host, calls = model.ops, defaultdict(float), defaultdict(float), defaultdict(int)
 
     def wrap(name, fn):
         def timed_op(*args, **kwargs):
-            result, seconds = timed(lambda: fn(*args, **kwargs))
-            spent[name] += seconds
+            synchronize()
+            start = time.perf_counter()
+            result = fn(*args, **kwargs)
+            returned = time.perf_counter()
+            synchronize()
+            spent[name] += time.perf_counter() - start
+            host[name] += returned - start
             calls[name] += 1
             return result
         return timed_op
@@ -256,14 +263,16 @@ def profile_step(model: GptOss, cache: KVCache, token: int) -> dict:
     for name in PROFILED_OPS:
         setattr(ops, name, wrap(name, getattr(ops, name)))
     try:
-        _, total = timed(lambda: decode_steps(model, eager_decoder(model, cache), token, repeats))
+        _, total = timed(lambda: [run() for _ in range(repeats)])
     finally:
         for name in PROFILED_OPS:
             delattr(ops, name)
-    ops_ms = {name: round(spent[name] / repeats * 1e3, 3) for name in sorted(spent, key=spent.get, reverse=True)}
-    return {"step_ms_synchronized": round(total / repeats * 1e3, 3), "ops_ms": ops_ms,
+    names = sorted(spent, key=spent.get, reverse=True)
+    return {"total_ms": round(total / repeats * 1e3, 3),
+            "ops_ms": {name: round(spent[name] / repeats * 1e3, 3) for name in names},
+            "host_ms": {name: round(host[name] / repeats * 1e3, 3) for name in names},
             "other_ms": round((total - sum(spent.values())) / repeats * 1e3, 3),
-            "calls_per_step": {name: calls[name] // repeats for name in ops_ms}}
+            "calls": {name: calls[name] // repeats for name in names}}
 
 
 @contextlib.contextmanager
@@ -415,8 +424,9 @@ def main(argv=None) -> dict:
                 if path == "generate":
                     row["graph_replayed"] = getattr(decode, "graph", None) is not None
                 elif args.profile and context == args.contexts[0]:
-                    with section(report, "profile", save):
-                        report["profile"] = profile_step(model, cache, token)
+                    with section(report, "profile", save):  # one decode step, op by op
+                        report["profile"] = profile_ops(
+                            model, lambda: decode_steps(model, eager_decoder(model, cache), token, 1), PROFILE_STEPS)
                 del cache, decode
     report["prefill"] = {}
     rule = importlib.import_module("gptoss_np.backend_cuda").EXPERT_BLAS_MIN_TOKENS
@@ -445,6 +455,12 @@ def main(argv=None) -> dict:
         if all(path + "_tok_s" in row for path in paths):
             last = (n, sum(n / row[path + "_tok_s"] for path in paths))
 
+    measured = [n for n, row in report["prefill"].items() if "tok_s" in row]
+    if args.profile and measured:
+        n = min(measured, key=lambda m: abs(m - 2048))  # the prompt length nearest the issue's 2k
+        with section(report, "prefill_profile", save):
+            report["prefill_profile"] = {"tokens": n, **profile_ops(
+                model, lambda: model.forward(ids[:n], model.new_cache(n)), 1)}
     report["peak_gpu_gb"] = round(pool.total_bytes() / 1e9, 3)
     save()
 
@@ -507,17 +523,19 @@ def print_table(report: dict) -> None:
         print(f"{n:>15}{r.get('tok_s', '-'):>12}{r.get('ms_per_token', '-'):>10}{r['floor_ms']:>10}"
               f"{r.get('pct_of_floor', '-'):>9}{str(r.get('graph_replayed', '-')):>7}{r.get('eager_tok_s', '-'):>13}")
         print_errors(r, ("generate", "eager"))
-    print_errors(report, ("launch", "kernels", "profile", "transformers"))
+    print_errors(report, ("launch", "kernels", "profile", "prefill_profile", "transformers"))
     if "kernels" in report and "error" not in report["kernels"]:
         print(f"{'kernel':>22}{'us':>10}{'GB/s':>9}{'% copy':>8}  timed")
         for name, r in report["kernels"].items():
             print(f"{name:>22}{r['us']:>10}{r['gb_s']:>9}{r['pct_of_copy']:>8}  {r['timed']}")
-    if "profile" in report and "error" not in report["profile"]:
-        p = report["profile"]
-        print(f"decode step, ops synchronized: {p['step_ms_synchronized']} ms; per op (ms, calls):")
-        for name, ms in p["ops_ms"].items():
-            print(f"  {name:<16}{ms:>9}{p['calls_per_step'][name]:>6}")
-        print(f"  {'(outside ops)':<16}{p['other_ms']:>9}")
+    for key, what in (("profile", "decode step"), ("prefill_profile", "prefill")):
+        p = report.get(key, {})
+        if "ops_ms" in p:
+            tokens = f" of {p['tokens']} tokens" if "tokens" in p else ""
+            print(f"{what}{tokens}, ops synchronized: {p['total_ms']} ms; per op (ms, of which host ms, calls):")
+            for name, ms in p["ops_ms"].items():
+                print(f"  {name:<16}{ms:>9}{p['host_ms'][name]:>9}{p['calls'][name]:>6}")
+            print(f"  {'(outside ops)':<16}{p['other_ms']:>9}")
     if "transformers" in report:
         print(f"transformers: {report['transformers']}")
     for name, t in report.get("targets", {}).items():

@@ -65,10 +65,13 @@ def test_benchmark_runs_and_writes_its_json(bench, tmp_path, monkeypatch, capsys
     # no graphs in the simulator: the kernels are timed op by op
     assert all(r["us"] > 0 and "gb_s" in r and r["timed"] == "op by op" for r in saved["kernels"].values())
     profile = report["profile"]
-    assert profile["calls_per_step"]["mxfp4_experts"] == 2  # gate_up and down
-    assert profile["calls_per_step"]["linear"] == 3 + 1  # qkv, o, router; lm_head
-    assert profile["calls_per_step"]["rope"] == 1  # q and k together
+    assert profile["calls"]["mxfp4_experts"] == 2  # gate_up and down
+    assert profile["calls"]["linear"] == 3 + 1  # qkv, o, router; lm_head
+    assert profile["calls"]["rope"] == 1  # q and k together
     assert set(profile["ops_ms"]) >= {"attention", "mxfp4_experts", "sample"}
+    assert all(0 < profile["host_ms"][op] <= profile["ops_ms"][op] for op in profile["ops_ms"])
+    prefill = saved["prefill_profile"]
+    assert prefill["tokens"] == 3 and prefill["calls"]["linear"] == 3 + 1 and "sample" not in prefill["calls"]
     assert saved["transformers"] == {"error": "RuntimeError: no transformers here"}
     assert "transformers failed: RuntimeError: no transformers here" in capsys.readouterr().out  # in the table
 
