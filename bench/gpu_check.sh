@@ -29,9 +29,10 @@ if compgen -G ".whl/*.whl" > /dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         2>&1 | tail -3 && export PYTHONPATH=/tmp/site
 fi
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/nvidia_smi.txt"
+# the device tool returns at most 8 files from $OUT: the card and the versions share one
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/versions.txt"
 python3 -c "import importlib.metadata as m; print(*sorted({d.metadata['Name'] + ' ' + d.version for d in m.distributions()
-    if d.metadata['Name'].lower().startswith(('cupy', 'numba', 'cuda-', 'torch', 'transformers'))}))" 2>&1 | tee "$OUT/versions.txt"
+    if d.metadata['Name'].lower().startswith(('cupy', 'numba', 'cuda-', 'torch', 'transformers'))}))" 2>&1 | tee -a "$OUT/versions.txt"
 python3 -c "import importlib.util as u; print('notebook modules missing:', ' '.join(m for m in
     ['nbclient', 'nbformat', 'ipykernel', 'matplotlib', 'bpe_openai', 'tokenizers'] if u.find_spec(m) is None) or 'none')" \
     2>&1 | tee -a "$OUT/versions.txt"
