@@ -38,7 +38,7 @@ python3 -c "import importlib.util as u; print('notebook modules missing:', ' '.j
     2>&1 | tee -a "$OUT/versions.txt"
 
 if wants tests; then
-    timeout 220 python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider --durations=5 \
+    timeout 240 python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider --durations=5 \
         --junitxml="$OUT/gpu_tests.xml" 2>&1 | tee "$OUT/gpu_tests.log" | tail -40
 fi
 if wants bench; then
