@@ -20,6 +20,11 @@ set -uo pipefail
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+# Every launch runs on its CuPy arrays' stream (kernels/common_cuda.stream_of). numba-cuda >= 0.30 (what
+# pyproject.toml asks) takes CuPy arrays through DLPack; older ones, should the device image hold one,
+# take them through the CUDA Array Interface and synchronize their stream at every launch, which a
+# stream capturing a CUDA graph refuses. versions.txt says which ran.
+export NUMBA_CUDA_ARRAY_INTERFACE_SYNC=0
 parts=" ${*:-tests bench moe notebooks} "
 wants() { [[ "$parts" == *" $1 "* ]]; }
 LIMIT=510  # seconds for the whole script; the optional parts use what is left
