@@ -23,6 +23,11 @@ from .kernels import attention, bf16, kv_cache, moe, mxfp4, norm_rope
 log = logging.getLogger(__name__)
 
 
+def _joined(parts):
+    """Arrays joined along their first axis; one part as it is (a memory map stays one)."""
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
 class CpuOps:
     """NumPy arrays on the host. Dense weights stay bf16 (uint16 bits) and MXFP4 stays packed."""
 
@@ -33,12 +38,12 @@ class CpuOps:
     def matrix(self, *parts: np.ndarray) -> np.ndarray:
         """A dense weight matrix, or several stacked by rows: bf16 bits (uint16) are kept as they are
         (one part stays memory-mapped), others become float32."""
-        a = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        a = _joined(parts)
         return np.asarray(a) if a.dtype == np.uint16 else np.asarray(a, dtype=np.float32)
 
     def vector(self, *parts: np.ndarray) -> np.ndarray:
         """A small tensor (norm weight, bias, sinks), or several joined, as float32."""
-        a = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        a = _joined(parts)
         return bf16.bf16_to_f32(a) if a.dtype == np.uint16 else np.asarray(a, dtype=np.float32)
 
     def packed(self, a: np.ndarray) -> np.ndarray:
