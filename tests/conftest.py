@@ -67,24 +67,38 @@ def tok(cache_dir):
 @pytest.fixture(scope="session")
 def hf_model():
     """hf_model(folder) -> transformers' GptOssForCausalLM on the CPU in float32, eager attention."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    transformers.logging.set_verbosity_error()
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
     loaded = {}
 
     def get(folder):
         if folder not in loaded:
-            loaded[folder] = transformers.AutoModelForCausalLM.from_pretrained(
-                folder, dtype=torch.float32, attn_implementation="eager",
-                quantization_config=transformers.Mxfp4Config(dequantize=True)).eval()
+            loaded[folder] = load_hf(folder)
         return loaded[folder]
     return get
 
 
+def load_hf(folder, device: str = "cpu"):
+    """transformers' GptOssForCausalLM from `folder` in float32 with eager attention, on `device`.
+
+    transformers 5.17 (the device machine's) dequantizes the MXFP4 experts to bf16 whatever dtype is
+    asked for, and then runs the experts in bf16: 7e-3 relative error on the tiny checkpoint's logits.
+    The dequantized values are exact in bf16, so widening the model makes every product float32 again
+    (a no-op from the versions that dequantize to the asked dtype, such as 5.24)."""
+    import torch
+    import transformers
+    transformers.logging.set_verbosity_error()
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        folder, dtype=torch.float32, attn_implementation="eager",
+        quantization_config=transformers.Mxfp4Config(dequantize=True))
+    return model.to(device=device, dtype=torch.float32).eval()
+
+
 def hf_logits(model, ids) -> np.ndarray:
+    """transformers' logits for one sequence of ids, on the model's device, as a float32 NumPy array."""
     import torch
     with torch.no_grad():
-        return model(torch.tensor(np.asarray(ids))[None]).logits[0].float().numpy()
+        return model(torch.tensor(np.asarray(ids), device=model.device)[None]).logits[0].float().cpu().numpy()
 
 
 def rel_err(a, b) -> float:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import gptoss_np
-from conftest import CHECKPOINTS, rel_err
+from conftest import CHECKPOINTS, hf_logits, load_hf, rel_err
 from gptoss_np import backend, sampling, synthetic
 from gptoss_np.kernels import attention, bf16, mxfp4
 
@@ -30,23 +30,10 @@ def gpu():
 def hf_cuda():
     """hf_cuda(folder) -> transformers' GptOssForCausalLM on the GPU in float32, eager attention."""
     torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     if not torch.cuda.is_available():
         pytest.skip("torch sees no GPU")
-    transformers.logging.set_verbosity_error()
-
-    def get(folder):
-        model = transformers.AutoModelForCausalLM.from_pretrained(
-            folder, dtype=torch.float32, attn_implementation="eager",
-            quantization_config=transformers.Mxfp4Config(dequantize=True)).to("cuda").eval()
-        return model
-    return get
-
-
-def hf_logits_cuda(model, ids) -> np.ndarray:
-    import torch
-    with torch.no_grad():
-        return model(torch.tensor(np.asarray(ids), device="cuda")[None]).logits[0].float().cpu().numpy()
+    return lambda folder: load_hf(folder, "cuda")
 
 
 def prompt(config, length: int, seed: int = 1) -> np.ndarray:
@@ -126,7 +113,7 @@ def test_prefill_with_experts_by_cublas_matches_transformers(checkpoint_dir, hf_
     monkeypatch.setattr(backend_cuda, "EXPERT_BLAS_MIN_TOKENS", 2)
     folder = checkpoint_dir("tiny")
     ids = prompt(gptoss_np.load(folder).config, 100, seed=7)
-    err = rel_err(gptoss_np.load(folder, device="cuda").logits(ids), hf_logits_cuda(hf_cuda(folder), ids))
+    err = rel_err(gptoss_np.load(folder, device="cuda").logits(ids), hf_logits(hf_cuda(folder), ids))
     record_property("rel_err_hf", err)
     assert err <= TOL
 
@@ -152,7 +139,7 @@ def test_logits_match_cpu_and_transformers(name, checkpoint_dir, hf_cuda, record
     ids = prompt(cpu.config, 100)
     ours = gpu.logits(ids)
     assert ours.dtype == np.float32 and ours.shape == (100, cpu.config.vocab_size)
-    errors = {"rel_err_cpu": rel_err(ours, cpu.logits(ids)), "rel_err_hf": rel_err(ours, hf_logits_cuda(hf_cuda(folder), ids))}
+    errors = {"rel_err_cpu": rel_err(ours, cpu.logits(ids)), "rel_err_hf": rel_err(ours, hf_logits(hf_cuda(folder), ids))}
     for key, value in errors.items():
         record_property(key, value)
     assert max(errors.values()) <= TOL, errors
@@ -195,7 +182,7 @@ def test_graph_decode_matches_transformers(name, checkpoint_dir, hf_cuda, record
     assert decode.graph is not None and cache.length == 60
     ours = np.concatenate(parts)
     errors = {"rel_err_graph_vs_prefill": rel_err(ours, model.logits(ids)),
-              "rel_err_graph_hf": rel_err(ours, hf_logits_cuda(hf_cuda(folder), ids))}
+              "rel_err_graph_hf": rel_err(ours, hf_logits(hf_cuda(folder), ids))}
     for key, value in errors.items():
         record_property(key, value)
     assert max(errors.values()) <= TOL, errors
@@ -217,6 +204,6 @@ def test_two_layers_of_20b(two_layer_20b, hf_cuda, record_property):
     assert err_cpu <= TOL
     assert list(gpu.generate(ids[:8], max_new_tokens=6)) == list(cpu.generate(ids[:8], max_new_tokens=6))
     del cpu, gpu
-    err_hf = rel_err(ours, hf_logits_cuda(hf_cuda(two_layer_20b), ids))
+    err_hf = rel_err(ours, hf_logits(hf_cuda(two_layer_20b), ids))
     record_property("rel_err_hf", err_hf)
     assert err_hf <= TOL
