@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,13 +47,39 @@ SIGNATURES = {
     "sampling_cuda._sample_kernel": (f"{F32}{C1}", f"{I32}{C1}", f"{I32}{C1}", F32, I64, F32, F32, F32, f"{I32}{C1}"),
 }
 
+# kernel -> the most threads per block its launcher asks for, from its module's constants
+BLOCK_THREADS = {
+    "mxfp4_cuda._gemv_kernel": lambda m: m.GEMV_LANES * m.GEMV_WARPS,
+    "mxfp4_cuda._grouped_matmul_kernel": lambda m: m.TILE_THREADS[0] * m.TILE_THREADS[1],
+    "mxfp4_cuda._dequantize_kernel": lambda m: m.DEQUANT_THREADS,
+    "bf16_cuda._gemv_kernel": lambda m: m.GEMV_LANES * m.GEMV_WARPS,
+    "bf16_cuda._widen_rows_kernel": lambda m: m.WIDEN_THREADS,
+    "attention_cuda._partial_kernel": lambda m: m.THREADS,
+    "attention_cuda._combine_kernel": lambda m: m.MAX_DH,  # power_of_two(head dim)
+    "norm_rope_cuda._rmsnorm_kernel": lambda m: m.THREADS,
+    "norm_rope_cuda._rope_tables_kernel": lambda m: m.THREADS,
+    "norm_rope_cuda._rope_kernel": lambda m: m.THREADS,
+    "kv_cache_cuda._write_one_kernel": lambda m: m.THREADS,
+    "moe_cuda._route_kernel": lambda m: m.THREADS,
+    "moe_cuda._sort_pairs_kernel": lambda m: m.SORT_THREADS,
+    "moe_cuda._swiglu_kernel": lambda m: m.THREADS,
+    "moe_cuda._combine_kernel": lambda m: m.THREADS,
+    "sampling_cuda._argmax_kernel": lambda m: m.THREADS,
+    "sampling_cuda._sample_kernel": lambda m: m.THREADS,
+}
+# kernels allowed a stack frame: libdevice's sinf / cosf reduce large arguments (Payne-Hanek) in a
+# local array; the tables are made once a step
+STACK_ALLOWED = {"norm_rope_cuda._rope_tables_kernel"}
+REGISTERS_PER_BLOCK = 65536  # sm_90's register file per SM, the most one block may use
+STATIC_SMEM = 48 * 1024  # the most shared memory a kernel may declare statically
+
 
 def test_every_kernel_has_a_signature():
     found = set()
     for path in (ROOT / "kernels").glob("*_cuda.py"):
         module = importlib.import_module(f"gptoss_np.kernels.{path.stem}")
         found |= {f"{path.stem}.{name}" for name in vars(module) if name.startswith("_") and name.endswith("_kernel")}
-    assert found == set(SIGNATURES)
+    assert found == set(SIGNATURES) == set(BLOCK_THREADS)
 
 
 @pytest.fixture(scope="module")
@@ -79,12 +106,39 @@ def compile_ptx():
     patch.undo()
 
 
+def machine_code_usage(ptx: str) -> dict:
+    """What ptxas (inside nvJitLink, installed with numba-cuda's NVRTC) reports for the kernel in
+    `ptx` assembled for sm_90: registers per thread, stack, static shared and local memory bytes."""
+    nvjitlink = pytest.importorskip("cuda.bindings.nvjitlink", reason="cuda-bindings has no nvJitLink")
+    handle = nvjitlink.create(2, ["-arch=sm_90", "-verbose"])
+    try:
+        data = ptx.encode()
+        nvjitlink.add_data(handle, nvjitlink.InputType.PTX, data, len(data), "kernel")
+        nvjitlink.complete(handle)
+        log = bytearray(nvjitlink.get_info_log_size(handle))
+        nvjitlink.get_info_log(handle, log)
+    finally:
+        nvjitlink.destroy(handle)
+    found = re.search(r"used (\d+) registers, .*?(\d+) stack, (\d+) bytes smem, .*?(\d+) bytes lmem", log.decode())
+    assert found, log.decode()
+    return dict(zip(("registers", "stack", "smem", "lmem"), map(int, found.groups())))
+
+
 @pytest.mark.parametrize("name", list(SIGNATURES))
-def test_kernel_compiles_to_ptx_for_sm90(name, compile_ptx):
+def test_kernel_compiles_to_ptx_for_sm90(name, compile_ptx, record_property):
+    """The PTX, then the machine code: no local memory (accumulators kept in registers, no spills),
+    and a block of the most threads its launcher asks for fits sm_90's registers and static shared
+    memory (the CUDA simulator checks neither)."""
     module_name, kernel_name = name.split(".")
-    kernel = getattr(importlib.import_module(f"gptoss_np.kernels.{module_name}"), kernel_name)
-    ptx = compile_ptx(kernel, "(" + ", ".join(SIGNATURES[name]) + ",)")
+    module = importlib.import_module(f"gptoss_np.kernels.{module_name}")
+    ptx = compile_ptx(getattr(module, kernel_name), "(" + ", ".join(SIGNATURES[name]) + ",)")
     assert ".target sm_90" in ptx and ".entry" in ptx
+    usage = machine_code_usage(ptx)
+    record_property("sm90", usage)
+    threads = BLOCK_THREADS[name](module)
+    assert usage["lmem"] == 0 and (usage["stack"] == 0 or name in STACK_ALLOWED), usage
+    assert threads * usage["registers"] <= REGISTERS_PER_BLOCK, (threads, usage)
+    assert usage["smem"] <= STATIC_SMEM, usage
 
 
 def test_simulator():
