@@ -7,7 +7,7 @@ with W_e stored as on disk (blocks uint8 [E, N, K/32, 16], scales uint8 [E, N, K
 down projection read the pair's own row (1). Only the selected experts' bytes are read.
 
   expert_gemv     decode: two output rows per warp, x staged in shared memory, each lane reading
-                  4-byte words (a warp reads 128 contiguous bytes a row)
+                  8-byte words (a warp reads 256 contiguous bytes a row)
   expert_matmul   prefill: pairs grouped by expert (moe_cuda.sort_pairs); a block computes a tile of
                   pairs x rows, staging the x tile and the dequantized W tile in shared memory
   dequantize      one expert's whole matrix as float32, for a cuBLAS matmul over its pairs (long prompts)
@@ -19,14 +19,14 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from .common_cuda import MAX_THREADS, check, e8m0_half, fp4_times2, row_sum, stream_of, swiglu
+from .common_cuda import MAX_THREADS, check, e8m0_half, fp4_times2, fp4_tiny, row_sum, stream_of, swiglu
 from .mxfp4 import BLOCK
 
 # Launch shapes (tests shrink them so the simulator covers partial blocks with few threads).
 GEMV_LANES = 32  # threads per pair of output rows (a power of two)
 GEMV_WARPS = 8  # pairs of output rows per block (the x row is staged once for 16 rows)
 GEMV_MAX_K = 4096  # longest x row the GEMV stages in shared memory (gpt-oss: 2880)
-_X_PADDED = GEMV_MAX_K + GEMV_MAX_K // 8
+_X_PADDED = GEMV_MAX_K + GEMV_MAX_K // 16
 TILE_THREADS = (16, 16)  # (x: output rows, y: pairs) threads per block; each owns MICRO x MICRO outputs
 MICRO = 4
 _TILE_MAX = 64  # = 16 * MICRO: shared tiles are sized for the largest block
@@ -36,40 +36,48 @@ DEQUANT_THREADS = 256
 @cuda.jit(cache=True)
 def _gemv_kernel(x, rows_per_x, experts, words, scales, bias, limit, alpha, fuse_swiglu, out):
     """Block (lanes, warps) of pair blockIdx.y: each warp computes two neighbouring output rows n, n + 1
-    (gate_up's gate and up), so every x value read serves both; words = blocks as uint32 [E, N, G, 4].
+    (gate_up's gate and up), so every x value read serves both; words = blocks as uint64 [E, N, K/16].
     With fuse_swiglu, the warp writes swiglu(row n, row n + 1) to out[p, n / 2] instead.
 
-    The pair's x row is staged in shared memory first, element k at k + k // 8. Lane L then reads word
-    i = L, L + lanes, ... of each row (8 weights, k = 8i .. 8i + 7): a warp reads 128 contiguous bytes
-    of a row at a time, and its 32 lanes read x at 9i + m, 32 distinct banks."""
+    The pair's x row is staged in shared memory times 2**64, element k at k + k // 16. Lane L then
+    reads word i = L, L + lanes, ... of each row (16 weights, k = 16i .. 16i + 15): a warp reads 256
+    contiguous bytes of a row at a time, and its 32 lanes read x at 17i + m, 32 distinct banks.
+    A weight is decoded as FP4 x 2**-126 (fp4_tiny: two shifts, two masks) and multiplied by the
+    staged x, so the products are FP4 x x x 2**-62, normal floats: a word's sum times 2**63 and half
+    the block's scale is what unscaled products would give, bit for bit. Indices are unsigned and the
+    rows are views taken once, so the loop holds no negative-index wraparound or 4-D address math
+    (bench/sass.py: 222 instructions a lane for 2 x 8 bytes, 14 a byte; 35 before)."""
     xs = cuda.shared.array(_X_PADDED, np.float32)
     partial = cuda.shared.array(MAX_THREADS, np.float32)
     lane, warp = cuda.threadIdx.x, cuda.threadIdx.y
     lanes, warps = cuda.blockDim.x, cuda.blockDim.y
     p = cuda.blockIdx.y
-    N, G = words.shape[1], words.shape[2]
+    N, W = words.shape[1], words.shape[2]
     e = experts[p]
-    row = p // rows_per_x
-    for k in range(warp * lanes + lane, G * BLOCK, lanes * warps):
-        xs[k + k // 8] = x[row, k]
+    x_row = x[p // rows_per_x]
+    for k in range(warp * lanes + lane, W * 16, lanes * warps):
+        u = np.uint32(k)
+        xs[u + u // np.uint32(16)] = x_row[u] * np.float32(2.0 ** 64)
     cuda.syncthreads()
     n = 2 * (cuda.blockIdx.x * warps + warp)
     acc0, acc1 = np.float32(0), np.float32(0)
     if n < N:
-        second = n + 1 < N
-        for i in range(lane, G * 4, lanes):
-            g, j = i // 4, i % 4
-            w0 = words[e, n, g, j]
-            w1 = words[e, n + 1, g, j] if second else np.uint32(0)
+        m = min(n + 1, N - 1)  # the second row; row n again when N is odd (its result is not written)
+        words0, words1, scales0, scales1 = words[e, n], words[e, m], scales[e, n], scales[e, m]
+        for i in range(lane, W, lanes):
+            u = np.uint32(i)
+            w0, w1, base = words0[u], words1[u], u * np.uint32(17)
             s0, s1 = np.float32(0), np.float32(0)
-            for b in range(4):
-                lo, hi = xs[9 * i + 2 * b], xs[9 * i + 2 * b + 1]
-                byte0, byte1 = (w0 >> (8 * b)) & 0xFF, (w1 >> (8 * b)) & 0xFF
-                s0 += fp4_times2(byte0 & 15) * lo + fp4_times2(byte0 >> 4) * hi
-                s1 += fp4_times2(byte1 & 15) * lo + fp4_times2(byte1 >> 4) * hi
-            acc0 += s0 * e8m0_half(scales[e, n, g])
-            if second:
-                acc1 += s1 * e8m0_half(scales[e, n + 1, g])
+            for h in range(2):  # the word's 32-bit halves
+                half0 = np.uint32((w0 >> np.uint64(32 * h)) & np.uint64(0xFFFFFFFF))
+                half1 = np.uint32((w1 >> np.uint64(32 * h)) & np.uint64(0xFFFFFFFF))
+                for j in range(8):  # unrolled: the shifts in fp4_tiny are constants
+                    xj = xs[base + np.uint32(8 * h + j)]
+                    s0 += fp4_tiny(half0, j) * xj
+                    s1 += fp4_tiny(half1, j) * xj
+            g = u // np.uint32(2)
+            acc0 += s0 * np.float32(2.0 ** 63) * e8m0_half(scales0[g])
+            acc1 += s1 * np.float32(2.0 ** 63) * e8m0_half(scales1[g])
     total0 = row_sum(partial, acc0, lane, warp, lanes)
     total1 = row_sum(partial, acc1, lane, warp, lanes)
     if lane == 0 and n < N:
@@ -177,7 +185,8 @@ def expert_gemv(x, rows_per_x: int, experts, blocks, scales, bias, out, swiglu=N
     limit, alpha = swiglu if swiglu is not None else (0.0, 0.0)
     grid = (-(-N // (2 * GEMV_WARPS)), P)
     _gemv_kernel[grid, (GEMV_LANES, GEMV_WARPS), stream_of(out)](
-        x, rows_per_x, experts, blocks.view(np.uint32), scales, bias, np.float32(limit), np.float32(alpha),
+        x, rows_per_x, experts, blocks.view(np.uint64).reshape(blocks.shape[:2] + (-1,)), scales, bias,
+        np.float32(limit), np.float32(alpha),
         int(swiglu is not None), out)
     return out
 
