@@ -4,14 +4,17 @@ Imported only by backend.select when a GPU is usable, so the CPU path never need
 Weights live on the GPU as on disk: MXFP4 experts packed (uint8 blocks + e8m0 scales), dense weights
 as bf16 bits (uint16); norms, biases and sinks as float32. Activations are float32.
 Kernel choices by size live here and nowhere else:
-  bf16 linear    GEMV kernel up to bf16_cuda.MAX_ROWS tokens; above, f32 tiles of W + cuBLAS (CuPy)
+  bf16 linear    GEMV kernel up to bf16_cuda.MAX_ROWS tokens; above, cuBLAS products (below)
   MoE experts    EXPERT_GEMV_MAX_TOKENS tokens or fewer: the pairs' GEMV; more: sort pairs by expert,
                  then one tiled matmul launch over all experts; from EXPERT_BLAS_MIN_TOKENS tokens:
                  the pairs' rows gathered in expert order once, then each chosen expert's matrix
-                 dequantized to float32 and multiplied by cuBLAS into its rows' block (two launches
-                 an expert; bench/gpu.py times both prefill paths)
-  cuBLAS         on GPUs with TF32 tensor cores (compute capability 8.0 on), two TF32 products with
-                 float32's accuracy (tf32.py: the weights are exact in TF32); else float32 products
+                 dequantized (to bf16 or float32, as the products take it) and multiplied by cuBLAS
+                 into its rows' block (two launches an expert; bench/gpu.py times both prefill paths)
+  cuBLAS         `products`, each with float32's accuracy for this model's weights:
+                   bf16x3   bf16 weights, x in three bf16 parts (bf16x3.py), cuBLAS gemmEx; the default
+                            on GPUs with bf16 tensor cores (compute capability 8.0 on)
+                   tf32x2   float32 weights (widened, dequantized), x in two TF32 halves (tf32.py)
+                   float32  float32 weights and products (SGEMM), below compute capability 8.0
   sampling       argmax or the filtered draw on the device; only the chosen id is copied back
   decode         replayed from a CUDA graph (cuda_graph.py) unless `graphs` is off
 """
@@ -24,14 +27,16 @@ import cupy as cp
 import numpy as np
 
 from . import moe as moe_layer
-from . import sampling, tf32
+from . import bf16x3, sampling, tf32
 from .backend import eager_decoder
 from .cuda_graph import GraphDecoder
 from .kernels import attention_cuda, bf16, bf16_cuda, kv_cache_cuda, moe_cuda, mxfp4_cuda, norm_rope_cuda, sampling_cuda
+from .kernels.common_cuda import address, check
 
 EXPERT_GEMV_MAX_TOKENS = 1  # decode; prefill chunks take the grouped matmul
 EXPERT_BLAS_MIN_TOKENS = 256  # a guess until a GPU measures it: ~32 pairs per expert of 20b's 32
-WIDEN_TILE_ROWS = 16384  # rows of a bf16 matrix widened to float32 at a time for cuBLAS (189 MB at K = 2880)
+TILE_ROWS = 16384  # rows of a bf16 matrix per cuBLAS product (widened to float32: 189 MB at K = 2880)
+PRODUCTS = ("bf16x3", "tf32x2", "float32")
 
 
 def _f32(a):
@@ -54,7 +59,7 @@ class CudaOps:
         props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
         name = props["name"]
         self.device_name = name.decode() if isinstance(name, bytes) else str(name)
-        self.tf32 = props["major"] >= 8  # cuBLAS products on TF32 tensor cores, split in two (tf32.py)
+        self.products = "bf16x3" if props["major"] >= 8 else "float32"  # cuBLAS's products (PRODUCTS)
 
     # -- weights (from host arrays, e.g. memory-mapped safetensors, or arrays already on the GPU)
     def matrix(self, *parts):
@@ -102,11 +107,12 @@ class CudaOps:
             bias = b if b is not None else cp.zeros(N, cp.float32)
             return bf16_cuda.gemv(x, w, bias, cp.empty((T, N), cp.float32))
         y = cp.empty((T, N), cp.float32)
-        tile = cp.empty((min(WIDEN_TILE_ROWS, N), w.shape[1]), cp.float32)
-        for r in range(0, N, WIDEN_TILE_ROWS):
-            rows = min(WIDEN_TILE_ROWS, N - r)
-            bf16_cuda.widen_rows(w, cp.arange(r, r + rows, dtype=cp.int64), tile[:rows])
-            y[:, r:r + rows] = self.matmul_t(x, tile[:rows])
+        widen = self.products != "bf16x3"  # the others take float32 weights
+        tile = cp.empty((min(TILE_ROWS, N), w.shape[1]), cp.float32) if widen else None
+        for r in range(0, N, TILE_ROWS):
+            rows = min(TILE_ROWS, N - r)
+            w_rows = bf16_cuda.widen_rows(w, cp.arange(r, r + rows, dtype=cp.int64), tile[:rows]) if widen else w[r:r + rows]
+            y[:, r:r + rows] = self.matmul_t(x, w_rows)
         return y + b if b is not None else y
 
     def rmsnorm(self, x, w, eps):
@@ -189,33 +195,68 @@ class CudaOps:
 
     def _experts_by_blas(self, rows, offsets, blocks, scales):
         """rows [P, K] grouped by expert (offsets [E + 1]) times their experts' matrices -> [P, N]: each
-        expert's matrix dequantized to float32 and multiplied by cuBLAS into its rows' block, two
-        launches an expert; on TF32 tensor cores as two halves of the rows (tf32.py)."""
+        expert's matrix dequantized as the products take it and multiplied by cuBLAS into its rows'
+        block, two launches an expert; the rows split once into the products' parts."""
         starts = cp.asnumpy(offsets)  # [E + 1] on the host: one wait per projection
-        halves = 2 if self.tf32 else 1
-        rows = tf32.interleaved_halves(rows, cp) if self.tf32 else rows  # [halves * P, K]
-        y = cp.empty((rows.shape[0], blocks.shape[1]), cp.float32)  # [halves * P, N]
-        w = cp.empty((blocks.shape[1], blocks.shape[2] * 32), cp.float32)  # one expert's matrix at a time
-        with self.cublas_mode():
-            for e in np.flatnonzero(np.diff(starts)):  # the experts with pairs
-                block = slice(halves * starts[e], halves * starts[e + 1])
-                cp.matmul(rows[block], mxfp4_cuda.dequantize(blocks[e], scales[e], w).T, out=y[block])
-        return tf32.sum_halves(y) if self.tf32 else y
+        parts = self._parts(rows)  # [n * P, K]: the n parts of each row side by side
+        n = parts.shape[0] // rows.shape[0]
+        y = cp.empty((parts.shape[0], blocks.shape[1]), cp.float32)  # [n * P, N]
+        w = cp.empty((blocks.shape[1], blocks.shape[2] * 32), self._weight_dtype())  # one expert's matrix at a time
+        for e in np.flatnonzero(np.diff(starts)):  # the experts with pairs
+            block = slice(n * starts[e], n * starts[e + 1])
+            self._product(parts[block], mxfp4_cuda.dequantize(blocks[e], scales[e], w), y[block])
+        return self._sum_parts(y)
 
     def matmul_t(self, x, w):
-        """x [T, K] @ w [N, K].T by cuBLAS, for float32 weights exact in TF32 (widened bf16,
-        dequantized MXFP4): on TF32 tensor cores as two halves of x (tf32.py), else in float32."""
-        if not self.tf32:
-            return x @ w.T
-        with self.cublas_mode():
-            return tf32.matmul_t(x, w, cp)
+        """x [T, K] float32 @ w [N, K].T -> [T, N] float32 by cuBLAS, with w as `products` takes it
+        (bf16 bits for bf16x3, else float32) and exact in bf16 (dequantized MXFP4, bf16 weights)."""
+        parts = self._parts(_f32(x))
+        return self._sum_parts(self._product(parts, w, cp.empty((parts.shape[0], w.shape[0]), cp.float32)))
+
+    def _weight_dtype(self):
+        return cp.uint16 if self.products == "bf16x3" else cp.float32
+
+    def _parts(self, x):
+        """x [T, K] -> the rows the products multiply: bf16x3's three bf16 parts or tf32x2's two halves
+        of each row side by side, or x itself."""
+        if self.products == "bf16x3":
+            return bf16x3.interleaved_parts(x, cp)
+        return tf32.interleaved_halves(x, cp) if self.products == "tf32x2" else x
+
+    def _sum_parts(self, y):
+        if self.products == "bf16x3":
+            return bf16x3.sum_parts(y)
+        return tf32.sum_halves(y) if self.products == "tf32x2" else y
+
+    def _product(self, a, w, out):
+        """out [M, N] float32 = a [M, K] @ w [N, K].T: bf16 bits by cuBLAS's gemmEx (float32 sums),
+        float32 by CuPy's matmul (in TF32 mode for tf32x2)."""
+        if self.products != "bf16x3":
+            with self.cublas_mode():
+                return cp.matmul(a, w.T, out=out)
+        check(a.dtype == w.dtype == cp.uint16 and out.dtype == cp.float32 and a.shape[1] == w.shape[1]
+              and out.shape == (a.shape[0], w.shape[0]) and a.flags.c_contiguous and w.flags.c_contiguous
+              and out.flags.c_contiguous, "bf16 product", a=a, w=w, out=out)
+        M, K, N = a.shape[0], a.shape[1], w.shape[0]
+        if M == 0 or N == 0:
+            return out
+        # row-major out = a @ w.T is column-major out.T [N, M] = op(w) [N, K] x op(a) [K, M], where the
+        # column-major views of the row-major w and a are w.T [K, N] and a.T [K, M] (leading dim K)
+        cublas, runtime = cp.cuda.cublas, cp.cuda.runtime
+        one, zero = np.ones(1, np.float32), np.zeros(1, np.float32)  # host scalars, alive for the call
+        handle = cp.cuda.device.get_cublas_handle()
+        cublas.setPointerMode(handle, cublas.CUBLAS_POINTER_MODE_HOST)
+        cublas.gemmEx(handle, cublas.CUBLAS_OP_T, cublas.CUBLAS_OP_N, N, M, K, one.ctypes.data,
+                      address(w), runtime.CUDA_R_16BF, K, address(a), runtime.CUDA_R_16BF, K, zero.ctypes.data,
+                      address(out), runtime.CUDA_R_32F, N, cublas.CUBLAS_COMPUTE_32F, cublas.CUBLAS_GEMM_DEFAULT)
+        return out
 
     @contextlib.contextmanager
     def cublas_mode(self):
-        """Within: CuPy's float32 products on TF32 tensor cores when self.tf32 (the compute type
-        that CUPY_TF32=1 would set for the process), put back after."""
+        """Within: CuPy's float32 products on TF32 tensor cores when products is tf32x2 (the compute
+        type that CUPY_TF32=1 would set for the process), put back after."""
         before = cp._core.get_compute_type(cp.float32)
-        if self.tf32:
+        if self.products == "tf32x2":
             cp._core.set_compute_type(cp.float32, cp._core._routines_linalg.COMPUTE_TYPE_TF32)
         try:
             yield

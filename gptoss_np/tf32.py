@@ -15,7 +15,7 @@ The first product is exact before the float32 sums; the second rounds x_lo by up
 2**-22 of x. Two TF32 products then give float32's accuracy at tensor-core speed (an H100's datasheet:
 495 dense TFLOP/s of TF32 against 67 of float32), for weights that are exact in TF32 only.
 
-The functions take NumPy or CuPy arrays; the caller turns cuBLAS's TF32 mode on (backend_cuda.py).
+The functions take NumPy or CuPy arrays; backend_cuda.py turns cuBLAS's TF32 mode on around the products.
 """
 
 from __future__ import annotations
@@ -47,8 +47,3 @@ def interleaved_halves(x, xp=np):
 def sum_halves(y):
     """The products [2T, N] of interleaved_halves' rows -> x @ w.T [T, N]."""
     return y[0::2] + y[1::2]
-
-
-def matmul_t(x, w, xp=np):
-    """x [T, K] @ w [N, K].T -> [T, N] float32 as x_hi @ w.T + x_lo @ w.T, in one product."""
-    return sum_halves(xp.matmul(interleaved_halves(x, xp), w.T))

@@ -146,6 +146,13 @@ def stream_of(out):
     return _streams[handle]
 
 
+def address(a) -> int:
+    """The address of an array's first element: a CuPy array's on the device (what a cuBLAS call
+    takes), a NumPy array's on the host (the simulator's stand-in)."""
+    interface = getattr(a, "__cuda_array_interface__", None) or a.__array_interface__
+    return interface["data"][0]
+
+
 def check(condition: bool, what: str, **arrays) -> None:
     """ValueError naming the op and the shapes and dtypes of its arguments unless `condition`."""
     if not condition:

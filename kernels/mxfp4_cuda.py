@@ -10,7 +10,7 @@ down projection read the pair's own row (1). Only the selected experts' bytes ar
                   8-byte words (a warp reads 256 contiguous bytes a row)
   expert_matmul   prefill: pairs grouped by expert (moe_cuda.sort_pairs); a block computes a tile of
                   pairs x rows, staging the x tile and the dequantized W tile in shared memory
-  dequantize      one expert's whole matrix as float32, for a cuBLAS matmul over its pairs (long prompts)
+  dequantize      one expert's whole matrix as float32 or bf16, for cuBLAS products over its pairs (long prompts)
 The NumPy references are mxfp4.matmul_ref applied per pair, and mxfp4.dequantize.
 """
 
@@ -147,17 +147,34 @@ def _grouped_matmul_kernel(x, rows_per_x, order, offsets, blocks, scales, bias, 
                     out[p, n] = acc[i, j] + bias[e, n]
 
 
+@cuda.jit(device=True, inline=True)
+def _dequantized_pair(blocks, scales, i):
+    """Packed byte i of blocks [N, G, 16] -> (n, column of its first weight, its two weights)."""
+    G = blocks.shape[1]
+    n, g, j = i // (G * 16), (i // 16) % G, i % 16
+    byte = blocks[n, g, j]
+    s = e8m0_half(scales[n, g])
+    return n, 32 * g + 2 * j, fp4_times2(byte & 15) * s, fp4_times2(byte >> 4) * s
+
+
 @cuda.jit(cache=True)
 def _dequantize_kernel(blocks, scales, out):
     """Thread per packed byte j of block (n, g): the two weights out[n, 32g + 2j] and out[n, 32g + 2j + 1]."""
     i = cuda.grid(1)
-    N, G = blocks.shape[0], blocks.shape[1]
-    if i < N * G * 16:
-        n, g, j = i // (G * 16), (i // 16) % G, i % 16
-        byte = blocks[n, g, j]
-        s = e8m0_half(scales[n, g])
-        out[n, 32 * g + 2 * j] = fp4_times2(byte & 15) * s
-        out[n, 32 * g + 2 * j + 1] = fp4_times2(byte >> 4) * s
+    if i < blocks.shape[0] * blocks.shape[1] * 16:
+        n, k, lo, hi = _dequantized_pair(blocks, scales, i)
+        out[n, k] = lo
+        out[n, k + 1] = hi
+
+
+@cuda.jit(cache=True)
+def _dequantize_bf16_kernel(blocks, scales, out):
+    """The same weights as bf16 bits (uint16): exact, an FP4 value times a power of two has 2 significant bits."""
+    i = cuda.grid(1)
+    if i < blocks.shape[0] * blocks.shape[1] * 16:
+        n, k, lo, hi = _dequantized_pair(blocks, scales, i)
+        out[n, k] = np.uint16(lo.view(np.uint32) >> np.uint32(16))
+        out[n, k + 1] = np.uint16(hi.view(np.uint32) >> np.uint32(16))
 
 
 def _check_experts(x, rows_per_x, blocks, scales, bias, out, P, out_cols=None):
@@ -207,12 +224,14 @@ def expert_matmul(x, rows_per_x: int, order, offsets, max_pairs: int, blocks, sc
 
 
 def dequantize(blocks, scales, out):
-    """out [N, K] f32 = one expert's weights from blocks [N, K/32, 16] u8 and scales [N, K/32] u8."""
+    """out [N, K] = one expert's weights from blocks [N, K/32, 16] u8 and scales [N, K/32] u8, as
+    float32, or as bf16 bits when out is uint16."""
     N, G = blocks.shape[:2]
     check(blocks.shape == (N, G, 16) and scales.shape == (N, G) and blocks.dtype == scales.dtype == np.uint8
-          and out.shape == (N, G * BLOCK) and out.dtype == np.float32 and out.flags.c_contiguous,
+          and out.shape == (N, G * BLOCK) and out.dtype in (np.float32, np.uint16) and out.flags.c_contiguous,
           "mxfp4 dequantize", blocks=blocks, scales=scales, out=out)
+    kernel = _dequantize_kernel if out.dtype == np.float32 else _dequantize_bf16_kernel
     n = N * G * 16
     if n:
-        _dequantize_kernel[-(-n // DEQUANT_THREADS), DEQUANT_THREADS, stream_of(out)](blocks, scales, out)
+        kernel[-(-n // DEQUANT_THREADS), DEQUANT_THREADS, stream_of(out)](blocks, scales, out)
     return out

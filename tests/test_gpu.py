@@ -81,39 +81,53 @@ def test_kernels_at_gpt_oss_20b_shapes():
         assert rel_err(o.get(), attention.attention_ref(q, k, v, q_pos, k_pos, sinks, window, 0.125)) < 1e-5
 
 
-def test_tf32_products_are_as_exact_as_float32(record_property):
-    """cuBLAS's TF32 mode engages (one TF32 product loses ~1e-4), and CudaOps.matmul_t's two products
-    (tf32.py) keep float32's accuracy for MXFP4 and bf16 weights."""
+def test_cublas_products_are_as_exact_as_float32(record_property):
+    """Each of CudaOps' cuBLAS products keeps float32's accuracy for MXFP4 and bf16 weights: three bf16
+    products through gemmEx (the default; one bf16 product of x would lose ~3e-3), two TF32 products
+    (cuBLAS's TF32 mode engages: one TF32 product loses ~1e-4), float32 products."""
     import cupy as cp
+    from gptoss_np import bf16x3
     from gptoss_np.backend_cuda import CudaOps
     ops = CudaOps()
-    assert ops.tf32, "an H100 has TF32 tensor cores"
+    assert ops.products == "bf16x3", "an H100 has bf16 tensor cores"
     rng = np.random.default_rng(5)
     N, K, T = 2880, 2880, 300
     mxfp4_w = mxfp4.dequantize(rng.integers(0, 256, (N, K // 32, 16), dtype=np.uint8),
                                rng.integers(110, 130, (N, K // 32), dtype=np.uint8))
     bf16_w = bf16.bf16_to_f32(bf16.f32_to_bf16(rng.standard_normal((N, K), dtype=np.float32)))
     x = rng.standard_normal((T, K), dtype=np.float32)
+    xd = cp.asarray(x)
     for name, w in (("mxfp4", mxfp4_w), ("bf16", bf16_w)):
         truth = x.astype(np.float64) @ w.astype(np.float64).T
-        xd, wd = cp.asarray(x), cp.asarray(w)
-        float32 = rel_err((xd @ wd.T).get(), truth)
-        split = rel_err(ops.matmul_t(xd, wd).get(), truth)
-        with ops.cublas_mode():  # TF32 mode, as matmul_t sets it, for one product of x as it is
-            one_tf32 = rel_err((xd @ wd.T).get(), truth)
-        for key, value in (("float32", float32), ("tf32x2", split), ("tf32x1", one_tf32)):
+        wd, w_bits = cp.asarray(w), cp.asarray(bf16.f32_to_bf16(w))  # both exact
+        errors = {}
+        for products in ("float32", "tf32x2", "bf16x3"):
+            ops.products = products
+            errors[products] = rel_err(ops.matmul_t(xd, w_bits if products == "bf16x3" else wd).get(), truth)
+        ops.products = "tf32x2"
+        with ops.cublas_mode():  # TF32 mode, as tf32x2 sets it, for one product of x as it is
+            errors["tf32x1"] = rel_err((xd @ wd.T).get(), truth)
+        ops.products = "bf16x3"
+        one_part = (bf16x3.truncate_to_bf16(xd).view(cp.uint32) >> 16).astype(cp.uint16)
+        errors["bf16x1"] = rel_err(ops._product(one_part, w_bits, cp.empty((T, N), cp.float32)).get(), truth)
+        for key, value in errors.items():
             record_property(f"rel_err_{name}_{key}", value)
-        assert one_tf32 > 30 * split, (one_tf32, split)
-        assert split <= 3 * float32 + 1e-7, (split, float32)
+        assert errors["tf32x1"] > 30 * errors["tf32x2"], errors
+        assert errors["bf16x1"] > 300 * errors["bf16x3"], errors
+        assert max(errors["tf32x2"], errors["bf16x3"]) <= 3 * errors["float32"] + 1e-7, errors
 
 
-def test_prefill_with_experts_by_cublas_matches_transformers(checkpoint_dir, hf_cuda, monkeypatch, record_property):
-    """The prefill path of long prompts (experts dequantized, cuBLAS in TF32 halves), forced on."""
+@pytest.mark.parametrize("products", ["bf16x3", "tf32x2"])
+def test_prefill_with_experts_by_cublas_matches_transformers(products, checkpoint_dir, hf_cuda, monkeypatch,
+                                                             record_property):
+    """The prefill path of long prompts (experts dequantized, cuBLAS products), forced on."""
     from gptoss_np import backend_cuda
     monkeypatch.setattr(backend_cuda, "EXPERT_BLAS_MIN_TOKENS", 2)
     folder = checkpoint_dir("tiny")
     ids = prompt(gptoss_np.load(folder).config, 100, seed=7)
-    err = rel_err(gptoss_np.load(folder, device="cuda").logits(ids), hf_logits(hf_cuda(folder), ids))
+    model = gptoss_np.load(folder, device="cuda")
+    model.ops.products = products
+    err = rel_err(model.logits(ids), hf_logits(hf_cuda(folder), ids))
     record_property("rel_err_hf", err)
     assert err <= TOL
 

@@ -4,6 +4,7 @@ module made of NumPy for code that is written against CuPy."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import types
 
 import numpy as np
@@ -86,6 +87,49 @@ class _ComputeTypes:
         return np.matmul(a, b, out=out)
 
 
+CUDA_R_32F, CUDA_R_16BF = 0, 14  # cudaDataType values (library_types.h), as cupy.cuda.runtime has them
+
+
+class _Cublas:
+    """cupy.cuda.cublas as far as the backend calls it: gemmEx on the host addresses of NumPy arrays,
+    with cuBLAS's column-major semantics (op, leading dimensions), bf16 or float32 operands, float32
+    results; sums in float64 (a GPU sums in float32)."""
+
+    CUBLAS_OP_N, CUBLAS_OP_T = 0, 1
+    CUBLAS_POINTER_MODE_HOST = 0
+    CUBLAS_COMPUTE_32F = 68
+    CUBLAS_GEMM_DEFAULT = -1
+
+    def __init__(self):
+        self.pointer_mode = None
+
+    def setPointerMode(self, handle, mode):
+        self.pointer_mode = mode
+
+    @staticmethod
+    def _matrix(address, dtype, rows, cols, ld):
+        """The column-major rows x cols matrix at `address` with leading dimension ld, as float64."""
+        itemsize = np.dtype(dtype).itemsize
+        flat = np.ctypeslib.as_array((ctypes.c_char * ((ld * (cols - 1) + rows) * itemsize)).from_address(address))
+        m = np.lib.stride_tricks.as_strided(flat.view(dtype), (rows, cols), (itemsize, ld * itemsize))
+        if dtype == np.uint16:  # bf16 bits
+            m = (m.astype(np.uint32) << np.uint32(16)).view(np.float32)
+        return m.astype(np.float64)
+
+    def gemmEx(self, handle, transa, transb, m, n, k, alpha, A, Atype, lda, B, Btype, ldb, beta, C, Ctype, ldc,
+               computeType, algo):
+        assert self.pointer_mode == self.CUBLAS_POINTER_MODE_HOST and Ctype == CUDA_R_32F
+        assert computeType == self.CUBLAS_COMPUTE_32F and algo == self.CUBLAS_GEMM_DEFAULT
+        types_ = {CUDA_R_16BF: np.uint16, CUDA_R_32F: np.float32}
+        alpha_, beta_ = (float(np.ctypeslib.as_array((ctypes.c_float * 1).from_address(p))[0]) for p in (alpha, beta))
+        a = self._matrix(A, types_[Atype], *((k, m) if transa == self.CUBLAS_OP_T else (m, k)), lda)
+        b = self._matrix(B, types_[Btype], *((n, k) if transb == self.CUBLAS_OP_T else (k, n)), ldb)
+        product = (a.T if transa == self.CUBLAS_OP_T else a) @ (b.T if transb == self.CUBLAS_OP_T else b)
+        flat = np.ctypeslib.as_array((ctypes.c_float * (ldc * (n - 1) + m)).from_address(C))
+        c = np.lib.stride_tricks.as_strided(flat, (m, n), (4, 4 * ldc))
+        c[:] = alpha_ * product + (beta_ * c if beta_ else 0)  # beta = 0: C is not read, as in cuBLAS
+
+
 def numpy_as_cupy() -> types.ModuleType:
     """A `cupy` module made of NumPy: the simulator's kernels take NumPy arrays."""
     shim = types.ModuleType("cupy")
@@ -103,7 +147,8 @@ def numpy_as_cupy() -> types.ModuleType:
     device = types.SimpleNamespace(id=0, synchronize=lambda: None)
     shim.cuda = types.SimpleNamespace(
         Device=lambda: device, Stream=_Stream, using_allocator=lambda allocator: contextlib.nullcontext(),
-        get_current_stream=lambda: None,
+        get_current_stream=lambda: None, cublas=_Cublas(), device=types.SimpleNamespace(get_cublas_handle=lambda: 0),
         runtime=types.SimpleNamespace(getDeviceProperties=lambda i: {"name": b"Numba CUDA simulator", "major": 9},
-                                      memGetInfo=lambda: (FREE_BYTES, 2 * FREE_BYTES)))
+                                      memGetInfo=lambda: (FREE_BYTES, 2 * FREE_BYTES),
+                                      CUDA_R_32F=CUDA_R_32F, CUDA_R_16BF=CUDA_R_16BF))
     return shim

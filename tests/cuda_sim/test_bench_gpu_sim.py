@@ -56,7 +56,7 @@ def test_benchmark_runs_and_writes_its_json(bench, tmp_path, monkeypatch, capsys
     saved = json.loads(out.read_text())
     assert saved["device"] == "Numba CUDA simulator" and saved["layers"] == 1 and "skipped" in saved["launch"]
     assert set(saved["decode"]) == {"9"} and saved["prefill"]["3"]["tok_s"] > 0
-    assert all(saved["prefill"]["3"][path + "_tok_s"] > 0 for path in ("tiled", "blas", "blas_fp32"))
+    assert all(saved["prefill"]["3"][path + "_tok_s"] > 0 for path in ("tiled", "blas", "blas_tf32x2"))
     assert "over the --prefill-budget" in saved["prefill"]["6"]["skipped"]
     assert all(r["tok_s"] > 0 and r["eager_tok_s"] > 0 and r["bytes_per_token"]["total"] > 0 and "pct_of_floor" in r
                for r in saved["decode"].values())

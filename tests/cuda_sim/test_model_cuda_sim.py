@@ -96,40 +96,50 @@ def test_expert_choice_dispatch(cuda_ops, tmp_path):
     assert rel_err(ours, ref) < 1e-5
 
 
-@pytest.mark.parametrize("tensor_cores", [True, False])
-def test_cublas_products_take_tf32_mode_only_for_their_call(cuda_ops, monkeypatch, tensor_cores):
-    """On a GPU with TF32 tensor cores, CudaOps.matmul_t runs tf32.matmul_t (two products) with cuBLAS
-    in TF32 mode, and puts the mode back; without them, one float32 product."""
-    cp, tf32 = sys.modules["cupy"], sys.modules["gptoss_np.tf32"]
-    modes = []
-    split_product = tf32.matmul_t
-    monkeypatch.setattr(tf32, "matmul_t", lambda x, w, xp: modes.append(cp._core.get_compute_type(np.float32))
-                        or split_product(x, w, xp))
-    cuda_ops.tf32 = tensor_cores
+def test_gpus_with_tensor_cores_default_to_bf16_products(cuda_ops):
+    assert cuda_ops.products == "bf16x3"  # the simulated GPU reports compute capability 9
+
+
+@pytest.mark.parametrize("products", ["bf16x3", "tf32x2", "float32"])
+def test_cublas_products_keep_float32_accuracy(cuda_ops, monkeypatch, products):
+    """CudaOps.matmul_t in each `products` mode: float32's accuracy for weights exact in bf16, with
+    cuBLAS's TF32 mode set only for tf32x2's call and put back after (the shim's matmul rounds to TF32
+    in that mode, its gemmEx runs bf16 operands)."""
+    cp = sys.modules["cupy"]
+    modes, matmul = [], cp.matmul
+    monkeypatch.setattr(cp, "matmul", lambda a, b, out=None: modes.append(cp._core.get_compute_type(np.float32))
+                        or matmul(a, b, out=out))
+    cuda_ops.products = products
     rng = np.random.default_rng(7)
     x = rng.standard_normal((5, 64), dtype=np.float32)
-    w = bf16.bf16_to_f32(bf16.f32_to_bf16(rng.standard_normal((3, 64), dtype=np.float32)))  # exact in TF32
+    w_bits = bf16.f32_to_bf16(rng.standard_normal((3, 64), dtype=np.float32))
+    w = w_bits if products == "bf16x3" else bf16.bf16_to_f32(w_bits)
     before = cp._core.get_compute_type(np.float32)
-    assert rel_err(cuda_ops.matmul_t(x, w), x.astype(np.float64) @ w.T) < 1e-6
-    assert modes == ([cp._core._routines_linalg.COMPUTE_TYPE_TF32] if tensor_cores else [])
+    truth = x.astype(np.float64) @ bf16.bf16_to_f32(w_bits).T
+    assert rel_err(cuda_ops.matmul_t(x, w), truth) < 1e-6
+    tf32_mode = cp._core._routines_linalg.COMPUTE_TYPE_TF32
+    assert modes == {"bf16x3": [], "tf32x2": [tf32_mode], "float32": [before]}[products]
     assert cp._core.get_compute_type(np.float32) == before
 
 
-def test_cublas_prefill_on_tf32_keeps_float32_accuracy(cuda_ops, monkeypatch, tmp_path):
-    """A prefill whose projections and experts all take cuBLAS, its TF32 products emulated (sim.py):
-    the two halves keep the CPU engine's float32 logits, where one TF32 product would not."""
+@pytest.mark.parametrize("products, one_part", [
+    ("bf16x3", ("gptoss_np.bf16x3", lambda x: (x.astype(np.float32), np.zeros_like(x), np.zeros_like(x)))),
+    ("tf32x2", ("gptoss_np.tf32", lambda x: (x, np.zeros_like(x))))])
+def test_cublas_prefill_keeps_float32_accuracy(cuda_ops, monkeypatch, tmp_path, products, one_part):
+    """A prefill whose projections and experts all take cuBLAS, its products emulated (sim.py): the
+    parts of x keep the CPU engine's float32 logits, where one bf16 or TF32 product of x would not."""
     monkeypatch.setattr(sys.modules["gptoss_np.backend_cuda"], "EXPERT_BLAS_MIN_TOKENS", 2)
     config = synthetic.config_dict("tiny", vocab_size=96, hidden_size=32, intermediate_size=32, head_dim=8,
                                    num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
                                    num_experts_per_tok=2, num_hidden_layers=1, layer_types=["full_attention"])
     checkpoint = Checkpoint(synthetic.write_checkpoint(tmp_path, config))
     cpu, gpu = GptOss(checkpoint, CpuOps()), GptOss(checkpoint, cuda_ops)
+    cuda_ops.products = products
     ids = np.random.default_rng(8).integers(0, cpu.config.vocab_size, 8)
     ref = cpu.forward(ids, cpu.new_cache(8), all_logits=True)
-    assert cuda_ops.tf32
     assert rel_err(gpu.forward(ids, gpu.new_cache(8), all_logits=True), ref) < 1e-5
-    tf32 = sys.modules["gptoss_np.tf32"]
-    monkeypatch.setattr(tf32, "split", lambda x: (x, np.zeros_like(x)))  # one TF32 product of x
+    module, split = one_part
+    monkeypatch.setattr(sys.modules[module], "split", split)  # x as it is: one product rounds it
     assert rel_err(gpu.forward(ids, gpu.new_cache(8), all_logits=True), ref) > 1e-5
 
 
