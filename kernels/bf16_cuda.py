@@ -54,17 +54,19 @@ def _gemv_kernel(x, words, bias, warp_rows, out):
                 if t < T:
                     xs[t, i + i // 8] = x[t, k0 + i]
         cuda.syncthreads()
-        w0 = k0 // 2
+        w0 = np.uint32(k0 // 2)
         for c in range(lane, kc // 8, lanes):  # inside: fixed trip counts, so acc stays in registers
+            u = np.uint32(c)  # unsigned indices: no negative-index wraparound in the loop
+            base, col = u * np.uint32(9), w0 + u * np.uint32(4)
             for t in range(MAX_ROWS):
                 if t < T:
-                    x0, x1, x2, x3 = xs[t, 9 * c], xs[t, 9 * c + 1], xs[t, 9 * c + 2], xs[t, 9 * c + 3]
-                    x4, x5, x6, x7 = xs[t, 9 * c + 4], xs[t, 9 * c + 5], xs[t, 9 * c + 6], xs[t, 9 * c + 7]
+                    x0, x1, x2, x3 = xs[t, base], xs[t, base + 1], xs[t, base + 2], xs[t, base + 3]
+                    x4, x5, x6, x7 = xs[t, base + 4], xs[t, base + 5], xs[t, base + 6], xs[t, base + 7]
                     for rr in range(WARP_ROWS):
-                        n = first + rr
+                        n = np.uint32(first + rr)
                         if rr < warp_rows and n < N:
-                            a, b = words[n, w0 + 4 * c], words[n, w0 + 4 * c + 1]
-                            e, f = words[n, w0 + 4 * c + 2], words[n, w0 + 4 * c + 3]
+                            a, b = words[n, col], words[n, col + 1]
+                            e, f = words[n, col + 2], words[n, col + 3]
                             acc[rr * MAX_ROWS + t] += (bf16_lo(a) * x0 + bf16_hi(a) * x1 + bf16_lo(b) * x2
                                                        + bf16_hi(b) * x3 + bf16_lo(e) * x4 + bf16_hi(e) * x5
                                                        + bf16_lo(f) * x6 + bf16_hi(f) * x7)
