@@ -9,6 +9,7 @@ fail `test_simulator` here, with the subprocess's report in the message.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import re
 import subprocess
@@ -152,3 +153,28 @@ def test_simulator():
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, f"simulator tests failed:\n{run.stdout[-20000:]}\n{run.stderr[-5000:]}"
     assert " passed" in run.stdout and "skipped" not in run.stdout, run.stdout[-2000:]
+
+
+def test_sass_report_finds_innermost_loops():
+    """bench/sass.py's loop finder on a disassembly shaped as nvdisasm prints it: a loop nested in
+    another is reported alone, with its instructions by opcode; forward branches are not loops."""
+    spec = importlib.util.spec_from_file_location("bench_sass", ROOT / "bench" / "sass.py")
+    sass = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sass)
+    text = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+.L_x_0:
+        /*0010*/                   IMAD R2, R2, 0x2, RZ ;
+.L_x_1:
+        /*0020*/                   LDG.E R3, desc[UR4][R4.64] ;
+        /*0030*/                   FFMA R5, R3, R3, R5 ;
+        /*0040*/              @!P0 BRA `(.L_x_2) ;
+        /*0050*/                   IADD3 R6, R6, 0x1, RZ ;
+.L_x_2:
+        /*0060*/               @P1 BRA `(.L_x_1) ;
+        /*0070*/               @P2 BRA `(.L_x_0) ;
+        /*0080*/                   EXIT ;
+"""
+    loops = sass.loops(text)
+    assert [(loop["start"], loop["end"]) for loop in loops] == [(0x20, 0x60)]
+    assert loops[0]["opcodes"] == {"LDG": 1, "FFMA": 1, "BRA": 2, "IADD3": 1}
