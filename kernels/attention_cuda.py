@@ -100,6 +100,7 @@ def _partial_kernel(q, k, v, q_pos, k_pos, window, scale, queries, keys_per_spli
     o_rows = np.uint32(nt) // dims
     dg, orow = np.uint32(tid) % dims, np.uint32(tid) // dims
     last_row = np.uint32(ROWS - 1)  # rows past `rows` compute from row ROWS - 1 and are never written
+    urows = np.uint32(rows)  # compared with unsigned rows (uint32 against int64 would compare as float64)
     ud, ug = np.uint32(d), np.uint32(g)
     begin = split * keys_per_split
     end = min(S, begin + keys_per_split)
@@ -132,7 +133,7 @@ def _partial_kernel(q, k, v, q_pos, k_pos, window, scale, queries, keys_per_spli
                         score[a, b] += qa[a] * kb[b]
             for a in range(SCORE_ROWS):
                 r = sr + s_rows * np.uint32(a)
-                if r < rows:
+                if r < urows:
                     for b in range(SCORE_KEYS):
                         j = kg + s_keys * np.uint32(b)
                         p[r, j] = score[a, b] if _visible(kp[j], row_pos[r], window) else np.float32(-math.inf)
@@ -169,7 +170,7 @@ def _partial_kernel(q, k, v, q_pos, k_pos, window, scale, queries, keys_per_spli
             seen[parity] = 0  # read by everyone before the sync above; next set two chunks on
     for a in range(OUT_ROWS):
         r = orow + o_rows * np.uint32(a)
-        if r < rows and t0 + r // R < T:
+        if r < urows and t0 + r // R < T:
             for c in range(OUT_DIMS):
                 acc_out[split, t0 + r // R, g * R + r % R, dg + dims * np.uint32(c)] = acc[a, c]
     for r in range(tid, rows, nt):

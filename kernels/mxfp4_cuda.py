@@ -119,7 +119,7 @@ def _grouped_matmul_kernel(x, rows_per_x, order, offsets, blocks, scales, bias, 
     for g in range(G):
         for i in range(tid, TM * 32, threads):
             m, kk = i // 32, i % 32
-            xs[m, kk] = x[order[start + m] // rows_per_x, g * 32 + kk] if start + m < end else 0
+            xs[m, kk] = x[order[start + m] // rows_per_x, g * 32 + kk] if start + m < end else np.float32(0)
         for i in range(tid, TN * 16, threads):
             nn, j = i // 16, i % 16
             lo, hi = np.float32(0), np.float32(0)

@@ -73,6 +73,9 @@ BLOCK_THREADS = {
 # kernels allowed a stack frame: libdevice's sinf / cosf reduce large arguments (Payne-Hanek) in a
 # local array; the tables are made once a step
 STACK_ALLOWED = {"norm_rope_cuda._rope_tables_kernel"}
+# kernels allowed float64 arithmetic (a GPU runs it at 1/64 of float32's rate on most cards, and a
+# stray Python float or int in a float32 expression makes it): these run once a step, on few values
+FLOAT64_ALLOWED = {"norm_rope_cuda._rope_tables_kernel", "sampling_cuda._sample_kernel"}
 REGISTERS_PER_BLOCK = 65536  # sm_90's register file per SM, the most one block may use
 STATIC_SMEM = 48 * 1024  # the most shared memory a kernel may declare statically
 
@@ -129,13 +132,15 @@ def machine_code_usage(ptx: str) -> dict:
 
 @pytest.mark.parametrize("name", list(SIGNATURES))
 def test_kernel_compiles_to_ptx_for_sm90(name, compile_ptx, record_property):
-    """The PTX, then the machine code: no local memory (accumulators kept in registers, no spills),
-    and a block of the most threads its launcher asks for fits sm_90's registers and static shared
-    memory (the CUDA simulator checks neither)."""
+    """The PTX, then the machine code: no float64 arithmetic, no local memory (accumulators kept in
+    registers, no spills), and a block of the most threads its launcher asks for fits sm_90's
+    registers and static shared memory (the CUDA simulator checks none of these)."""
     module_name, kernel_name = name.split(".")
     module = importlib.import_module(f"gptoss_np.kernels.{module_name}")
     ptx = compile_ptx(getattr(module, kernel_name), "(" + ", ".join(SIGNATURES[name]) + ",)")
     assert ".target sm_90" in ptx and ".entry" in ptx
+    float64 = sorted(set(re.findall(r"\b[a-z]+(?:\.[a-z0-9]+)*\.f64\b", ptx[ptx.index(".entry"):])))
+    assert not float64 or name in FLOAT64_ALLOWED, float64
     usage = machine_code_usage(ptx)
     record_property("sm90", usage)
     threads = BLOCK_THREADS[name](module)
