@@ -7,9 +7,10 @@ Kernel choices by size live here and nowhere else:
   bf16 linear    GEMV kernel up to bf16_cuda.MAX_ROWS tokens; above, cuBLAS products (below)
   MoE experts    EXPERT_GEMV_MAX_TOKENS tokens or fewer: the pairs' GEMV; more: sort pairs by expert,
                  then one tiled matmul launch over all experts; from EXPERT_BLAS_MIN_TOKENS tokens:
-                 the pairs' rows gathered in expert order once, then each chosen expert's matrix
-                 dequantized (to bf16 or float32, as the products take it) and multiplied by cuBLAS
-                 into its rows' block (two launches an expert; bench/gpu.py times both prefill paths)
+                 the pairs' rows gathered in expert order once, the chosen experts' matrices
+                 dequantized in one launch (to bf16 or float32, as the products take it, up to
+                 DEQUANT_BYTES at a time), then one cuBLAS product an expert into its rows' block
+                 (bench/gpu.py times both prefill paths)
   cuBLAS         `products`, each with float32's accuracy for this model's weights:
                    bf16x3   bf16 weights, x in three bf16 parts (bf16x3.py), cuBLAS gemmEx; the default
                             on GPUs with bf16 tensor cores (compute capability 8.0 on)
@@ -37,6 +38,7 @@ EXPERT_GEMV_MAX_TOKENS = 1  # decode; prefill chunks take the grouped matmul
 EXPERT_BLAS_MIN_TOKENS = 256  # a guess until a GPU measures it: ~32 pairs per expert of 20b's 32
 TILE_ROWS = 16384  # rows of a bf16 matrix per cuBLAS product (widened to float32: 189 MB at K = 2880)
 PRODUCTS = ("bf16x3", "tf32x2", "float32")
+DEQUANT_BYTES = 1 << 30  # dequantized experts held at once for cuBLAS (20b's gate_up: 32 experts in bf16)
 
 
 def _f32(a):
@@ -194,17 +196,25 @@ class CudaOps:
         return out if swiglu is None else self.swiglu(out, *swiglu)
 
     def _experts_by_blas(self, rows, offsets, blocks, scales):
-        """rows [P, K] grouped by expert (offsets [E + 1]) times their experts' matrices -> [P, N]: each
-        expert's matrix dequantized as the products take it and multiplied by cuBLAS into its rows'
-        block, two launches an expert; the rows split once into the products' parts."""
+        """rows [P, K] grouped by expert (offsets [E + 1]) times their experts' matrices -> [P, N]: the
+        chosen experts dequantized as the products take them, up to DEQUANT_BYTES of them a launch,
+        then one cuBLAS product an expert into its rows' block; the rows split once into the
+        products' parts."""
         starts = cp.asnumpy(offsets)  # [E + 1] on the host: one wait per projection
         parts = self._parts(rows)  # [n * P, K]: the n parts of each row side by side
         n = parts.shape[0] // rows.shape[0]
-        y = cp.empty((parts.shape[0], blocks.shape[1]), cp.float32)  # [n * P, N]
-        w = cp.empty((blocks.shape[1], blocks.shape[2] * 32), self._weight_dtype())  # one expert's matrix at a time
-        for e in np.flatnonzero(np.diff(starts)):  # the experts with pairs
-            block = slice(n * starts[e], n * starts[e + 1])
-            self._product(parts[block], mxfp4_cuda.dequantize(blocks[e], scales[e], w), y[block])
+        N, K = blocks.shape[1], blocks.shape[2] * 32
+        y = cp.empty((parts.shape[0], N), cp.float32)  # [n * P, N]
+        chosen = np.flatnonzero(np.diff(starts)).astype(np.int32)  # the experts with pairs
+        dtype = self._weight_dtype()
+        per_launch = max(1, DEQUANT_BYTES // (N * K * np.dtype(dtype).itemsize))
+        w = cp.empty((min(per_launch, len(chosen)), N, K), dtype)  # [X, N, K]
+        for first in range(0, len(chosen), per_launch):
+            group = chosen[first:first + per_launch]
+            mxfp4_cuda.dequantize(blocks, scales, cp.asarray(group), w[:len(group)])
+            for x, e in enumerate(group):
+                block = slice(n * starts[e], n * starts[e + 1])
+                self._product(parts[block], w[x], y[block])
         return self._sum_parts(y)
 
     def matmul_t(self, x, w):

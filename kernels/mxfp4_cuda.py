@@ -10,7 +10,8 @@ down projection read the pair's own row (1). Only the selected experts' bytes ar
                   8-byte words (a warp reads 256 contiguous bytes a row)
   expert_matmul   prefill: pairs grouped by expert (moe_cuda.sort_pairs); a block computes a tile of
                   pairs x rows, staging the x tile and the dequantized W tile in shared memory
-  dequantize      one expert's whole matrix as float32 or bf16, for cuBLAS products over its pairs (long prompts)
+  dequantize      chosen experts' whole matrices as float32 or bf16, for cuBLAS products over their
+                  pairs (long prompts)
 The NumPy references are mxfp4.matmul_ref applied per pair, and mxfp4.dequantize.
 """
 
@@ -148,33 +149,37 @@ def _grouped_matmul_kernel(x, rows_per_x, order, offsets, blocks, scales, bias, 
 
 
 @cuda.jit(device=True, inline=True)
-def _dequantized_pair(blocks, scales, i):
-    """Packed byte i of blocks [N, G, 16] -> (n, column of its first weight, its two weights)."""
-    G = blocks.shape[1]
-    n, g, j = i // (G * 16), (i // 16) % G, i % 16
-    byte = blocks[n, g, j]
-    s = e8m0_half(scales[n, g])
-    return n, 32 * g + 2 * j, fp4_times2(byte & 15) * s, fp4_times2(byte >> 4) * s
+def _dequant_word(words, scales, experts):
+    """This thread's 4-byte word (8 weights) of chosen expert blockIdx.y: (row n, word index w, the
+    word, half its block's scale), or n = -1 past the expert's words. Unsigned: no wraparound checks."""
+    i = np.uint32(cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x)
+    W = np.uint32(words.shape[2])
+    if i >= np.uint32(words.shape[1]) * W:
+        return -1, np.uint32(0), np.uint32(0), np.float32(0)
+    n, w = i // W, i % W
+    e = experts[cuda.blockIdx.y]
+    return np.int64(n), w, words[e, n, w], e8m0_half(scales[e, n, w // np.uint32(4)])
 
 
 @cuda.jit(cache=True)
-def _dequantize_kernel(blocks, scales, out):
-    """Thread per packed byte j of block (n, g): the two weights out[n, 32g + 2j] and out[n, 32g + 2j + 1]."""
-    i = cuda.grid(1)
-    if i < blocks.shape[0] * blocks.shape[1] * 16:
-        n, k, lo, hi = _dequantized_pair(blocks, scales, i)
-        out[n, k] = lo
-        out[n, k + 1] = hi
+def _dequantize_kernel(words, scales, experts, out):
+    """Grid (word blocks, chosen experts): out[x, n, 8w .. 8w + 7] = the 8 weights of word w of row n."""
+    n, w, word, s = _dequant_word(words, scales, experts)
+    if n >= 0:
+        for j in range(8):
+            out[cuda.blockIdx.y, n, w * np.uint32(8) + np.uint32(j)] = fp4_tiny(word, j) * np.float32(2.0 ** 127) * s
 
 
 @cuda.jit(cache=True)
-def _dequantize_bf16_kernel(blocks, scales, out):
-    """The same weights as bf16 bits (uint16): exact, an FP4 value times a power of two has 2 significant bits."""
-    i = cuda.grid(1)
-    if i < blocks.shape[0] * blocks.shape[1] * 16:
-        n, k, lo, hi = _dequantized_pair(blocks, scales, i)
-        out[n, k] = np.uint16(lo.view(np.uint32) >> np.uint32(16))
-        out[n, k + 1] = np.uint16(hi.view(np.uint32) >> np.uint32(16))
+def _dequantize_bf16_kernel(words, scales, experts, out):
+    """The same weights as bf16 bits, two to a uint32 of out [X, N, K/2] (exact: an FP4 value times a
+    power of two has 2 significant bits)."""
+    n, w, word, s = _dequant_word(words, scales, experts)
+    if n >= 0:
+        for j in range(4):
+            lo = (fp4_tiny(word, 2 * j) * np.float32(2.0 ** 127) * s).view(np.uint32) >> np.uint32(16)
+            hi = (fp4_tiny(word, 2 * j + 1) * np.float32(2.0 ** 127) * s).view(np.uint32) & np.uint32(0xFFFF0000)
+            out[cuda.blockIdx.y, n, w * np.uint32(4) + np.uint32(j)] = lo | hi
 
 
 def _check_experts(x, rows_per_x, blocks, scales, bias, out, P, out_cols=None):
@@ -223,15 +228,19 @@ def expert_matmul(x, rows_per_x: int, order, offsets, max_pairs: int, blocks, sc
     return out
 
 
-def dequantize(blocks, scales, out):
-    """out [N, K] = one expert's weights from blocks [N, K/32, 16] u8 and scales [N, K/32] u8, as
-    float32, or as bf16 bits when out is uint16."""
-    N, G = blocks.shape[:2]
-    check(blocks.shape == (N, G, 16) and scales.shape == (N, G) and blocks.dtype == scales.dtype == np.uint8
-          and out.shape == (N, G * BLOCK) and out.dtype in (np.float32, np.uint16) and out.flags.c_contiguous,
-          "mxfp4 dequantize", blocks=blocks, scales=scales, out=out)
+def dequantize(blocks, scales, experts, out):
+    """out [X, N, K] = the weights of experts[x] (experts [X] int32) from blocks [E, N, K/32, 16] u8 and
+    scales [E, N, K/32] u8: all chosen experts in one launch, as float32, or as bf16 bits when out is uint16."""
+    E, N, G = blocks.shape[:3]
+    X = experts.shape[0]
+    check(blocks.shape == (E, N, G, 16) and scales.shape == (E, N, G) and blocks.dtype == scales.dtype == np.uint8
+          and experts.shape == (X,) and experts.dtype == np.int32 and out.shape == (X, N, G * BLOCK)
+          and out.dtype in (np.float32, np.uint16) and out.flags.c_contiguous and blocks.flags.c_contiguous,
+          "mxfp4 dequantize", blocks=blocks, scales=scales, experts=experts, out=out)
     kernel = _dequantize_kernel if out.dtype == np.float32 else _dequantize_bf16_kernel
-    n = N * G * 16
-    if n:
-        kernel[-(-n // DEQUANT_THREADS), DEQUANT_THREADS, stream_of(out)](blocks, scales, out)
+    words = N * G * 4
+    if X and words:
+        kernel[(-(-words // DEQUANT_THREADS), X), DEQUANT_THREADS, stream_of(out)](
+            blocks.view(np.uint32).reshape(E, N, G * 4), scales, experts,
+            out if out.dtype == np.float32 else out.view(np.uint32))
     return out

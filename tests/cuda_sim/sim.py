@@ -13,8 +13,10 @@ from gptoss_np import tf32
 
 
 def poisoned(shape, dtype=np.float32):
-    """An output array filled with NaN (or -1 for integers), so unwritten elements show."""
-    return np.full(shape, np.nan if np.dtype(dtype).kind == "f" else -1, dtype)
+    """An output array filled with NaN (or -1 for integers, all ones for unsigned: bf16 bits of a NaN),
+    so unwritten elements show."""
+    kind = np.dtype(dtype).kind
+    return np.full(shape, np.nan if kind == "f" else np.iinfo(dtype).max if kind == "u" else -1, dtype)
 
 
 def assert_close(out, ref, rtol=1e-5):

@@ -72,23 +72,34 @@ def test_grouped_matmul(rows_per_x):
     assert_close(out, reference(x, rows_per_x, experts, blocks, scales, bias))
 
 
-def test_dequantize():
+def widened(bits):
+    return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.uint16])
+def test_dequantize_chosen_experts(dtype):
+    """Experts 3 and 1 of 4 in one launch, as float32 or as bf16 bits (both exact)."""
     rng = np.random.default_rng(4)
-    blocks, scales, _ = random_experts(rng, 1, 3, 2)
-    out = poisoned((3, 64))
-    mxfp4_cuda.dequantize(blocks[0], scales[0], out)
-    np.testing.assert_array_equal(out, mxfp4.dequantize(blocks[0], scales[0]))  # exact: products by powers of 2
+    blocks, scales, _ = random_experts(rng, 4, 3, 2)
+    chosen = np.array([3, 1], np.int32)
+    out = poisoned((2, 3, 64), dtype)
+    mxfp4_cuda.dequantize(blocks, scales, chosen, out)
+    for x, e in enumerate(chosen):
+        ref = mxfp4.dequantize(blocks[e], scales[e])
+        np.testing.assert_array_equal(out[x] if dtype == np.float32 else widened(out[x]), ref)
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # scale 255 makes inf, as it should
-def test_dequantize_every_byte_at_extreme_scales():
+@pytest.mark.parametrize("dtype", [np.float32, np.uint16])
+def test_dequantize_every_byte_at_extreme_scales(dtype):
     """All 256 bytes (two FP4 nibbles each) under the smallest, middle and largest e8m0 scales, where
-    values turn denormal or overflow to inf: exact, as the NumPy reference's ldexp."""
+    values turn denormal or overflow to inf: exact, as the NumPy reference's ldexp, in bf16 too."""
     scales = np.array([0, 1, 2, 100, 126, 127, 128, 129, 200, 254, 255], np.uint8)
     blocks = np.tile(np.arange(256, dtype=np.uint8).reshape(16, 16), (len(scales), 1, 1))  # [N, 16 groups, 16]
-    out = poisoned((len(scales), 16 * 32))
-    mxfp4_cuda.dequantize(blocks, np.repeat(scales[:, None], 16, axis=1), out)
-    np.testing.assert_array_equal(out, mxfp4.dequantize(blocks, np.repeat(scales[:, None], 16, axis=1)))
+    scales = np.repeat(scales[:, None], 16, axis=1)
+    out = poisoned((1, len(scales), 16 * 32), dtype)
+    mxfp4_cuda.dequantize(blocks[None], scales[None], np.zeros(1, np.int32), out)
+    np.testing.assert_array_equal(out[0] if dtype == np.float32 else widened(out[0]), mxfp4.dequantize(blocks, scales))
 
 
 def test_shapes_are_checked():

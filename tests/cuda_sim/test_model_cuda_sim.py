@@ -127,8 +127,10 @@ def test_cublas_products_keep_float32_accuracy(cuda_ops, monkeypatch, products):
     ("tf32x2", ("gptoss_np.tf32", lambda x: (x, np.zeros_like(x))))])
 def test_cublas_prefill_keeps_float32_accuracy(cuda_ops, monkeypatch, tmp_path, products, one_part):
     """A prefill whose projections and experts all take cuBLAS, its products emulated (sim.py): the
-    parts of x keep the CPU engine's float32 logits, where one bf16 or TF32 product of x would not."""
+    parts of x keep the CPU engine's float32 logits, where one bf16 or TF32 product of x would not.
+    The experts are dequantized one a launch here (DEQUANT_BYTES), all in one launch elsewhere."""
     monkeypatch.setattr(sys.modules["gptoss_np.backend_cuda"], "EXPERT_BLAS_MIN_TOKENS", 2)
+    monkeypatch.setattr(sys.modules["gptoss_np.backend_cuda"], "DEQUANT_BYTES", 1)
     config = synthetic.config_dict("tiny", vocab_size=96, hidden_size=32, intermediate_size=32, head_dim=8,
                                    num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
                                    num_experts_per_tok=2, num_hidden_layers=1, layer_types=["full_attention"])
