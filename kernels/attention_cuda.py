@@ -92,15 +92,19 @@ def _partial_kernel(q, k, v, q_pos, k_pos, window, scale, queries, keys_per_spli
         if row_pos[r] >= 0:
             first, last = min(first, row_pos[r]), max(last, row_pos[r])
     # scores: thread (sr, kg) has rows sr + s_rows * a and keys kg + s_keys * b; outputs: thread
-    # (dg, orow) has dimensions dg + dims * c and rows orow + o_rows * a (unsigned: no wraparound checks)
-    s_keys = np.uint32(KEYS // SCORE_KEYS)
-    s_rows = np.uint32(nt) // s_keys
-    sr, kg = np.uint32(tid) % s_rows, np.uint32(tid) // s_rows
-    dims = np.uint32(Dh // OUT_DIMS)
-    o_rows = np.uint32(nt) // dims
-    dg, orow = np.uint32(tid) % dims, np.uint32(tid) // dims
-    last_row = np.uint32(ROWS - 1)  # rows past `rows` compute from row ROWS - 1 and are never written
+    # (dg, orow) has dimensions dg + dims * c and rows orow + o_rows * a (unsigned: no wraparound checks).
+    # Rows are dealt densely, to as few threads as they need: decode's 8 rows take 16 threads of each
+    # phase and leave the other warps' issue slots to other blocks, instead of 128 threads a row each.
     urows = np.uint32(rows)  # compared with unsigned rows (uint32 against int64 would compare as float64)
+    s_keys = np.uint32(KEYS // SCORE_KEYS)
+    s_rows = min(np.uint32(nt) // s_keys, (urows + np.uint32(SCORE_ROWS - 1)) // np.uint32(SCORE_ROWS))
+    sr, kg = np.uint32(tid) % s_rows, np.uint32(tid) // s_rows
+    scoring = np.uint32(tid) < s_rows * s_keys
+    dims = np.uint32(Dh // OUT_DIMS)
+    o_rows = min(np.uint32(nt) // dims, (urows + np.uint32(OUT_ROWS - 1)) // np.uint32(OUT_ROWS))
+    dg, orow = np.uint32(tid) % dims, np.uint32(tid) // dims
+    accumulating = np.uint32(tid) < o_rows * dims
+    last_row = np.uint32(ROWS - 1)  # rows past `rows` compute from row ROWS - 1 and are never written
     ud, ug = np.uint32(d), np.uint32(g)
     begin = split * keys_per_split
     end = min(S, begin + keys_per_split)
@@ -119,24 +123,25 @@ def _partial_kernel(q, k, v, q_pos, k_pos, window, scale, queries, keys_per_spli
                 ks[u, ud] = k[key, ug, ud] if inside else np.float32(0)
                 vs[u, ud] = v[key, ug, ud] if inside else np.float32(0)
             cuda.syncthreads()
-            for a in range(SCORE_ROWS):
-                for b in range(SCORE_KEYS):
-                    score[a, b] = 0
-            for dd in range(Dh):
-                u = np.uint32(dd)
-                for a in range(SCORE_ROWS):
-                    qa[a] = qs[min(sr + s_rows * np.uint32(a), last_row), u]
-                for b in range(SCORE_KEYS):
-                    kb[b] = ks[kg + s_keys * np.uint32(b), u]
+            if scoring:
                 for a in range(SCORE_ROWS):
                     for b in range(SCORE_KEYS):
-                        score[a, b] += qa[a] * kb[b]
-            for a in range(SCORE_ROWS):
-                r = sr + s_rows * np.uint32(a)
-                if r < urows:
+                        score[a, b] = 0
+                for dd in range(Dh):
+                    u = np.uint32(dd)
+                    for a in range(SCORE_ROWS):
+                        qa[a] = qs[min(sr + s_rows * np.uint32(a), last_row), u]
                     for b in range(SCORE_KEYS):
-                        j = kg + s_keys * np.uint32(b)
-                        p[r, j] = score[a, b] if _visible(kp[j], row_pos[r], window) else np.float32(-math.inf)
+                        kb[b] = ks[kg + s_keys * np.uint32(b), u]
+                    for a in range(SCORE_ROWS):
+                        for b in range(SCORE_KEYS):
+                            score[a, b] += qa[a] * kb[b]
+                for a in range(SCORE_ROWS):
+                    r = sr + s_rows * np.uint32(a)
+                    if r < urows:
+                        for b in range(SCORE_KEYS):
+                            j = kg + s_keys * np.uint32(b)
+                            p[r, j] = score[a, b] if _visible(kp[j], row_pos[r], window) else np.float32(-math.inf)
             cuda.syncthreads()
             for r in range(tid, rows, nt):
                 ur = np.uint32(r)
@@ -153,24 +158,25 @@ def _partial_kernel(q, k, v, q_pos, k_pos, window, scale, queries, keys_per_spli
                 l[r] = l[r] * rescale[r] + total
                 m[r] = m_new
             cuda.syncthreads()
-            for a in range(OUT_ROWS):  # fixed trip counts: acc stays in registers
-                f = rescale[min(orow + o_rows * np.uint32(a), last_row)]
-                for c in range(OUT_DIMS):
-                    acc[a, c] *= f
-            for jj in range(KEYS):
-                u = np.uint32(jj)
-                for c in range(OUT_DIMS):
-                    va[c] = vs[u, dg + dims * np.uint32(c)]
-                for a in range(OUT_ROWS):
-                    w = p[min(orow + o_rows * np.uint32(a), last_row), u]
+            if accumulating:
+                for a in range(OUT_ROWS):  # fixed trip counts: acc stays in registers
+                    f = rescale[min(orow + o_rows * np.uint32(a), last_row)]
                     for c in range(OUT_DIMS):
-                        acc[a, c] += w * va[c]
+                        acc[a, c] *= f
+                for jj in range(KEYS):
+                    u = np.uint32(jj)
+                    for c in range(OUT_DIMS):
+                        va[c] = vs[u, dg + dims * np.uint32(c)]
+                    for a in range(OUT_ROWS):
+                        w = p[min(orow + o_rows * np.uint32(a), last_row), u]
+                        for c in range(OUT_DIMS):
+                            acc[a, c] += w * va[c]
         cuda.syncthreads()
         if tid == 0:
             seen[parity] = 0  # read by everyone before the sync above; next set two chunks on
     for a in range(OUT_ROWS):
         r = orow + o_rows * np.uint32(a)
-        if r < urows and t0 + r // R < T:
+        if accumulating and r < urows and t0 + r // R < T:
             for c in range(OUT_DIMS):
                 acc_out[split, t0 + r // R, g * R + r % R, dg + dims * np.uint32(c)] = acc[a, c]
     for r in range(tid, rows, nt):
