@@ -39,6 +39,7 @@ MAX_DH = 64  # head dims the shared tiles hold (gpt-oss: 64)
 SCORE_ROWS, SCORE_KEYS = 4, 4  # the scores a thread computes per chunk: rows x keys, from registers
 OUT_ROWS, OUT_DIMS = 8, 4  # the outputs a thread accumulates: rows x dimensions, in registers
 _DH_PADDED, _KEYS_PADDED = MAX_DH + 1, KEYS + 1  # shared rows padded, so that a row starts in the next bank
+_KEY_GROUPS = KEYS // SCORE_KEYS  # the threads that share a row's scores
 
 
 @cuda.jit(device=True, inline=True)
@@ -54,7 +55,8 @@ def _partial_kernel(q, k, v, q_pos, k_pos, window, scale, queries, keys_per_spli
     qs = cuda.shared.array((ROWS, _DH_PADDED), np.float32)
     ks = cuda.shared.array((KEYS, _DH_PADDED), np.float32)
     vs = cuda.shared.array((KEYS, MAX_DH), np.float32)
-    p = cuda.shared.array((ROWS, _KEYS_PADDED), np.float32)  # scores, then exp(score - m)
+    p = cuda.shared.array((ROWS, _KEYS_PADDED), np.float32)  # exp(score - m)
+    part = cuda.shared.array((ROWS, _KEY_GROUPS), np.float32)  # a row's max, then sum, of each key group
     kp = cuda.shared.array(KEYS, np.int64)
     row_pos = cuda.shared.array(ROWS, np.int64)
     m = cuda.shared.array(ROWS, np.float32)
@@ -104,7 +106,7 @@ def _partial_kernel(q, k, v, q_pos, k_pos, window, scale, queries, keys_per_spli
     o_rows = min(np.uint32(nt) // dims, (urows + np.uint32(OUT_ROWS - 1)) // np.uint32(OUT_ROWS))
     dg, orow = np.uint32(tid) % dims, np.uint32(tid) // dims
     accumulating = np.uint32(tid) < o_rows * dims
-    last_row = np.uint32(ROWS - 1)  # rows past `rows` compute from row ROWS - 1 and are never written
+    last_row = urows - np.uint32(1)  # rows past `rows` compute from the last row and are never written
     ud, ug = np.uint32(d), np.uint32(g)
     begin = split * keys_per_split
     end = min(S, begin + keys_per_split)
@@ -136,28 +138,39 @@ def _partial_kernel(q, k, v, q_pos, k_pos, window, scale, queries, keys_per_spli
                     for a in range(SCORE_ROWS):
                         for b in range(SCORE_KEYS):
                             score[a, b] += qa[a] * kb[b]
+                for a in range(SCORE_ROWS):  # masked scores to -inf, and each row's max over this thread's keys
+                    r = min(sr + s_rows * np.uint32(a), last_row)
+                    top = np.float32(-math.inf)
+                    for b in range(SCORE_KEYS):
+                        if not _visible(kp[kg + s_keys * np.uint32(b)], row_pos[r], window):
+                            score[a, b] = -math.inf
+                        top = max(top, score[a, b])
+                    if sr + s_rows * np.uint32(a) < urows:
+                        part[r, kg] = top
+            cuda.syncthreads()
+            for r in range(tid, rows, nt):  # a thread a row: the new running max
+                m_new = m[r]
+                for i in range(s_keys):
+                    m_new = max(m_new, part[r, i])
+                rescale[r] = math.exp(m[r] - m_new) if m[r] > -math.inf else np.float32(0)
+                m[r] = m_new
+            cuda.syncthreads()
+            if scoring:  # the exps where the scores are, and each row's sum over this thread's keys
                 for a in range(SCORE_ROWS):
                     r = sr + s_rows * np.uint32(a)
                     if r < urows:
+                        total = np.float32(0)
                         for b in range(SCORE_KEYS):
-                            j = kg + s_keys * np.uint32(b)
-                            p[r, j] = score[a, b] if _visible(kp[j], row_pos[r], window) else np.float32(-math.inf)
+                            e = math.exp(score[a, b] - m[r]) if score[a, b] > -math.inf else np.float32(0)
+                            p[r, kg + s_keys * np.uint32(b)] = e
+                            total += e
+                        part[r, kg] = total
             cuda.syncthreads()
-            for r in range(tid, rows, nt):
-                ur = np.uint32(r)
-                m_new = m[ur]
-                for jj in range(KEYS):
-                    m_new = max(m_new, p[ur, np.uint32(jj)])
+            for r in range(tid, rows, nt):  # the running sum (part is rewritten only after the chunk's last sync)
                 total = np.float32(0)
-                for jj in range(KEYS):
-                    uj = np.uint32(jj)
-                    e = math.exp(p[ur, uj] - m_new) if p[ur, uj] > -math.inf else np.float32(0)
-                    p[ur, uj] = e
-                    total += e
-                rescale[r] = math.exp(m[r] - m_new) if m[r] > -math.inf else np.float32(0)
+                for i in range(s_keys):
+                    total += part[r, i]
                 l[r] = l[r] * rescale[r] + total
-                m[r] = m_new
-            cuda.syncthreads()
             if accumulating:
                 for a in range(OUT_ROWS):  # fixed trip counts: acc stays in registers
                     f = rescale[min(orow + o_rows * np.uint32(a), last_row)]
