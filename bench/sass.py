@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from test_kernels_cuda import BLOCK_THREADS, SIGNATURES, machine_code_usage  # noqa: E402
+from test_kernels_cuda import BLOCK_THREADS, SIGNATURES, assemble_sm90, machine_code_usage  # noqa: E402
 
 LINE = re.compile(r"/\*([0-9a-f]+)\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
 LABEL = re.compile(r"^(\.L_x_\d+):")
@@ -53,17 +53,7 @@ def compile_ptx(name: str) -> str:
 
 
 def sass(ptx: str, path: Path) -> str:
-    from cuda.bindings import nvjitlink
-    handle = nvjitlink.create(1, ["-arch=sm_90"])
-    try:
-        data = ptx.encode()
-        nvjitlink.add_data(handle, nvjitlink.InputType.PTX, data, len(data), "kernel")
-        nvjitlink.complete(handle)
-        cubin = bytearray(nvjitlink.get_linked_cubin_size(handle))
-        nvjitlink.get_linked_cubin(handle, cubin)
-    finally:
-        nvjitlink.destroy(handle)
-    path.write_bytes(cubin)
+    path.write_bytes(assemble_sm90(ptx)[0])
     return subprocess.run([nvdisasm(), "-c", str(path)], capture_output=True, text=True, check=True).stdout
 
 

@@ -101,5 +101,15 @@ def hf_logits(model, ids) -> np.ndarray:
         return model(torch.tensor(np.asarray(ids), device=model.device)[None]).logits[0].float().cpu().numpy()
 
 
+def model_like_weights(kind: str, rng, N: int, K: int) -> np.ndarray:
+    """[N, K] float32 weights of the two kinds the model multiplies: dequantized MXFP4 ("mxfp4", block
+    scales 2**-17 .. 2**2) or bf16 widened ("bf16")."""
+    from gptoss_np.kernels import bf16, mxfp4
+    if kind == "mxfp4":
+        blocks = rng.integers(0, 256, (N, K // 32, 16), dtype=np.uint8)
+        return mxfp4.dequantize(blocks, rng.integers(110, 130, (N, K // 32), dtype=np.uint8))
+    return bf16.bf16_to_f32(bf16.f32_to_bf16(rng.standard_normal((N, K), dtype=np.float32)))
+
+
 def rel_err(a, b) -> float:
     return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(np.asarray(b, np.float64)))

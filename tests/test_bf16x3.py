@@ -7,9 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import rel_err
+from conftest import model_like_weights, rel_err
 from gptoss_np import bf16x3
-from gptoss_np.kernels import bf16, mxfp4
 
 
 def widened(bits: np.ndarray) -> np.ndarray:
@@ -35,11 +34,7 @@ def test_split_is_exact_in_three_bf16_parts():
 def test_three_bf16_products_are_as_exact_as_float32(weights):
     rng = np.random.default_rng(2)
     N, K, T = 256, 2880, 16
-    if weights == "mxfp4":
-        blocks = rng.integers(0, 256, (N, K // 32, 16), dtype=np.uint8)
-        w = mxfp4.dequantize(blocks, rng.integers(110, 130, (N, K // 32), dtype=np.uint8))
-    else:
-        w = bf16.bf16_to_f32(bf16.f32_to_bf16(rng.standard_normal((N, K), dtype=np.float32)))
+    w = model_like_weights(weights, rng, N, K)
     assert (bf16x3.truncate_to_bf16(w) == w).all()  # the precondition: these weights are exact in bf16
     x = rng.standard_normal((T, K), dtype=np.float32)
     truth = x.astype(np.float64) @ w.astype(np.float64).T

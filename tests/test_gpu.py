@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import gptoss_np
-from conftest import CHECKPOINTS, hf_logits, load_hf, rel_err
+from conftest import CHECKPOINTS, hf_logits, load_hf, model_like_weights, rel_err
 from gptoss_np import backend, sampling, synthetic
 from gptoss_np.kernels import attention, bf16, mxfp4
 
@@ -92,12 +92,10 @@ def test_cublas_products_are_as_exact_as_float32(record_property):
     assert ops.products == "bf16x3", "an H100 has bf16 tensor cores"
     rng = np.random.default_rng(5)
     N, K, T = 2880, 2880, 300
-    mxfp4_w = mxfp4.dequantize(rng.integers(0, 256, (N, K // 32, 16), dtype=np.uint8),
-                               rng.integers(110, 130, (N, K // 32), dtype=np.uint8))
-    bf16_w = bf16.bf16_to_f32(bf16.f32_to_bf16(rng.standard_normal((N, K), dtype=np.float32)))
     x = rng.standard_normal((T, K), dtype=np.float32)
     xd = cp.asarray(x)
-    for name, w in (("mxfp4", mxfp4_w), ("bf16", bf16_w)):
+    for name in ("mxfp4", "bf16"):
+        w = model_like_weights(name, rng, N, K)
         truth = x.astype(np.float64) @ w.astype(np.float64).T
         wd, w_bits = cp.asarray(w), cp.asarray(bf16.f32_to_bf16(w))  # both exact
         errors = {}

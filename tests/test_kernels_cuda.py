@@ -112,21 +112,28 @@ def compile_ptx():
     patch.undo()
 
 
-def machine_code_usage(ptx: str) -> dict:
-    """What ptxas (inside nvJitLink, installed with numba-cuda's NVRTC) reports for the kernel in
-    `ptx` assembled for sm_90: registers per thread, stack, static shared and local memory bytes."""
+def assemble_sm90(ptx: str) -> tuple[bytes, str]:
+    """The kernel in `ptx` assembled for sm_90 by the ptxas inside nvJitLink (installed with
+    numba-cuda's NVRTC): (the cubin, ptxas's report)."""
     nvjitlink = pytest.importorskip("cuda.bindings.nvjitlink", reason="cuda-bindings has no nvJitLink")
     handle = nvjitlink.create(2, ["-arch=sm_90", "-verbose"])
     try:
         data = ptx.encode()
         nvjitlink.add_data(handle, nvjitlink.InputType.PTX, data, len(data), "kernel")
         nvjitlink.complete(handle)
-        log = bytearray(nvjitlink.get_info_log_size(handle))
+        cubin, log = bytearray(nvjitlink.get_linked_cubin_size(handle)), bytearray(nvjitlink.get_info_log_size(handle))
+        nvjitlink.get_linked_cubin(handle, cubin)
         nvjitlink.get_info_log(handle, log)
     finally:
         nvjitlink.destroy(handle)
-    found = re.search(r"used (\d+) registers, .*?(\d+) stack, (\d+) bytes smem, .*?(\d+) bytes lmem", log.decode())
-    assert found, log.decode()
+    return bytes(cubin), log.decode()
+
+
+def machine_code_usage(ptx: str) -> dict:
+    """Registers per thread, stack, static shared and local memory bytes of the kernel in `ptx` on sm_90."""
+    log = assemble_sm90(ptx)[1]
+    found = re.search(r"used (\d+) registers, .*?(\d+) stack, (\d+) bytes smem, .*?(\d+) bytes lmem", log)
+    assert found, log
     return dict(zip(("registers", "stack", "smem", "lmem"), map(int, found.groups())))
 
 
