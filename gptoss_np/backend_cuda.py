@@ -31,7 +31,8 @@ from . import moe as moe_layer
 from . import bf16x3, sampling, tf32
 from .backend import eager_decoder
 from .cuda_graph import GraphDecoder
-from .kernels import attention_cuda, bf16, bf16_cuda, kv_cache_cuda, moe_cuda, mxfp4_cuda, norm_rope_cuda, sampling_cuda
+from .kernels import (attention_cuda, bf16, bf16_cuda, bf16x3_cuda, kv_cache_cuda, moe_cuda, mxfp4_cuda, norm_rope_cuda,
+                      sampling_cuda)
 from .kernels.common_cuda import address, check
 
 EXPERT_GEMV_MAX_TOKENS = 1  # decode; prefill chunks take the grouped matmul
@@ -192,17 +193,21 @@ class CudaOps:
         if T < EXPERT_BLAS_MIN_TOKENS:
             mxfp4_cuda.expert_matmul(x, rows_per_x, order, offsets, T, blocks, scales, bias, out)
         else:
-            out[order] = self._experts_by_blas(x[order // rows_per_x], offsets, blocks, scales) + bias[flat[order]]
+            self._experts_by_blas(x, (order // rows_per_x).astype(cp.int32), order, flat, offsets, blocks, scales, bias, out)
         return out if swiglu is None else self.swiglu(out, *swiglu)
 
-    def _experts_by_blas(self, rows, offsets, blocks, scales):
-        """rows [P, K] grouped by expert (offsets [E + 1]) times their experts' matrices -> [P, N]: the
-        chosen experts dequantized as the products take them, up to DEQUANT_BYTES of them a launch,
-        then one cuBLAS product an expert into its rows' block; the rows split once into the
-        products' parts."""
+    def _experts_by_blas(self, x, rows, order, flat, offsets, blocks, scales, bias, out):
+        """out[order[p]] = W_e . x[rows[p]] + bias[e] for the pairs p grouped by expert (offsets
+        [E + 1]; flat: each pair id's expert): the chosen experts dequantized as the products take
+        them, up to DEQUANT_BYTES of them a launch, then one cuBLAS product an expert into its
+        rows' block; the rows gathered and split once into the products' parts, the parts' products
+        summed, biased and put in pair order once (fused kernels for bf16x3, bf16x3_cuda.py)."""
         starts = cp.asnumpy(offsets)  # [E + 1] on the host: one wait per projection
-        parts = self._parts(rows)  # [n * P, K]: the n parts of each row side by side
-        n = parts.shape[0] // rows.shape[0]
+        if self.products == "bf16x3":
+            parts = bf16x3_cuda.split_rows(x, rows, cp.empty((3 * rows.shape[0], x.shape[1]), cp.uint16))
+        else:
+            parts = self._parts(x[rows])
+        n = parts.shape[0] // rows.shape[0]  # [n * P, K]: the n parts of each row side by side
         N, K = blocks.shape[1], blocks.shape[2] * 32
         y = cp.empty((parts.shape[0], N), cp.float32)  # [n * P, N]
         chosen = np.flatnonzero(np.diff(starts)).astype(np.int32)  # the experts with pairs
@@ -212,10 +217,13 @@ class CudaOps:
         for first in range(0, len(chosen), per_launch):
             group = chosen[first:first + per_launch]
             mxfp4_cuda.dequantize(blocks, scales, cp.asarray(group), w[:len(group)])
-            for x, e in enumerate(group):
+            for i, e in enumerate(group):
                 block = slice(n * starts[e], n * starts[e + 1])
-                self._product(parts[block], w[x], y[block])
-        return self._sum_parts(y)
+                self._product(parts[block], w[i], y[block])
+        if self.products == "bf16x3":
+            return bf16x3_cuda.sum_rows(y, order, flat[order], bias, out)
+        out[order] = self._sum_parts(y) + bias[flat[order]]
+        return out
 
     def matmul_t(self, x, w):
         """x [T, K] float32 @ w [N, K].T -> [T, N] float32 by cuBLAS, with w as `products` takes it

@@ -33,6 +33,8 @@ SIGNATURES = {
     "mxfp4_cuda._dequantize_bf16_kernel": (f"uint32{C3}", f"uint8{C3}", f"{I32}{C1}", f"uint32{C3}"),
     "bf16_cuda._gemv_kernel": (f"{F32}{C2}", f"uint32{C2}", f"{F32}{C1}", I64, f"{F32}{C2}"),
     "bf16_cuda._widen_rows_kernel": (f"uint16{C2}", f"{I64}{C1}", f"{F32}{C2}"),
+    "bf16x3_cuda._split_rows_kernel": (f"{F32}{C2}", f"{I32}{C1}", f"uint16{C2}"),
+    "bf16x3_cuda._sum_rows_kernel": (f"{F32}{C2}", f"{I32}{C1}", f"{I32}{C1}", f"{F32}{C2}", f"{F32}{C2}"),
     "attention_cuda._partial_kernel": (f"{F32}{C3}", f"{F32}{C3}", f"{F32}{C3}", f"{I64}{C1}", f"{I64}{C1}", I64,
                                        F32, I64, I64, f"{F32}{C3}", f"{F32}{C3}", f"{F32}{C4}"),
     "attention_cuda._combine_kernel": (f"{F32}{C3}", f"{F32}{C3}", f"{F32}{C4}", f"{F32}{C1}", f"{F32}{C3}"),
@@ -57,6 +59,8 @@ BLOCK_THREADS = {
     "mxfp4_cuda._dequantize_bf16_kernel": lambda m: m.DEQUANT_THREADS,
     "bf16_cuda._gemv_kernel": lambda m: m.GEMV_LANES * m.GEMV_WARPS,
     "bf16_cuda._widen_rows_kernel": lambda m: m.WIDEN_THREADS,
+    "bf16x3_cuda._split_rows_kernel": lambda m: m.THREADS,
+    "bf16x3_cuda._sum_rows_kernel": lambda m: m.THREADS,
     "attention_cuda._partial_kernel": lambda m: m.THREADS,
     "attention_cuda._combine_kernel": lambda m: m.MAX_DH,  # power_of_two(head dim)
     "norm_rope_cuda._rmsnorm_kernel": lambda m: m.THREADS,
