@@ -13,7 +13,7 @@ One launcher serves prefill (many queries) and decode (one query, long KV): the 
                    thread computes SCORE_ROWS x SCORE_KEYS scores from that many q and k values a
                    dimension, and accumulates OUT_ROWS x OUT_DIMS outputs from that many weights and
                    values a key, so shared memory serves ~0.4 loads an FMA instead of 1-2
-  _combine_kernel  block (h, t): merges the splits and the sink: m = max(sink, m_i),
+  _combine_kernel  block (t, h): merges the splits and the sink: m = max(sink, m_i),
                    out = sum_i acc_i e^(m_i - m) / (sum_i l_i e^(m_i - m) + e^(sink - m))
 A key slot whose position is negative is empty and never seen. The NumPy reference is
 attention.attention_ref.
@@ -201,8 +201,8 @@ def _partial_kernel(q, k, v, q_pos, k_pos, window, scale, queries, keys_per_spli
 
 @cuda.jit(cache=True)
 def _combine_kernel(m_in, l_in, acc_in, sinks, out):
-    """Block (h, t), thread d < Dh: out[t, h, d] from the splits' partial results and the sink."""
-    h, t, d = cuda.blockIdx.x, cuda.blockIdx.y, cuda.threadIdx.x
+    """Block (t, h), thread d < Dh: out[t, h, d] from the splits' partial results and the sink."""
+    t, h, d = cuda.blockIdx.x, cuda.blockIdx.y, cuda.threadIdx.x  # tokens on the grid's x (2**31 - 1 blocks)
     if d >= out.shape[2]:
         return
     m = sinks[h]
@@ -245,5 +245,5 @@ def attention(q, k, v, q_pos, k_pos, sinks, window: int | None, scale: float, ou
     grid = (-(-T // queries), G, splits)
     _partial_kernel[grid, THREADS, stream_of(out)](q, k, v, q_pos, k_pos, int(window or 0), np.float32(scale),
                                                    queries, keys_per_split, m, l, acc)
-    _combine_kernel[(H, T), power_of_two(Dh), stream_of(out)](m, l, acc, sinks, out)
+    _combine_kernel[(T, H), power_of_two(Dh), stream_of(out)](m, l, acc, sinks, out)
     return out

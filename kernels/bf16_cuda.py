@@ -92,9 +92,10 @@ def _gemv_kernel(x, words, bias, warp_rows, out):
 
 @cuda.jit(cache=True)
 def _widen_rows_kernel(w, rows, out):
-    """Grid (column blocks, rows): out[i, k] = float32 of bf16 bits w[rows[i], k]."""
-    i = cuda.blockIdx.y
-    k = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    """Grid (rows, column blocks): out[i, k] = float32 of bf16 bits w[rows[i], k] (rows on the grid's x,
+    which holds 2**31 - 1 blocks where y holds 65535: a prompt's tokens)."""
+    i = cuda.blockIdx.x
+    k = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
     if k < w.shape[1]:
         out[i, k] = bf16_lo(w[rows[i], k])
 
@@ -121,6 +122,6 @@ def widen_rows(w_bits, rows, out):
     check(w_bits.dtype == np.uint16 and w_bits.ndim == 2 and out.shape == (R, w_bits.shape[1])
           and out.dtype == np.float32, "bf16 widen_rows", w=w_bits, rows=rows, out=out)
     if R:
-        grid = ((w_bits.shape[1] + WIDEN_THREADS - 1) // WIDEN_THREADS, R)
+        grid = (R, (w_bits.shape[1] + WIDEN_THREADS - 1) // WIDEN_THREADS)
         _widen_rows_kernel[grid, WIDEN_THREADS, stream_of(out)](w_bits, rows, out)
     return out
