@@ -203,10 +203,7 @@ class CudaOps:
         rows' block; the rows gathered and split once into the products' parts, the parts' products
         summed, biased and put in pair order once (fused kernels for bf16x3, bf16x3_cuda.py)."""
         starts = cp.asnumpy(offsets)  # [E + 1] on the host: one wait per projection
-        if self.products == "bf16x3":
-            parts = bf16x3_cuda.split_rows(x, rows, cp.empty((3 * rows.shape[0], x.shape[1]), cp.uint16))
-        else:
-            parts = self._parts(x[rows])
+        parts = self._parts(x, rows)
         n = parts.shape[0] // rows.shape[0]  # [n * P, K]: the n parts of each row side by side
         N, K = blocks.shape[1], blocks.shape[2] * 32
         y = cp.empty((parts.shape[0], N), cp.float32)  # [n * P, N]
@@ -234,11 +231,14 @@ class CudaOps:
     def _weight_dtype(self):
         return cp.uint16 if self.products == "bf16x3" else cp.float32
 
-    def _parts(self, x):
-        """x [T, K] -> the rows the products multiply: bf16x3's three bf16 parts or tf32x2's two halves
-        of each row side by side, or x itself."""
+    def _parts(self, x, rows=None):
+        """x [T, K] f32 at rows [P] int32 (all of them by default) -> the rows the products multiply:
+        bf16x3's three bf16 parts (gathered and split in one kernel, bf16x3_cuda.py) or tf32x2's two
+        halves of each row side by side, or the rows themselves."""
         if self.products == "bf16x3":
-            return bf16x3.interleaved_parts(x, cp)
+            rows = cp.arange(x.shape[0], dtype=cp.int32) if rows is None else rows
+            return bf16x3_cuda.split_rows(x, rows, cp.empty((3 * rows.shape[0], x.shape[1]), cp.uint16))
+        x = x if rows is None else x[rows]
         return tf32.interleaved_halves(x, cp) if self.products == "tf32x2" else x
 
     def _sum_parts(self, y):

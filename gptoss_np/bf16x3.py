@@ -16,7 +16,8 @@ H100's datasheet gives 989 dense TFLOP/s of bf16 against 495 of TF32 (tf32.py's 
 of float32. The weights reach cuBLAS as bf16, half the bytes of float32: dequantized experts are
 written and read at half the traffic, and the dense weights need no widening at all.
 
-The functions take NumPy or CuPy arrays of float32 and bf16 bits (uint16); the product itself is
+The functions take NumPy or CuPy arrays of float32 and bf16 bits (uint16). On the GPU the split runs
+as one kernel (kernels/bf16x3_cuda.py, tested against these functions) and the product is
 backend_cuda's (cuBLAS's gemmEx).
 """
 

@@ -122,9 +122,18 @@ def test_cublas_products_keep_float32_accuracy(cuda_ops, monkeypatch, products):
     assert cp._core.get_compute_type(np.float32) == before
 
 
+def _first_part_only(split_rows):
+    """bf16x3_cuda.split_rows keeping only each row's first part: one bf16 product of x."""
+    def split(x, rows, parts):
+        split_rows(x, rows, parts)
+        parts[1::3], parts[2::3] = 0, 0
+        return parts
+    return split
+
+
 @pytest.mark.parametrize("products, one_part", [
-    ("bf16x3", ("gptoss_np.bf16x3", lambda x: (x.astype(np.float32), np.zeros_like(x), np.zeros_like(x)))),
-    ("tf32x2", ("gptoss_np.tf32", lambda x: (x, np.zeros_like(x))))])
+    ("bf16x3", ("gptoss_np.kernels.bf16x3_cuda", "split_rows", _first_part_only)),
+    ("tf32x2", ("gptoss_np.tf32", "split", lambda split: lambda x: (x, np.zeros_like(x))))])
 def test_cublas_prefill_keeps_float32_accuracy(cuda_ops, monkeypatch, tmp_path, products, one_part):
     """A prefill whose projections and experts all take cuBLAS, its products emulated (sim.py): the
     parts of x keep the CPU engine's float32 logits, where one bf16 or TF32 product of x would not.
@@ -140,8 +149,9 @@ def test_cublas_prefill_keeps_float32_accuracy(cuda_ops, monkeypatch, tmp_path, 
     ids = np.random.default_rng(8).integers(0, cpu.config.vocab_size, 8)
     ref = cpu.forward(ids, cpu.new_cache(8), all_logits=True)
     assert rel_err(gpu.forward(ids, gpu.new_cache(8), all_logits=True), ref) < 1e-5
-    module, split = one_part
-    monkeypatch.setattr(sys.modules[module], "split", split)  # x as it is: one product rounds it
+    module, name, one_product = one_part
+    module = sys.modules[module]
+    monkeypatch.setattr(module, name, one_product(getattr(module, name)))  # x as it is: one product rounds it
     assert rel_err(gpu.forward(ids, gpu.new_cache(8), all_logits=True), ref) > 1e-5
 
 
