@@ -8,7 +8,9 @@ Sections, each added to the JSON as soon as it is measured (a timeout keeps what
   copy        device-to-device copy bandwidth (bytes read + written), the memory ceiling
   launch      host microseconds per launch of an empty Numba kernel given 3 CuPy arrays, the same
               arrays as Numba device arrays, and per CuPy elementwise launch (a decode step makes
-              hundreds of launches: this says what graphs or fewer launches can save)
+              hundreds of launches: this says what graphs or fewer launches can save); and GPU
+              microseconds per node of a replayed graph of such launches (graph_node_*_us: what
+              each kernel of a replayed decode step costs however little it does)
   memory      GPU memory of the weights, of the KV cache, and the pool's peak
   kernels     each weight-reading op of a decode step alone (20 calls replayed from a CUDA graph;
               attention at the longest decode context): microseconds a call, GB/s of the bytes it
@@ -120,10 +122,14 @@ def copy_bandwidth(repeats: int = 10) -> float:
 
 
 def launch_overhead(launches: int = 300) -> dict:
-    """Host microseconds per launch, measured over `launches` back-to-back launches and a sync."""
+    """Host microseconds per launch, measured over `launches` back-to-back launches and a sync; and
+    GPU microseconds per node of a CUDA graph of `launches` such launches in a chain (what a decode
+    step pays for each of its kernels however little it does, hence what fusing two saves)."""
     from numba import config, cuda
     if config.ENABLE_CUDASIM:
         return {"skipped": "Numba's CUDA simulator"}
+
+    from gptoss_np.kernels.common_cuda import stream_of
 
     @cuda.jit
     def touch(a, b, c):
@@ -142,6 +148,11 @@ def launch_overhead(launches: int = 300) -> dict:
         synchronize()
         _, seconds = timed(lambda: [launch() for _ in range(launches)])
         result[name + "_us"] = round(seconds / launches * 1e6, 2)
+    nodes = {"graph_node_numba_us": lambda: touch[1, 256, stream_of(c)](a, b, c),
+             "graph_node_cupy_us": lambda: cp.add(a, b, out=c)}
+    for name, launch in nodes.items():
+        seconds, how = replayed_seconds(launch, launches)
+        result[name] = round(seconds * 1e6, 2) if how == "graph" else f"not recorded ({how})"
     return result
 
 

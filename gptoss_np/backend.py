@@ -61,10 +61,12 @@ class CpuOps:
         rows = table[ids]
         return bf16.bf16_to_f32(rows) if rows.dtype == np.uint16 else rows.astype(np.float32)
 
-    def linear(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
-        """x [T, K] @ w.T (+ b) for w [N, K] -> [T, N] float32."""
+    def linear(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None,
+               residual: np.ndarray | None = None) -> np.ndarray:
+        """(residual +) x [T, K] @ w.T (+ b) for w [N, K] -> [T, N] float32."""
         y = bf16.matmul(x, w) if w.dtype == np.uint16 else x @ w.T
-        return y + b if b is not None else y
+        y = y + b if b is not None else y
+        return residual + y if residual is not None else y
 
     def rmsnorm(self, x, w, eps):
         return norm_rope.rmsnorm(x, w, eps)
@@ -87,13 +89,15 @@ class CpuOps:
     def swiglu(self, gate_up, limit, alpha):
         return moe.swiglu_ref(gate_up, limit, alpha)
 
-    def experts(self, w, x, experts, weights, limit, alpha):
-        """The routed experts' weighted sum [T, D]: experts grouped on the host (moe.py)."""
-        return moe_layer.by_expert_groups(self, w, x, experts, weights, limit, alpha)
+    def experts(self, w, x, experts, weights, limit, alpha, residual=None):
+        """(residual +) the routed experts' weighted sum [T, D]: experts grouped on the host (moe.py)."""
+        y = moe_layer.by_expert_groups(self, w, x, experts, weights, limit, alpha)
+        return residual + y if residual is not None else y
 
-    def dispatched_experts(self, w, x, d, limit, alpha):
-        """The experts' weighted sum [T, D] for the pairs of a dispatch.Dispatch."""
-        return moe_layer.grouped(self, w, x, d, limit, alpha)
+    def dispatched_experts(self, w, x, d, limit, alpha, residual=None):
+        """(residual +) the experts' weighted sum [T, D] for the pairs of a dispatch.Dispatch."""
+        y = moe_layer.grouped(self, w, x, d, limit, alpha)
+        return residual + y if residual is not None else y
 
     def mxfp4_pairs(self, x, blocks, scales, experts):
         """Row p of x [P, K] times expert experts[p]'s matrix -> [P, N]."""

@@ -99,16 +99,26 @@ class CudaOps:
             return _f32(table[ids])
         return bf16_cuda.widen_rows(table, ids, cp.empty((ids.shape[0], table.shape[1]), cp.float32))
 
-    def linear(self, x, w, b=None):
-        """x [T, K] @ w.T (+ b) for w [N, K] -> [T, N] float32."""
+    def linear(self, x, w, b=None, residual=None):
+        """(residual +) x [T, K] @ w.T (+ b) for w [N, K] -> [T, N] float32; the GEMV adds the
+        residual as it writes its outputs."""
         x = _f32(x)
         T, N = x.shape[0], w.shape[0]
-        if w.dtype != cp.uint16:
-            y = x @ w.T
-            return y + b if b is not None else y
-        if T <= bf16_cuda.MAX_ROWS:
+        if w.dtype == cp.uint16 and T <= bf16_cuda.MAX_ROWS:
             bias = b if b is not None else cp.zeros(N, cp.float32)
-            return bf16_cuda.gemv(x, w, bias, cp.empty((T, N), cp.float32))
+            return bf16_cuda.gemv(x, w, bias, cp.empty((T, N), cp.float32),
+                                  residual=_f32(residual) if residual is not None else None)
+        y = self._product_rows(x, w)
+        if b is not None:
+            y += b
+        return residual + y if residual is not None else y
+
+    def _product_rows(self, x, w):
+        """x [T, K] f32 @ w.T for w [N, K] float32 (CuPy's matmul) or bf16 bits (cuBLAS products,
+        TILE_ROWS rows of w at a time) -> [T, N] float32."""
+        T, N = x.shape[0], w.shape[0]
+        if w.dtype != cp.uint16:
+            return x @ w.T
         y = cp.empty((T, N), cp.float32)
         widen = self.products != "bf16x3"  # the others take float32 weights
         tile = cp.empty((min(TILE_ROWS, N), w.shape[1]), cp.float32) if widen else None
@@ -116,7 +126,7 @@ class CudaOps:
             rows = min(TILE_ROWS, N - r)
             w_rows = bf16_cuda.widen_rows(w, cp.arange(r, r + rows, dtype=cp.int64), tile[:rows]) if widen else w[r:r + rows]
             y[:, r:r + rows] = self.matmul_t(x, w_rows)
-        return y + b if b is not None else y
+        return y
 
     def rmsnorm(self, x, w, eps):
         x = _f32(x)
@@ -147,12 +157,13 @@ class CudaOps:
         P, two_i = gate_up.shape
         return moe_cuda.swiglu(_f32(gate_up), limit, alpha, cp.empty((P, two_i // 2), cp.float32))
 
-    def experts(self, w, x, experts, weights, limit, alpha):
-        """The routed experts' weighted sum [T, D]: all (token, slot) pairs at once (moe.py)."""
-        return moe_layer.by_pairs(self, w, x, experts, weights, limit, alpha)
+    def experts(self, w, x, experts, weights, limit, alpha, residual=None):
+        """(residual +) the routed experts' weighted sum [T, D]: all (token, slot) pairs at once
+        (moe.py); the combine adds the residual."""
+        return moe_layer.by_pairs(self, w, x, experts, weights, limit, alpha, residual)
 
-    def dispatched_experts(self, w, x, d, limit, alpha):
-        """The experts' weighted sum [T, D] for the pairs of a dispatch.Dispatch (decided on the host).
+    def dispatched_experts(self, w, x, d, limit, alpha, residual=None):
+        """(residual +) the experts' weighted sum [T, D] for the pairs of a dispatch.Dispatch (decided on the host).
         Pair rows are laid out as exact routing's (token, slot) rows, so the grouped matmul and
         `combine` serve unchanged; rows of slots a token did not fill stay zero, with weight 0."""
         T = x.shape[0]
@@ -167,7 +178,7 @@ class CudaOps:
         h = self.swiglu(h, limit, alpha)  # [T*k, I]; zero rows stay zero
         y = cp.zeros((T * k, w.down_blocks.shape[1]), cp.float32)
         mxfp4_cuda.expert_matmul(h, 1, order, offsets, most, w.down_blocks, w.down_scales, w.down_bias, y)
-        return self.combine(y, cp.asarray(weights))  # [T, D]
+        return self.combine(y, cp.asarray(weights), residual)  # [T, D]
 
     def pair_plan(self, experts, num_experts: int):
         """experts [T, A] -> (each pair's expert [P], order [P], offsets [E + 1], T): for the grouped
@@ -281,9 +292,10 @@ class CudaOps:
         finally:
             cp._core.set_compute_type(cp.float32, before)
 
-    def combine(self, y, weights):
+    def combine(self, y, weights, residual=None):
         T = weights.shape[0]
-        return moe_cuda.combine(_f32(y), weights, cp.empty((T, y.shape[1]), cp.float32))
+        return moe_cuda.combine(_f32(y), weights, cp.empty((T, y.shape[1]), cp.float32),
+                                residual=_f32(residual) if residual is not None else None)
 
     def sample(self, logits, temperature=0.0, top_k=None, top_p=None, min_p=None, rng=None) -> int:
         """The next token id from logits [V], chosen on the GPU with sampling.py's semantics; a draw

@@ -7,6 +7,8 @@
     logits = lm_head(rmsnorm(x))
 
 The arithmetic lives in `ops` (see backend.py), so the same code runs on the CPU and the GPU.
+Each residual add `x + ...` is done by the sublayer's last op (the o projection, the experts' combine),
+given x as `residual`: the same sum, one GPU launch fewer per sublayer.
 """
 
 from __future__ import annotations
@@ -98,16 +100,17 @@ class GptOss:
         x = ops.embed(self.embedding, token_ids)  # [T, D]
         for i, layer in enumerate(self.layers):
             h = ops.rmsnorm(x, layer.attn_norm, c.rms_norm_eps)
-            x = x + self.attention(i, layer.attn, h, positions, cos, sin, cache, trace)
+            x = self.attention(i, layer.attn, h, positions, cos, sin, cache, trace, residual=x)  # x + attention(h)
             h = ops.rmsnorm(x, layer.mlp_norm, c.rms_norm_eps)
-            x = x + moe(ops, layer.moe, h, c.num_experts_per_tok, c.swiglu_limit, c.swiglu_alpha,
-                        self.dispatch_rule, trace)
+            x = moe(ops, layer.moe, h, c.num_experts_per_tok, c.swiglu_limit, c.swiglu_alpha,
+                    self.dispatch_rule, trace, residual=x)  # x + moe(h)
         cache.length += len(token_ids)
         x = x if all_logits else x[-1:]
         return ops.linear(ops.rmsnorm(x, self.norm, c.rms_norm_eps), self.lm_head)  # [T or 1, V]
 
-    def attention(self, i, w: AttentionWeights, x, positions, cos, sin, cache: KVCache, trace=None):
-        """x [T, D] -> [T, D]: causal self-attention with sinks over the cached and new tokens."""
+    def attention(self, i, w: AttentionWeights, x, positions, cos, sin, cache: KVCache, trace=None, residual=None):
+        """x [T, D] -> [T, D]: causal self-attention with sinks over the cached and new tokens, plus
+        `residual` [T, D] if given (added by the o projection)."""
         c, ops = self.config, self.ops
         T, H, G, Dh = x.shape[0], c.num_attention_heads, c.num_key_value_heads, c.head_dim
         qkv = ops.linear(x, w.qkv, w.qkv_bias).reshape(T, H + 2 * G, Dh)  # q, k, v heads side by side
@@ -117,7 +120,7 @@ class GptOss:
         o = ops.attention(q, k_all, v_all, positions, k_pos, w.sinks, c.window(i), Dh ** -0.5)  # [T, H, Dh]
         if trace is not None:
             trace.attention(c.window(i), q, k_all, positions, k_pos, w.sinks, Dh ** -0.5, ops.to_numpy)
-        return ops.linear(o.reshape(T, H * Dh), w.o, w.o_bias)
+        return ops.linear(o.reshape(T, H * Dh), w.o, w.o_bias, residual=residual)
 
     # ------------------------------------------------------------------ public API
 

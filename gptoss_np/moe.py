@@ -40,9 +40,11 @@ class MoEWeights:
     down_bias: np.ndarray  # [E, D]
 
 
-def moe(ops, w: MoEWeights, x, k: int, limit: float, alpha: float, rule: DispatchRule = EXACT, trace=None):
-    """x [T, D] -> [T, D]. `rule` picks exact top-k or budgeted expert-choice dispatch (dispatch.py);
-    `trace` (a trace.Trace) records the routing."""
+def moe(ops, w: MoEWeights, x, k: int, limit: float, alpha: float, rule: DispatchRule = EXACT, trace=None,
+        residual=None):
+    """x [T, D] -> [T, D], plus `residual` [T, D] if given (added by the last op, as the block's skip
+    connection). `rule` picks exact top-k or budgeted expert-choice dispatch (dispatch.py); `trace` (a
+    trace.Trace) records the routing."""
     E = w.router.shape[0]
     logits = ops.linear(x, w.router, w.router_bias)  # [T, E]
     budget = rule.budget(x.shape[0], k, E)
@@ -51,23 +53,23 @@ def moe(ops, w: MoEWeights, x, k: int, limit: float, alpha: float, rule: Dispatc
         if trace is not None:
             chosen = ops.to_numpy(experts)
             trace.routing(ops.to_numpy(logits), chosen, np.bincount(chosen.ravel(), minlength=E))
-        return ops.experts(w, x, experts, weights, limit, alpha)
+        return ops.experts(w, x, experts, weights, limit, alpha, residual)
     host_logits = ops.to_numpy(logits)
     d = dispatch.expert_choice(host_logits, k, budget)
     if trace is not None:
         exact_experts, _ = route_ref(host_logits, k)
         trace.routing(host_logits, exact_experts, d.tokens_per_expert, d.dropped, d.unrouted)
-    return ops.dispatched_experts(w, x, d, limit, alpha)
+    return ops.dispatched_experts(w, x, d, limit, alpha, residual)
 
 
-def by_pairs(ops, w: MoEWeights, x, experts, weights, limit: float, alpha: float):
-    """x [T, D], experts / weights [T, A] -> [T, D], all pairs at once on the device."""
+def by_pairs(ops, w: MoEWeights, x, experts, weights, limit: float, alpha: float, residual=None):
+    """x [T, D], experts / weights [T, A] -> [T, D] (+ residual), all pairs at once on the device."""
     A = experts.shape[1]
     plan = ops.pair_plan(experts, w.router.shape[0])  # the pairs grouped by expert
     h = ops.mxfp4_experts(x, A, w.gate_up_blocks, w.gate_up_scales, w.gate_up_bias, plan,
                           swiglu=(limit, alpha))  # [T*A, I]: gate_up, then the clamped SwiGLU
     y = ops.mxfp4_experts(h, 1, w.down_blocks, w.down_scales, w.down_bias, plan)  # [T*A, D]
-    return ops.combine(y, weights)  # [T, D]
+    return ops.combine(y, weights, residual)  # [T, D]
 
 
 def by_expert_groups(ops, w: MoEWeights, x, experts, weights, limit: float, alpha: float):

@@ -3,8 +3,8 @@
 A bf16 matrix W [N, K] is kept as its uint16 bits (as on the CPU, see bf16.py); the GEMV reads it as
 uint32 words [N, K/2], each word holding elements 2j (low half) and 2j+1 (high half).
 
-  gemv        out[t, n] = W[n] . x[t] + bias[n] for up to MAX_ROWS token rows, W read once for all,
-              x staged in shared memory (a warp's loads of it hit 32 distinct banks)
+  gemv        out[t, n] = W[n] . x[t] + bias[n] (+ residual[t, n]) for up to MAX_ROWS token rows, W
+              read once for all, x staged in shared memory (a warp's loads of it hit 32 distinct banks)
   widen_rows  out[i] = float32(W[rows[i]]): embedding lookups, and f32 tiles of W for a cuBLAS matmul
 The NumPy references are bf16.matmul_ref and bf16.bf16_to_f32.
 """
@@ -29,13 +29,14 @@ _ACC = WARP_ROWS * MAX_ROWS
 
 
 @cuda.jit(cache=True)
-def _gemv_kernel(x, words, bias, warp_rows, out):
+def _gemv_kernel(x, words, bias, residual, add_residual, warp_rows, out):
     """Block (lanes, warps); warp w computes `warp_rows` neighbouring output rows for every token row.
 
     x is staged in shared memory K_CHUNK columns at a time, column k at k + k // 8. A lane reads 4
     words (8 weights, 16 bytes) at a time, consecutive lanes consecutive 16-byte pieces, and their
     8 x values at 9c .. 9c + 7 (c = the lane's piece): 32 distinct banks across a warp. A chunk's odd
-    words (fewer than 4) are its tail."""
+    words (fewer than 4) are its tail. With add_residual, residual [T, N] is added to the outputs
+    (a transformer block's skip connection, one launch fewer than adding after)."""
     xs = cuda.shared.array((MAX_ROWS, _XS_COLS), np.float32)
     partial = cuda.shared.array(_GEMV_MAX_THREADS, np.float32)
     acc = cuda.local.array(_ACC, np.float32)  # [row of the warp, token row]
@@ -87,7 +88,8 @@ def _gemv_kernel(x, words, bias, warp_rows, out):
                 if t < T:
                     total = row_sum(partial, acc[rr * MAX_ROWS + t], lane, warp, lanes)
                     if lane == 0 and n < N:
-                        out[t, n] = total + bias[n]
+                        y = total + bias[n]
+                        out[t, n] = residual[t, n] + y if add_residual else y
 
 
 @cuda.jit(cache=True)
@@ -100,19 +102,23 @@ def _widen_rows_kernel(w, rows, out):
         out[i, k] = bf16_lo(w[rows[i], k])
 
 
-def gemv(x, w_bits, bias, out):
-    """out [T, N] = x [T, K] f32 @ W.T + bias [N] f32, W [N, K] bf16 bits (uint16, K even), T <= MAX_ROWS."""
+def gemv(x, w_bits, bias, out, residual=None):
+    """out [T, N] = x [T, K] f32 @ W.T + bias [N] f32 (+ residual [T, N] f32), W [N, K] bf16 bits
+    (uint16, K even), T <= MAX_ROWS."""
     T, K = x.shape
     N = w_bits.shape[0]
     check(T <= MAX_ROWS and K % 2 == 0 and x.dtype == np.float32 and w_bits.shape == (N, K)
           and w_bits.dtype == np.uint16 and bias.shape == (N,) and bias.dtype == np.float32
-          and out.shape == (T, N) and out.dtype == np.float32 and x.flags.c_contiguous and w_bits.flags.c_contiguous,
-          "bf16 gemv", x=x, w=w_bits, bias=bias, out=out)
+          and out.shape == (T, N) and out.dtype == np.float32 and x.flags.c_contiguous and w_bits.flags.c_contiguous
+          and (residual is None or (residual.shape == (T, N) and residual.dtype == np.float32)),
+          "bf16 gemv", x=x, w=w_bits, bias=bias, out=out, residual=residual)
     check(GEMV_LANES * GEMV_WARPS <= _GEMV_MAX_THREADS and K_CHUNK + K_CHUNK // 8 <= _XS_COLS and K_CHUNK % 8 == 0,
           "bf16 gemv block", lanes=GEMV_LANES, warps=GEMV_WARPS, chunk=K_CHUNK)
     warp_rows = WARP_ROWS if N >= WARP_ROWS_FROM_N else 1
     grid = -(-N // (GEMV_WARPS * warp_rows))
-    _gemv_kernel[grid, (GEMV_LANES, GEMV_WARPS), stream_of(out)](x, w_bits.view(np.uint32), bias, warp_rows, out)
+    add = residual is not None
+    _gemv_kernel[grid, (GEMV_LANES, GEMV_WARPS), stream_of(out)](x, w_bits.view(np.uint32), bias, residual if add else out,
+                                                                  add, warp_rows, out)
     return out
 
 

@@ -3,7 +3,8 @@
   route       router logits [T, E] -> the top-k experts (best first) and their softmax weights
   sort_pairs  the T*k (token, slot) pairs grouped by expert: a counting sort in one block
   swiglu      [P, 2I] gate (even) / up (odd) columns -> [P, I], clamped
-  combine     out[t] = sum_a weights[t, a] * y[t*k + a]: the weighted sum of a token's experts
+  combine     out[t] = sum_a weights[t, a] * y[t*k + a]: the weighted sum of a token's experts, plus a
+              residual row if given (the block's skip connection, one launch fewer than adding after)
 Pairs are numbered p = t * k + a, so no scatter with atomics is needed: combine gathers each token's
 k rows. Within one expert, sort_pairs may order pairs differently from run to run; every output
 element is computed the same way wherever its pair sits, so the results are deterministic.
@@ -86,7 +87,7 @@ def _swiglu_kernel(gate_up, limit, alpha, out):
 
 
 @cuda.jit(cache=True)
-def _combine_kernel(y, weights, out):
+def _combine_kernel(y, weights, residual, add_residual, out):
     i = cuda.grid(1)
     T, D = out.shape
     k = weights.shape[1]
@@ -95,7 +96,7 @@ def _combine_kernel(y, weights, out):
         acc = np.float32(0)
         for a in range(k):
             acc += weights[t, a] * y[t * k + a, d]
-        out[t, d] = acc
+        out[t, d] = residual[t, d] + acc if add_residual else acc
 
 
 def _blocks(n: int) -> int:
@@ -131,10 +132,14 @@ def swiglu(gate_up, limit: float, alpha: float, out):
     return out
 
 
-def combine(y, weights, out):
-    """out [T, D] = sum over a of weights[t, a] * y[t * k + a] for y [T*k, D], weights [T, k] (f32)."""
+def combine(y, weights, out, residual=None):
+    """out [T, D] = (residual [T, D] +) sum over a of weights[t, a] * y[t * k + a] for y [T*k, D],
+    weights [T, k] (f32)."""
     T, D = out.shape
     check(weights.shape[0] == T and y.shape == (T * weights.shape[1], D)
-          and y.dtype == weights.dtype == out.dtype == np.float32, "moe combine", y=y, weights=weights, out=out)
-    _combine_kernel[_blocks(T * D), THREADS, stream_of(out)](y, weights, out)
+          and y.dtype == weights.dtype == out.dtype == np.float32
+          and (residual is None or (residual.shape == (T, D) and residual.dtype == np.float32)),
+          "moe combine", y=y, weights=weights, out=out, residual=residual)
+    add = residual is not None
+    _combine_kernel[_blocks(T * D), THREADS, stream_of(out)](y, weights, residual if add else out, add, out)
     return out

@@ -31,7 +31,7 @@ SIGNATURES = {
                                           f"{F32}{C2}", f"{F32}{C2}"),
     "mxfp4_cuda._dequantize_kernel": (f"uint32{C3}", f"uint8{C3}", f"{I32}{C1}", f"{F32}{C3}"),
     "mxfp4_cuda._dequantize_bf16_kernel": (f"uint32{C3}", f"uint8{C3}", f"{I32}{C1}", f"uint32{C3}"),
-    "bf16_cuda._gemv_kernel": (f"{F32}{C2}", f"uint32{C2}", f"{F32}{C1}", I64, f"{F32}{C2}"),
+    "bf16_cuda._gemv_kernel": (f"{F32}{C2}", f"uint32{C2}", f"{F32}{C1}", f"{F32}{C2}", "boolean", I64, f"{F32}{C2}"),
     "bf16_cuda._widen_rows_kernel": (f"uint16{C2}", f"{I64}{C1}", f"{F32}{C2}"),
     "bf16x3_cuda._split_rows_kernel": (f"{F32}{C2}", f"{I32}{C1}", f"uint16{C2}"),
     "bf16x3_cuda._sum_rows_kernel": (f"{F32}{C2}", f"{I32}{C1}", f"{I32}{C1}", f"{F32}{C2}", f"{F32}{C2}"),
@@ -46,7 +46,7 @@ SIGNATURES = {
     "moe_cuda._route_kernel": (f"{F32}{C2}", f"{I32}{C2}", f"{F32}{C2}"),
     "moe_cuda._sort_pairs_kernel": (f"{I32}{C1}", f"{I32}{C1}", f"{I32}{C1}"),
     "moe_cuda._swiglu_kernel": (f"{F32}{C2}", F32, F32, f"{F32}{C2}"),
-    "moe_cuda._combine_kernel": (f"{F32}{C2}", f"{F32}{C2}", f"{F32}{C2}"),
+    "moe_cuda._combine_kernel": (f"{F32}{C2}", f"{F32}{C2}", f"{F32}{C2}", "boolean", f"{F32}{C2}"),
     "sampling_cuda._argmax_kernel": (f"{F32}{C1}", f"{I32}{C1}", f"{F32}{C1}", f"{I32}{C1}"),
     "sampling_cuda._sample_kernel": (f"{F32}{C1}", f"{I32}{C1}", f"{I32}{C1}", F32, I64, F32, F32, F32, f"{I32}{C1}"),
 }

@@ -26,6 +26,16 @@ def test_gemv(T, N, K, warp_rows_from_n, monkeypatch):
     assert_close(out, bf16.matmul_ref(x.astype(np.float64), w) + bias)
 
 
+def test_gemv_adds_a_residual():
+    rng = np.random.default_rng(4)
+    w = bf16.f32_to_bf16(rng.standard_normal((6, 24), dtype=np.float32))
+    x = rng.standard_normal((2, 24), dtype=np.float32)
+    bias, residual = rng.standard_normal(6, dtype=np.float32), rng.standard_normal((2, 6), dtype=np.float32)
+    out = poisoned((2, 6))
+    bf16_cuda.gemv(x, w, bias, out, residual=residual)
+    assert_close(out, residual + (bf16.matmul_ref(x.astype(np.float64), w) + bias))
+
+
 def test_gemv_row_limit():
     with pytest.raises(ValueError, match="do not fit"):
         bf16_cuda.gemv(np.zeros((bf16_cuda.MAX_ROWS + 1, 4), np.float32), np.zeros((2, 4), np.uint16),

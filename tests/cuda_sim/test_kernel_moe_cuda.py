@@ -54,3 +54,7 @@ def test_combine():
     out = poisoned((5, 9))
     moe_cuda.combine(y, weights, out)
     assert_close(out, np.einsum("ta,tad->td", weights, y.reshape(5, 3, 9)))
+    residual = rng.standard_normal((5, 9), dtype=np.float32)
+    out = poisoned((5, 9))
+    moe_cuda.combine(y, weights, out, residual=residual)
+    assert_close(out, residual + np.einsum("ta,tad->td", weights, y.reshape(5, 3, 9)))
