@@ -201,6 +201,7 @@ def kernel_bandwidth(model: GptOss, copy_gb_s: float, context: int) -> dict:
         "mxfp4_down": (lambda: ops.mxfp4_experts(h, 1, w.down_blocks, w.down_scales, w.down_bias, plan),
                        A * expert_bytes(D, I)),
         "bf16_qkv": (lambda: ops.linear(x, attn.qkv, attn.qkv_bias), 2 * (H + 2 * G) * Dh * D),
+        "bf16_o": (lambda: ops.linear(q.reshape(1, H * Dh), attn.o, attn.o_bias, residual=x), 2 * D * H * Dh),
         "bf16_lm_head": (lambda: ops.linear(x, model.lm_head), 2 * c.vocab_size * D),
         f"attention_{context}": (lambda: ops.attention(q, k, v, q_pos, k_pos, attn.sinks, None, Dh ** -0.5),
                                  2 * 4 * context * G * Dh),

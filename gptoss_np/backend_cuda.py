@@ -4,7 +4,8 @@ Imported only by backend.select when a GPU is usable, so the CPU path never need
 Weights live on the GPU as on disk: MXFP4 experts packed (uint8 blocks + e8m0 scales), dense weights
 as bf16 bits (uint16); norms, biases and sinks as float32. Activations are float32.
 Kernel choices by size live here and nowhere else:
-  bf16 linear    GEMV kernel up to bf16_cuda.MAX_ROWS tokens; above, cuBLAS products (below)
+  bf16 linear    GEMV kernel up to bf16_cuda.MAX_ROWS tokens (rows of a multiple of 4 weights, as all
+                 of gpt-oss's are); above, cuBLAS products (below)
   MoE experts    EXPERT_GEMV_MAX_TOKENS tokens or fewer: the pairs' GEMV; more: sort pairs by expert,
                  then one tiled matmul launch over all experts; from EXPERT_BLAS_MIN_TOKENS tokens:
                  the pairs' rows gathered in expert order once, the chosen experts' matrices
@@ -104,7 +105,7 @@ class CudaOps:
         residual as it writes its outputs."""
         x = _f32(x)
         T, N = x.shape[0], w.shape[0]
-        if w.dtype == cp.uint16 and T <= bf16_cuda.MAX_ROWS:
+        if w.dtype == cp.uint16 and T <= bf16_cuda.MAX_ROWS and w.shape[1] % 4 == 0:
             bias = b if b is not None else cp.zeros(N, cp.float32)
             return bf16_cuda.gemv(x, w, bias, cp.empty((T, N), cp.float32),
                                   residual=_f32(residual) if residual is not None else None)

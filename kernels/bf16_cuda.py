@@ -1,10 +1,11 @@
 """bfloat16 weights on the GPU: the GEMV of decode and the widening that feeds cuBLAS in prefill.
 
 A bf16 matrix W [N, K] is kept as its uint16 bits (as on the CPU, see bf16.py); the GEMV reads it as
-uint32 words [N, K/2], each word holding elements 2j (low half) and 2j+1 (high half).
+uint64 words [N, K/4], each word holding elements 4i .. 4i + 3 (lowest bits first).
 
   gemv        out[t, n] = W[n] . x[t] + bias[n] (+ residual[t, n]) for up to MAX_ROWS token rows, W
-              read once for all, x staged in shared memory (a warp's loads of it hit 32 distinct banks)
+              read once for all in coalesced 8-byte words, x staged in shared memory (a warp's loads
+              of it hit 32 distinct banks)
   widen_rows  out[i] = float32(W[rows[i]]): embedding lookups, and f32 tiles of W for a cuBLAS matmul
 The NumPy references are bf16.matmul_ref and bf16.bf16_to_f32.
 """
@@ -16,70 +17,72 @@ from numba import cuda
 
 from .common_cuda import bf16_hi, bf16_lo, check, row_sum, stream_of
 
-MAX_ROWS = 8  # token rows one GEMV launch handles (its per-thread accumulators)
+MAX_ROWS = 4  # token rows one GEMV launch handles (its per-thread accumulators)
 GEMV_LANES = 32  # threads per warp of the GEMV (a power of two)
 GEMV_WARPS = 8  # warps per block
 WARP_ROWS = 4  # output rows a warp computes for large N (the staged x then serves 32 rows a block)
 WARP_ROWS_FROM_N = 16384  # N from which warps take WARP_ROWS rows (lm_head); below, one row (more blocks)
-K_CHUNK = 1024  # x columns staged in shared memory at a time
+UNROLL = 2  # words of a row a lane loads before using them (bytes in flight: UNROLL x 8 a lane and row)
+K_CHUNK = 2048  # x columns staged in shared memory at a time (a multiple of 4)
 WIDEN_THREADS = 256
 _GEMV_MAX_THREADS = 256
-_XS_COLS = K_CHUNK + K_CHUNK // 8  # K_CHUNK columns padded: column k at k + k // 8
+_XS_COLS = K_CHUNK + K_CHUNK // 4  # K_CHUNK columns padded: column k at k + k // 4
 _ACC = WARP_ROWS * MAX_ROWS
+_WORDS = WARP_ROWS * UNROLL
 
 
 @cuda.jit(cache=True)
 def _gemv_kernel(x, words, bias, residual, add_residual, warp_rows, out):
     """Block (lanes, warps); warp w computes `warp_rows` neighbouring output rows for every token row.
 
-    x is staged in shared memory K_CHUNK columns at a time, column k at k + k // 8. A lane reads 4
-    words (8 weights, 16 bytes) at a time, consecutive lanes consecutive 16-byte pieces, and their
-    8 x values at 9c .. 9c + 7 (c = the lane's piece): 32 distinct banks across a warp. A chunk's odd
-    words (fewer than 4) are its tail. With add_residual, residual [T, N] is added to the outputs
-    (a transformer block's skip connection, one launch fewer than adding after)."""
+    x is staged in shared memory K_CHUNK columns at a time, column k at k + k // 4. Lane L reads words
+    i = L, L + lanes, ... of each row (4 weights, 8 bytes each): a warp reads 256 contiguous bytes of a
+    row a load, UNROLL loads of each row issued before any is used, and reads x at 5i .. 5i + 3: 32
+    distinct banks across the warp. Indices are unsigned (no negative-index wraparound in the loop).
+    With add_residual, residual [T, N] is added to the outputs (a transformer block's skip
+    connection, one launch fewer than adding after)."""
     xs = cuda.shared.array((MAX_ROWS, _XS_COLS), np.float32)
     partial = cuda.shared.array(_GEMV_MAX_THREADS, np.float32)
     acc = cuda.local.array(_ACC, np.float32)  # [row of the warp, token row]
+    wv = cuda.local.array(_WORDS, np.uint64)  # [row of the warp, unrolled word]
     lane, warp = cuda.threadIdx.x, cuda.threadIdx.y
     lanes, warps = cuda.blockDim.x, cuda.blockDim.y
     tid, threads = warp * lanes + lane, lanes * warps
     T = x.shape[0]
     N, KW = words.shape
     first = (cuda.blockIdx.x * warps + warp) * warp_rows
+    last = min(first + warp_rows, N) - 1  # rows past N read this row (their sums are not written)
     for i in range(_ACC):
         acc[i] = 0
-    for k0 in range(0, 2 * KW, K_CHUNK):
-        kc = min(K_CHUNK, 2 * KW - k0)
+    for k0 in range(0, 4 * KW, K_CHUNK):
+        kc = min(K_CHUNK, 4 * KW - k0)
         for i in range(tid, kc, threads):
+            u = np.uint32(i)
             for t in range(MAX_ROWS):
                 if t < T:
-                    xs[t, i + i // 8] = x[t, k0 + i]
+                    xs[t, u + u // np.uint32(4)] = x[t, k0 + i]
         cuda.syncthreads()
-        w0 = np.uint32(k0 // 2)
-        for c in range(lane, kc // 8, lanes):  # inside: fixed trip counts, so acc stays in registers
-            u = np.uint32(c)  # unsigned indices: no negative-index wraparound in the loop
-            base, col = u * np.uint32(9), w0 + u * np.uint32(4)
-            for t in range(MAX_ROWS):
-                if t < T:
-                    x0, x1, x2, x3 = xs[t, base], xs[t, base + 1], xs[t, base + 2], xs[t, base + 3]
-                    x4, x5, x6, x7 = xs[t, base + 4], xs[t, base + 5], xs[t, base + 6], xs[t, base + 7]
-                    for rr in range(WARP_ROWS):
-                        n = np.uint32(first + rr)
-                        if rr < warp_rows and n < N:
-                            a, b = words[n, col], words[n, col + 1]
-                            e, f = words[n, col + 2], words[n, col + 3]
-                            acc[rr * MAX_ROWS + t] += (bf16_lo(a) * x0 + bf16_hi(a) * x1 + bf16_lo(b) * x2
-                                                       + bf16_hi(b) * x3 + bf16_lo(e) * x4 + bf16_hi(e) * x5
-                                                       + bf16_lo(f) * x6 + bf16_hi(f) * x7)
-        for j in range(kc // 8 * 4 + lane, kc // 2, lanes):
-            for t in range(MAX_ROWS):
-                if t < T:
-                    lo, hi = xs[t, 2 * j + (2 * j) // 8], xs[t, 2 * j + 1 + (2 * j + 1) // 8]
-                    for rr in range(WARP_ROWS):
-                        n = first + rr
-                        if rr < warp_rows and n < N:
-                            wd = words[n, w0 + j]
-                            acc[rr * MAX_ROWS + t] += bf16_lo(wd) * lo + bf16_hi(wd) * hi
+        w0, wc = np.uint32(k0 // 4), np.uint32(kc // 4)  # the chunk's first word, its words a row
+        for c in range(lane, kc // 4, lanes * UNROLL):  # inside: fixed trip counts, so acc and wv stay in registers
+            u = np.uint32(c)
+            for rr in range(WARP_ROWS):
+                if rr < warp_rows:
+                    row = words[np.uint32(min(first + rr, last))]
+                    for j in range(UNROLL):
+                        i = u + np.uint32(j * lanes)
+                        wv[rr * UNROLL + j] = row[w0 + i] if i < wc else np.uint64(0)
+            for j in range(UNROLL):
+                base = (u + np.uint32(j * lanes)) * np.uint32(5)
+                for t in range(MAX_ROWS):
+                    if t < T and u + np.uint32(j * lanes) < wc:
+                        x0, x1, x2, x3 = xs[t, base], xs[t, base + 1], xs[t, base + 2], xs[t, base + 3]
+                        for rr in range(WARP_ROWS):
+                            if rr < warp_rows:
+                                wd = wv[rr * UNROLL + j]
+                                lo = np.uint32(wd & np.uint64(0xFFFFFFFF))
+                                hi = np.uint32(wd >> np.uint64(32))
+                                acc[rr * MAX_ROWS + t] += (bf16_lo(lo) * x0 + bf16_hi(lo) * x1
+                                                           + bf16_lo(hi) * x2 + bf16_hi(hi) * x3)
         cuda.syncthreads()
     for rr in range(WARP_ROWS):
         if rr < warp_rows:  # the same for the whole block, as row_sum needs
@@ -104,20 +107,20 @@ def _widen_rows_kernel(w, rows, out):
 
 def gemv(x, w_bits, bias, out, residual=None):
     """out [T, N] = x [T, K] f32 @ W.T + bias [N] f32 (+ residual [T, N] f32), W [N, K] bf16 bits
-    (uint16, K even), T <= MAX_ROWS."""
+    (uint16, K a multiple of 4), T <= MAX_ROWS."""
     T, K = x.shape
     N = w_bits.shape[0]
-    check(T <= MAX_ROWS and K % 2 == 0 and x.dtype == np.float32 and w_bits.shape == (N, K)
+    check(T <= MAX_ROWS and K % 4 == 0 and x.dtype == np.float32 and w_bits.shape == (N, K)
           and w_bits.dtype == np.uint16 and bias.shape == (N,) and bias.dtype == np.float32
           and out.shape == (T, N) and out.dtype == np.float32 and x.flags.c_contiguous and w_bits.flags.c_contiguous
           and (residual is None or (residual.shape == (T, N) and residual.dtype == np.float32)),
           "bf16 gemv", x=x, w=w_bits, bias=bias, out=out, residual=residual)
-    check(GEMV_LANES * GEMV_WARPS <= _GEMV_MAX_THREADS and K_CHUNK + K_CHUNK // 8 <= _XS_COLS and K_CHUNK % 8 == 0,
+    check(GEMV_LANES * GEMV_WARPS <= _GEMV_MAX_THREADS and K_CHUNK + K_CHUNK // 4 <= _XS_COLS and K_CHUNK % 4 == 0,
           "bf16 gemv block", lanes=GEMV_LANES, warps=GEMV_WARPS, chunk=K_CHUNK)
     warp_rows = WARP_ROWS if N >= WARP_ROWS_FROM_N else 1
     grid = -(-N // (GEMV_WARPS * warp_rows))
     add = residual is not None
-    _gemv_kernel[grid, (GEMV_LANES, GEMV_WARPS), stream_of(out)](x, w_bits.view(np.uint32), bias, residual if add else out,
+    _gemv_kernel[grid, (GEMV_LANES, GEMV_WARPS), stream_of(out)](x, w_bits.view(np.uint64), bias, residual if add else out,
                                                                   add, warp_rows, out)
     return out
 

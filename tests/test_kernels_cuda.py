@@ -31,7 +31,7 @@ SIGNATURES = {
                                           f"{F32}{C2}", f"{F32}{C2}"),
     "mxfp4_cuda._dequantize_kernel": (f"uint32{C3}", f"uint8{C3}", f"{I32}{C1}", f"{F32}{C3}"),
     "mxfp4_cuda._dequantize_bf16_kernel": (f"uint32{C3}", f"uint8{C3}", f"{I32}{C1}", f"uint32{C3}"),
-    "bf16_cuda._gemv_kernel": (f"{F32}{C2}", f"uint32{C2}", f"{F32}{C1}", f"{F32}{C2}", "boolean", I64, f"{F32}{C2}"),
+    "bf16_cuda._gemv_kernel": (f"{F32}{C2}", f"uint64{C2}", f"{F32}{C1}", f"{F32}{C2}", "boolean", I64, f"{F32}{C2}"),
     "bf16_cuda._widen_rows_kernel": (f"uint16{C2}", f"{I64}{C1}", f"{F32}{C2}"),
     "bf16x3_cuda._split_rows_kernel": (f"{F32}{C2}", f"{I32}{C1}", f"uint16{C2}"),
     "bf16x3_cuda._sum_rows_kernel": (f"{F32}{C2}", f"{I32}{C1}", f"{I32}{C1}", f"{F32}{C2}", f"{F32}{C2}"),

@@ -18,7 +18,7 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
 
 SMALL_LAUNCHES = {
     "mxfp4_cuda": dict(GEMV_LANES=4, GEMV_WARPS=2, TILE_THREADS=(2, 2)),
-    "bf16_cuda": dict(GEMV_LANES=4, GEMV_WARPS=2, K_CHUNK=16, WIDEN_THREADS=16),
+    "bf16_cuda": dict(GEMV_LANES=4, GEMV_WARPS=2, UNROLL=2, K_CHUNK=48, WIDEN_THREADS=16),
     "bf16x3_cuda": dict(THREADS=16),
     "attention_cuda": dict(THREADS=16, ROWS=8, KEYS=4, KEYS_PER_SPLIT=8, MIN_SPLITS=4, SCORE_KEYS=2),
     "norm_rope_cuda": dict(THREADS=16),

@@ -9,11 +9,13 @@ from cuda_sim.sim import assert_close, poisoned
 from gptoss_np.kernels import bf16, bf16_cuda
 
 
-# (the simulator's shapes, tests/cuda_sim/conftest.py: x staged 16 columns at a time, 2 warps a block)
+# (the simulator's shapes, tests/cuda_sim/conftest.py: x staged 48 columns (12 words) at a time, 4 lanes
+# of 2 words each a pass (8 words), 2 warps a block)
 @pytest.mark.parametrize("T, N, K, warp_rows_from_n", [
-    (1, 5, 40, 10**9),  # chunks of 16, 16 and 8 columns
-    (3, 3, 18, 10**9),  # a chunk of 16 (two 4-word pieces), then one of 2 (a one-word tail)
-    (2, 11, 28, 1),  # 4 rows a warp (the last warp has 3 rows past N); chunks of 16 and 12 (tail words 4, 5)
+    (1, 5, 104, 10**9),  # chunks of 48, 48 and 8 columns: passes of 8 + 4, 8 + 4, 2 words
+    (3, 3, 4, 10**9),  # one word a row
+    (2, 11, 68, 1),  # 4 rows a warp (the second block's warps have 1 and 4 rows past N); chunks of 48 and 20
+    (4, 6, 24, 1),  # MAX_ROWS token rows, 4 rows a warp
 ])
 def test_gemv(T, N, K, warp_rows_from_n, monkeypatch):
     monkeypatch.setattr(bf16_cuda, "WARP_ROWS_FROM_N", warp_rows_from_n)
@@ -36,10 +38,13 @@ def test_gemv_adds_a_residual():
     assert_close(out, residual + (bf16.matmul_ref(x.astype(np.float64), w) + bias))
 
 
-def test_gemv_row_limit():
+def test_gemv_row_limit_and_row_length():
     with pytest.raises(ValueError, match="do not fit"):
         bf16_cuda.gemv(np.zeros((bf16_cuda.MAX_ROWS + 1, 4), np.float32), np.zeros((2, 4), np.uint16),
                        np.zeros(2, np.float32), poisoned((bf16_cuda.MAX_ROWS + 1, 2)))
+    with pytest.raises(ValueError, match="do not fit"):  # rows are read as 8-byte words
+        bf16_cuda.gemv(np.zeros((1, 6), np.float32), np.zeros((2, 6), np.uint16), np.zeros(2, np.float32),
+                       poisoned((1, 2)))
 
 
 def test_widen_rows_is_exact():
