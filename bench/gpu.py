@@ -202,6 +202,7 @@ def kernel_bandwidth(model: GptOss, copy_gb_s: float, context: int) -> dict:
                        A * expert_bytes(D, I)),
         "bf16_qkv": (lambda: ops.linear(x, attn.qkv, attn.qkv_bias), 2 * (H + 2 * G) * Dh * D),
         "bf16_o": (lambda: ops.linear(q.reshape(1, H * Dh), attn.o, attn.o_bias, residual=x), 2 * D * H * Dh),
+        "bf16_router": (lambda: ops.linear(x, w.router, w.router_bias), 2 * c.num_local_experts * D),
         "bf16_lm_head": (lambda: ops.linear(x, model.lm_head), 2 * c.vocab_size * D),
         f"attention_{context}": (lambda: ops.attention(q, k, v, q_pos, k_pos, attn.sinks, None, Dh ** -0.5),
                                  2 * 4 * context * G * Dh),

@@ -22,6 +22,7 @@ GEMV_LANES = 32  # threads per warp of the GEMV (a power of two)
 GEMV_WARPS = 8  # warps per block
 WARP_ROWS = 4  # output rows a warp computes for large N (the staged x then serves 32 rows a block)
 WARP_ROWS_FROM_N = 16384  # N from which warps take WARP_ROWS rows (lm_head); below, one row (more blocks)
+SPLIT_BELOW_N = 1024  # N under which a row's K is split over the block's warps (the router: N = E = 32)
 UNROLL = 2  # words of a row a lane loads before using them (bytes in flight: UNROLL x 8 a lane and row)
 K_CHUNK = 2048  # x columns staged in shared memory at a time (a multiple of 4)
 WIDEN_THREADS = 256
@@ -33,7 +34,9 @@ _WORDS = WARP_ROWS * UNROLL
 
 @cuda.jit(cache=True)
 def _gemv_kernel(x, words, bias, residual, add_residual, warp_rows, out):
-    """Block (lanes, warps); warp w computes `warp_rows` neighbouring output rows for every token row.
+    """Block (lanes, rows of lanes); each row of `lanes` threads (a warp, or several for matrices of
+    few rows, where a warp alone would walk its whole row one load's latency after another) computes
+    `warp_rows` neighbouring output rows for every token row.
 
     x is staged in shared memory K_CHUNK columns at a time, column k at k + k // 4. Lane L reads words
     i = L, L + lanes, ... of each row (4 weights, 8 bytes each): a warp reads 256 contiguous bytes of a
@@ -118,10 +121,12 @@ def gemv(x, w_bits, bias, out, residual=None):
     check(GEMV_LANES * GEMV_WARPS <= _GEMV_MAX_THREADS and K_CHUNK + K_CHUNK // 4 <= _XS_COLS and K_CHUNK % 4 == 0,
           "bf16 gemv block", lanes=GEMV_LANES, warps=GEMV_WARPS, chunk=K_CHUNK)
     warp_rows = WARP_ROWS if N >= WARP_ROWS_FROM_N else 1
-    grid = -(-N // (GEMV_WARPS * warp_rows))
+    split = GEMV_WARPS if N < SPLIT_BELOW_N else 1  # warps a row
+    block = (GEMV_LANES * split, GEMV_WARPS // split)
+    grid = -(-N // (block[1] * warp_rows))
     add = residual is not None
-    _gemv_kernel[grid, (GEMV_LANES, GEMV_WARPS), stream_of(out)](x, w_bits.view(np.uint64), bias, residual if add else out,
-                                                                  add, warp_rows, out)
+    _gemv_kernel[grid, block, stream_of(out)](x, w_bits.view(np.uint64), bias, residual if add else out, add,
+                                              warp_rows, out)
     return out
 
 

@@ -62,7 +62,8 @@ def test_kernels_at_gpt_oss_20b_shapes():
     mxfp4_cuda.expert_matmul(d["x"], A, order, offsets, T, d["blocks"], d["scales"], d["bias"], out)
     assert rel_err(out.get(), ref) < 1e-5
 
-    for T, N in ((3, 4096), (1, 20001)):  # one row a warp (q), and 4 rows a warp with a ragged end (lm_head-like)
+    # a row over the block's warps (router), one row a warp (q), 4 rows a warp with a ragged end (lm_head-like)
+    for T, N in ((1, 32), (3, 4096), (1, 20001)):
         w = bf16.f32_to_bf16(rng.standard_normal((N, 2880), dtype=np.float32))
         xs = rng.standard_normal((T, 2880), dtype=np.float32)
         y = cp.full((T, N), cp.nan, cp.float32)

@@ -17,8 +17,10 @@ from gptoss_np.kernels import bf16, bf16_cuda
     (2, 11, 68, 1),  # 4 rows a warp (the second block's warps have 1 and 4 rows past N); chunks of 48 and 20
     (4, 6, 24, 1),  # MAX_ROWS token rows, 4 rows a warp
 ])
-def test_gemv(T, N, K, warp_rows_from_n, monkeypatch):
+@pytest.mark.parametrize("split", [False, True])  # a row's K over one warp, or over the block's 2 warps
+def test_gemv(T, N, K, warp_rows_from_n, split, monkeypatch):
     monkeypatch.setattr(bf16_cuda, "WARP_ROWS_FROM_N", warp_rows_from_n)
+    monkeypatch.setattr(bf16_cuda, "SPLIT_BELOW_N", 10**9 if split else 0)
     rng = np.random.default_rng(K)
     w = bf16.f32_to_bf16(rng.standard_normal((N, K), dtype=np.float32))
     x = rng.standard_normal((T, K), dtype=np.float32)
