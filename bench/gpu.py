@@ -2,7 +2,7 @@
 
     python3 bench/gpu.py --json out.json [--tests gpu_tests.xml] [--preset gpt-oss-20b] [--set KEY=VALUE ...]
                          [--contexts 128,4096,32768] [--prompts 128,2048,8192] [--decode 32]
-                         [--prefill-budget 60] [--transformers] [--profile]
+                         [--prefill-budget 60] [--transformers] [--profile] [--variants]
 
 Sections, each added to the JSON as soon as it is measured (a timeout keeps what was done):
   copy        device-to-device copy bandwidth (bytes read + written), the memory ceiling
@@ -15,6 +15,8 @@ Sections, each added to the JSON as soon as it is measured (a timeout keeps what
   kernels     each weight-reading op of a decode step alone (20 calls replayed from a CUDA graph;
               attention at the longest decode context): microseconds a call, GB/s of the bytes it
               must read, and % of the copy bandwidth
+  kernel_variants  with --variants: the same for the decode GEMVs compiled with other launch
+              constants (KERNEL_VARIANTS: words in flight, x chunk, warps a block), in the same run
   decode      tok/s of greedy steps (argmax on the device, one id to the host a step) at each context,
               through generate()'s decoder (steps replayed from a CUDA graph; graph_replayed says
               whether the capture worked) and op by op (eager_*); the cache is filled with random keys
@@ -181,9 +183,9 @@ def replayed_seconds(fn, launches: int) -> tuple[float, str]:
         return seconds / launches, "op by op"
 
 
-def kernel_bandwidth(model: GptOss, copy_gb_s: float, context: int) -> dict:
+def kernel_cases(model: GptOss, context: int) -> dict:
     """Each weight-reading op of a decode step alone, at the model's shapes with layer 0's weights:
-    microseconds a call and GB/s of the bytes it must read, against the copy bandwidth."""
+    name -> (a call, the bytes it must read)."""
     c, ops, layer = model.config, model.ops, model.layers[0]
     D, I, A = c.hidden_size, c.intermediate_size, c.num_experts_per_tok
     H, G, Dh = c.num_attention_heads, c.num_key_value_heads, c.head_dim
@@ -195,7 +197,7 @@ def kernel_bandwidth(model: GptOss, copy_gb_s: float, context: int) -> dict:
     k, v = (rs.standard_normal((context, G, Dh), dtype=cp.float32) for _ in range(2))
     q_pos, k_pos = cp.full(1, context - 1, cp.int64), cp.arange(context, dtype=cp.int64)
     w, attn = layer.moe, layer.attn
-    cases = {
+    return {
         "mxfp4_gate_up": (lambda: ops.mxfp4_experts(x, A, w.gate_up_blocks, w.gate_up_scales, w.gate_up_bias, plan,
                                                     swiglu=(c.swiglu_limit, c.swiglu_alpha)), A * expert_bytes(2 * I, D)),
         "mxfp4_down": (lambda: ops.mxfp4_experts(h, 1, w.down_blocks, w.down_scales, w.down_bias, plan),
@@ -207,11 +209,58 @@ def kernel_bandwidth(model: GptOss, copy_gb_s: float, context: int) -> dict:
         f"attention_{context}": (lambda: ops.attention(q, k, v, q_pos, k_pos, attn.sinks, None, Dh ** -0.5),
                                  2 * 4 * context * G * Dh),
     }
+
+
+def kernel_bandwidth(cases: dict, copy_gb_s: float) -> dict:
+    """Each case of kernel_cases replayed KERNEL_LAUNCHES times: microseconds a call and GB/s of the
+    bytes it must read, against the copy bandwidth."""
     result = {}
     for name, (fn, nbytes) in cases.items():
         seconds, how = replayed_seconds(fn, KERNEL_LAUNCHES)
         result[name] = {"us": round(seconds * 1e6, 2), "gb_s": round(nbytes / seconds / 1e9, 1),
                         "pct_of_copy": round(100 * nbytes / seconds / 1e9 / copy_gb_s, 1), "timed": how}
+    return result
+
+
+# Launch constants of the decode GEMVs tried against the defaults in the same run, so that one GPU
+# session settles them: name -> (kernel module, its kernel recompiled, constants, the cases timed).
+KERNEL_VARIANTS = {
+    "bf16_unroll1": ("bf16_cuda", "_gemv_kernel", {"UNROLL": 1}, "bf16_"),
+    "bf16_unroll4": ("bf16_cuda", "_gemv_kernel", {"UNROLL": 4}, "bf16_"),
+    "bf16_chunk1024": ("bf16_cuda", "_gemv_kernel", {"K_CHUNK": 1024}, "bf16_"),
+    "bf16_no_split": ("bf16_cuda", "_gemv_kernel", {"SPLIT_BELOW_N": 0}, "bf16_router"),
+    "mxfp4_warps4": ("mxfp4_cuda", "_gemv_kernel", {"GEMV_WARPS": 4}, "mxfp4_"),
+    "mxfp4_warps16": ("mxfp4_cuda", "_gemv_kernel", {"GEMV_WARPS": 16}, "mxfp4_"),
+}
+
+
+@contextlib.contextmanager
+def kernel_variant(module_name: str, kernel: str, constants: dict):
+    """Within: the module's launch constants set to `constants` and its kernel compiled afresh from
+    its Python source (which reads them as globals), not cached on disk; both put back after."""
+    from numba import cuda
+    module = importlib.import_module(f"gptoss_np.kernels.{module_name}")
+    saved = {name: getattr(module, name) for name in [kernel, *constants]}
+    try:
+        for name, value in constants.items():
+            setattr(module, name, value)
+        setattr(module, kernel, cuda.jit(saved[kernel].py_func))
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(module, name, value)
+
+
+def kernel_variants(cases: dict, copy_gb_s: float) -> dict:
+    """kernel_bandwidth of each KERNEL_VARIANTS entry's cases (the defaults' figures are `kernels`)."""
+    result = {}
+    for name, (module, kernel, constants, prefix) in KERNEL_VARIANTS.items():
+        chosen = {case: entry for case, entry in cases.items() if case.startswith(prefix)}
+        try:
+            with kernel_variant(module, kernel, constants):
+                result[name] = {"constants": constants, **kernel_bandwidth(chosen, copy_gb_s)}
+        except Exception as e:  # noqa: BLE001 (a variant that does not compile or launch says so)
+            result[name] = {"constants": constants, "error": f"{type(e).__name__}: {e}"}
     return result
 
 
@@ -377,6 +426,8 @@ def parse_args(argv):
                         help="skip prompt lengths whose predicted prefill time would exceed this in total")
     parser.add_argument("--transformers", action="store_true", help="also time transformers (bf16)")
     parser.add_argument("--profile", action="store_true", help="time each op of a decode step")
+    parser.add_argument("--variants", action="store_true",
+                        help="also time the decode GEMVs with other launch constants (KERNEL_VARIANTS)")
     return parser.parse_args(argv)
 
 
@@ -415,7 +466,11 @@ def main(argv=None) -> dict:
     save()
 
     with section(report, "kernels", save):
-        report["kernels"] = kernel_bandwidth(model, report["copy_gb_s"], context=max(args.contexts))
+        cases = kernel_cases(model, context=max(args.contexts))
+        report["kernels"] = kernel_bandwidth(cases, report["copy_gb_s"])
+    if args.variants:
+        with section(report, "kernel_variants", save):
+            report["kernel_variants"] = kernel_variants(cases, report["copy_gb_s"])
     ids = np.random.default_rng(0).integers(0, config.vocab_size, max(args.prompts + [8]))
     model.forward(ids[:8], model.new_cache(64))  # compile every kernel (prefill and decode paths)
     model.forward(ids[:1], model.new_cache(64))
@@ -542,6 +597,13 @@ def print_table(report: dict) -> None:
         print(f"{'kernel':>22}{'us':>10}{'GB/s':>9}{'% copy':>8}  timed")
         for name, r in report["kernels"].items():
             print(f"{name:>22}{r['us']:>10}{r['gb_s']:>9}{r['pct_of_copy']:>8}  {r['timed']}")
+        for variant, cases in report.get("kernel_variants", {}).items():
+            if variant == "error" or "error" in cases:
+                print(f"  variant {variant} failed: {cases if variant == 'error' else cases['error']}")
+                continue
+            for name, r in cases.items():
+                if name != "constants":
+                    print(f"{name:>22}{r['us']:>10}{r['gb_s']:>9}{r['pct_of_copy']:>8}  {variant} {cases['constants']}")
     for key, what in (("profile", "decode step"), ("prefill_profile", "prefill")):
         p = report.get(key, {})
         if "ops_ms" in p:

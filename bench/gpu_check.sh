@@ -49,7 +49,7 @@ fi
 if wants bench; then
     tests=()
     [ -s "$OUT/gpu_tests.xml" ] && tests=(--tests "$OUT/gpu_tests.xml")
-    timeout 260 python3 bench/gpu.py --json "$OUT/gpu_check.json" "${tests[@]}" --profile --transformers 2>&1 \
+    timeout 260 python3 bench/gpu.py --json "$OUT/gpu_check.json" "${tests[@]}" --profile --variants --transformers 2>&1 \
         | tee "$OUT/gpu_bench.log" | tail -60
 fi
 if wants 120b; then  # not among the default parts: ~65 GB of weights to draw, its own call

@@ -46,10 +46,12 @@ def test_benchmark_runs_and_writes_its_json(bench, tmp_path, monkeypatch, capsys
         raise RuntimeError("no transformers here")
 
     monkeypatch.setattr(bench, "transformers_decode", no_baseline)  # a part that fails: recorded, the run goes on
+    variants = {name: bench.KERNEL_VARIANTS[name] for name in ("bf16_unroll4", "mxfp4_warps16")}  # the simulator is slow
+    monkeypatch.setattr(bench, "KERNEL_VARIANTS", variants)
     toy = ["num_hidden_layers=1", "vocab_size=64", "hidden_size=32", "intermediate_size=32", "head_dim=8", "num_attention_heads=2",
            "num_key_value_heads=1", "num_local_experts=4", "num_experts_per_tok=2", "sliding_window=4"]
     out = tmp_path / "gpu.json"
-    argv = ["--json", str(out), "--preset", "tiny", "--contexts", "9", "--prompts", "3,6", "--decode", "1", "--profile",
+    argv = ["--json", str(out), "--preset", "tiny", "--contexts", "9", "--prompts", "3,6", "--decode", "1", "--profile", "--variants",
             "--prefill-budget", "0", "--transformers"]
     # the 3-token prefill runs, the 6-token one is predicted over budget
     report = bench.main(argv + [arg for kv in toy for arg in ("--set", kv)])
@@ -64,6 +66,13 @@ def test_benchmark_runs_and_writes_its_json(bench, tmp_path, monkeypatch, capsys
     assert {"mxfp4_gate_up", "mxfp4_down", "bf16_qkv", "bf16_lm_head"} < set(saved["kernels"])
     # no graphs in the simulator: the kernels are timed op by op
     assert all(r["us"] > 0 and "gb_s" in r and r["timed"] == "op by op" for r in saved["kernels"].values())
+    assert set(saved["kernel_variants"]) == set(variants)
+    variants = saved["kernel_variants"]
+    assert all("error" not in v for v in variants.values())
+    assert set(variants["bf16_unroll4"]) == {"constants", "bf16_qkv", "bf16_o", "bf16_router", "bf16_lm_head"}
+    assert set(variants["mxfp4_warps16"]) == {"constants", "mxfp4_gate_up", "mxfp4_down"}
+    from gptoss_np.kernels import bf16_cuda
+    assert bf16_cuda.UNROLL == 2 and bf16_cuda._gemv_kernel.py_func.__name__ == "_gemv_kernel"  # put back
     profile = report["profile"]
     assert profile["calls"]["mxfp4_experts"] == 2  # gate_up and down
     assert profile["calls"]["linear"] == 3 + 1  # qkv, o, router; lm_head
