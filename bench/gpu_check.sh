@@ -27,7 +27,7 @@ export PYTHONUNBUFFERED=1
 export NUMBA_CUDA_ARRAY_INTERFACE_SYNC=0
 parts=" ${*:-tests bench moe notebooks} "
 wants() { [[ "$parts" == *" $1 "* ]]; }
-LIMIT=510  # seconds for the whole script; the optional parts use what is left
+LIMIT=510  # seconds for the whole script; the benchmark and then the optional parts use what is left
 
 python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -3
 if compgen -G ".whl/*.whl" > /dev/null; then
@@ -49,7 +49,7 @@ fi
 if wants bench; then
     tests=()
     [ -s "$OUT/gpu_tests.xml" ] && tests=(--tests "$OUT/gpu_tests.xml")
-    timeout 260 python3 bench/gpu.py --json "$OUT/gpu_check.json" "${tests[@]}" --profile --variants --transformers 2>&1 \
+    timeout $((LIMIT - SECONDS - 15)) python3 bench/gpu.py --json "$OUT/gpu_check.json" "${tests[@]}" --profile --variants --transformers 2>&1 \
         | tee "$OUT/gpu_bench.log" | tail -60
 fi
 if wants 120b; then  # not among the default parts: ~65 GB of weights to draw, its own call
