@@ -46,7 +46,9 @@ def test_benchmark_runs_and_writes_its_json(bench, tmp_path, monkeypatch, capsys
         raise RuntimeError("no transformers here")
 
     monkeypatch.setattr(bench, "transformers_decode", no_baseline)  # a part that fails: recorded, the run goes on
-    variants = {name: bench.KERNEL_VARIANTS[name] for name in ("bf16_unroll4", "mxfp4_warps16")}  # the simulator is slow
+    # sized for the simulator, which takes seconds a call: one cheap case each
+    variants = {"bf16_unroll1": ("bf16_cuda", "_gemv_kernel", {"UNROLL": 1}, "bf16_router"),
+                "mxfp4_warps1": ("mxfp4_cuda", "_gemv_kernel", {"GEMV_WARPS": 1}, "mxfp4_down")}
     monkeypatch.setattr(bench, "KERNEL_VARIANTS", variants)
     toy = ["num_hidden_layers=1", "vocab_size=64", "hidden_size=32", "intermediate_size=32", "head_dim=8", "num_attention_heads=2",
            "num_key_value_heads=1", "num_local_experts=4", "num_experts_per_tok=2", "sliding_window=4"]
@@ -69,8 +71,8 @@ def test_benchmark_runs_and_writes_its_json(bench, tmp_path, monkeypatch, capsys
     assert set(saved["kernel_variants"]) == set(variants)
     variants = saved["kernel_variants"]
     assert all("error" not in v for v in variants.values())
-    assert set(variants["bf16_unroll4"]) == {"constants", "bf16_qkv", "bf16_o", "bf16_router", "bf16_lm_head"}
-    assert set(variants["mxfp4_warps16"]) == {"constants", "mxfp4_gate_up", "mxfp4_down"}
+    assert set(variants["bf16_unroll1"]) == {"constants", "bf16_router"} and variants["bf16_unroll1"]["bf16_router"]["us"] > 0
+    assert set(variants["mxfp4_warps1"]) == {"constants", "mxfp4_down"}
     from gptoss_np.kernels import bf16_cuda
     assert bf16_cuda.UNROLL == 2 and bf16_cuda._gemv_kernel.py_func.__name__ == "_gemv_kernel"  # put back
     profile = report["profile"]
