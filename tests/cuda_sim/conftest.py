@@ -18,7 +18,9 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
 
 SMALL_LAUNCHES = {
     "mxfp4_cuda": dict(GEMV_LANES=4, GEMV_WARPS=2, TILE_THREADS=(2, 2)),
-    "bf16_cuda": dict(GEMV_LANES=4, GEMV_WARPS=2, UNROLL=2, K_CHUNK=48, WIDEN_THREADS=16),
+    # SPLIT_BELOW_N = 0: the toy models' small matrices would all take the row split, a block a row,
+    # which the simulator runs slowly; test_kernel_bf16_cuda covers both paths
+    "bf16_cuda": dict(GEMV_LANES=4, GEMV_WARPS=2, UNROLL=2, K_CHUNK=48, WIDEN_THREADS=16, SPLIT_BELOW_N=0),
     "bf16x3_cuda": dict(THREADS=16),
     "attention_cuda": dict(THREADS=16, ROWS=8, KEYS=4, KEYS_PER_SPLIT=8, MIN_SPLITS=4, SCORE_KEYS=2),
     "norm_rope_cuda": dict(THREADS=16),
