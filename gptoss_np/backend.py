@@ -23,6 +23,11 @@ from .kernels import attention, bf16, kv_cache, moe, mxfp4, norm_rope
 log = logging.getLogger(__name__)
 
 
+def with_residual(y, residual):
+    """residual + y, or y when there is no residual (the sum model.py's skip connections take)."""
+    return y if residual is None else residual + y
+
+
 def _joined(parts):
     """Arrays joined along their first axis; one part as it is (a memory map stays one)."""
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
@@ -65,8 +70,7 @@ class CpuOps:
                residual: np.ndarray | None = None) -> np.ndarray:
         """(residual +) x [T, K] @ w.T (+ b) for w [N, K] -> [T, N] float32."""
         y = bf16.matmul(x, w) if w.dtype == np.uint16 else x @ w.T
-        y = y + b if b is not None else y
-        return residual + y if residual is not None else y
+        return with_residual(y + b if b is not None else y, residual)
 
     def rmsnorm(self, x, w, eps):
         return norm_rope.rmsnorm(x, w, eps)
@@ -91,13 +95,11 @@ class CpuOps:
 
     def experts(self, w, x, experts, weights, limit, alpha, residual=None):
         """(residual +) the routed experts' weighted sum [T, D]: experts grouped on the host (moe.py)."""
-        y = moe_layer.by_expert_groups(self, w, x, experts, weights, limit, alpha)
-        return residual + y if residual is not None else y
+        return with_residual(moe_layer.by_expert_groups(self, w, x, experts, weights, limit, alpha), residual)
 
     def dispatched_experts(self, w, x, d, limit, alpha, residual=None):
         """(residual +) the experts' weighted sum [T, D] for the pairs of a dispatch.Dispatch."""
-        y = moe_layer.grouped(self, w, x, d, limit, alpha)
-        return residual + y if residual is not None else y
+        return with_residual(moe_layer.grouped(self, w, x, d, limit, alpha), residual)
 
     def mxfp4_pairs(self, x, blocks, scales, experts):
         """Row p of x [P, K] times expert experts[p]'s matrix -> [P, N]."""

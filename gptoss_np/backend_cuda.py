@@ -30,7 +30,7 @@ import numpy as np
 
 from . import moe as moe_layer
 from . import bf16x3, sampling, tf32
-from .backend import eager_decoder
+from .backend import eager_decoder, with_residual
 from .cuda_graph import GraphDecoder
 from .kernels import (attention_cuda, bf16, bf16_cuda, bf16x3_cuda, kv_cache_cuda, moe_cuda, mxfp4_cuda, norm_rope_cuda,
                       sampling_cuda)
@@ -112,7 +112,7 @@ class CudaOps:
         y = self._product_rows(x, w)
         if b is not None:
             y += b
-        return residual + y if residual is not None else y
+        return with_residual(y, residual)
 
     def _product_rows(self, x, w):
         """x [T, K] f32 @ w.T for w [N, K] float32 (CuPy's matmul) or bf16 bits (cuBLAS products,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from .common_cuda import bf16_hi, bf16_lo, check, row_sum, stream_of
+from .common_cuda import bf16_hi, bf16_lo, check, residual_args, row_sum, stream_of
 
 MAX_ROWS = 4  # token rows one GEMV launch handles (its per-thread accumulators)
 GEMV_LANES = 32  # threads per warp of the GEMV (a power of two)
@@ -115,17 +115,15 @@ def gemv(x, w_bits, bias, out, residual=None):
     N = w_bits.shape[0]
     check(T <= MAX_ROWS and K % 4 == 0 and x.dtype == np.float32 and w_bits.shape == (N, K)
           and w_bits.dtype == np.uint16 and bias.shape == (N,) and bias.dtype == np.float32
-          and out.shape == (T, N) and out.dtype == np.float32 and x.flags.c_contiguous and w_bits.flags.c_contiguous
-          and (residual is None or (residual.shape == (T, N) and residual.dtype == np.float32)),
-          "bf16 gemv", x=x, w=w_bits, bias=bias, out=out, residual=residual)
+          and out.shape == (T, N) and out.dtype == np.float32 and x.flags.c_contiguous and w_bits.flags.c_contiguous,
+          "bf16 gemv", x=x, w=w_bits, bias=bias, out=out)
     check(GEMV_LANES * GEMV_WARPS <= _GEMV_MAX_THREADS and K_CHUNK + K_CHUNK // 4 <= _XS_COLS and K_CHUNK % 4 == 0,
           "bf16 gemv block", lanes=GEMV_LANES, warps=GEMV_WARPS, chunk=K_CHUNK)
     warp_rows = WARP_ROWS if N >= WARP_ROWS_FROM_N else 1
     split = GEMV_WARPS if N < SPLIT_BELOW_N else 1  # warps a row
     block = (GEMV_LANES * split, GEMV_WARPS // split)
     grid = -(-N // (block[1] * warp_rows))
-    add = residual is not None
-    _gemv_kernel[grid, block, stream_of(out)](x, w_bits.view(np.uint64), bias, residual if add else out, add,
+    _gemv_kernel[grid, block, stream_of(out)](x, w_bits.view(np.uint64), bias, *residual_args(residual, out),
                                               warp_rows, out)
     return out
 

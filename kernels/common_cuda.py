@@ -153,6 +153,16 @@ def address(a) -> int:
     return interface["data"][0]
 
 
+def residual_args(residual, out) -> tuple:
+    """The (array, flag) pair of a kernel that adds a residual [like out] to its outputs when the flag
+    is set: (residual, True), or (out, False) when there is none (a kernel needs an array either way;
+    it reads this one only with the flag)."""
+    if residual is None:
+        return out, False
+    check(residual.shape == out.shape and residual.dtype == np.float32, "residual", residual=residual, out=out)
+    return residual, True
+
+
 def check(condition: bool, what: str, **arrays) -> None:
     """ValueError naming the op and the shapes and dtypes of its arguments unless `condition`."""
     if not condition:

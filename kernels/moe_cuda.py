@@ -17,7 +17,7 @@ import math
 import numpy as np
 from numba import cuda
 
-from .common_cuda import check, stream_of, swiglu as _swiglu
+from .common_cuda import check, residual_args, stream_of, swiglu as _swiglu
 
 THREADS = 256  # threads per block
 SORT_THREADS = 1024  # the one block of sort_pairs
@@ -137,9 +137,6 @@ def combine(y, weights, out, residual=None):
     weights [T, k] (f32)."""
     T, D = out.shape
     check(weights.shape[0] == T and y.shape == (T * weights.shape[1], D)
-          and y.dtype == weights.dtype == out.dtype == np.float32
-          and (residual is None or (residual.shape == (T, D) and residual.dtype == np.float32)),
-          "moe combine", y=y, weights=weights, out=out, residual=residual)
-    add = residual is not None
-    _combine_kernel[_blocks(T * D), THREADS, stream_of(out)](y, weights, residual if add else out, add, out)
+          and y.dtype == weights.dtype == out.dtype == np.float32, "moe combine", y=y, weights=weights, out=out)
+    _combine_kernel[_blocks(T * D), THREADS, stream_of(out)](y, weights, *residual_args(residual, out), out)
     return out
