@@ -38,7 +38,12 @@ MAX_PARTIALS = 1 << 16  # splits * T * H: bounds the scratch memory (MAX_PARTIAL
 MAX_DH = 64  # head dims the shared tiles hold (gpt-oss: 64)
 SCORE_ROWS, SCORE_KEYS = 4, 4  # the scores a thread computes per chunk: rows x keys, from registers
 OUT_ROWS, OUT_DIMS = 8, 4  # the outputs a thread accumulates: rows x dimensions, in registers
-_DH_PADDED, _KEYS_PADDED = MAX_DH + 1, KEYS + 1  # shared rows padded, so that a row starts in the next bank
+# The product loops take DIM_STEP dimensions (scores) and KEY_STEP keys (outputs) a pass, unrolled, with
+# 64-bit shared-memory indices: a pass's loads share one address and differ by immediate offsets (with
+# 32-bit indices, each load's address was an IMAD and a LEA). More a pass: LLVM stops unrolling.
+DIM_STEP, KEY_STEP = 4, 2
+_DH_PADDED = MAX_DH + 1  # q and k rows padded, so that a row starts in the next bank
+_ROWS_PADDED = ROWS + 16  # the weights' key rows padded, so that a warp's score threads write 32 banks
 _KEY_GROUPS = KEYS // SCORE_KEYS  # the threads that share a row's scores
 
 
@@ -51,11 +56,12 @@ def _visible(key_pos, query_pos, window):
 def _partial_kernel(q, k, v, q_pos, k_pos, window, scale, queries, keys_per_split, m_out, l_out, acc_out):
     """m_out, l_out [splits, T, H] and acc_out [splits, T, H, Dh]: this block's running max, sum
     and unnormalised output per row (m = -inf and l = 0 when it saw no visible key). Row r is
-    query t0 + r // R of head g * R + r % R (R = H / G, `queries` per tile)."""
+    query t0 + r // R of head g * R + r % R (R = H / G, `queries` per tile). k and v come flat
+    ([S * G * Dh], k[s, g, d] at (s * G + g) * Dh + d)."""
     qs = cuda.shared.array((ROWS, _DH_PADDED), np.float32)
     ks = cuda.shared.array((KEYS, _DH_PADDED), np.float32)
     vs = cuda.shared.array((KEYS, MAX_DH), np.float32)
-    p = cuda.shared.array((ROWS, _KEYS_PADDED), np.float32)  # exp(score - m)
+    p = cuda.shared.array((KEYS, _ROWS_PADDED), np.float32)  # exp(score - m), key-major: a thread's rows side by side
     part = cuda.shared.array((ROWS, _KEY_GROUPS), np.float32)  # a row's max, then sum, of each key group
     kp = cuda.shared.array(KEYS, np.int64)
     row_pos = cuda.shared.array(ROWS, np.int64)
@@ -71,8 +77,8 @@ def _partial_kernel(q, k, v, q_pos, k_pos, window, scale, queries, keys_per_spli
     tile, g, split = cuda.blockIdx.x, cuda.blockIdx.y, cuda.blockIdx.z
     tid, nt = cuda.threadIdx.x, cuda.blockDim.x
     T, H, Dh = q.shape
-    S = k.shape[0]
-    R = H // k.shape[1]
+    S = k_pos.shape[0]
+    R = H // (k.shape[0] // (S * Dh))
     rows, t0 = queries * R, tile * queries
     d = tid % Dh  # the dimension this thread stages (THREADS % Dh == 0): no division in the loops
     for r in range(tid // Dh, rows, nt // Dh):
@@ -83,6 +89,10 @@ def _partial_kernel(q, k, v, q_pos, k_pos, window, scale, queries, keys_per_spli
         row_pos[r] = q_pos[t] if t < T else -1  # a row past the last query sees nothing
         m[r] = -math.inf
         l[r] = 0
+    for r in range(rows + tid, ROWS, nt):
+        rescale[r] = 0
+    for i in range(tid, KEYS * _ROWS_PADDED, nt):
+        p[i // _ROWS_PADDED, i % _ROWS_PADDED] = 0
     if tid < 2:
         seen[tid] = 0
     for a in range(OUT_ROWS):
@@ -94,7 +104,9 @@ def _partial_kernel(q, k, v, q_pos, k_pos, window, scale, queries, keys_per_spli
         if row_pos[r] >= 0:
             first, last = min(first, row_pos[r]), max(last, row_pos[r])
     # scores: thread (sr, kg) has rows sr + s_rows * a and keys kg + s_keys * b; outputs: thread
-    # (dg, orow) has dimensions dg + dims * c and rows orow + o_rows * a (unsigned: no wraparound checks).
+    # (dg, orow) has dimensions dg + dims * c and rows OUT_ROWS * orow + a, side by side in the key-major
+    # weights p (unsigned: no wraparound checks). Output rows past `rows` (up to ROWS) read weights and
+    # rescales that stay 0 and are never written.
     # Rows are dealt densely, to as few threads as they need: decode's 8 rows take 16 threads of each
     # phase and leave the other warps' issue slots to other blocks, instead of 128 threads a row each.
     urows = np.uint32(rows)  # compared with unsigned rows (uint32 against int64 would compare as float64)
@@ -106,8 +118,10 @@ def _partial_kernel(q, k, v, q_pos, k_pos, window, scale, queries, keys_per_spli
     o_rows = min(np.uint32(nt) // dims, (urows + np.uint32(OUT_ROWS - 1)) // np.uint32(OUT_ROWS))
     dg, orow = np.uint32(tid) % dims, np.uint32(tid) // dims
     accumulating = np.uint32(tid) < o_rows * dims
-    last_row = urows - np.uint32(1)  # rows past `rows` compute from the last row and are never written
-    ud, ug = np.uint32(d), np.uint32(g)
+    last_row = urows - np.uint32(1)  # score rows past `rows` compute from the last row and are never written
+    ud = np.uint32(d)
+    row_len = np.uint32(k.shape[0] // S)  # a key's row of kv heads in the flat k and v
+    step = np.uint32(nt // Dh)  # keys a pass of the block's threads stages
     begin = split * keys_per_split
     end = min(S, begin + keys_per_split)
     for c0 in range(begin, end, KEYS):
@@ -119,25 +133,31 @@ def _partial_kernel(q, k, v, q_pos, k_pos, window, scale, queries, keys_per_spli
                 seen[parity] = 1
         cuda.syncthreads()
         if seen[parity]:  # the same for every thread of the block
-            for jj in range(tid // Dh, KEYS, nt // Dh):
-                u, key = np.uint32(jj), np.uint32(c0 + jj)
-                inside = key < end
-                ks[u, ud] = k[key, ug, ud] if inside else np.float32(0)
-                vs[u, ud] = v[key, ug, ud] if inside else np.float32(0)
+            # 32-bit counters (Numba's range() counts in 64 bits, with checks): key u of the chunk, its
+            # k[c0 + u, g, d] in the flat k and v
+            u = np.uint32(tid // Dh)
+            at = np.uint32(np.uint32(c0) * row_len + u * row_len + np.uint32(g * Dh + d))
+            keys = np.uint32(min(KEYS, end - c0))
+            while u < np.uint32(KEYS):
+                ks[u, ud] = k[at] if u < keys else np.float32(0)
+                vs[u, ud] = v[at] if u < keys else np.float32(0)
+                u = np.uint32(u + step)
+                at = np.uint32(at + step * row_len)
             cuda.syncthreads()
             if scoring:
                 for a in range(SCORE_ROWS):
                     for b in range(SCORE_KEYS):
                         score[a, b] = 0
-                for dd in range(Dh):
-                    u = np.uint32(dd)
-                    for a in range(SCORE_ROWS):
-                        qa[a] = qs[min(sr + s_rows * np.uint32(a), last_row), u]
-                    for b in range(SCORE_KEYS):
-                        kb[b] = ks[kg + s_keys * np.uint32(b), u]
-                    for a in range(SCORE_ROWS):
+                for d0 in range(0, Dh, DIM_STEP):
+                    for dd in range(DIM_STEP):  # a fixed count: the dimension is an offset in the load
+                        u = np.uint64(d0 + dd)
+                        for a in range(SCORE_ROWS):
+                            qa[a] = qs[np.uint64(min(sr + s_rows * np.uint32(a), last_row)), u]
                         for b in range(SCORE_KEYS):
-                            score[a, b] += qa[a] * kb[b]
+                            kb[b] = ks[np.uint64(kg + s_keys * np.uint32(b)), u]
+                        for a in range(SCORE_ROWS):
+                            for b in range(SCORE_KEYS):
+                                score[a, b] += qa[a] * kb[b]
                 for a in range(SCORE_ROWS):  # masked scores to -inf, and each row's max over this thread's keys
                     r = min(sr + s_rows * np.uint32(a), last_row)
                     top = np.float32(-math.inf)
@@ -162,7 +182,7 @@ def _partial_kernel(q, k, v, q_pos, k_pos, window, scale, queries, keys_per_spli
                         total = np.float32(0)
                         for b in range(SCORE_KEYS):
                             e = math.exp(score[a, b] - m[r]) if score[a, b] > -math.inf else np.float32(0)
-                            p[r, kg + s_keys * np.uint32(b)] = e
+                            p[kg + s_keys * np.uint32(b), r] = e
                             total += e
                         part[r, kg] = total
             cuda.syncthreads()
@@ -173,25 +193,28 @@ def _partial_kernel(q, k, v, q_pos, k_pos, window, scale, queries, keys_per_spli
                 l[r] = l[r] * rescale[r] + total
             if accumulating:
                 for a in range(OUT_ROWS):  # fixed trip counts: acc stays in registers
-                    f = rescale[min(orow + o_rows * np.uint32(a), last_row)]
+                    f = rescale[orow * np.uint32(OUT_ROWS) + np.uint32(a)]
                     for c in range(OUT_DIMS):
                         acc[a, c] *= f
-                for jj in range(KEYS):
-                    u = np.uint32(jj)
-                    for c in range(OUT_DIMS):
-                        va[c] = vs[u, dg + dims * np.uint32(c)]
-                    for a in range(OUT_ROWS):
-                        w = p[min(orow + o_rows * np.uint32(a), last_row), u]
+                for j0 in range(0, KEYS, KEY_STEP):
+                    for jj in range(KEY_STEP):
+                        u = np.uint64(j0 + jj)
                         for c in range(OUT_DIMS):
-                            acc[a, c] += w * va[c]
+                            va[c] = vs[u, np.uint64(dg + dims * np.uint32(c))]
+                        for a in range(OUT_ROWS):
+                            w = p[u, np.uint64(orow * np.uint32(OUT_ROWS) + np.uint32(a))]
+                            for c in range(OUT_DIMS):
+                                acc[a, c] += w * va[c]
         cuda.syncthreads()
         if tid == 0:
             seen[parity] = 0  # read by everyone before the sync above; next set two chunks on
-    for a in range(OUT_ROWS):
-        r = orow + o_rows * np.uint32(a)
-        if accumulating and r < urows and t0 + r // R < T:
+    uR = np.uint32(R)
+    for a in range(OUT_ROWS):  # unrolled (32-bit divisions keep it small): acc stays in registers
+        r = orow * np.uint32(OUT_ROWS) + np.uint32(a)
+        t = np.uint32(t0) + r // uR
+        if accumulating and r < urows and t < np.uint32(T):
             for c in range(OUT_DIMS):
-                acc_out[split, t0 + r // R, g * R + r % R, dg + dims * np.uint32(c)] = acc[a, c]
+                acc_out[split, t, np.uint32(g) * uR + r % uR, dg + dims * np.uint32(c)] = acc[a, c]
     for r in range(tid, rows, nt):
         t = t0 + r // R
         if t < T:
@@ -227,10 +250,11 @@ def attention(q, k, v, q_pos, k_pos, sinks, window: int | None, scale: float, ou
     S, G = k.shape[:2]
     dims = Dh // OUT_DIMS  # the threads that share a row's outputs
     check(H % G == 0 and H // G <= ROWS and Dh <= MAX_DH and Dh % OUT_DIMS == 0 and THREADS % Dh == 0
-          and THREADS * OUT_ROWS >= ROWS * dims and KEYS % SCORE_KEYS == 0 and THREADS % (KEYS // SCORE_KEYS) == 0
+          and THREADS * OUT_ROWS >= ROWS * dims and ROWS % OUT_ROWS == 0 and Dh % DIM_STEP == 0 and KEYS % KEY_STEP == 0
+          and KEYS % SCORE_KEYS == 0 and THREADS % (KEYS // SCORE_KEYS) == 0
           and THREADS * SCORE_ROWS >= ROWS * (KEYS // SCORE_KEYS) and KEYS <= THREADS
           and k.shape == (S, G, Dh) and v.shape == (S, G, Dh) and q_pos.shape == (T,) and k_pos.shape == (S,)
-          and sinks.shape == (H,) and out.shape == (T, H, Dh)
+          and sinks.shape == (H,) and out.shape == (T, H, Dh) and k.size < 2 ** 32
           and q.dtype == k.dtype == v.dtype == sinks.dtype == out.dtype == np.float32,
           "attention", q=q, k=k, v=v, q_pos=q_pos, k_pos=k_pos, sinks=sinks, out=out)
     queries = max(1, min(T, ROWS // (H // G)))  # per block
@@ -243,6 +267,7 @@ def attention(q, k, v, q_pos, k_pos, sinks, window: int | None, scale: float, ou
     l = xp.empty((splits, T, H), np.float32)
     acc = xp.empty((splits, T, H, Dh), np.float32)
     grid = (-(-T // queries), G, splits)
+    k, v = k.reshape(-1), v.reshape(-1)  # flat: the staging loop's addresses are 32-bit offsets
     _partial_kernel[grid, THREADS, stream_of(out)](q, k, v, q_pos, k_pos, int(window or 0), np.float32(scale),
                                                    queries, keys_per_split, m, l, acc)
     _combine_kernel[(T, H), power_of_two(Dh), stream_of(out)](m, l, acc, sinks, out)

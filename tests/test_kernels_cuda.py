@@ -35,7 +35,7 @@ SIGNATURES = {
     "bf16_cuda._widen_rows_kernel": (f"uint16{C2}", f"{I64}{C1}", f"{F32}{C2}"),
     "bf16x3_cuda._split_rows_kernel": (f"{F32}{C2}", f"{I32}{C1}", f"uint16{C2}"),
     "bf16x3_cuda._sum_rows_kernel": (f"{F32}{C2}", f"{I32}{C1}", f"{I32}{C1}", f"{F32}{C2}", f"{F32}{C2}"),
-    "attention_cuda._partial_kernel": (f"{F32}{C3}", f"{F32}{C3}", f"{F32}{C3}", f"{I64}{C1}", f"{I64}{C1}", I64,
+    "attention_cuda._partial_kernel": (f"{F32}{C3}", f"{F32}{C1}", f"{F32}{C1}", f"{I64}{C1}", f"{I64}{C1}", I64,
                                        F32, I64, I64, f"{F32}{C3}", f"{F32}{C3}", f"{F32}{C4}"),
     "attention_cuda._combine_kernel": (f"{F32}{C3}", f"{F32}{C3}", f"{F32}{C4}", f"{F32}{C1}", f"{F32}{C3}"),
     "norm_rope_cuda._rmsnorm_kernel": (f"{F32}{C2}", f"{F32}{C1}", F32, f"{F32}{C2}"),
