@@ -182,39 +182,40 @@ class CudaOps:
         return self.combine(y, cp.asarray(weights), residual)  # [T, D]
 
     def pair_plan(self, experts, num_experts: int):
-        """experts [T, A] -> (each pair's expert [P], order [P], offsets [E + 1], T): for the grouped
-        matmul, the pairs sorted by expert; for the GEMV (few tokens) order and offsets are None."""
+        """experts [T, A] -> (each pair's expert [P], order [P], offsets [E + 1], T, starts): for the
+        grouped matmul, the pairs sorted by expert; for the GEMV (few tokens) order and offsets are
+        None. starts: the offsets on the host for the cuBLAS path (long prompts; one wait a layer,
+        shared by its two projections), else None."""
         T = experts.shape[0]
         flat = cp.ascontiguousarray(experts.ravel(), dtype=cp.int32)
         if T <= EXPERT_GEMV_MAX_TOKENS:
-            return flat, None, None, T
+            return flat, None, None, T, None
         order, offsets = moe_cuda.sort_pairs(flat, cp.empty_like(flat), cp.empty(num_experts + 1, cp.int32))
-        return flat, order, offsets, T
+        return flat, order, offsets, T, cp.asnumpy(offsets) if T >= EXPERT_BLAS_MIN_TOKENS else None
 
     def mxfp4_experts(self, x, rows_per_x, blocks, scales, bias, plan, swiglu=None):
         """out[p] = W_{e(p)} . x[p // rows_per_x] + bias[e(p)] for every pair p of `plan` -> [P, N];
         with swiglu = (limit, alpha), the clamped SwiGLU of that (gate_up) -> [P, N / 2], fused into
         the GEMV."""
-        flat, order, offsets, T = plan
+        flat, order, offsets, T, starts = plan
         x = _f32(x)
         P, N = flat.shape[0], blocks.shape[1]
         if T <= EXPERT_GEMV_MAX_TOKENS:
             out = cp.empty((P, N if swiglu is None else N // 2), cp.float32)
             return mxfp4_cuda.expert_gemv(x, rows_per_x, flat, blocks, scales, bias, out, swiglu)
         out = cp.empty((P, N), cp.float32)
-        if T < EXPERT_BLAS_MIN_TOKENS:
+        if starts is None:  # the plan chose the tiled matmul
             mxfp4_cuda.expert_matmul(x, rows_per_x, order, offsets, T, blocks, scales, bias, out)
         else:
-            self._experts_by_blas(x, (order // rows_per_x).astype(cp.int32), order, flat, offsets, blocks, scales, bias, out)
+            self._experts_by_blas(x, (order // rows_per_x).astype(cp.int32), order, flat, starts, blocks, scales, bias, out)
         return out if swiglu is None else self.swiglu(out, *swiglu)
 
-    def _experts_by_blas(self, x, rows, order, flat, offsets, blocks, scales, bias, out):
-        """out[order[p]] = W_e . x[rows[p]] + bias[e] for the pairs p grouped by expert (offsets
-        [E + 1]; flat: each pair id's expert): the chosen experts dequantized as the products take
+    def _experts_by_blas(self, x, rows, order, flat, starts, blocks, scales, bias, out):
+        """out[order[p]] = W_e . x[rows[p]] + bias[e] for the pairs p grouped by expert (starts
+        [E + 1] on the host; flat: each pair id's expert): the chosen experts dequantized as the products take
         them, up to DEQUANT_BYTES of them a launch, then one cuBLAS product an expert into its
         rows' block; the rows gathered and split once into the products' parts, the parts' products
         summed, biased and put in pair order once (fused kernels for bf16x3, bf16x3_cuda.py)."""
-        starts = cp.asnumpy(offsets)  # [E + 1] on the host: one wait per projection
         parts = self._parts(x, rows)
         n = parts.shape[0] // rows.shape[0]  # [n * P, K]: the n parts of each row side by side
         N, K = blocks.shape[1], blocks.shape[2] * 32

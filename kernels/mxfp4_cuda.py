@@ -149,37 +149,62 @@ def _grouped_matmul_kernel(x, rows_per_x, order, offsets, blocks, scales, bias, 
 
 
 @cuda.jit(device=True, inline=True)
-def _dequant_word(words, scales, experts):
-    """This thread's 4-byte word (8 weights) of chosen expert blockIdx.y: (row n, word index w, the
-    word, half its block's scale), or n = -1 past the expert's words. Unsigned: no wraparound checks."""
+def _dequant_block(words, scales, experts):
+    """This thread's block (32 weights) of chosen expert blockIdx.y, from words = blocks as uint64
+    [E, N, K/32, 2]: (row n, block g, its four 32-bit quarters, half its scale), or n = -1 past the
+    expert's blocks. Unsigned: no wraparound checks."""
     i = np.uint32(cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x)
-    W = np.uint32(words.shape[2])
-    if i >= np.uint32(words.shape[1]) * W:
-        return -1, np.uint32(0), np.uint32(0), np.float32(0)
-    n, w = i // W, i % W
+    G = np.uint32(words.shape[2])
+    if i >= np.uint32(words.shape[1]) * G:
+        return -1, np.uint32(0), np.uint64(0), np.uint64(0), np.float32(0)
+    n, g = i // G, i % G
     e = experts[cuda.blockIdx.y]
-    return np.int64(n), w, words[e, n, w], e8m0_half(scales[e, n, w // np.uint32(4)])
+    return np.int64(n), g, words[e, n, g, 0], words[e, n, g, 1], e8m0_half(scales[e, n, g])
+
+
+@cuda.jit(device=True, inline=True)
+def _quarter(word0, word1, q):
+    """32-bit quarter q (weights 8q .. 8q + 7) of a block held as two uint64 words."""
+    word = word0 if q < 2 else word1
+    return np.uint32((word >> np.uint64(32 * (q % 2))) & np.uint64(0xFFFFFFFF))
+
+
+@cuda.jit(device=True, inline=True)
+def _weight(quarter, j, s):
+    """Weight j of a block's 32-bit quarter, the block's half-scale s: FP4 x 2**-126 x 2**127 x s."""
+    return fp4_tiny(quarter, j) * np.float32(2.0 ** 127) * s
 
 
 @cuda.jit(cache=True)
 def _dequantize_kernel(words, scales, experts, out):
-    """Grid (word blocks, chosen experts): out[x, n, 8w .. 8w + 7] = the 8 weights of word w of row n."""
-    n, w, word, s = _dequant_word(words, scales, experts)
+    """Grid (block ranges, chosen experts), a thread a block: out[x, n, 32g .. 32g + 31] = block g of row n."""
+    n, g, word0, word1, s = _dequant_block(words, scales, experts)
     if n >= 0:
-        for j in range(8):
-            out[cuda.blockIdx.y, n, w * np.uint32(8) + np.uint32(j)] = fp4_tiny(word, j) * np.float32(2.0 ** 127) * s
+        for q in range(4):
+            quarter = _quarter(word0, word1, q)
+            for j in range(8):
+                out[cuda.blockIdx.y, n, g * np.uint32(32) + np.uint32(8 * q + j)] = _weight(quarter, j, s)
+
+
+@cuda.jit(device=True, inline=True)
+def _bf16_pair(quarter, j, s):
+    """Weights j and j + 1 of a quarter as two bf16 in a uint32 (exact: an FP4 value times a power of
+    two has 2 significant bits, and bf16 is a float32's top 16 bits)."""
+    return ((_weight(quarter, j, s).view(np.uint32) >> np.uint32(16))
+            | (_weight(quarter, j + 1, s).view(np.uint32) & np.uint32(0xFFFF0000)))
 
 
 @cuda.jit(cache=True)
 def _dequantize_bf16_kernel(words, scales, experts, out):
-    """The same weights as bf16 bits, two to a uint32 of out [X, N, K/2] (exact: an FP4 value times a
-    power of two has 2 significant bits)."""
-    n, w, word, s = _dequant_word(words, scales, experts)
+    """The same weights as bf16 bits, four to a uint64 of out [X, N, K/4]: eight 8-byte stores a thread."""
+    n, g, word0, word1, s = _dequant_block(words, scales, experts)
     if n >= 0:
-        for j in range(4):
-            lo = (fp4_tiny(word, 2 * j) * np.float32(2.0 ** 127) * s).view(np.uint32) >> np.uint32(16)
-            hi = (fp4_tiny(word, 2 * j + 1) * np.float32(2.0 ** 127) * s).view(np.uint32) & np.uint32(0xFFFF0000)
-            out[cuda.blockIdx.y, n, w * np.uint32(4) + np.uint32(j)] = lo | hi
+        for q in range(4):
+            quarter = _quarter(word0, word1, q)
+            for h in range(2):
+                low, high = _bf16_pair(quarter, 4 * h, s), _bf16_pair(quarter, 4 * h + 2, s)
+                out[cuda.blockIdx.y, n, g * np.uint32(8) + np.uint32(2 * q + h)] = (
+                    np.uint64(low) | (np.uint64(high) << np.uint64(32)))
 
 
 def _check_experts(x, rows_per_x, blocks, scales, bias, out, P, out_cols=None):
@@ -238,9 +263,8 @@ def dequantize(blocks, scales, experts, out):
           and out.dtype in (np.float32, np.uint16) and out.flags.c_contiguous and blocks.flags.c_contiguous,
           "mxfp4 dequantize", blocks=blocks, scales=scales, experts=experts, out=out)
     kernel = _dequantize_kernel if out.dtype == np.float32 else _dequantize_bf16_kernel
-    words = N * G * 4
-    if X and words:
-        kernel[(-(-words // DEQUANT_THREADS), X), DEQUANT_THREADS, stream_of(out)](
-            blocks.view(np.uint32).reshape(E, N, G * 4), scales, experts,
-            out if out.dtype == np.float32 else out.view(np.uint32))
+    if X and N * G:
+        kernel[(-(-(N * G) // DEQUANT_THREADS), X), DEQUANT_THREADS, stream_of(out)](
+            blocks.view(np.uint64).reshape(E, N, G, 2), scales, experts,
+            out if out.dtype == np.float32 else out.view(np.uint64))
     return out
