@@ -30,6 +30,7 @@ GEMV_MAX_K = 4096  # longest x row the GEMV stages in shared memory (gpt-oss: 28
 _X_PADDED = GEMV_MAX_K + GEMV_MAX_K // 16
 TILE_THREADS = (16, 16)  # (x: output rows, y: pairs) threads per block; each owns MICRO x MICRO outputs
 MICRO = 4
+K_STEP = 4  # columns a pass of the tiled matmul's product loop, unrolled
 _TILE_MAX = 64  # = 16 * MICRO: shared tiles are sized for the largest block
 DEQUANT_THREADS = 256
 
@@ -91,15 +92,20 @@ def _gemv_kernel(x, rows_per_x, experts, words, scales, bias, limit, alpha, fuse
 
 
 @cuda.jit(cache=True)
-def _grouped_matmul_kernel(x, rows_per_x, order, offsets, blocks, scales, bias, out):
+def _grouped_matmul_kernel(x, rows_per_x, order, offsets, words, scales, bias, out):
     """Grid (row tiles, E, pair tiles), block (bx, by): expert e = blockIdx.y multiplies its pairs
-    order[offsets[e] + blockIdx.z * TM ...] (TM = by * MICRO) by its rows blockIdx.x * TN ... (TN = bx * MICRO).
+    order[offsets[e] + blockIdx.z * TM ...] (TM = by * MICRO) by its rows blockIdx.x * TN ... (TN = bx * MICRO);
+    words = blocks as uint32 [E, N, K/32, 4].
 
     Per 32-wide K block: stage x [TM, 32] and the dequantized W [TN, 32] in shared memory (rows
-    padded to 33 words against bank conflicts), then each thread updates its MICRO x MICRO outputs,
-    strided by the block shape so that neighbouring threads write neighbouring outputs."""
+    padded to 33 words against bank conflicts; a thread dequantizes a 4-byte word, 8 weights), then
+    each thread updates its MICRO x MICRO outputs, strided by the block shape so that neighbouring
+    threads write neighbouring outputs. The tile's x rows are looked up once, before the K loop.
+    Shared indices in the product loop are 64-bit and the loop takes K_STEP columns a pass, so a
+    pass's loads of a row share one address and differ by immediate offsets (bench/NOTES.md)."""
     xs = cuda.shared.array((_TILE_MAX, 33), np.float32)
     ws = cuda.shared.array((_TILE_MAX, 33), np.float32)
+    x_rows = cuda.shared.array(_TILE_MAX, np.int64)  # each pair's row of x; -1 past the expert's pairs
     acc = cuda.local.array((MICRO, MICRO), np.float32)
     a = cuda.local.array(MICRO, np.float32)
     b = cuda.local.array(MICRO, np.float32)
@@ -113,31 +119,41 @@ def _grouped_matmul_kernel(x, rows_per_x, order, offsets, blocks, scales, bias, 
     if start >= end:  # this expert has fewer pairs: the whole block leaves
         return
     n0 = cuda.blockIdx.x * TN
-    N, G = blocks.shape[1], blocks.shape[2]
+    N, G = words.shape[1], words.shape[2]
+    for m in range(tid, TM, threads):
+        x_rows[m] = order[start + m] // rows_per_x if start + m < end else -1
     for i in range(MICRO):
         for j in range(MICRO):
             acc[i, j] = 0
+    cuda.syncthreads()
+    step = np.uint32(threads)  # 32-bit counters below: Numba's range() counts in 64 bits, with checks
     for g in range(G):
-        for i in range(tid, TM * 32, threads):
-            m, kk = i // 32, i % 32
-            xs[m, kk] = x[order[start + m] // rows_per_x, g * 32 + kk] if start + m < end else np.float32(0)
-        for i in range(tid, TN * 16, threads):
-            nn, j = i // 16, i % 16
-            lo, hi = np.float32(0), np.float32(0)
-            if n0 + nn < N:
-                byte = blocks[e, n0 + nn, g, j]
-                s = e8m0_half(scales[e, n0 + nn, g])
-                lo, hi = fp4_times2(byte & 15) * s, fp4_times2(byte >> 4) * s
-            ws[nn, 2 * j] = lo
-            ws[nn, 2 * j + 1] = hi
+        i = np.uint32(tid)
+        while i < np.uint32(TM * 32):
+            m, kk = i // np.uint32(32), i % np.uint32(32)
+            row = x_rows[m]
+            xs[m, kk] = x[np.uint64(row), np.uint64(g * 32) + np.uint64(kk)] if row >= 0 else np.float32(0)
+            i = np.uint32(i + step)
+        i = np.uint32(tid)
+        while i < np.uint32(TN * 4):
+            nn, w = i // np.uint32(4), i % np.uint32(4)
+            n = np.uint32(n0) + nn
+            word, s = np.uint32(0), np.float32(0)
+            if n < np.uint32(N):
+                word, s = words[e, n, g, w], e8m0_half(scales[e, n, g])
+            for j in range(8):
+                ws[nn, w * np.uint32(8) + np.uint32(j)] = fp4_tiny(word, j) * np.float32(2.0 ** 127) * s
+            i = np.uint32(i + step)
         cuda.syncthreads()
-        for kk in range(32):
-            for i in range(MICRO):
-                a[i] = xs[ty + i * by, kk]
-                b[i] = ws[tx + i * bx, kk]
-            for i in range(MICRO):
-                for j in range(MICRO):
-                    acc[i, j] += a[i] * b[j]
+        for k0 in range(0, 32, K_STEP):
+            for kk in range(K_STEP):
+                u = np.uint64(k0 + kk)
+                for i in range(MICRO):
+                    a[i] = xs[np.uint64(ty + i * by), u]
+                    b[i] = ws[np.uint64(tx + i * bx), u]
+                for i in range(MICRO):
+                    for j in range(MICRO):
+                        acc[i, j] += a[i] * b[j]
         cuda.syncthreads()
     for i in range(MICRO):
         if start + ty + i * by < end:
@@ -249,7 +265,8 @@ def expert_matmul(x, rows_per_x: int, order, offsets, max_pairs: int, blocks, sc
     check(offsets.shape == (E + 1,), "mxfp4 expert_matmul", offsets=offsets, blocks=blocks)
     bx, by = TILE_THREADS
     grid = ((N + bx * MICRO - 1) // (bx * MICRO), E, max(1, (max_pairs + by * MICRO - 1) // (by * MICRO)))
-    _grouped_matmul_kernel[grid, (bx, by), stream_of(out)](x, rows_per_x, order, offsets, blocks, scales, bias, out)
+    _grouped_matmul_kernel[grid, (bx, by), stream_of(out)](x, rows_per_x, order, offsets,
+                                                           blocks.view(np.uint32).reshape(E, N, -1, 4), scales, bias, out)
     return out
 
 

@@ -27,7 +27,7 @@ F32, I32, I64 = "float32", "int32", "int64"
 SIGNATURES = {
     "mxfp4_cuda._gemv_kernel": (f"{F32}{C2}", I64, f"{I32}{C1}", f"uint64{C3}", f"uint8{C3}", f"{F32}{C2}", F32, F32,
                                 I64, f"{F32}{C2}"),
-    "mxfp4_cuda._grouped_matmul_kernel": (f"{F32}{C2}", I64, f"{I32}{C1}", f"{I32}{C1}", f"uint8{C4}", f"uint8{C3}",
+    "mxfp4_cuda._grouped_matmul_kernel": (f"{F32}{C2}", I64, f"{I32}{C1}", f"{I32}{C1}", f"uint32{C4}", f"uint8{C3}",
                                           f"{F32}{C2}", f"{F32}{C2}"),
     "mxfp4_cuda._dequantize_kernel": (f"uint64{C4}", f"uint8{C3}", f"{I32}{C1}", f"{F32}{C3}"),
     "mxfp4_cuda._dequantize_bf16_kernel": (f"uint64{C4}", f"uint8{C3}", f"{I32}{C1}", f"uint64{C3}"),
