@@ -40,12 +40,6 @@ def fp4_tiny(word, j):
 
 
 @cuda.jit(device=True, inline=True)
-def fp4_times2(nibble):
-    """Twice the FP4 (e2m1) value of a nibble, as a float32 in -12..12 (exact)."""
-    return fp4_tiny(nibble, 0) * np.float32(2.0 ** 127)
-
-
-@cuda.jit(device=True, inline=True)
 def e8m0_half(s):
     """Half the e8m0 block scale of byte s: 2**(s - 128), exact for every byte, built as float32 bits
     (s = 0 and 1 are the denormals 2**-128 and 2**-127: no flush of denormals, no fastmath here)."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from .common_cuda import MAX_THREADS, check, e8m0_half, fp4_times2, fp4_tiny, row_sum, stream_of, swiglu
+from .common_cuda import MAX_THREADS, check, e8m0_half, fp4_tiny, power_of_two, row_sum, stream_of, swiglu
 from .mxfp4 import BLOCK
 
 # Launch shapes (tests shrink them so the simulator covers partial blocks with few threads).
@@ -30,6 +30,7 @@ GEMV_MAX_K = 4096  # longest x row the GEMV stages in shared memory (gpt-oss: 28
 _X_PADDED = GEMV_MAX_K + GEMV_MAX_K // 16
 TILE_THREADS = (16, 16)  # (x: output rows, y: pairs) threads per block; each owns MICRO x MICRO outputs
 MICRO = 4
+MIN_TILE_PAIRS = 16  # the fewest pair rows of a tile (4 thread rows)
 K_STEP = 4  # columns a pass of the tiled matmul's product loop, unrolled
 _TILE_MAX = 64  # = 16 * MICRO: shared tiles are sized for the largest block
 DEQUANT_THREADS = 256
@@ -264,6 +265,9 @@ def expert_matmul(x, rows_per_x: int, order, offsets, max_pairs: int, blocks, sc
     E, N = blocks.shape[:2]
     check(offsets.shape == (E + 1,), "mxfp4 expert_matmul", offsets=offsets, blocks=blocks)
     bx, by = TILE_THREADS
+    # a tile's pair rows follow the pairs an expert has on average: a 128-token prompt gives 20b's 32
+    # experts ~16 pairs each, and 64-row tiles would spend 3/4 of their products on empty rows
+    by = min(by, power_of_two(-(-order.shape[0] // (E * MICRO)), lo=MIN_TILE_PAIRS // MICRO))
     grid = ((N + bx * MICRO - 1) // (bx * MICRO), E, max(1, (max_pairs + by * MICRO - 1) // (by * MICRO)))
     _grouped_matmul_kernel[grid, (bx, by), stream_of(out)](x, rows_per_x, order, offsets,
                                                            blocks.view(np.uint32).reshape(E, N, -1, 4), scales, bias, out)
