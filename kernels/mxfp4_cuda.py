@@ -31,8 +31,10 @@ _X_PADDED = GEMV_MAX_K + GEMV_MAX_K // 16
 TILE_THREADS = (16, 16)  # (x: output rows, y: pairs) threads per block; each owns MICRO x MICRO outputs
 MICRO = 4
 MIN_TILE_PAIRS = 16  # the fewest pair rows of a tile (4 thread rows)
-K_STEP = 4  # columns a pass of the tiled matmul's product loop, unrolled
+K_STEP = 4  # columns a pass of the tiled matmul's product loop, unrolled (divides 8)
+TILE_ALIGN = 16  # bytes: the tiles' rows start 16-byte aligned, for 16-byte loads (None in the simulator)
 _TILE_MAX = 64  # = 16 * MICRO: shared tiles are sized for the largest block
+_TILE_PADDED = _TILE_MAX + 4
 DEQUANT_THREADS = 256
 
 
@@ -98,14 +100,16 @@ def _grouped_matmul_kernel(x, rows_per_x, order, offsets, words, scales, bias, o
     order[offsets[e] + blockIdx.z * TM ...] (TM = by * MICRO) by its rows blockIdx.x * TN ... (TN = bx * MICRO);
     words = blocks as uint32 [E, N, K/32, 4].
 
-    Per 32-wide K block: stage x [TM, 32] and the dequantized W [TN, 32] in shared memory (rows
-    padded to 33 words against bank conflicts; a thread dequantizes a 4-byte word, 8 weights), then
-    each thread updates its MICRO x MICRO outputs, strided by the block shape so that neighbouring
-    threads write neighbouring outputs. The tile's x rows are looked up once, before the K loop.
-    Shared indices in the product loop are 64-bit and the loop takes K_STEP columns a pass, so a
-    pass's loads of a row share one address and differ by immediate offsets (bench/NOTES.md)."""
-    xs = cuda.shared.array((_TILE_MAX, 33), np.float32)
-    ws = cuda.shared.array((_TILE_MAX, 33), np.float32)
+    Per 32-wide K block: stage x and the dequantized W in shared memory, column-major (xs[k, m],
+    ws[k, n]), then thread (tx, ty) updates its MICRO x MICRO outputs: pairs MICRO * ty + i, rows
+    MICRO * tx + j, side by side in the tiles, so each column's MICRO values are one 16-byte load.
+    The product loop takes K_STEP columns a pass with 64-bit shared indices: a pass's loads share one
+    address and differ by immediate offsets. Staging without bank conflicts: a warp writes x as 8
+    columns of 4 pairs, and a W column group of 8 (one 4-byte word, dequantized by a thread) is stored
+    rotated by 8 * group (mod TN), so the 4 words of a row land in different banks. The tile's x rows
+    are looked up once, before the K loop (bench/NOTES.md)."""
+    xs = cuda.shared.array((32, _TILE_PADDED), np.float32, alignment=TILE_ALIGN)
+    ws = cuda.shared.array((32, _TILE_PADDED), np.float32, alignment=TILE_ALIGN)
     x_rows = cuda.shared.array(_TILE_MAX, np.int64)  # each pair's row of x; -1 past the expert's pairs
     acc = cuda.local.array((MICRO, MICRO), np.float32)
     a = cuda.local.array(MICRO, np.float32)
@@ -128,12 +132,16 @@ def _grouped_matmul_kernel(x, rows_per_x, order, offsets, words, scales, bias, o
             acc[i, j] = 0
     cuda.syncthreads()
     step = np.uint32(threads)  # 32-bit counters below: Numba's range() counts in 64 bits, with checks
+    rotate = np.uint32(TN - 1)  # TN is a power of two
+    pair0, row0 = np.uint64(ty * MICRO), np.uint32(tx * MICRO)  # this thread's first pair and row of the tile
     for g in range(G):
         i = np.uint32(tid)
-        while i < np.uint32(TM * 32):
-            m, kk = i // np.uint32(32), i % np.uint32(32)
+        while i < np.uint32(TM * 32):  # 32 consecutive i: columns 8c .. 8c + 7 of pairs 4q .. 4q + 3
+            r = i // np.uint32(32)
+            kk = (r % np.uint32(4)) * np.uint32(8) + i % np.uint32(8)
+            m = (r // np.uint32(4)) * np.uint32(4) + (i // np.uint32(8)) % np.uint32(4)
             row = x_rows[m]
-            xs[m, kk] = x[np.uint64(row), np.uint64(g * 32) + np.uint64(kk)] if row >= 0 else np.float32(0)
+            xs[kk, m] = x[np.uint64(row), np.uint64(g * 32) + np.uint64(kk)] if row >= 0 else np.float32(0)
             i = np.uint32(i + step)
         i = np.uint32(tid)
         while i < np.uint32(TN * 4):
@@ -142,25 +150,27 @@ def _grouped_matmul_kernel(x, rows_per_x, order, offsets, words, scales, bias, o
             word, s = np.uint32(0), np.float32(0)
             if n < np.uint32(N):
                 word, s = words[e, n, g, w], e8m0_half(scales[e, n, g])
+            column = (nn + w * np.uint32(8)) & rotate
             for j in range(8):
-                ws[nn, w * np.uint32(8) + np.uint32(j)] = fp4_tiny(word, j) * np.float32(2.0 ** 127) * s
+                ws[w * np.uint32(8) + np.uint32(j), column] = fp4_tiny(word, j) * np.float32(2.0 ** 127) * s
             i = np.uint32(i + step)
         cuda.syncthreads()
-        for k0 in range(0, 32, K_STEP):
+        for k0 in range(0, 32, K_STEP):  # K_STEP divides 8: a pass stays in one rotated group
+            rows = np.uint64((row0 + np.uint32(k0 // 8 * 8)) & rotate)
             for kk in range(K_STEP):
                 u = np.uint64(k0 + kk)
                 for i in range(MICRO):
-                    a[i] = xs[np.uint64(ty + i * by), u]
-                    b[i] = ws[np.uint64(tx + i * bx), u]
+                    a[i] = xs[u, pair0 + np.uint64(i)]
+                    b[i] = ws[u, rows + np.uint64(i)]
                 for i in range(MICRO):
                     for j in range(MICRO):
                         acc[i, j] += a[i] * b[j]
         cuda.syncthreads()
     for i in range(MICRO):
-        if start + ty + i * by < end:
-            p = order[start + ty + i * by]
+        if start + ty * MICRO + i < end:
+            p = order[start + ty * MICRO + i]
             for j in range(MICRO):
-                n = n0 + tx + j * bx
+                n = n0 + tx * MICRO + j
                 if n < N:
                     out[p, n] = acc[i, j] + bias[e, n]
 
@@ -265,6 +275,7 @@ def expert_matmul(x, rows_per_x: int, order, offsets, max_pairs: int, blocks, sc
     E, N = blocks.shape[:2]
     check(offsets.shape == (E + 1,), "mxfp4 expert_matmul", offsets=offsets, blocks=blocks)
     bx, by = TILE_THREADS
+    check(bx & (bx - 1) == 0 and 8 % K_STEP == 0, "mxfp4 expert_matmul (TILE_THREADS[0] a power of two)")
     # a tile's pair rows follow the pairs an expert has on average: a 128-token prompt gives 20b's 32
     # experts ~16 pairs each, and 64-row tiles would spend 3/4 of their products on empty rows
     by = min(by, power_of_two(-(-order.shape[0] // (E * MICRO)), lo=MIN_TILE_PAIRS // MICRO))

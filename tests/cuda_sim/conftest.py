@@ -17,8 +17,10 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
     collect_ignore_glob = ["test_*.py"]
 
 SMALL_LAUNCHES = {
-    # TILE_THREADS (2, 4) with MIN_TILE_PAIRS 4: the launcher picks tiles of 1-4 thread rows by pairs per expert
-    "mxfp4_cuda": dict(GEMV_LANES=4, GEMV_WARPS=2, TILE_THREADS=(2, 4), MIN_TILE_PAIRS=4),
+    # TILE_THREADS (4, 4): 16-row W tiles, so their rotated column groups wrap; with MIN_TILE_PAIRS 4 the
+    # launcher picks tiles of 1-4 thread rows by pairs per expert; the simulator's shared arrays take no
+    # alignment
+    "mxfp4_cuda": dict(GEMV_LANES=4, GEMV_WARPS=2, TILE_THREADS=(4, 4), MIN_TILE_PAIRS=4, TILE_ALIGN=None),
     # SPLIT_BELOW_N = 0: the toy models' small matrices would all take the row split, a block a row,
     # which the simulator runs slowly; test_kernel_bf16_cuda covers both paths
     "bf16_cuda": dict(GEMV_LANES=4, GEMV_WARPS=2, UNROLL=2, K_CHUNK=48, WIDEN_THREADS=16, SPLIT_BELOW_N=0),

@@ -61,7 +61,7 @@ def test_gemv_reads_only_the_selected_experts():
 @pytest.mark.parametrize("rows_per_x", [2, 1])
 def test_grouped_matmul(rows_per_x):
     rng = np.random.default_rng(rows_per_x)
-    E, N, groups, tokens, A = 3, 11, 2, 10, 2  # 11 rows: one full 8-row tile and a partial one
+    E, N, groups, tokens, A = 3, 19, 2, 10, 2  # 19 rows: one full 16-row tile and a partial one
     blocks, scales, bias = random_experts(rng, E, N, groups)
     experts = np.stack([rng.choice(E, A, replace=False) for _ in range(tokens)]).astype(np.int32).ravel()
     experts[experts == 2] = 0  # expert 2 gets no pair (its blocks must leave); expert 0 gets 10 (2 tiles)
