@@ -42,8 +42,10 @@ OUT_ROWS, OUT_DIMS = 8, 4  # the outputs a thread accumulates: rows x dimensions
 # 64-bit shared-memory indices: a pass's loads share one address and differ by immediate offsets (with
 # 32-bit indices, each load's address was an IMAD and a LEA). More a pass: LLVM stops unrolling.
 DIM_STEP, KEY_STEP = 4, 2
-_DH_PADDED = MAX_DH + 1  # q and k rows padded, so that a row starts in the next bank
-_ROWS_PADDED = ROWS + 16  # the weights' key rows padded, so that a warp's score threads write 32 banks
+TILE_ALIGN = 16  # bytes: shared rows start 16-byte aligned, so a thread's 4 side-by-side values are one load
+                 # (None in the simulator, whose shared arrays take no alignment)
+_ROWS_Q, _KEYS_T = ROWS + 4, KEYS + 4  # q and k tiles dimension-major, rows padded by 16 bytes
+_ROWS_PADDED = ROWS + 4  # the weights p, key-major: rows padded by 16 bytes
 _KEY_GROUPS = KEYS // SCORE_KEYS  # the threads that share a row's scores
 
 
@@ -58,10 +60,10 @@ def _partial_kernel(q, k, v, q_pos, k_pos, window, scale, queries, keys_per_spli
     and unnormalised output per row (m = -inf and l = 0 when it saw no visible key). Row r is
     query t0 + r // R of head g * R + r % R (R = H / G, `queries` per tile). k and v come flat
     ([S * G * Dh], k[s, g, d] at (s * G + g) * Dh + d)."""
-    qs = cuda.shared.array((ROWS, _DH_PADDED), np.float32)
-    ks = cuda.shared.array((KEYS, _DH_PADDED), np.float32)
-    vs = cuda.shared.array((KEYS, MAX_DH), np.float32)
-    p = cuda.shared.array((KEYS, _ROWS_PADDED), np.float32)  # exp(score - m), key-major: a thread's rows side by side
+    qs = cuda.shared.array((MAX_DH, _ROWS_Q), np.float32, alignment=TILE_ALIGN)  # q^T: a dimension's rows side by side
+    ks = cuda.shared.array((MAX_DH, _KEYS_T), np.float32, alignment=TILE_ALIGN)  # k^T
+    vs = cuda.shared.array((KEYS, MAX_DH), np.float32, alignment=TILE_ALIGN)
+    p = cuda.shared.array((KEYS, _ROWS_PADDED), np.float32, alignment=TILE_ALIGN)  # exp(score - m), key-major
     part = cuda.shared.array((ROWS, _KEY_GROUPS), np.float32)  # a row's max, then sum, of each key group
     kp = cuda.shared.array(KEYS, np.int64)
     row_pos = cuda.shared.array(ROWS, np.int64)
@@ -81,15 +83,14 @@ def _partial_kernel(q, k, v, q_pos, k_pos, window, scale, queries, keys_per_spli
     R = H // (k.shape[0] // (S * Dh))
     rows, t0 = queries * R, tile * queries
     d = tid % Dh  # the dimension this thread stages (THREADS % Dh == 0): no division in the loops
-    for r in range(tid // Dh, rows, nt // Dh):
+    for r in range(tid // Dh, ROWS, nt // Dh):  # rows past `rows` stay 0 (score threads read them)
         t = t0 + r // R
-        qs[r, d] = q[t, g * R + r % R, d] * scale if t < T else np.float32(0)
-    for r in range(tid, rows, nt):
+        qs[d, r] = q[t, g * R + r % R, d] * scale if r < rows and t < T else np.float32(0)
+    for r in range(tid, ROWS, nt):
         t = t0 + r // R
-        row_pos[r] = q_pos[t] if t < T else -1  # a row past the last query sees nothing
+        row_pos[r] = q_pos[t] if r < rows and t < T else -1  # a row past the last query sees nothing
         m[r] = -math.inf
         l[r] = 0
-    for r in range(rows + tid, ROWS, nt):
         rescale[r] = 0
     for i in range(tid, KEYS * _ROWS_PADDED, nt):
         p[i // _ROWS_PADDED, i % _ROWS_PADDED] = 0
@@ -103,10 +104,10 @@ def _partial_kernel(q, k, v, q_pos, k_pos, window, scale, queries, keys_per_spli
     for r in range(1, rows):
         if row_pos[r] >= 0:
             first, last = min(first, row_pos[r]), max(last, row_pos[r])
-    # scores: thread (sr, kg) has rows sr + s_rows * a and keys kg + s_keys * b; outputs: thread
-    # (dg, orow) has dimensions dg + dims * c and rows OUT_ROWS * orow + a, side by side in the key-major
-    # weights p (unsigned: no wraparound checks). Output rows past `rows` (up to ROWS) read weights and
-    # rescales that stay 0 and are never written.
+    # scores: thread (sr, kg) has rows SCORE_ROWS * sr + a and keys SCORE_KEYS * kg + b; outputs: thread
+    # (dg, orow) has dimensions OUT_DIMS * dg + c and rows OUT_ROWS * orow + a: each side by side in its
+    # tile, one 16-byte load (unsigned indices: no wraparound checks). Rows past `rows` (up to ROWS) are
+    # computed from zeros and weights that stay 0, and never written.
     # Rows are dealt densely, to as few threads as they need: decode's 8 rows take 16 threads of each
     # phase and leave the other warps' issue slots to other blocks, instead of 128 threads a row each.
     urows = np.uint32(rows)  # compared with unsigned rows (uint32 against int64 would compare as float64)
@@ -118,7 +119,9 @@ def _partial_kernel(q, k, v, q_pos, k_pos, window, scale, queries, keys_per_spli
     o_rows = min(np.uint32(nt) // dims, (urows + np.uint32(OUT_ROWS - 1)) // np.uint32(OUT_ROWS))
     dg, orow = np.uint32(tid) % dims, np.uint32(tid) // dims
     accumulating = np.uint32(tid) < o_rows * dims
-    last_row = urows - np.uint32(1)  # score rows past `rows` compute from the last row and are never written
+    row0, key0 = np.uint32(SCORE_ROWS) * sr, np.uint32(SCORE_KEYS) * kg  # this thread's first score row and key
+    dim0, orow0 = np.uint32(OUT_DIMS) * dg, np.uint32(OUT_ROWS) * orow  # and first output dimension and row
+    last_row = urows - np.uint32(1)  # score rows past `rows` are masked as the last row
     ud = np.uint32(d)
     row_len = np.uint32(k.shape[0] // S)  # a key's row of kv heads in the flat k and v
     step = np.uint32(nt // Dh)  # keys a pass of the block's threads stages
@@ -139,7 +142,7 @@ def _partial_kernel(q, k, v, q_pos, k_pos, window, scale, queries, keys_per_spli
             at = np.uint32(np.uint32(c0) * row_len + u * row_len + np.uint32(g * Dh + d))
             keys = np.uint32(min(KEYS, end - c0))
             while u < np.uint32(KEYS):
-                ks[u, ud] = k[at] if u < keys else np.float32(0)
+                ks[ud, u] = k[at] if u < keys else np.float32(0)
                 vs[u, ud] = v[at] if u < keys else np.float32(0)
                 u = np.uint32(u + step)
                 at = np.uint32(at + step * row_len)
@@ -152,20 +155,20 @@ def _partial_kernel(q, k, v, q_pos, k_pos, window, scale, queries, keys_per_spli
                     for dd in range(DIM_STEP):  # a fixed count: the dimension is an offset in the load
                         u = np.uint64(d0 + dd)
                         for a in range(SCORE_ROWS):
-                            qa[a] = qs[np.uint64(min(sr + s_rows * np.uint32(a), last_row)), u]
+                            qa[a] = qs[u, np.uint64(row0 + np.uint32(a))]
                         for b in range(SCORE_KEYS):
-                            kb[b] = ks[np.uint64(kg + s_keys * np.uint32(b)), u]
+                            kb[b] = ks[u, np.uint64(key0 + np.uint32(b))]
                         for a in range(SCORE_ROWS):
                             for b in range(SCORE_KEYS):
                                 score[a, b] += qa[a] * kb[b]
                 for a in range(SCORE_ROWS):  # masked scores to -inf, and each row's max over this thread's keys
-                    r = min(sr + s_rows * np.uint32(a), last_row)
+                    r = min(row0 + np.uint32(a), last_row)
                     top = np.float32(-math.inf)
                     for b in range(SCORE_KEYS):
-                        if not _visible(kp[kg + s_keys * np.uint32(b)], row_pos[r], window):
+                        if not _visible(kp[key0 + np.uint32(b)], row_pos[r], window):
                             score[a, b] = -math.inf
                         top = max(top, score[a, b])
-                    if sr + s_rows * np.uint32(a) < urows:
+                    if row0 + np.uint32(a) < urows:
                         part[r, kg] = top
             cuda.syncthreads()
             for r in range(tid, rows, nt):  # a thread a row: the new running max
@@ -177,13 +180,14 @@ def _partial_kernel(q, k, v, q_pos, k_pos, window, scale, queries, keys_per_spli
             cuda.syncthreads()
             if scoring:  # the exps where the scores are, and each row's sum over this thread's keys
                 for a in range(SCORE_ROWS):
-                    r = sr + s_rows * np.uint32(a)
-                    if r < urows:
-                        total = np.float32(0)
-                        for b in range(SCORE_KEYS):
-                            e = math.exp(score[a, b] - m[r]) if score[a, b] > -math.inf else np.float32(0)
-                            p[kg + s_keys * np.uint32(b), r] = e
-                            total += e
+                    r = row0 + np.uint32(a)
+                    real, m_r = r < urows, m[r]
+                    total = np.float32(0)
+                    for b in range(SCORE_KEYS):  # stored for every row: a key's 4 rows are one 16-byte store
+                        e = math.exp(score[a, b] - m_r) if real and score[a, b] > -math.inf else np.float32(0)
+                        p[key0 + np.uint32(b), r] = e
+                        total += e
+                    if real:
                         part[r, kg] = total
             cuda.syncthreads()
             for r in range(tid, rows, nt):  # the running sum (part is rewritten only after the chunk's last sync)
@@ -193,16 +197,16 @@ def _partial_kernel(q, k, v, q_pos, k_pos, window, scale, queries, keys_per_spli
                 l[r] = l[r] * rescale[r] + total
             if accumulating:
                 for a in range(OUT_ROWS):  # fixed trip counts: acc stays in registers
-                    f = rescale[orow * np.uint32(OUT_ROWS) + np.uint32(a)]
+                    f = rescale[orow0 + np.uint32(a)]
                     for c in range(OUT_DIMS):
                         acc[a, c] *= f
                 for j0 in range(0, KEYS, KEY_STEP):
                     for jj in range(KEY_STEP):
                         u = np.uint64(j0 + jj)
                         for c in range(OUT_DIMS):
-                            va[c] = vs[u, np.uint64(dg + dims * np.uint32(c))]
+                            va[c] = vs[u, np.uint64(dim0 + np.uint32(c))]
                         for a in range(OUT_ROWS):
-                            w = p[u, np.uint64(orow * np.uint32(OUT_ROWS) + np.uint32(a))]
+                            w = p[u, np.uint64(orow0 + np.uint32(a))]
                             for c in range(OUT_DIMS):
                                 acc[a, c] += w * va[c]
         cuda.syncthreads()
@@ -210,11 +214,11 @@ def _partial_kernel(q, k, v, q_pos, k_pos, window, scale, queries, keys_per_spli
             seen[parity] = 0  # read by everyone before the sync above; next set two chunks on
     uR = np.uint32(R)
     for a in range(OUT_ROWS):  # unrolled (32-bit divisions keep it small): acc stays in registers
-        r = orow * np.uint32(OUT_ROWS) + np.uint32(a)
+        r = orow0 + np.uint32(a)
         t = np.uint32(t0) + r // uR
         if accumulating and r < urows and t < np.uint32(T):
             for c in range(OUT_DIMS):
-                acc_out[split, t, np.uint32(g) * uR + r % uR, dg + dims * np.uint32(c)] = acc[a, c]
+                acc_out[split, t, np.uint32(g) * uR + r % uR, dim0 + np.uint32(c)] = acc[a, c]
     for r in range(tid, rows, nt):
         t = t0 + r // R
         if t < T:
@@ -250,7 +254,7 @@ def attention(q, k, v, q_pos, k_pos, sinks, window: int | None, scale: float, ou
     S, G = k.shape[:2]
     dims = Dh // OUT_DIMS  # the threads that share a row's outputs
     check(H % G == 0 and H // G <= ROWS and Dh <= MAX_DH and Dh % OUT_DIMS == 0 and THREADS % Dh == 0
-          and THREADS * OUT_ROWS >= ROWS * dims and ROWS % OUT_ROWS == 0 and Dh % DIM_STEP == 0 and KEYS % KEY_STEP == 0
+          and THREADS * OUT_ROWS >= ROWS * dims and ROWS % OUT_ROWS == 0 and ROWS % SCORE_ROWS == 0 and Dh % DIM_STEP == 0 and KEYS % KEY_STEP == 0
           and KEYS % SCORE_KEYS == 0 and THREADS % (KEYS // SCORE_KEYS) == 0
           and THREADS * SCORE_ROWS >= ROWS * (KEYS // SCORE_KEYS) and KEYS <= THREADS
           and k.shape == (S, G, Dh) and v.shape == (S, G, Dh) and q_pos.shape == (T,) and k_pos.shape == (S,)

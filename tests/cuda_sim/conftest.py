@@ -25,7 +25,8 @@ SMALL_LAUNCHES = {
     # which the simulator runs slowly; test_kernel_bf16_cuda covers both paths
     "bf16_cuda": dict(GEMV_LANES=4, GEMV_WARPS=2, UNROLL=2, K_CHUNK=48, WIDEN_THREADS=16, SPLIT_BELOW_N=0),
     "bf16x3_cuda": dict(THREADS=16),
-    "attention_cuda": dict(THREADS=16, ROWS=8, KEYS=4, KEYS_PER_SPLIT=8, MIN_SPLITS=4, SCORE_KEYS=2, OUT_ROWS=4),
+    "attention_cuda": dict(THREADS=16, ROWS=8, KEYS=4, KEYS_PER_SPLIT=8, MIN_SPLITS=4, SCORE_KEYS=2, OUT_ROWS=4,
+                           TILE_ALIGN=None),
     "norm_rope_cuda": dict(THREADS=16),
     "moe_cuda": dict(THREADS=32, SORT_THREADS=8),
     "sampling_cuda": dict(THREADS=8, ARGMAX_BLOCKS=3),
