@@ -27,7 +27,7 @@ from .mxfp4 import BLOCK
 GEMV_LANES = 32  # threads per pair of output rows (a power of two)
 GEMV_WARPS = 8  # pairs of output rows per block (the x row is staged once for 16 rows)
 GEMV_MAX_K = 4096  # longest x row the GEMV stages in shared memory (gpt-oss: 2880)
-_X_PADDED = GEMV_MAX_K + GEMV_MAX_K // 16
+_X_PADDED = GEMV_MAX_K + GEMV_MAX_K // 4  # 16 x values, then 4 floats of padding
 TILE_THREADS = (16, 16)  # (x: output rows, y: pairs) threads per block; each owns MICRO x MICRO outputs
 MICRO = 4
 MIN_TILE_PAIRS = 16  # the fewest pair rows of a tile (4 thread rows)
@@ -44,15 +44,16 @@ def _gemv_kernel(x, rows_per_x, experts, words, scales, bias, limit, alpha, fuse
     (gate_up's gate and up), so every x value read serves both; words = blocks as uint64 [E, N, K/16].
     With fuse_swiglu, the warp writes swiglu(row n, row n + 1) to out[p, n / 2] instead.
 
-    The pair's x row is staged in shared memory times 2**64, element k at k + k // 16. Lane L then
+    The pair's x row is staged in shared memory times 2**64, element k at k + 4 (k // 16). Lane L then
     reads word i = L, L + lanes, ... of each row (16 weights, k = 16i .. 16i + 15): a warp reads 256
-    contiguous bytes of a row at a time, and its 32 lanes read x at 17i + m, 32 distinct banks.
+    contiguous bytes of a row at a time, and its x values at 20i .. 20i + 15 as four 16-byte loads
+    (the 8 lanes of a load's phase start 80 bytes apart: 32 distinct banks).
     A weight is decoded as FP4 x 2**-126 (fp4_tiny: two shifts, two masks) and multiplied by the
     staged x, so the products are FP4 x x x 2**-62, normal floats: a word's sum times 2**63 and half
     the block's scale is what unscaled products would give, bit for bit. Indices are unsigned and the
     rows are views taken once, so the loop holds no negative-index wraparound or 4-D address math
-    (bench/sass.py: 222 instructions a lane for 2 x 8 bytes, 14 a byte; 35 before)."""
-    xs = cuda.shared.array(_X_PADDED, np.float32)
+    (bench/sass.py: 210 instructions a lane for 2 x 8 bytes, 13 a byte; 35 in v2)."""
+    xs = cuda.shared.array(_X_PADDED, np.float32, alignment=TILE_ALIGN)
     partial = cuda.shared.array(MAX_THREADS, np.float32)
     lane, warp = cuda.threadIdx.x, cuda.threadIdx.y
     lanes, warps = cuda.blockDim.x, cuda.blockDim.y
@@ -62,7 +63,7 @@ def _gemv_kernel(x, rows_per_x, experts, words, scales, bias, limit, alpha, fuse
     x_row = x[p // rows_per_x]
     for k in range(warp * lanes + lane, W * 16, lanes * warps):
         u = np.uint32(k)
-        xs[u + u // np.uint32(16)] = x_row[u] * np.float32(2.0 ** 64)
+        xs[u + u // np.uint32(16) * np.uint32(4)] = x_row[u] * np.float32(2.0 ** 64)
     cuda.syncthreads()
     n = 2 * (cuda.blockIdx.x * warps + warp)
     acc0, acc1 = np.float32(0), np.float32(0)
@@ -71,13 +72,13 @@ def _gemv_kernel(x, rows_per_x, experts, words, scales, bias, limit, alpha, fuse
         words0, words1, scales0, scales1 = words[e, n], words[e, m], scales[e, n], scales[e, m]
         for i in range(lane, W, lanes):
             u = np.uint32(i)
-            w0, w1, base = words0[u], words1[u], u * np.uint32(17)
+            w0, w1, base = words0[u], words1[u], np.uint64(u * np.uint32(20))
             s0, s1 = np.float32(0), np.float32(0)
             for h in range(2):  # the word's 32-bit halves
                 half0 = np.uint32((w0 >> np.uint64(32 * h)) & np.uint64(0xFFFFFFFF))
                 half1 = np.uint32((w1 >> np.uint64(32 * h)) & np.uint64(0xFFFFFFFF))
                 for j in range(8):  # unrolled: the shifts in fp4_tiny are constants
-                    xj = xs[base + np.uint32(8 * h + j)]
+                    xj = xs[base + np.uint64(8 * h + j)]
                     s0 += fp4_tiny(half0, j) * xj
                     s1 += fp4_tiny(half1, j) * xj
             g = u // np.uint32(2)
