@@ -224,9 +224,11 @@ def kernel_bandwidth(cases: dict, copy_gb_s: float) -> dict:
 
 # Launch constants of the decode GEMVs tried against the defaults in the same run, so that one GPU
 # session settles them: name -> (kernel module, its kernel recompiled, constants, the cases timed).
+# Constants derived from others at import are set with them (bf16's _WORDS = WARP_ROWS * UNROLL sizes
+# the words array: left at 8, lm_head's 4 rows a warp would write past it with UNROLL 4).
 KERNEL_VARIANTS = {
-    "bf16_unroll1": ("bf16_cuda", "_gemv_kernel", {"UNROLL": 1}, "bf16_"),
-    "bf16_unroll4": ("bf16_cuda", "_gemv_kernel", {"UNROLL": 4}, "bf16_"),
+    "bf16_unroll1": ("bf16_cuda", "_gemv_kernel", {"UNROLL": 1, "_WORDS": 4}, "bf16_"),
+    "bf16_unroll4": ("bf16_cuda", "_gemv_kernel", {"UNROLL": 4, "_WORDS": 16}, "bf16_"),
     "bf16_chunk1024": ("bf16_cuda", "_gemv_kernel", {"K_CHUNK": 1024}, "bf16_"),
     "bf16_no_split": ("bf16_cuda", "_gemv_kernel", {"SPLIT_BELOW_N": 0}, "bf16_router"),
     "mxfp4_warps4": ("mxfp4_cuda", "_gemv_kernel", {"GEMV_WARPS": 4}, "mxfp4_"),

@@ -26,7 +26,7 @@ import math
 import numpy as np
 from numba import cuda
 
-from .common_cuda import array_module, check, power_of_two, stream_of
+from .common_cuda import SHARED_ALIGN, array_module, check, power_of_two, stream_of
 
 THREADS = 128  # threads per block of the partial kernel: a multiple of the head dim and of KEYS
 ROWS = 64  # query rows (queries x heads of one kv group) of one block
@@ -42,8 +42,6 @@ OUT_ROWS, OUT_DIMS = 8, 4  # the outputs a thread accumulates: rows x dimensions
 # 64-bit shared-memory indices: a pass's loads share one address and differ by immediate offsets (with
 # 32-bit indices, each load's address was an IMAD and a LEA). More a pass: LLVM stops unrolling.
 DIM_STEP, KEY_STEP = 4, 2
-TILE_ALIGN = 16  # bytes: shared rows start 16-byte aligned, so a thread's 4 side-by-side values are one load
-                 # (None in the simulator, whose shared arrays take no alignment)
 _ROWS_Q, _KEYS_T = ROWS + 4, KEYS + 4  # q and k tiles dimension-major, rows padded by 16 bytes
 _ROWS_PADDED = ROWS + 4  # the weights p, key-major: rows padded by 16 bytes
 _KEY_GROUPS = KEYS // SCORE_KEYS  # the threads that share a row's scores
@@ -60,10 +58,10 @@ def _partial_kernel(q, k, v, q_pos, k_pos, window, scale, queries, keys_per_spli
     and unnormalised output per row (m = -inf and l = 0 when it saw no visible key). Row r is
     query t0 + r // R of head g * R + r % R (R = H / G, `queries` per tile). k and v come flat
     ([S * G * Dh], k[s, g, d] at (s * G + g) * Dh + d)."""
-    qs = cuda.shared.array((MAX_DH, _ROWS_Q), np.float32, alignment=TILE_ALIGN)  # q^T: a dimension's rows side by side
-    ks = cuda.shared.array((MAX_DH, _KEYS_T), np.float32, alignment=TILE_ALIGN)  # k^T
-    vs = cuda.shared.array((KEYS, MAX_DH), np.float32, alignment=TILE_ALIGN)
-    p = cuda.shared.array((KEYS, _ROWS_PADDED), np.float32, alignment=TILE_ALIGN)  # exp(score - m), key-major
+    qs = cuda.shared.array((MAX_DH, _ROWS_Q), np.float32, alignment=SHARED_ALIGN)  # q^T: a dim's rows side by side
+    ks = cuda.shared.array((MAX_DH, _KEYS_T), np.float32, alignment=SHARED_ALIGN)  # k^T
+    vs = cuda.shared.array((KEYS, MAX_DH), np.float32, alignment=SHARED_ALIGN)
+    p = cuda.shared.array((KEYS, _ROWS_PADDED), np.float32, alignment=SHARED_ALIGN)  # exp(score - m), key-major
     part = cuda.shared.array((ROWS, _KEY_GROUPS), np.float32)  # a row's max, then sum, of each key group
     kp = cuda.shared.array(KEYS, np.int64)
     row_pos = cuda.shared.array(ROWS, np.int64)

@@ -4,8 +4,8 @@ A bf16 matrix W [N, K] is kept as its uint16 bits (as on the CPU, see bf16.py); 
 uint64 words [N, K/4], each word holding elements 4i .. 4i + 3 (lowest bits first).
 
   gemv        out[t, n] = W[n] . x[t] + bias[n] (+ residual[t, n]) for up to MAX_ROWS token rows, W
-              read once for all in coalesced 8-byte words, x staged in shared memory (a warp's loads
-              of it hit 32 distinct banks)
+              read once for all in coalesced 8-byte words, x staged in shared memory (a lane's 4
+              values one 16-byte load)
   widen_rows  out[i] = float32(W[rows[i]]): embedding lookups, and f32 tiles of W for a cuBLAS matmul
 The NumPy references are bf16.matmul_ref and bf16.bf16_to_f32.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from .common_cuda import bf16_hi, bf16_lo, check, residual_args, row_sum, stream_of
+from .common_cuda import SHARED_ALIGN, bf16_hi, bf16_lo, check, residual_args, row_sum, stream_of
 
 MAX_ROWS = 4  # token rows one GEMV launch handles (its per-thread accumulators)
 GEMV_LANES = 32  # threads per warp of the GEMV (a power of two)
@@ -27,7 +27,6 @@ UNROLL = 2  # words of a row a lane loads before using them (bytes in flight: UN
 K_CHUNK = 2048  # x columns staged in shared memory at a time (a multiple of 4)
 WIDEN_THREADS = 256
 _GEMV_MAX_THREADS = 256
-_XS_COLS = K_CHUNK + K_CHUNK // 4  # K_CHUNK columns padded: column k at k + k // 4
 _ACC = WARP_ROWS * MAX_ROWS
 _WORDS = WARP_ROWS * UNROLL
 
@@ -38,13 +37,14 @@ def _gemv_kernel(x, words, bias, residual, add_residual, warp_rows, out):
     few rows, where a warp alone would walk its whole row one load's latency after another) computes
     `warp_rows` neighbouring output rows for every token row.
 
-    x is staged in shared memory K_CHUNK columns at a time, column k at k + k // 4. Lane L reads words
+    x is staged in shared memory K_CHUNK columns at a time, 16-byte aligned. Lane L reads words
     i = L, L + lanes, ... of each row (4 weights, 8 bytes each): a warp reads 256 contiguous bytes of a
-    row a load, UNROLL loads of each row issued before any is used, and reads x at 5i .. 5i + 3: 32
-    distinct banks across the warp. Indices are unsigned (no negative-index wraparound in the loop).
+    row a load, UNROLL loads of each row issued before any is used, and reads x[4i .. 4i + 3] as one
+    16-byte load (the 8 lanes of a load's phase read 128 contiguous bytes: no bank conflicts).
+    Indices are unsigned (no negative-index wraparound in the loop).
     With add_residual, residual [T, N] is added to the outputs (a transformer block's skip
     connection, one launch fewer than adding after)."""
-    xs = cuda.shared.array((MAX_ROWS, _XS_COLS), np.float32)
+    xs = cuda.shared.array((MAX_ROWS, K_CHUNK), np.float32, alignment=SHARED_ALIGN)
     partial = cuda.shared.array(_GEMV_MAX_THREADS, np.float32)
     acc = cuda.local.array(_ACC, np.float32)  # [row of the warp, token row]
     wv = cuda.local.array(_WORDS, np.uint64)  # [row of the warp, unrolled word]
@@ -63,7 +63,7 @@ def _gemv_kernel(x, words, bias, residual, add_residual, warp_rows, out):
             u = np.uint32(i)
             for t in range(MAX_ROWS):
                 if t < T:
-                    xs[t, u + u // np.uint32(4)] = x[t, k0 + i]
+                    xs[t, u] = x[t, k0 + i]
         cuda.syncthreads()
         w0, wc = np.uint32(k0 // 4), np.uint32(kc // 4)  # the chunk's first word, its words a row
         for c in range(lane, kc // 4, lanes * UNROLL):  # inside: fixed trip counts, so acc and wv stay in registers
@@ -75,17 +75,21 @@ def _gemv_kernel(x, words, bias, residual, add_residual, warp_rows, out):
                         i = u + np.uint32(j * lanes)
                         wv[rr * UNROLL + j] = row[w0 + i] if i < wc else np.uint64(0)
             for j in range(UNROLL):
-                base = (u + np.uint32(j * lanes)) * np.uint32(5)
+                base = np.uint64((u + np.uint32(j * lanes)) * np.uint32(4))
                 for t in range(MAX_ROWS):
                     if t < T and u + np.uint32(j * lanes) < wc:
-                        x0, x1, x2, x3 = xs[t, base], xs[t, base + 1], xs[t, base + 2], xs[t, base + 3]
+                        x0, x1 = xs[t, base], xs[t, base + np.uint64(1)]
+                        x2, x3 = xs[t, base + np.uint64(2)], xs[t, base + np.uint64(3)]
                         for rr in range(WARP_ROWS):
                             if rr < warp_rows:
                                 wd = wv[rr * UNROLL + j]
                                 lo = np.uint32(wd & np.uint64(0xFFFFFFFF))
                                 hi = np.uint32(wd >> np.uint64(32))
-                                acc[rr * MAX_ROWS + t] += (bf16_lo(lo) * x0 + bf16_hi(lo) * x1
-                                                           + bf16_lo(hi) * x2 + bf16_hi(hi) * x3)
+                                a = rr * MAX_ROWS + t  # four FFMA into the accumulator
+                                acc[a] += bf16_lo(lo) * x0
+                                acc[a] += bf16_hi(lo) * x1
+                                acc[a] += bf16_lo(hi) * x2
+                                acc[a] += bf16_hi(hi) * x3
         cuda.syncthreads()
     for rr in range(WARP_ROWS):
         if rr < warp_rows:  # the same for the whole block, as row_sum needs
@@ -117,7 +121,7 @@ def gemv(x, w_bits, bias, out, residual=None):
           and w_bits.dtype == np.uint16 and bias.shape == (N,) and bias.dtype == np.float32
           and out.shape == (T, N) and out.dtype == np.float32 and x.flags.c_contiguous and w_bits.flags.c_contiguous,
           "bf16 gemv", x=x, w=w_bits, bias=bias, out=out)
-    check(GEMV_LANES * GEMV_WARPS <= _GEMV_MAX_THREADS and K_CHUNK + K_CHUNK // 4 <= _XS_COLS and K_CHUNK % 4 == 0,
+    check(GEMV_LANES * GEMV_WARPS <= _GEMV_MAX_THREADS and K_CHUNK % 4 == 0,
           "bf16 gemv block", lanes=GEMV_LANES, warps=GEMV_WARPS, chunk=K_CHUNK)
     warp_rows = WARP_ROWS if N >= WARP_ROWS_FROM_N else 1
     split = GEMV_WARPS if N < SPLIT_BELOW_N else 1  # warps a row

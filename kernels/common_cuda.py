@@ -15,6 +15,11 @@ from numba import cuda
 
 # Upper bound of threads per block: shared-memory scratch arrays are sized by it.
 MAX_THREADS = 1024
+# Bytes the rows of shared tiles are aligned to (`alignment=` of cuda.shared.array), so that 4
+# neighbouring float32 a thread reads are one 16-byte load (LDS.128). Kernel modules import the name (a
+# global of their own is a compile-time constant); the simulator's shared arrays take no alignment, so
+# its conftest sets each module's to None.
+SHARED_ALIGN = 16
 
 # Decoding one token launches small grids on purpose (one block for a row's norm, for routing, ...);
 # Numba warns about every grid under 128 blocks, once per distinct size, which would fill a user's

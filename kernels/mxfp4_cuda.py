@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from .common_cuda import MAX_THREADS, check, e8m0_half, fp4_tiny, power_of_two, row_sum, stream_of, swiglu
+from .common_cuda import SHARED_ALIGN, MAX_THREADS, check, e8m0_half, fp4_tiny, power_of_two, row_sum, stream_of, swiglu
 from .mxfp4 import BLOCK
 
 # Launch shapes (tests shrink them so the simulator covers partial blocks with few threads).
@@ -32,7 +32,6 @@ TILE_THREADS = (16, 16)  # (x: output rows, y: pairs) threads per block; each ow
 MICRO = 4
 MIN_TILE_PAIRS = 16  # the fewest pair rows of a tile (4 thread rows)
 K_STEP = 4  # columns a pass of the tiled matmul's product loop, unrolled (divides 8)
-TILE_ALIGN = 16  # bytes: the tiles' rows start 16-byte aligned, for 16-byte loads (None in the simulator)
 _TILE_MAX = 64  # = 16 * MICRO: shared tiles are sized for the largest block
 _TILE_PADDED = _TILE_MAX + 4
 DEQUANT_THREADS = 256
@@ -53,7 +52,7 @@ def _gemv_kernel(x, rows_per_x, experts, words, scales, bias, limit, alpha, fuse
     the block's scale is what unscaled products would give, bit for bit. Indices are unsigned and the
     rows are views taken once, so the loop holds no negative-index wraparound or 4-D address math
     (bench/sass.py: 210 instructions a lane for 2 x 8 bytes, 13 a byte; 35 in v2)."""
-    xs = cuda.shared.array(_X_PADDED, np.float32, alignment=TILE_ALIGN)
+    xs = cuda.shared.array(_X_PADDED, np.float32, alignment=SHARED_ALIGN)
     partial = cuda.shared.array(MAX_THREADS, np.float32)
     lane, warp = cuda.threadIdx.x, cuda.threadIdx.y
     lanes, warps = cuda.blockDim.x, cuda.blockDim.y
@@ -109,8 +108,8 @@ def _grouped_matmul_kernel(x, rows_per_x, order, offsets, words, scales, bias, o
     columns of 4 pairs, and a W column group of 8 (one 4-byte word, dequantized by a thread) is stored
     rotated by 8 * group (mod TN), so the 4 words of a row land in different banks. The tile's x rows
     are looked up once, before the K loop (bench/NOTES.md)."""
-    xs = cuda.shared.array((32, _TILE_PADDED), np.float32, alignment=TILE_ALIGN)
-    ws = cuda.shared.array((32, _TILE_PADDED), np.float32, alignment=TILE_ALIGN)
+    xs = cuda.shared.array((32, _TILE_PADDED), np.float32, alignment=SHARED_ALIGN)
+    ws = cuda.shared.array((32, _TILE_PADDED), np.float32, alignment=SHARED_ALIGN)
     x_rows = cuda.shared.array(_TILE_MAX, np.int64)  # each pair's row of x; -1 past the expert's pairs
     acc = cuda.local.array((MICRO, MICRO), np.float32)
     a = cuda.local.array(MICRO, np.float32)

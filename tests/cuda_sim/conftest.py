@@ -18,15 +18,13 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
 
 SMALL_LAUNCHES = {
     # TILE_THREADS (4, 4): 16-row W tiles, so their rotated column groups wrap; with MIN_TILE_PAIRS 4 the
-    # launcher picks tiles of 1-4 thread rows by pairs per expert; the simulator's shared arrays take no
-    # alignment
-    "mxfp4_cuda": dict(GEMV_LANES=4, GEMV_WARPS=2, TILE_THREADS=(4, 4), MIN_TILE_PAIRS=4, TILE_ALIGN=None),
+    # launcher picks tiles of 1-4 thread rows by pairs per expert
+    "mxfp4_cuda": dict(GEMV_LANES=4, GEMV_WARPS=2, TILE_THREADS=(4, 4), MIN_TILE_PAIRS=4),
     # SPLIT_BELOW_N = 0: the toy models' small matrices would all take the row split, a block a row,
     # which the simulator runs slowly; test_kernel_bf16_cuda covers both paths
     "bf16_cuda": dict(GEMV_LANES=4, GEMV_WARPS=2, UNROLL=2, K_CHUNK=48, WIDEN_THREADS=16, SPLIT_BELOW_N=0),
     "bf16x3_cuda": dict(THREADS=16),
-    "attention_cuda": dict(THREADS=16, ROWS=8, KEYS=4, KEYS_PER_SPLIT=8, MIN_SPLITS=4, SCORE_KEYS=2, OUT_ROWS=4,
-                           TILE_ALIGN=None),
+    "attention_cuda": dict(THREADS=16, ROWS=8, KEYS=4, KEYS_PER_SPLIT=8, MIN_SPLITS=4, SCORE_KEYS=2, OUT_ROWS=4),
     "norm_rope_cuda": dict(THREADS=16),
     "moe_cuda": dict(THREADS=32, SORT_THREADS=8),
     "sampling_cuda": dict(THREADS=8, ARGMAX_BLOCKS=3),
@@ -41,3 +39,5 @@ def small_launches(monkeypatch):
         m = importlib.import_module(f"gptoss_np.kernels.{module}")
         for name, value in values.items():
             monkeypatch.setattr(m, name, value)
+        if hasattr(m, "SHARED_ALIGN"):  # the simulator's shared arrays take no alignment
+            monkeypatch.setattr(m, "SHARED_ALIGN", None)

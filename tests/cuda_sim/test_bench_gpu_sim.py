@@ -112,3 +112,13 @@ def test_targets_of_the_issues(bench):
     assert t["decode_vs_transformers"]["measured"] is None and t["decode_vs_transformers"]["met"] is None
     assert set(bench.targets({**report, "preset": "gpt-oss-120b"})) == {"decode_tok_s_up_to_1k"}
     assert bench.targets({**report, "preset": "tiny"}) == {}
+
+
+def test_kernel_variants_keep_the_bf16_words_array_large_enough(bench):
+    """A variant's UNROLL must come with the words array it needs (_WORDS = WARP_ROWS * UNROLL, set at
+    import): a smaller one would be written past on the GPU, where nothing checks the index."""
+    from gptoss_np.kernels import bf16_cuda
+    for name, (module, _, constants, _) in bench.KERNEL_VARIANTS.items():
+        if module == "bf16_cuda":
+            unroll = constants.get("UNROLL", bf16_cuda.UNROLL)
+            assert constants.get("_WORDS", bf16_cuda._WORDS) >= bf16_cuda.WARP_ROWS * unroll, name
