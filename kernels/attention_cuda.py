@@ -74,6 +74,7 @@ def _partial_kernel(q, k, v, q_pos, k_pos, window, scale, queries, keys_per_spli
     qa = cuda.local.array(SCORE_ROWS, np.float32)
     kb = cuda.local.array(SCORE_KEYS, np.float32)
     va = cuda.local.array(OUT_DIMS, np.float32)
+    kd = cuda.local.array(4, np.float32)  # 4 keys' values of one dimension, staged
     tile, g, split = cuda.blockIdx.x, cuda.blockIdx.y, cuda.blockIdx.z
     tid, nt = cuda.threadIdx.x, cuda.blockDim.x
     T, H, Dh = q.shape
@@ -122,7 +123,7 @@ def _partial_kernel(q, k, v, q_pos, k_pos, window, scale, queries, keys_per_spli
     last_row = urows - np.uint32(1)  # score rows past `rows` are masked as the last row
     ud = np.uint32(d)
     row_len = np.uint32(k.shape[0] // S)  # a key's row of kv heads in the flat k and v
-    step = np.uint32(nt // Dh)  # keys a pass of the block's threads stages
+    step = np.uint32(nt // Dh * 4)  # keys a pass of the block's threads stages
     begin = split * keys_per_split
     end = min(S, begin + keys_per_split)
     for c0 in range(begin, end, KEYS):
@@ -134,14 +135,20 @@ def _partial_kernel(q, k, v, q_pos, k_pos, window, scale, queries, keys_per_spli
                 seen[parity] = 1
         cuda.syncthreads()
         if seen[parity]:  # the same for every thread of the block
-            # 32-bit counters (Numba's range() counts in 64 bits, with checks): key u of the chunk, its
-            # k[c0 + u, g, d] in the flat k and v
-            u = np.uint32(tid // Dh)
+            # A thread stages keys u .. u + 3 of dimension d: k's four are one 16-byte store into the
+            # transposed tile (a store a key would be 4-way bank conflicts), v's four go to four rows.
+            # 32-bit counters (Numba's range() counts in 64 bits, with checks); at: k[c0 + u, g, d] in
+            # the flat k and v
+            u = np.uint32(tid // Dh) * np.uint32(4)
             at = np.uint32(np.uint32(c0) * row_len + u * row_len + np.uint32(g * Dh + d))
             keys = np.uint32(min(KEYS, end - c0))
             while u < np.uint32(KEYS):
-                ks[ud, u] = k[at] if u < keys else np.float32(0)
-                vs[u, ud] = v[at] if u < keys else np.float32(0)
+                for b in range(4):
+                    inside, key_at = u + np.uint32(b) < keys, at + np.uint32(b) * row_len
+                    kd[b] = k[key_at] if inside else np.float32(0)
+                    vs[u + np.uint32(b), ud] = v[key_at] if inside else np.float32(0)
+                for b in range(4):
+                    ks[np.uint64(ud), np.uint64(u + np.uint32(b))] = kd[b]
                 u = np.uint32(u + step)
                 at = np.uint32(at + step * row_len)
             cuda.syncthreads()
@@ -181,12 +188,15 @@ def _partial_kernel(q, k, v, q_pos, k_pos, window, scale, queries, keys_per_spli
                     r = row0 + np.uint32(a)
                     real, m_r = r < urows, m[r]
                     total = np.float32(0)
-                    for b in range(SCORE_KEYS):  # stored for every row: a key's 4 rows are one 16-byte store
+                    for b in range(SCORE_KEYS):
                         e = math.exp(score[a, b] - m_r) if real and score[a, b] > -math.inf else np.float32(0)
-                        p[key0 + np.uint32(b), r] = e
+                        score[a, b] = e
                         total += e
                     if real:
                         part[r, kg] = total
+                for b in range(SCORE_KEYS):  # a key's rows side by side, every row: one 16-byte store
+                    for a in range(SCORE_ROWS):
+                        p[np.uint64(key0 + np.uint32(b)), np.uint64(row0 + np.uint32(a))] = score[a, b]
             cuda.syncthreads()
             for r in range(tid, rows, nt):  # the running sum (part is rewritten only after the chunk's last sync)
                 total = np.float32(0)
@@ -252,7 +262,8 @@ def attention(q, k, v, q_pos, k_pos, sinks, window: int | None, scale: float, ou
     S, G = k.shape[:2]
     dims = Dh // OUT_DIMS  # the threads that share a row's outputs
     check(H % G == 0 and H // G <= ROWS and Dh <= MAX_DH and Dh % OUT_DIMS == 0 and THREADS % Dh == 0
-          and THREADS * OUT_ROWS >= ROWS * dims and ROWS % OUT_ROWS == 0 and ROWS % SCORE_ROWS == 0 and Dh % DIM_STEP == 0 and KEYS % KEY_STEP == 0
+          and THREADS * OUT_ROWS >= ROWS * dims and ROWS % OUT_ROWS == 0 and ROWS % SCORE_ROWS == 0
+          and KEYS % 4 == 0 and Dh % DIM_STEP == 0 and KEYS % KEY_STEP == 0
           and KEYS % SCORE_KEYS == 0 and THREADS % (KEYS // SCORE_KEYS) == 0
           and THREADS * SCORE_ROWS >= ROWS * (KEYS // SCORE_KEYS) and KEYS <= THREADS
           and k.shape == (S, G, Dh) and v.shape == (S, G, Dh) and q_pos.shape == (T,) and k_pos.shape == (S,)
