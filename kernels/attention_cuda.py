@@ -12,7 +12,9 @@ One launcher serves prefill (many queries) and decode (one query, long KV): the 
                    of every (row, dimension). Both products are register-tiled as in a matmul: a
                    thread computes SCORE_ROWS x SCORE_KEYS scores from that many q and k values a
                    dimension, and accumulates OUT_ROWS x OUT_DIMS outputs from that many weights and
-                   values a key, so shared memory serves ~0.4 loads an FMA instead of 1-2
+                   values a key. q and k are staged dimension-major, and a thread's rows, keys and
+                   dimensions sit side by side in their tiles, so each 4 values are one 16-byte
+                   shared load: ~0.1 loads an FMA (bench/NOTES.md, attention v5)
   _combine_kernel  block (t, h): merges the splits and the sink: m = max(sink, m_i),
                    out = sum_i acc_i e^(m_i - m) / (sum_i l_i e^(m_i - m) + e^(sink - m))
 A key slot whose position is negative is empty and never seen. The NumPy reference is
