@@ -105,9 +105,10 @@ def _grouped_matmul_kernel(x, rows_per_x, order, offsets, words, scales, bias, o
     MICRO * tx + j, side by side in the tiles, so each column's MICRO values are one 16-byte load.
     The product loop takes K_STEP columns a pass with 64-bit shared indices: a pass's loads share one
     address and differ by immediate offsets. Staging without bank conflicts: a warp writes x as 8
-    columns of 4 pairs, and a W column group of 8 (one 4-byte word, dequantized by a thread) is stored
-    rotated by 8 * group (mod TN), so the 4 words of a row land in different banks. The tile's x rows
-    are looked up once, before the K loop (bench/NOTES.md)."""
+    columns of 4 pairs; a thread dequantizes a 4-byte word, columns 8w .. 8w + 7 of row n, into
+    ws[8w + j, (n + 8w) mod TN], so the 4 words of a row, written by neighbouring threads, land in
+    different banks (the product loop adds the same 8w to its rows). The tile's x rows are looked up
+    once, before the K loop (bench/NOTES.md)."""
     xs = cuda.shared.array((32, _TILE_PADDED), np.float32, alignment=SHARED_ALIGN)
     ws = cuda.shared.array((32, _TILE_PADDED), np.float32, alignment=SHARED_ALIGN)
     x_rows = cuda.shared.array(_TILE_MAX, np.int64)  # each pair's row of x; -1 past the expert's pairs
