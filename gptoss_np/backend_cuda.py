@@ -5,7 +5,8 @@ Weights live on the GPU as on disk: MXFP4 experts packed (uint8 blocks + e8m0 sc
 as bf16 bits (uint16); norms, biases and sinks as float32. Activations are float32.
 Kernel choices by size live here and nowhere else:
   bf16 linear    GEMV kernel up to bf16_cuda.MAX_ROWS tokens (rows of a multiple of 4 weights, as all
-                 of gpt-oss's are); above, cuBLAS products (below)
+                 of gpt-oss's are); above, cuBLAS products (below), for bf16x3 then one kernel that
+                 sums the three and adds the bias and the residual
   MoE experts    EXPERT_GEMV_MAX_TOKENS tokens or fewer: the pairs' GEMV; more: sort pairs by expert,
                  then one tiled matmul launch over all experts; from EXPERT_BLAS_MIN_TOKENS tokens:
                  the pairs' rows gathered in expert order once, the chosen experts' matrices
@@ -109,10 +110,23 @@ class CudaOps:
             bias = b if b is not None else cp.zeros(N, cp.float32)
             return bf16_cuda.gemv(x, w, bias, cp.empty((T, N), cp.float32),
                                   residual=_f32(residual) if residual is not None else None)
+        if w.dtype == cp.uint16 and self.products == "bf16x3" and N <= TILE_ROWS:
+            return self._bf16x3_linear(x, w, b, residual)
         y = self._product_rows(x, w)
         if b is not None:
             y += b
         return with_residual(y, residual)
+
+    def _bf16x3_linear(self, x, w, b, residual):
+        """(residual +) x [T, K] @ w.T (+ b) for w [N, K] bf16 bits: the three bf16 products in one
+        cuBLAS call, then their sum, the bias and the residual in one pass (bf16x3_cuda.sum_rows)."""
+        T, N = x.shape[0], w.shape[0]
+        parts = self._parts(x)  # [3T, K]
+        y = self._product(parts, w, cp.empty((parts.shape[0], N), cp.float32))  # [3T, N]
+        bias = (b if b is not None else cp.zeros(N, cp.float32)).reshape(1, N)
+        rows = cp.arange(T, dtype=cp.int32)
+        return bf16x3_cuda.sum_rows(y, rows, cp.zeros(T, cp.int32), bias, cp.empty((T, N), cp.float32),
+                                    residual=_f32(residual) if residual is not None else None)
 
     def _product_rows(self, x, w):
         """x [T, K] f32 @ w.T for w [N, K] float32 (CuPy's matmul) or bf16 bits (cuBLAS products,

@@ -3,8 +3,10 @@
   split_rows  parts [3P, K] bf16 bits = the three bf16 parts of x[rows[p]], interleaved
               (bf16x3.interleaved_parts of the gathered rows): one read of x, one write of the parts
   sum_rows    out[dest[p]] = the sum of the products of p's three parts + bias[bias_rows[p]]
-              (bf16x3.sum_parts, the bias and the scatter into pair order): one read of the products
-For a 2k-token 20b prefill each replaces ~5 CuPy elementwise passes over ~0.1-0.6 GB a projection.
+              (+ residual[dest[p]]) (bf16x3.sum_parts, the bias, the residual and the scatter into
+              pair order): one read of the products
+For a 2k-token 20b prefill each replaces ~5 CuPy elementwise passes over ~0.1-0.6 GB a projection
+(the experts' and the attention projections').
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from .common_cuda import check, stream_of
+from .common_cuda import check, residual_args, stream_of
 
 THREADS = 256  # threads per block: a block covers THREADS columns of one row (rows on the grid's x,
                 # which holds 2**31 - 1 blocks where y holds 65535)
@@ -41,14 +43,16 @@ def _split_rows_kernel(x, rows, parts):
 
 
 @cuda.jit(cache=True)
-def _sum_rows_kernel(y, dest, bias_rows, bias, out):
-    """Grid (P, column blocks): out[dest[p], n] = (y[3p + 2, n] + y[3p + 1, n]) + y[3p, n] + bias[bias_rows[p], n]."""
+def _sum_rows_kernel(y, dest, bias_rows, bias, residual, add_residual, out):
+    """Grid (P, column blocks): out[dest[p], n] = (y[3p + 2, n] + y[3p + 1, n]) + y[3p, n] + bias[bias_rows[p], n],
+    plus residual[dest[p], n] with add_residual."""
     p = np.uint32(cuda.blockIdx.x)
     n = np.uint32(cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x)
     if n < out.shape[1]:
-        row = np.uint32(3) * p
+        row, to = np.uint32(3) * p, np.uint32(dest[p])
         total = (y[row + np.uint32(2), n] + y[row + np.uint32(1), n]) + y[row, n]
-        out[np.uint32(dest[p]), n] = total + bias[np.uint32(bias_rows[p]), n]
+        total += bias[np.uint32(bias_rows[p]), n]
+        out[to, n] = residual[to, n] + total if add_residual else total
 
 
 def split_rows(x, rows, parts):
@@ -61,13 +65,15 @@ def split_rows(x, rows, parts):
     return parts
 
 
-def sum_rows(y, dest, bias_rows, bias, out):
-    """out[dest[p]] = sum of y's rows 3p .. 3p + 2 + bias[bias_rows[p]] for y [3P, N] f32, dest and
-    bias_rows [P] int32, bias [B, N] f32; other rows of out [R, N] are left as they are."""
+def sum_rows(y, dest, bias_rows, bias, out, residual=None):
+    """out[dest[p]] = sum of y's rows 3p .. 3p + 2 + bias[bias_rows[p]] (+ residual[dest[p]]) for y [3P, N]
+    f32, dest and bias_rows [P] int32, bias [B, N] f32, residual like out; other rows of out [R, N] are
+    left as they are."""
     P, N = dest.shape[0], out.shape[1]
     check(y.shape == (3 * P, N) and y.dtype == bias.dtype == out.dtype == np.float32 and bias_rows.shape == (P,)
           and dest.dtype == bias_rows.dtype == np.int32 and bias.shape[1] == N,
           "bf16x3 sum_rows", y=y, dest=dest, bias_rows=bias_rows, bias=bias, out=out)
     if P and N:
-        _sum_rows_kernel[(P, -(-N // THREADS)), THREADS, stream_of(out)](y, dest, bias_rows, bias, out)
+        _sum_rows_kernel[(P, -(-N // THREADS)), THREADS, stream_of(out)](y, dest, bias_rows, bias,
+                                                                          *residual_args(residual, out), out)
     return out

@@ -28,3 +28,16 @@ def test_sum_rows_sums_biases_and_scatters():
     ref = np.full((P + 1, N), np.nan, np.float32)
     ref[dest] = bf16x3.sum_parts(y) + bias[bias_rows]
     np.testing.assert_array_equal(out, ref)  # the same float32 sums in the same order
+
+
+def test_sum_rows_adds_the_residual_of_each_destination_row():
+    rng = np.random.default_rng(2)
+    P, N = 4, 19
+    y = rng.standard_normal((3 * P, N), dtype=np.float32)
+    dest = np.array([2, 0, 3, 1], np.int32)
+    bias = rng.standard_normal((1, N), dtype=np.float32)
+    residual = rng.standard_normal((P, N), dtype=np.float32)
+    out = bf16x3_cuda.sum_rows(y, dest, np.zeros(P, np.int32), bias, poisoned((P, N)), residual=residual)
+    ref = np.empty((P, N), np.float32)
+    ref[dest] = residual[dest] + (bf16x3.sum_parts(y) + bias[0])
+    np.testing.assert_array_equal(out, ref)
