@@ -221,7 +221,8 @@ class CudaOps:
         if starts is None:  # the plan chose the tiled matmul
             mxfp4_cuda.expert_matmul(x, rows_per_x, order, offsets, T, blocks, scales, bias, out)
         else:
-            self._experts_by_blas(x, (order // rows_per_x).astype(cp.int32), order, flat, starts, blocks, scales, bias, out)
+            rows = (order // rows_per_x).astype(cp.int32)  # each pair's row of x
+            self._experts_by_blas(x, rows, order, flat, starts, blocks, scales, bias, out)
         return out if swiglu is None else self.swiglu(out, *swiglu)
 
     def _experts_by_blas(self, x, rows, order, flat, starts, blocks, scales, bias, out):

@@ -281,8 +281,8 @@ def expert_matmul(x, rows_per_x: int, order, offsets, max_pairs: int, blocks, sc
     # experts ~16 pairs each, and 64-row tiles would spend 3/4 of their products on empty rows
     by = min(by, power_of_two(-(-order.shape[0] // (E * MICRO)), lo=MIN_TILE_PAIRS // MICRO))
     grid = ((N + bx * MICRO - 1) // (bx * MICRO), E, max(1, (max_pairs + by * MICRO - 1) // (by * MICRO)))
-    _grouped_matmul_kernel[grid, (bx, by), stream_of(out)](x, rows_per_x, order, offsets,
-                                                           blocks.view(np.uint32).reshape(E, N, -1, 4), scales, bias, out)
+    words = blocks.view(np.uint32).reshape(E, N, -1, 4)
+    _grouped_matmul_kernel[grid, (bx, by), stream_of(out)](x, rows_per_x, order, offsets, words, scales, bias, out)
     return out
 
 
