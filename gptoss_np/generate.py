@@ -6,6 +6,11 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+# Prompt tokens one forward pass takes at most: a longer prompt is prefilled in chunks through the KV
+# cache, so its activations and the experts' scratch stay bounded (on a GPU, a 32k-token prompt in one
+# pass would hold ~9 GB of expert products at once; 4096 tokens hold ~1.1 GB and keep the products large).
+PREFILL_CHUNK = 4096
+
 
 def generate(model, token_ids: Sequence[int], max_new_tokens: int, *, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
@@ -27,7 +32,8 @@ def generate(model, token_ids: Sequence[int], max_new_tokens: int, *, temperatur
     if max_new_tokens == 0:
         return
     cache = model.new_cache(len(ids) + max_new_tokens)
-    logits = model.forward(ids, cache)  # [1, V]
+    for start in range(0, len(ids), PREFILL_CHUNK):
+        logits = model.forward(ids[start:start + PREFILL_CHUNK], cache)  # [1, V]: the chunk's last position
     decode = model.ops.decoder(model, cache)  # on a GPU, steps replayed from a CUDA graph
     for step in range(max_new_tokens):
         token = model.ops.sample(logits[0], temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,

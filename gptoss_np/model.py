@@ -172,8 +172,9 @@ def load(path: str | Path, device: str = "cpu", progress: bool | None = None, *,
     """Load a Hugging Face gpt-oss checkpoint folder on "cpu", "cuda" or "auto".
 
     moe_dispatch: "exact" top-k routing (as trained; the default), "expert_choice" (each expert takes
-    at most tokens_per_expert_ratio * N * k / E tokens of an N-token prompt, rounded up to a multiple
-    of 8) or "auto" (expert choice only when that budget is at most 2N/3 tokens, the seed's rule).
+    at most tokens_per_expert_ratio * N * k / E tokens of an N-token forward pass, rounded up to a
+    multiple of 8; generate() prefills prompts longer than generate.PREFILL_CHUNK in passes of that
+    many tokens) or "auto" (expert choice only when that budget is at most 2N/3 tokens, the seed's rule).
     cuda_graphs: on a GPU, generate() replays each decode step from a CUDA graph (one launch instead
     of hundreds); False launches op by op (for debugging and comparison).
     """

@@ -64,9 +64,12 @@ def test_static_shape_decode_matches_transformers(name, checkpoint_dir, hf_model
             model.forward(ids[:1], cache, positions=np.array([60]))
 
 
-@pytest.mark.parametrize("name", ["tiny", "mha_tied"])
-def test_greedy_continuation_matches_transformers(name, checkpoint_dir, hf_model):
+@pytest.mark.parametrize("name, chunk", [("tiny", None), ("mha_tied", None), ("tiny", 5)])
+def test_greedy_continuation_matches_transformers(name, chunk, checkpoint_dir, hf_model, monkeypatch):
+    """chunk: the prompt prefilled a few tokens at a time (generate.PREFILL_CHUNK), as long prompts are."""
     import torch
+    if chunk is not None:
+        monkeypatch.setattr("gptoss_np.generate.PREFILL_CHUNK", chunk)
     folder = checkpoint_dir(name)
     model = gptoss_np.load(folder)
     ids = prompt(model, 12, seed=3)
