@@ -82,6 +82,47 @@ def test_kernels_at_gpt_oss_20b_shapes():
         assert rel_err(o.get(), attention.attention_ref(q, k, v, q_pos, k_pos, sinks, window, 0.125)) < 1e-5
 
 
+def test_prefill_kernels_at_gpt_oss_20b_shapes():
+    """The kernels of a prompt at the real launch shapes (the simulator runs smaller blocks): attention
+    with full 64-row tiles and a partial one after a cached prefix, the tiled experts' matmul with
+    16-row tiles, the experts dequantized for cuBLAS."""
+    import cupy as cp
+    from gptoss_np.kernels import attention_cuda, moe_cuda, mxfp4_cuda
+    rng = np.random.default_rng(1)
+    T, cached, H, Gk, Dh = 77, 50, 64, 8, 64
+    S = cached + T
+    q = rng.standard_normal((T, H, Dh), dtype=np.float32)
+    k, v = rng.standard_normal((2, S, Gk, Dh), dtype=np.float32)
+    sinks = rng.standard_normal(H, dtype=np.float32)
+    q_pos, k_pos = np.arange(cached, S), rng.permutation(S)
+    for window in (None, 16):
+        o = cp.full((T, H, Dh), cp.nan, cp.float32)
+        attention_cuda.attention(cp.asarray(q), cp.asarray(k), cp.asarray(v), cp.asarray(q_pos), cp.asarray(k_pos),
+                                 cp.asarray(sinks), window, 0.125, o)
+        assert rel_err(o.get(), attention.attention_ref(q, k, v, q_pos, k_pos, sinks, window, 0.125)) < 1e-5
+
+    E, N, G, T, A = 4, 2880, 90, 9, 4  # 36 pairs, 9 an expert: 16-row tiles
+    blocks = rng.integers(0, 256, (E, N, G, 16), dtype=np.uint8)
+    scales = rng.integers(115, 125, (E, N, G), dtype=np.uint8)
+    bias = rng.standard_normal((E, N), dtype=np.float32)
+    x = rng.standard_normal((T, G * 32), dtype=np.float32)
+    experts = np.stack([rng.choice(E, A, replace=False) for _ in range(T)]).astype(np.int32).ravel()
+    ref = np.stack([mxfp4.matmul_ref(x[p // A][None], blocks[e], scales[e])[0] + bias[e] for p, e in enumerate(experts)])
+    d = {name: cp.asarray(a) for name, a in dict(blocks=blocks, scales=scales, bias=bias, x=x, experts=experts).items()}
+    order, offsets = moe_cuda.sort_pairs(d["experts"], cp.empty(T * A, cp.int32), cp.empty(E + 1, cp.int32))
+    out = cp.full((T * A, N), cp.nan, cp.float32)
+    mxfp4_cuda.expert_matmul(d["x"], A, order, offsets, T, d["blocks"], d["scales"], d["bias"], out)
+    assert rel_err(out.get(), ref) < 1e-5
+
+    chosen = np.array([3, 1], np.int32)
+    for dtype in (np.float32, np.uint16):
+        w = cp.zeros((2, N, G * 32), dtype)
+        mxfp4_cuda.dequantize(d["blocks"], d["scales"], cp.asarray(chosen), w)
+        got = w.get() if dtype == np.float32 else (w.get().astype(np.uint32) << np.uint32(16)).view(np.float32)
+        for i, e in enumerate(chosen):
+            np.testing.assert_array_equal(got[i], mxfp4.dequantize(blocks[e], scales[e]))
+
+
 def test_cublas_products_are_as_exact_as_float32(record_property):
     """Each of CudaOps' cuBLAS products keeps float32's accuracy for MXFP4 and bf16 weights: three bf16
     products through gemmEx (the default; one bf16 product of x would lose ~3e-3), two TF32 products
