@@ -34,8 +34,9 @@ THREADS = 128  # threads per block of the partial kernel: a multiple of the head
 ROWS = 64  # query rows (queries x heads of one kv group) of one block
 KEYS = 32  # keys staged in shared memory at a time
 KEYS_PER_SPLIT = 256  # keys one block walks, unless that would need too many partial results
-MIN_SPLITS = 16  # short contexts still split (a chunk of keys each, at least), so that one query's
-                 # few kv heads make enough blocks: 8 kv heads x 16 splits = 128 blocks
+MIN_SPLITS = 64  # short contexts still split (a chunk of keys each, at least), so that one query's
+                 # few kv heads make enough blocks: 8 kv heads x 64 splits = 512, ~4 an SM (a decode
+                 # block keeps only 16 of its threads busy in the products: it needs neighbours)
 MAX_PARTIALS = 1 << 16  # splits * T * H: bounds the scratch memory (MAX_PARTIALS * Dh floats)
 MAX_DH = 64  # head dims the shared tiles hold (gpt-oss: 64)
 SCORE_ROWS, SCORE_KEYS = 4, 4  # the scores a thread computes per chunk: rows x keys, from registers
