@@ -42,11 +42,10 @@ def prompt(config, length: int, seed: int = 1) -> np.ndarray:
 
 # ---------------------------------------------------------------- kernels at real shapes
 
-def test_kernels_at_gpt_oss_20b_shapes():
+def routed_experts(rng, E, N, G, T, A):
+    """Random MXFP4 experts [E, N, G * 32] with biases, T token rows of x and their A experts each, on the
+    GPU as a dict (blocks, scales, bias, x, experts); and the pairs' products by the NumPy reference."""
     import cupy as cp
-    from gptoss_np.kernels import attention_cuda, bf16_cuda, moe_cuda, mxfp4_cuda
-    rng = np.random.default_rng(0)
-    E, N, G, T, A = 4, 2880, 90, 37, 4
     blocks = rng.integers(0, 256, (E, N, G, 16), dtype=np.uint8)
     scales = rng.integers(115, 125, (E, N, G), dtype=np.uint8)
     bias = rng.standard_normal((E, N), dtype=np.float32)
@@ -54,6 +53,15 @@ def test_kernels_at_gpt_oss_20b_shapes():
     experts = np.stack([rng.choice(E, A, replace=False) for _ in range(T)]).astype(np.int32).ravel()
     ref = np.stack([mxfp4.matmul_ref(x[p // A][None], blocks[e], scales[e])[0] + bias[e] for p, e in enumerate(experts)])
     d = {name: cp.asarray(a) for name, a in dict(blocks=blocks, scales=scales, bias=bias, x=x, experts=experts).items()}
+    return d, ref
+
+
+def test_kernels_at_gpt_oss_20b_shapes():
+    import cupy as cp
+    from gptoss_np.kernels import attention_cuda, bf16_cuda, moe_cuda, mxfp4_cuda
+    rng = np.random.default_rng(0)
+    E, N, G, T, A = 4, 2880, 90, 37, 4
+    d, ref = routed_experts(rng, E, N, G, T, A)
     out = cp.full((T * A, N), cp.nan, cp.float32)
     mxfp4_cuda.expert_gemv(d["x"], A, d["experts"], d["blocks"], d["scales"], d["bias"], out)
     assert rel_err(out.get(), ref) < 1e-5
@@ -102,13 +110,7 @@ def test_prefill_kernels_at_gpt_oss_20b_shapes():
         assert rel_err(o.get(), attention.attention_ref(q, k, v, q_pos, k_pos, sinks, window, 0.125)) < 1e-5
 
     E, N, G, T, A = 4, 2880, 90, 9, 4  # 36 pairs, 9 an expert: 16-row tiles
-    blocks = rng.integers(0, 256, (E, N, G, 16), dtype=np.uint8)
-    scales = rng.integers(115, 125, (E, N, G), dtype=np.uint8)
-    bias = rng.standard_normal((E, N), dtype=np.float32)
-    x = rng.standard_normal((T, G * 32), dtype=np.float32)
-    experts = np.stack([rng.choice(E, A, replace=False) for _ in range(T)]).astype(np.int32).ravel()
-    ref = np.stack([mxfp4.matmul_ref(x[p // A][None], blocks[e], scales[e])[0] + bias[e] for p, e in enumerate(experts)])
-    d = {name: cp.asarray(a) for name, a in dict(blocks=blocks, scales=scales, bias=bias, x=x, experts=experts).items()}
+    d, ref = routed_experts(rng, E, N, G, T, A)
     order, offsets = moe_cuda.sort_pairs(d["experts"], cp.empty(T * A, cp.int32), cp.empty(E + 1, cp.int32))
     out = cp.full((T * A, N), cp.nan, cp.float32)
     mxfp4_cuda.expert_matmul(d["x"], A, order, offsets, T, d["blocks"], d["scales"], d["bias"], out)
@@ -120,7 +122,7 @@ def test_prefill_kernels_at_gpt_oss_20b_shapes():
         mxfp4_cuda.dequantize(d["blocks"], d["scales"], cp.asarray(chosen), w)
         got = w.get() if dtype == np.float32 else (w.get().astype(np.uint32) << np.uint32(16)).view(np.float32)
         for i, e in enumerate(chosen):
-            np.testing.assert_array_equal(got[i], mxfp4.dequantize(blocks[e], scales[e]))
+            np.testing.assert_array_equal(got[i], mxfp4.dequantize(d["blocks"][e].get(), d["scales"][e].get()))
 
 
 def test_cublas_products_are_as_exact_as_float32(record_property):
