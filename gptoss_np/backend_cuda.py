@@ -48,6 +48,11 @@ def _f32(a):
     return cp.ascontiguousarray(a, dtype=cp.float32)
 
 
+def _f32_or_none(a):
+    """_f32(a), or None for None (an optional residual)."""
+    return None if a is None else _f32(a)
+
+
 def _joined(parts):
     """Host or device arrays joined along their first axis, on the device."""
     return cp.asarray(parts[0]) if len(parts) == 1 else cp.concatenate([cp.asarray(p) for p in parts])
@@ -109,7 +114,7 @@ class CudaOps:
         if w.dtype == cp.uint16 and T <= bf16_cuda.MAX_ROWS and w.shape[1] % 4 == 0:
             bias = b if b is not None else cp.zeros(N, cp.float32)
             return bf16_cuda.gemv(x, w, bias, cp.empty((T, N), cp.float32),
-                                  residual=_f32(residual) if residual is not None else None)
+                                  residual=_f32_or_none(residual))
         if w.dtype == cp.uint16 and self.products == "bf16x3" and N <= TILE_ROWS:
             return self._bf16x3_linear(x, w, b, residual)
         y = self._product_rows(x, w)
@@ -121,12 +126,12 @@ class CudaOps:
         """(residual +) x [T, K] @ w.T (+ b) for w [N, K] bf16 bits: the three bf16 products in one
         cuBLAS call, then their sum, the bias and the residual in one pass (bf16x3_cuda.sum_rows)."""
         T, N = x.shape[0], w.shape[0]
-        parts = self._parts(x)  # [3T, K]
+        rows = cp.arange(T, dtype=cp.int32)  # the split's rows of x, then the sum's rows of the output
+        parts = self._parts(x, rows)  # [3T, K]
         y = self._product(parts, w, cp.empty((parts.shape[0], N), cp.float32))  # [3T, N]
         bias = (b if b is not None else cp.zeros(N, cp.float32)).reshape(1, N)
-        rows = cp.arange(T, dtype=cp.int32)
         return bf16x3_cuda.sum_rows(y, rows, cp.zeros(T, cp.int32), bias, cp.empty((T, N), cp.float32),
-                                    residual=_f32(residual) if residual is not None else None)
+                                    residual=_f32_or_none(residual))
 
     def _product_rows(self, x, w):
         """x [T, K] f32 @ w.T for w [N, K] float32 (CuPy's matmul) or bf16 bits (cuBLAS products,
@@ -312,7 +317,7 @@ class CudaOps:
     def combine(self, y, weights, residual=None):
         T = weights.shape[0]
         return moe_cuda.combine(_f32(y), weights, cp.empty((T, y.shape[1]), cp.float32),
-                                residual=_f32(residual) if residual is not None else None)
+                                residual=_f32_or_none(residual))
 
     def sample(self, logits, temperature=0.0, top_k=None, top_p=None, min_p=None, rng=None) -> int:
         """The next token id from logits [V], chosen on the GPU with sampling.py's semantics; a draw

@@ -20,7 +20,8 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from .common_cuda import SHARED_ALIGN, MAX_THREADS, check, e8m0_half, fp4_tiny, power_of_two, row_sum, stream_of, swiglu
+from .common_cuda import (SHARED_ALIGN, MAX_THREADS, check, e8m0_half, fp4_tiny, power_of_two, row_sum, stream_of,
+                          swiglu)
 from .mxfp4 import BLOCK
 
 # Launch shapes (tests shrink them so the simulator covers partial blocks with few threads).
@@ -35,6 +36,18 @@ K_STEP = 4  # columns a pass of the tiled matmul's product loop, unrolled (divid
 _TILE_MAX = 64  # = 16 * MICRO: shared tiles are sized for the largest block
 _TILE_PADDED = _TILE_MAX + 4
 DEQUANT_THREADS = 256
+
+
+@cuda.jit(device=True, inline=True)
+def _half(word, h):
+    """32-bit half h (0: the low one) of a uint64 word: 8 nibbles."""
+    return np.uint32((word >> np.uint64(32 * h)) & np.uint64(0xFFFFFFFF))
+
+
+@cuda.jit(device=True, inline=True)
+def _weight(nibbles, j, s):
+    """Weight j of 8 nibbles (a uint32) whose block has half-scale s: FP4 x 2**-126 x 2**127 x s."""
+    return fp4_tiny(nibbles, j) * np.float32(2.0 ** 127) * s
 
 
 @cuda.jit(cache=True)
@@ -74,8 +87,7 @@ def _gemv_kernel(x, rows_per_x, experts, words, scales, bias, limit, alpha, fuse
             w0, w1, base = words0[u], words1[u], np.uint64(u * np.uint32(20))
             s0, s1 = np.float32(0), np.float32(0)
             for h in range(2):  # the word's 32-bit halves
-                half0 = np.uint32((w0 >> np.uint64(32 * h)) & np.uint64(0xFFFFFFFF))
-                half1 = np.uint32((w1 >> np.uint64(32 * h)) & np.uint64(0xFFFFFFFF))
+                half0, half1 = _half(w0, h), _half(w1, h)
                 for j in range(8):  # unrolled: the shifts in fp4_tiny are constants
                     xj = xs[base + np.uint64(8 * h + j)]
                     s0 += fp4_tiny(half0, j) * xj
@@ -153,7 +165,7 @@ def _grouped_matmul_kernel(x, rows_per_x, order, offsets, words, scales, bias, o
                 word, s = words[e, n, g, w], e8m0_half(scales[e, n, g])
             column = (nn + w * np.uint32(8)) & rotate
             for j in range(8):
-                ws[w * np.uint32(8) + np.uint32(j), column] = fp4_tiny(word, j) * np.float32(2.0 ** 127) * s
+                ws[w * np.uint32(8) + np.uint32(j), column] = _weight(word, j, s)
             i = np.uint32(i + step)
         cuda.syncthreads()
         for k0 in range(0, 32, K_STEP):  # K_STEP divides 8: a pass stays in one rotated group
@@ -193,14 +205,7 @@ def _dequant_block(words, scales, experts):
 @cuda.jit(device=True, inline=True)
 def _quarter(word0, word1, q):
     """32-bit quarter q (weights 8q .. 8q + 7) of a block held as two uint64 words."""
-    word = word0 if q < 2 else word1
-    return np.uint32((word >> np.uint64(32 * (q % 2))) & np.uint64(0xFFFFFFFF))
-
-
-@cuda.jit(device=True, inline=True)
-def _weight(quarter, j, s):
-    """Weight j of a block's 32-bit quarter, the block's half-scale s: FP4 x 2**-126 x 2**127 x s."""
-    return fp4_tiny(quarter, j) * np.float32(2.0 ** 127) * s
+    return _half(word0 if q < 2 else word1, q % 2)
 
 
 @cuda.jit(cache=True)
