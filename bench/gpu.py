@@ -197,15 +197,21 @@ def kernel_cases(model: GptOss, context: int) -> dict:
     k, v = (rs.standard_normal((context, G, Dh), dtype=cp.float32) for _ in range(2))
     q_pos, k_pos = cp.full(1, context - 1, cp.int64), cp.arange(context, dtype=cp.int64)
     w, attn = layer.moe, layer.attn
+
+    def normed(weight):  # the GEMVs that read a norm's rows normalize x as decode runs them
+        return ops.rmsnorm(x, weight, c.rms_norm_eps)
+
     return {
         "mxfp4_gate_up": (lambda: ops.mxfp4_experts(x, A, w.gate_up_blocks, w.gate_up_scales, w.gate_up_bias, plan,
                                                     swiglu=(c.swiglu_limit, c.swiglu_alpha)), A * expert_bytes(2 * I, D)),
         "mxfp4_down": (lambda: ops.mxfp4_experts(h, 1, w.down_blocks, w.down_scales, w.down_bias, plan),
                        A * expert_bytes(D, I)),
-        "bf16_qkv": (lambda: ops.linear(x, attn.qkv, attn.qkv_bias), 2 * (H + 2 * G) * Dh * D),
+        "bf16_qkv": (lambda: ops.linear(normed(layer.attn_norm), attn.qkv, attn.qkv_bias),
+                     2 * (H + 2 * G) * Dh * D),
         "bf16_o": (lambda: ops.linear(q.reshape(1, H * Dh), attn.o, attn.o_bias, residual=x), 2 * D * H * Dh),
-        "bf16_router": (lambda: ops.linear(x, w.router, w.router_bias), 2 * c.num_local_experts * D),
-        "bf16_lm_head": (lambda: ops.linear(x, model.lm_head), 2 * c.vocab_size * D),
+        "bf16_router": (lambda: ops.linear(normed(layer.mlp_norm), w.router, w.router_bias),
+                        2 * c.num_local_experts * D),
+        "bf16_lm_head": (lambda: ops.linear(normed(model.norm), model.lm_head), 2 * c.vocab_size * D),
         f"attention_{context}": (lambda: ops.attention(q, k, v, q_pos, k_pos, attn.sinks, None, Dh ** -0.5),
                                  2 * 4 * context * G * Dh),
     }

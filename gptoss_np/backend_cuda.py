@@ -18,6 +18,9 @@ Kernel choices by size live here and nowhere else:
                             on GPUs with bf16 tensor cores (compute capability 8.0 on)
                    tf32x2   float32 weights (widened, dequantized), x in two TF32 halves (tf32.py)
                    float32  float32 weights and products (SGEMM), below compute capability 8.0
+  rmsnorm        of a few rows (decode; up to bf16_cuda.MAX_ROWS): deferred (Normed), done by the bf16
+                 GEMV that reads it first as it stages x, which also writes the normalized rows for the
+                 other readers (the MoE norm feeds the router and the experts): no launch of its own
   sampling       argmax or the filtered draw on the device; only the chosen id is copied back
   decode         replayed from a CUDA graph (cuda_graph.py) unless `graphs` is off
 """
@@ -44,7 +47,29 @@ PRODUCTS = ("bf16x3", "tf32x2", "float32")
 DEQUANT_BYTES = 1 << 30  # dequantized experts held at once for cuBLAS (20b's gate_up: 32 experts in bf16)
 
 
+class Normed:
+    """rmsnorm(x, weight, eps) of x [T, D], T <= bf16_cuda.MAX_ROWS, not yet computed: the bf16 GEMV
+    that reads it first (CudaOps.linear) normalizes x as it stages it and writes `rows`; readers
+    that cannot take it so get `rows` from the rmsnorm kernel."""
+
+    def __init__(self, x, weight, eps):
+        self.x, self.weight, self.eps = x, weight, eps
+        self.rows = None  # [T, D] once a kernel has written them
+
+    @property
+    def shape(self):
+        return self.x.shape
+
+    def computed(self):
+        """The normalized rows [T, D], from the rmsnorm kernel unless a GEMV wrote them."""
+        if self.rows is None:
+            self.rows = norm_rope_cuda.rmsnorm(self.x, self.weight, self.eps, cp.empty_like(self.x))
+        return self.rows
+
+
 def _f32(a):
+    if isinstance(a, Normed):
+        return a.computed()
     return cp.ascontiguousarray(a, dtype=cp.float32)
 
 
@@ -108,13 +133,16 @@ class CudaOps:
 
     def linear(self, x, w, b=None, residual=None):
         """(residual +) x [T, K] @ w.T (+ b) for w [N, K] -> [T, N] float32; the GEMV adds the
-        residual as it writes its outputs."""
-        x = _f32(x)
+        residual as it writes its outputs, and normalizes x if it is a Normed not yet computed."""
         T, N = x.shape[0], w.shape[0]
         if w.dtype == cp.uint16 and T <= bf16_cuda.MAX_ROWS and w.shape[1] % 4 == 0:
             bias = b if b is not None else cp.zeros(N, cp.float32)
-            return bf16_cuda.gemv(x, w, bias, cp.empty((T, N), cp.float32),
-                                  residual=_f32_or_none(residual))
+            out, residual = cp.empty((T, N), cp.float32), _f32_or_none(residual)
+            if isinstance(x, Normed) and x.rows is None:
+                x.rows = cp.empty_like(x.x)
+                return bf16_cuda.gemv(x.x, w, bias, out, residual=residual, norm=(x.weight, x.eps, x.rows))
+            return bf16_cuda.gemv(_f32(x), w, bias, out, residual=residual)
+        x = _f32(x)
         if w.dtype == cp.uint16 and self.products == "bf16x3" and N <= TILE_ROWS:
             return self._bf16x3_linear(x, w, b, residual)
         y = self._product_rows(x, w)
@@ -150,6 +178,8 @@ class CudaOps:
 
     def rmsnorm(self, x, w, eps):
         x = _f32(x)
+        if x.shape[0] <= bf16_cuda.MAX_ROWS:
+            return Normed(x, w, eps)  # done by the GEMV that reads it (no launch of its own)
         return norm_rope_cuda.rmsnorm(x, w, eps, cp.empty_like(x))
 
     def rope_tables(self, inv_freq, scale, positions):

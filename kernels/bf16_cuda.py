@@ -5,17 +5,20 @@ uint64 words [N, K/4], each word holding elements 4i .. 4i + 3 (lowest bits firs
 
   gemv        out[t, n] = W[n] . x[t] + bias[n] (+ residual[t, n]) for up to MAX_ROWS token rows, W
               read once for all in coalesced 8-byte words, x staged in shared memory (a lane's 4
-              values one 16-byte load)
+              values one 16-byte load); optionally of rmsnorm(x) instead of x, normalized as it is
+              staged (decode's norms take no launch of their own)
   widen_rows  out[i] = float32(W[rows[i]]): embedding lookups, and f32 tiles of W for a cuBLAS matmul
 The NumPy references are bf16.matmul_ref and bf16.bf16_to_f32.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import cuda
 
-from .common_cuda import SHARED_ALIGN, bf16_hi, bf16_lo, check, residual_args, row_sum, stream_of
+from .common_cuda import SHARED_ALIGN, bf16_hi, bf16_lo, block_sum, check, residual_args, row_sum, stream_of
 
 MAX_ROWS = 4  # token rows one GEMV launch handles (its per-thread accumulators)
 GEMV_LANES = 32  # threads per warp of the GEMV (a power of two)
@@ -32,7 +35,7 @@ _WORDS = WARP_ROWS * UNROLL
 
 
 @cuda.jit(cache=True)
-def _gemv_kernel(x, words, bias, residual, add_residual, warp_rows, out):
+def _gemv_kernel(x, words, bias, residual, add_residual, norm, eps, normalize, normed, warp_rows, out):
     """Block (lanes, rows of lanes); each row of `lanes` threads (a warp, or several for matrices of
     few rows, where a warp alone would walk its whole row one load's latency after another) computes
     `warp_rows` neighbouring output rows for every token row.
@@ -43,11 +46,18 @@ def _gemv_kernel(x, words, bias, residual, add_residual, warp_rows, out):
     16-byte load (the 8 lanes of a load's phase read 128 contiguous bytes: no bank conflicts).
     Indices are unsigned (no negative-index wraparound in the loop).
     With add_residual, residual [T, N] is added to the outputs (a transformer block's skip
-    connection, one launch fewer than adding after)."""
+    connection, one launch fewer than adding after).
+    With normalize, the product is of rmsnorm(x) = norm * x / rms(x) (norm [K]; rms(x) = sqrt(mean(x**2)
+    + eps) of each token row): x is staged times norm while each thread sums the squares of the values it
+    stages, and the row sums are scaled by 1 / rms(x) at the end (the block's threads hold all of x
+    between them). Block 0 also writes the normalized rows to normed [T, K] (the mean squares summed
+    in the order of norm_rope_cuda's rmsnorm kernel at 256 threads), for the other readers of
+    rmsnorm(x): the MoE router's GEMV fills them for the experts."""
     xs = cuda.shared.array((MAX_ROWS, K_CHUNK), np.float32, alignment=SHARED_ALIGN)
     partial = cuda.shared.array(_GEMV_MAX_THREADS, np.float32)
     acc = cuda.local.array(_ACC, np.float32)  # [row of the warp, token row]
     wv = cuda.local.array(_WORDS, np.uint64)  # [row of the warp, unrolled word]
+    scale = cuda.local.array(MAX_ROWS, np.float32)  # [token row]: x's staged squares summed, then 1 / rms(x)
     lane, warp = cuda.threadIdx.x, cuda.threadIdx.y
     lanes, warps = cuda.blockDim.x, cuda.blockDim.y
     tid, threads = warp * lanes + lane, lanes * warps
@@ -57,13 +67,19 @@ def _gemv_kernel(x, words, bias, residual, add_residual, warp_rows, out):
     last = min(first + warp_rows, N) - 1  # rows past N read this row (their sums are not written)
     for i in range(_ACC):
         acc[i] = 0
+    for t in range(MAX_ROWS):
+        scale[t] = 0
     for k0 in range(0, 4 * KW, K_CHUNK):
         kc = min(K_CHUNK, 4 * KW - k0)
         for i in range(tid, kc, threads):
             u = np.uint32(i)
             for t in range(MAX_ROWS):
                 if t < T:
-                    xs[t, u] = x[t, k0 + i]
+                    v = x[t, k0 + i]
+                    if normalize:
+                        scale[t] += v * v
+                        v *= norm[k0 + i]
+                    xs[t, u] = v
         cuda.syncthreads()
         w0, wc = np.uint32(k0 // 4), np.uint32(kc // 4)  # the chunk's first word, its words a row
         for c in range(lane, kc // 4, lanes * UNROLL):  # inside: fixed trip counts, so acc and wv stay in registers
@@ -91,6 +107,16 @@ def _gemv_kernel(x, words, bias, residual, add_residual, warp_rows, out):
                                 acc[a] += bf16_lo(hi) * x2
                                 acc[a] += bf16_hi(hi) * x3
         cuda.syncthreads()
+    for t in range(MAX_ROWS):
+        if t < T:  # the same for the whole block, as block_sum needs
+            if normalize:
+                scale[t] = np.float32(1) / math.sqrt(block_sum(partial, scale[t], tid, threads) / np.float32(4 * KW)
+                                                     + eps)
+                if cuda.blockIdx.x == 0:
+                    for i in range(tid, 4 * KW, threads):
+                        normed[t, i] = norm[i] * (x[t, i] * scale[t])
+            else:
+                scale[t] = 1
     for rr in range(WARP_ROWS):
         if rr < warp_rows:  # the same for the whole block, as row_sum needs
             n = first + rr
@@ -98,7 +124,7 @@ def _gemv_kernel(x, words, bias, residual, add_residual, warp_rows, out):
                 if t < T:
                     total = row_sum(partial, acc[rr * MAX_ROWS + t], lane, warp, lanes)
                     if lane == 0 and n < N:
-                        y = total + bias[n]
+                        y = total * scale[t] + bias[n]
                         out[t, n] = residual[t, n] + y if add_residual else y
 
 
@@ -112,9 +138,10 @@ def _widen_rows_kernel(w, rows, out):
         out[i, k] = bf16_lo(w[rows[i], k])
 
 
-def gemv(x, w_bits, bias, out, residual=None):
+def gemv(x, w_bits, bias, out, residual=None, norm=None):
     """out [T, N] = x [T, K] f32 @ W.T + bias [N] f32 (+ residual [T, N] f32), W [N, K] bf16 bits
-    (uint16, K a multiple of 4), T <= MAX_ROWS."""
+    (uint16, K a multiple of 4), T <= MAX_ROWS. With norm = (weight [K] f32, eps, normed [T, K] f32),
+    of rmsnorm(x, weight, eps) instead of x, which is also written to normed."""
     T, K = x.shape
     N = w_bits.shape[0]
     check(T <= MAX_ROWS and K % 4 == 0 and x.dtype == np.float32 and w_bits.shape == (N, K)
@@ -123,12 +150,18 @@ def gemv(x, w_bits, bias, out, residual=None):
           "bf16 gemv", x=x, w=w_bits, bias=bias, out=out)
     check(GEMV_LANES * GEMV_WARPS <= _GEMV_MAX_THREADS and K_CHUNK % 4 == 0,
           "bf16 gemv block", lanes=GEMV_LANES, warps=GEMV_WARPS, chunk=K_CHUNK)
+    if norm is None:  # arrays of the right types, which the kernel reads only with the flag
+        weight, eps, normed, normalize = bias, 0.0, out, False
+    else:
+        (weight, eps, normed), normalize = norm, True
+        check(weight.shape == (K,) and weight.dtype == np.float32 and normed.shape == (T, K)
+              and normed.dtype == np.float32, "bf16 gemv's norm", x=x, weight=weight, normed=normed)
     warp_rows = WARP_ROWS if N >= WARP_ROWS_FROM_N else 1
     split = GEMV_WARPS if N < SPLIT_BELOW_N else 1  # warps a row
     block = (GEMV_LANES * split, GEMV_WARPS // split)
     grid = -(-N // (block[1] * warp_rows))
     _gemv_kernel[grid, block, stream_of(out)](x, w_bits.view(np.uint64), bias, *residual_args(residual, out),
-                                              warp_rows, out)
+                                              weight, np.float32(eps), normalize, normed, warp_rows, out)
     return out
 
 

@@ -13,7 +13,7 @@ import pytest
 import gptoss_np
 from conftest import CHECKPOINTS, hf_logits, load_hf, model_like_weights, rel_err
 from gptoss_np import backend, sampling, synthetic
-from gptoss_np.kernels import attention, bf16, mxfp4
+from gptoss_np.kernels import attention, bf16, mxfp4, norm_rope
 
 pytestmark = pytest.mark.gpu
 TOL = 1e-3  # relative error on float32 logits (measured values are far below it)
@@ -70,13 +70,19 @@ def test_kernels_at_gpt_oss_20b_shapes():
     mxfp4_cuda.expert_matmul(d["x"], A, order, offsets, T, d["blocks"], d["scales"], d["bias"], out)
     assert rel_err(out.get(), ref) < 1e-5
 
-    # a row over the block's warps (router), one row a warp (q), 4 rows a warp with a ragged end (lm_head-like)
+    # a row over the block's warps (router), one row a warp (q), 4 rows a warp with a ragged end (lm_head-like);
+    # of x, and of rmsnorm(x) as decode runs them
+    norm = rng.standard_normal(2880, dtype=np.float32)
     for T, N in ((1, 32), (3, 4096), (1, 20001)):
         w = bf16.f32_to_bf16(rng.standard_normal((N, 2880), dtype=np.float32))
         xs = rng.standard_normal((T, 2880), dtype=np.float32)
         y = cp.full((T, N), cp.nan, cp.float32)
         bf16_cuda.gemv(cp.asarray(xs), cp.asarray(w), cp.zeros(N, cp.float32), y)
         assert rel_err(y.get(), bf16.matmul_ref(xs, w)) < 1e-5
+        y[:], normed = cp.nan, cp.full((T, 2880), cp.nan, cp.float32)
+        bf16_cuda.gemv(cp.asarray(xs), cp.asarray(w), cp.zeros(N, cp.float32), y, norm=(cp.asarray(norm), 1e-5, normed))
+        h = norm_rope.rmsnorm_ref(xs, norm, 1e-5)
+        assert rel_err(normed.get(), h) < 1e-6 and rel_err(y.get(), bf16.matmul_ref(h, w)) < 1e-5
 
     S, H, Gk, Dh = 1000, 64, 8, 64
     q = rng.standard_normal((1, H, Dh), dtype=np.float32)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cuda_sim.sim import assert_close, poisoned
-from gptoss_np.kernels import bf16, bf16_cuda
+from gptoss_np.kernels import bf16, bf16_cuda, norm_rope
 
 
 # (the simulator's shapes, tests/cuda_sim/conftest.py: x staged 48 columns (12 words) at a time, 4 lanes
@@ -38,6 +38,25 @@ def test_gemv_adds_a_residual():
     out = poisoned((2, 6))
     bf16_cuda.gemv(x, w, bias, out, residual=residual)
     assert_close(out, residual + (bf16.matmul_ref(x.astype(np.float64), w) + bias))
+
+
+@pytest.mark.parametrize("T, N, K, split", [
+    (1, 5, 104, False),  # x staged in chunks of 48, 48 and 8 columns, each thread's squares from all three
+    (3, 6, 24, True),
+    (4, 11, 68, False),
+])
+def test_gemv_of_the_rmsnorm_of_x(T, N, K, split, monkeypatch):
+    monkeypatch.setattr(bf16_cuda, "SPLIT_BELOW_N", 10**9 if split else 0)
+    rng = np.random.default_rng(T + K)
+    w = bf16.f32_to_bf16(rng.standard_normal((N, K), dtype=np.float32))
+    x = 3 * rng.standard_normal((T, K), dtype=np.float32)
+    weight, bias = rng.standard_normal(K, dtype=np.float32), rng.standard_normal(N, dtype=np.float32)
+    residual = rng.standard_normal((T, N), dtype=np.float32)
+    out, normed = poisoned((T, N)), poisoned((T, K))
+    bf16_cuda.gemv(x, w, bias, out, residual=residual, norm=(weight, 1e-5, normed))
+    h = norm_rope.rmsnorm_ref(x, weight, 1e-5)
+    assert_close(normed, h)  # block 0 wrote them
+    assert_close(out, residual + (bf16.matmul_ref(h.astype(np.float64), w) + bias))
 
 
 def test_gemv_row_limit_and_row_length():
