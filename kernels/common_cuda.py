@@ -28,20 +28,24 @@ warnings.filterwarnings("ignore", message=r"Grid size \d+ will likely result in 
 
 
 @cuda.jit(device=True, inline=True)
-def fp4_tiny(word, j):
-    """The FP4 (e2m1) value of nibble j (bits 4j .. 4j + 3) of a uint32 word, times 2**-126 (exact).
+def fp4_pair_tiny(word, j):
+    """The FP4 (e2m1) values of nibbles j and j + 4 (bits 4j .. 4j + 3 and 4j + 16 .. 4j + 19, j < 4)
+    of a uint32 word, times 2**-126 (exact), as a uint32 of two bf16 halves: nibble j's value is
+    bf16_lo of it, nibble j + 4's bf16_hi.
 
-    The nibble's sign bit moved to float32 bit 31 and its 2 exponent and 1 mantissa bits to bits
-    24-22 make a float32 that is the FP4 value times 2**-126 (magnitude 1, 0.5, lands on the denormal
-    2**-127: no flush of denormals, no fastmath here). Two shifts and two masks, no branches; with j
-    a constant (an unrolled loop) the shifts are immediates."""
+    A nibble's sign bit moved to bf16 bit 15 and its 2 exponent and 1 mantissa bits to bits 8-6 make a
+    bf16 (the top half of a float32) that is the FP4 value times 2**-126 (magnitude 1, 0.5, lands on
+    the denormal 2**-127: no flush of denormals, no fastmath here). The two nibbles lie 16 bits apart,
+    as the two halves do, so one shift and mask places both signs and one both magnitudes: two shifts
+    and two masks for two weights, no branches (with j a constant, an unrolled loop, the shifts are
+    immediates), then a shift or a mask each widens it: three operations a weight."""
     w = np.uint32(word)
-    sign = (w << np.uint32(28 - 4 * j)) & np.uint32(0x80000000)
-    if 4 * j <= 22:
-        magnitude = (w << np.uint32(22 - 4 * j)) & np.uint32(0x01C00000)
+    sign = (w << np.uint32(12 - 4 * j)) & np.uint32(0x80008000)
+    if 4 * j <= 6:
+        magnitude = (w << np.uint32(6 - 4 * j)) & np.uint32(0x01C001C0)
     else:
-        magnitude = (w >> np.uint32(4 * j - 22)) & np.uint32(0x01C00000)
-    return np.uint32(sign | magnitude).view(np.float32)
+        magnitude = (w >> np.uint32(4 * j - 6)) & np.uint32(0x01C001C0)
+    return np.uint32(sign | magnitude)
 
 
 @cuda.jit(device=True, inline=True)

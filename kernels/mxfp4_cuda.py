@@ -20,8 +20,8 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from .common_cuda import (SHARED_ALIGN, MAX_THREADS, check, e8m0_half, fp4_tiny, power_of_two, row_sum, stream_of,
-                          swiglu)
+from .common_cuda import (SHARED_ALIGN, MAX_THREADS, bf16_hi, bf16_lo, check, e8m0_half, fp4_pair_tiny, power_of_two,
+                          row_sum, stream_of, swiglu)
 from .mxfp4 import BLOCK
 
 # Launch shapes (tests shrink them so the simulator covers partial blocks with few threads).
@@ -45,9 +45,11 @@ def _half(word, h):
 
 
 @cuda.jit(device=True, inline=True)
-def _weight(nibbles, j, s):
-    """Weight j of 8 nibbles (a uint32) whose block has half-scale s: FP4 x 2**-126 x 2**127 x s."""
-    return fp4_tiny(nibbles, j) * np.float32(2.0 ** 127) * s
+def _weights(nibbles, j, s):
+    """Weights j and j + 4 (j < 4) of 8 nibbles (a uint32) whose block has half-scale s: FP4 x 2**-126
+    x 2**127 x s each."""
+    pair = fp4_pair_tiny(nibbles, j)
+    return bf16_lo(pair) * np.float32(2.0 ** 127) * s, bf16_hi(pair) * np.float32(2.0 ** 127) * s
 
 
 @cuda.jit(cache=True)
@@ -60,11 +62,11 @@ def _gemv_kernel(x, rows_per_x, experts, words, scales, bias, limit, alpha, fuse
     reads word i = L, L + lanes, ... of each row (16 weights, k = 16i .. 16i + 15): a warp reads 256
     contiguous bytes of a row at a time, and its x values at 20i .. 20i + 15 as four 16-byte loads
     (the 8 lanes of a load's phase start 80 bytes apart: 32 distinct banks).
-    A weight is decoded as FP4 x 2**-126 (fp4_tiny: two shifts, two masks) and multiplied by the
-    staged x, so the products are FP4 x x x 2**-62, normal floats: a word's sum times 2**63 and half
-    the block's scale is what unscaled products would give, bit for bit. Indices are unsigned and the
-    rows are views taken once, so the loop holds no negative-index wraparound or 4-D address math
-    (bench/sass.py: 210 instructions a lane for 2 x 8 bytes, 13 a byte; 35 in v2)."""
+    Weights are decoded two at a time as FP4 x 2**-126 (fp4_pair_tiny: three operations a weight) and
+    multiplied by the staged x, so the products are FP4 x x x 2**-62, normal floats: a word's sum times
+    2**63 and half the block's scale is what unscaled products would give, bit for bit. Indices are
+    unsigned and the rows are views taken once, so the loop holds no negative-index wraparound or 4-D
+    address math (bench/sass.py: 179 instructions a lane for 2 x 8 bytes, 11 a byte; 35 in v2)."""
     xs = cuda.shared.array(_X_PADDED, np.float32, alignment=SHARED_ALIGN)
     partial = cuda.shared.array(MAX_THREADS, np.float32)
     lane, warp = cuda.threadIdx.x, cuda.threadIdx.y
@@ -88,10 +90,13 @@ def _gemv_kernel(x, rows_per_x, experts, words, scales, bias, limit, alpha, fuse
             s0, s1 = np.float32(0), np.float32(0)
             for h in range(2):  # the word's 32-bit halves
                 half0, half1 = _half(w0, h), _half(w1, h)
-                for j in range(8):  # unrolled: the shifts in fp4_tiny are constants
-                    xj = xs[base + np.uint64(8 * h + j)]
-                    s0 += fp4_tiny(half0, j) * xj
-                    s1 += fp4_tiny(half1, j) * xj
+                for j in range(4):  # unrolled: the shifts in fp4_pair_tiny are constants
+                    x_lo, x_hi = xs[base + np.uint64(8 * h + j)], xs[base + np.uint64(8 * h + j + 4)]
+                    pair0, pair1 = fp4_pair_tiny(half0, j), fp4_pair_tiny(half1, j)  # nibbles j, j + 4
+                    s0 += bf16_lo(pair0) * x_lo
+                    s0 += bf16_hi(pair0) * x_hi
+                    s1 += bf16_lo(pair1) * x_lo
+                    s1 += bf16_hi(pair1) * x_hi
             g = u // np.uint32(2)
             acc0 += s0 * np.float32(2.0 ** 63) * e8m0_half(scales0[g])
             acc1 += s1 * np.float32(2.0 ** 63) * e8m0_half(scales1[g])
@@ -164,8 +169,10 @@ def _grouped_matmul_kernel(x, rows_per_x, order, offsets, words, scales, bias, o
             if n < np.uint32(N):
                 word, s = words[e, n, g, w], e8m0_half(scales[e, n, g])
             column = (nn + w * np.uint32(8)) & rotate
-            for j in range(8):
-                ws[w * np.uint32(8) + np.uint32(j), column] = _weight(word, j, s)
+            for j in range(4):
+                low, high = _weights(word, j, s)
+                ws[w * np.uint32(8) + np.uint32(j), column] = low
+                ws[w * np.uint32(8) + np.uint32(j + 4), column] = high
             i = np.uint32(i + step)
         cuda.syncthreads()
         for k0 in range(0, 32, K_STEP):  # K_STEP divides 8: a pass stays in one rotated group
@@ -215,16 +222,17 @@ def _dequantize_kernel(words, scales, experts, out):
     if n >= 0:
         for q in range(4):
             quarter = _quarter(word0, word1, q)
-            for j in range(8):
-                out[cuda.blockIdx.y, n, g * np.uint32(32) + np.uint32(8 * q + j)] = _weight(quarter, j, s)
+            for j in range(4):
+                low, high = _weights(quarter, j, s)
+                out[cuda.blockIdx.y, n, g * np.uint32(32) + np.uint32(8 * q + j)] = low
+                out[cuda.blockIdx.y, n, g * np.uint32(32) + np.uint32(8 * q + j + 4)] = high
 
 
 @cuda.jit(device=True, inline=True)
-def _bf16_pair(quarter, j, s):
-    """Weights j and j + 1 of a quarter as two bf16 in a uint32 (exact: an FP4 value times a power of
-    two has 2 significant bits, and bf16 is a float32's top 16 bits)."""
-    return ((_weight(quarter, j, s).view(np.uint32) >> np.uint32(16))
-            | (_weight(quarter, j + 1, s).view(np.uint32) & np.uint32(0xFFFF0000)))
+def _bf16_bits(weight, j):
+    """A weight's bf16 bits (exact: an FP4 value times a power of two has 2 significant bits, and bf16
+    is a float32's top 16 bits) at bits 16j .. 16j + 15 of a uint64."""
+    return np.uint64(weight.view(np.uint32) >> np.uint32(16)) << np.uint64(16 * j)
 
 
 @cuda.jit(cache=True)
@@ -234,10 +242,13 @@ def _dequantize_bf16_kernel(words, scales, experts, out):
     if n >= 0:
         for q in range(4):
             quarter = _quarter(word0, word1, q)
-            for h in range(2):
-                low, high = _bf16_pair(quarter, 4 * h, s), _bf16_pair(quarter, 4 * h + 2, s)
-                out[cuda.blockIdx.y, n, g * np.uint32(8) + np.uint32(2 * q + h)] = (
-                    np.uint64(low) | (np.uint64(high) << np.uint64(32)))
+            first, second = np.uint64(0), np.uint64(0)  # weights 8q .. 8q + 3 and 8q + 4 .. 8q + 7
+            for j in range(4):
+                low, high = _weights(quarter, j, s)
+                first |= _bf16_bits(low, j)
+                second |= _bf16_bits(high, j)
+            out[cuda.blockIdx.y, n, g * np.uint32(8) + np.uint32(2 * q)] = first
+            out[cuda.blockIdx.y, n, g * np.uint32(8) + np.uint32(2 * q + 1)] = second
 
 
 def _check_experts(x, rows_per_x, blocks, scales, bias, out, P, out_cols=None):
