@@ -50,14 +50,14 @@ def _gemv_kernel(x, words, bias, residual, add_residual, norm, eps, normalize, n
     With normalize, the product is of rmsnorm(x) = norm * x / rms(x) (norm [K]; rms(x) = sqrt(mean(x**2)
     + eps) of each token row): x is staged times norm while each thread sums the squares of the values it
     stages, and the row sums are scaled by 1 / rms(x) at the end (the block's threads hold all of x
-    between them). Block 0 also writes the normalized rows to normed [T, K] (the mean squares summed
-    in the order of norm_rope_cuda's rmsnorm kernel at 256 threads), for the other readers of
+    between them). Block 0 also writes the normalized rows to normed [T, K], for the other readers of
     rmsnorm(x): the MoE router's GEMV fills them for the experts."""
     xs = cuda.shared.array((MAX_ROWS, K_CHUNK), np.float32, alignment=SHARED_ALIGN)
     partial = cuda.shared.array(_GEMV_MAX_THREADS, np.float32)
     acc = cuda.local.array(_ACC, np.float32)  # [row of the warp, token row]
     wv = cuda.local.array(_WORDS, np.uint64)  # [row of the warp, unrolled word]
     scale = cuda.local.array(MAX_ROWS, np.float32)  # [token row]: x's staged squares summed, then 1 / rms(x)
+    v4 = cuda.local.array(4, np.float32)  # 4 values of x being staged
     lane, warp = cuda.threadIdx.x, cuda.threadIdx.y
     lanes, warps = cuda.blockDim.x, cuda.blockDim.y
     tid, threads = warp * lanes + lane, lanes * warps
@@ -71,15 +71,20 @@ def _gemv_kernel(x, words, bias, residual, add_residual, norm, eps, normalize, n
         scale[t] = 0
     for k0 in range(0, 4 * KW, K_CHUNK):
         kc = min(K_CHUNK, 4 * KW - k0)
-        for i in range(tid, kc, threads):
-            u = np.uint32(i)
+        i = np.uint32(tid)
+        while i < np.uint32(kc // 4):  # a thread stages 4 values of each token row: one 16-byte store each
+            k = np.uint32(k0) + i * np.uint32(4)
             for t in range(MAX_ROWS):
                 if t < T:
-                    v = x[t, k0 + i]
+                    for j in range(4):
+                        v4[j] = x[t, k + np.uint32(j)]
                     if normalize:
-                        scale[t] += v * v
-                        v *= norm[k0 + i]
-                    xs[t, u] = v
+                        for j in range(4):
+                            scale[t] += v4[j] * v4[j]
+                            v4[j] *= norm[k + np.uint32(j)]
+                    for j in range(4):
+                        xs[t, np.uint64(i * np.uint32(4) + np.uint32(j))] = v4[j]
+            i = np.uint32(i + np.uint32(threads))  # 32-bit counters: Numba's range() counts in 64 bits, with checks
         cuda.syncthreads()
         w0, wc = np.uint32(k0 // 4), np.uint32(kc // 4)  # the chunk's first word, its words a row
         for c in range(lane, kc // 4, lanes * UNROLL):  # inside: fixed trip counts, so acc and wv stay in registers

@@ -75,9 +75,12 @@ def _gemv_kernel(x, rows_per_x, experts, words, scales, bias, limit, alpha, fuse
     N, W = words.shape[1], words.shape[2]
     e = experts[p]
     x_row = x[p // rows_per_x]
-    for k in range(warp * lanes + lane, W * 16, lanes * warps):
-        u = np.uint32(k)
-        xs[u + u // np.uint32(16) * np.uint32(4)] = x_row[u] * np.float32(2.0 ** 64)
+    i, step = np.uint32(warp * lanes + lane), np.uint32(lanes * warps)
+    while i < np.uint32(W):  # a thread stages 16 values (a word's) at a time: four 16-byte stores
+        src, dst = i * np.uint32(16), np.uint64(i * np.uint32(20))
+        for j in range(16):
+            xs[dst + np.uint64(j)] = x_row[src + np.uint32(j)] * np.float32(2.0 ** 64)
+        i = np.uint32(i + step)  # 32-bit counters: Numba's range() counts in 64 bits, with checks
     cuda.syncthreads()
     n = 2 * (cuda.blockIdx.x * warps + warp)
     acc0, acc1 = np.float32(0), np.float32(0)

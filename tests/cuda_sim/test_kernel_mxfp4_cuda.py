@@ -22,7 +22,8 @@ def reference(x, rows_per_x, experts, blocks, scales, bias):
                      for p, e in enumerate(experts)])
 
 
-@pytest.mark.parametrize("tokens, A, N, groups", [(1, 2, 5, 3), (2, 1, 3, 1)])
+# (the simulator's 8 threads a block stage x 16 values a thread: 18 words of 9 blocks take three rounds)
+@pytest.mark.parametrize("tokens, A, N, groups", [(1, 2, 5, 3), (2, 1, 3, 1), (1, 1, 3, 9)])
 def test_gemv(tokens, A, N, groups):
     rng = np.random.default_rng(N)
     E = 4
