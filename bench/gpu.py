@@ -28,8 +28,10 @@ Sections, each added to the JSON as soon as it is measured (a timeout keeps what
   prefill     tok/s of one forward over each prompt length (fresh cache), shortest first, with the MoE
               experts by the tiled Numba kernel and by cuBLAS on dequantized experts (tiled_tok_s,
               blas_tok_s; tok_s is the path backend_cuda's rule takes), cuBLAS's products as the backend
-              chooses them (`products`: three bf16 products where the GPU has bf16 tensor cores), and
-              with all of cuBLAS's products as two TF32 products instead (blas_tf32x2_tok_s);
+              chooses them (`products`: three bf16 products where the GPU has bf16 tensor cores, and
+              the experts' two fp16 products where `fp16_experts`), with the experts' products as
+              `products` instead (blas_bf16x3_tok_s), and with all of cuBLAS's products as two TF32
+              products (blas_tf32x2_tok_s);
               a length whose predicted time (quadratic in length, from the last) would exceed
               --prefill-budget is skipped and says so
   transformers  with --transformers: transformers' GptOssForCausalLM in bf16 on the same GPU (random
@@ -347,17 +349,17 @@ def profile_ops(model: GptOss, run, repeats: int) -> dict:
 
 
 @contextlib.contextmanager
-def prefill_path(ops, blas_from: int, products: str):
+def prefill_path(ops, blas_from: int, products: str, fp16_experts: bool):
     """Within: the CUDA backend multiplies the MoE experts of prompts from `blas_from` tokens by
-    cuBLAS (backend_cuda.EXPERT_BLAS_MIN_TOKENS), below by the tiled kernel, and its cuBLAS products
-    are `products` (backend_cuda.PRODUCTS); both are restored after."""
+    cuBLAS (backend_cuda.EXPERT_BLAS_MIN_TOKENS), below by the tiled kernel, its cuBLAS products are
+    `products` (backend_cuda.PRODUCTS), the experts' fp16x2 where `fp16_experts`; all restored after."""
     backend_cuda = importlib.import_module("gptoss_np.backend_cuda")
-    rule, before = backend_cuda.EXPERT_BLAS_MIN_TOKENS, ops.products
-    backend_cuda.EXPERT_BLAS_MIN_TOKENS, ops.products = blas_from, products
+    before = backend_cuda.EXPERT_BLAS_MIN_TOKENS, ops.products, ops.fp16_experts
+    backend_cuda.EXPERT_BLAS_MIN_TOKENS, ops.products, ops.fp16_experts = blas_from, products, fp16_experts
     try:
         yield
     finally:
-        backend_cuda.EXPERT_BLAS_MIN_TOKENS, ops.products = rule, before
+        backend_cuda.EXPERT_BLAS_MIN_TOKENS, ops.products, ops.fp16_experts = before
 
 
 def transformers_decode(config: dict, prompt: np.ndarray, steps: int, device: str = "cuda") -> dict:
@@ -456,7 +458,7 @@ def main(argv=None) -> dict:
     if args.tests:
         report["gpu_tests"] = test_results(args.tests)
     ops = select("cuda")
-    report["device"], report["products"] = ops.device_name, ops.products
+    report["device"], report["products"], report["fp16_experts"] = ops.device_name, ops.products, ops.fp16_experts
     report["copy_gb_s"] = round(copy_bandwidth(), 1)
     with section(report, "launch", save):
         report["launch"] = launch_overhead()
@@ -505,11 +507,15 @@ def main(argv=None) -> dict:
                 del cache, decode
     report["prefill"] = {}
     rule = importlib.import_module("gptoss_np.backend_cuda").EXPERT_BLAS_MIN_TOKENS
-    with prefill_path(ops, 1, ops.products):
-        model.forward(ids[:2], model.new_cache(2))  # compile the cuBLAS experts' path
-    paths = {"tiled": (None, ops.products), "blas": (1, ops.products)}  # experts by the tiled kernel, by cuBLAS
+    default = (ops.products, ops.fp16_experts)
+    paths = {"tiled": (None, *default), "blas": (1, *default)}  # experts by the tiled kernel, by cuBLAS
+    if ops.fp16_experts:
+        paths["blas_bf16x3"] = (1, ops.products, False)  # the experts' three bf16 products, not two fp16 ones
     if ops.products == "bf16x3":
-        paths["blas_tf32x2"] = (1, "tf32x2")  # two TF32 products instead of three bf16 ones (all of cuBLAS's)
+        paths["blas_tf32x2"] = (1, "tf32x2", False)  # two TF32 products instead (all of cuBLAS's)
+    for products, fp16_experts in {path[1:] for path in paths.values()}:  # compile each cuBLAS experts' path
+        with prefill_path(ops, 1, products, fp16_experts):
+            model.forward(ids[:2], model.new_cache(2))
     spent, last = 0.0, None  # prefill seconds so far; (tokens, seconds of both paths) of the last one measured
     for n in sorted(args.prompts):
         predicted = last[1] * (n / last[0]) ** 2 if last else 0.0  # attention grows with the square
@@ -517,10 +523,10 @@ def main(argv=None) -> dict:
             report["prefill"][n] = {"skipped": f"predicted {predicted:.0f} s, over the --prefill-budget"}
             continue
         row = report["prefill"][n] = {"experts_by": "blas" if n >= rule else "tiled"}
-        for path, (blas_from, products) in paths.items():
+        for path, (blas_from, products, fp16_experts) in paths.items():
             with section(row, path, save):
                 cache = model.new_cache(n)
-                with prefill_path(ops, blas_from or n + 1, products):
+                with prefill_path(ops, blas_from or n + 1, products, fp16_experts):
                     _, seconds = timed(lambda: model.forward(ids[:n], cache))
                 del cache
                 spent += seconds
@@ -590,11 +596,13 @@ def print_table(report: dict) -> None:
     print(f"launch overhead (host us): {report['launch']}")
     print(f"copy {report['copy_gb_s']} GB/s; weights {report['weights_gb']} GB, KV cache "
           f"{report['kv_cache_gb']} GB at {report['kv_context']} tokens, peak {report['peak_gpu_gb']} GB")
-    print(f"{'prefill tokens':>15}{'tok/s':>12}{'tiled tok/s':>13}{'blas tok/s':>12}{'blas tf32x2 tok/s':>19}")
+    print(f"{'prefill tokens':>15}{'tok/s':>12}{'tiled tok/s':>13}{'blas tok/s':>12}{'blas bf16x3 tok/s':>19}"
+          f"{'blas tf32x2 tok/s':>19}")
     for n, r in report["prefill"].items():
         print(f"{n:>15}{r.get('tok_s', '-'):>12}{r.get('tiled_tok_s', '-'):>13}{r.get('blas_tok_s', '-'):>12}"
-              f"{r.get('blas_tf32x2_tok_s', '-'):>19}" if "skipped" not in r else f"{n:>15}  skipped: {r['skipped']}")
-        print_errors(r, ("tiled", "blas", "blas_tf32x2"))
+              f"{r.get('blas_bf16x3_tok_s', '-'):>19}{r.get('blas_tf32x2_tok_s', '-'):>19}"
+              if "skipped" not in r else f"{n:>15}  skipped: {r['skipped']}")
+        print_errors(r, ("tiled", "blas", "blas_bf16x3", "blas_tf32x2"))
     print(f"{'decode context':>15}{'tok/s':>12}{'ms/token':>10}{'floor ms':>10}{'% floor':>9}{'graph':>7}"
           f"{'eager tok/s':>13}")
     for n, r in report["decode"].items():

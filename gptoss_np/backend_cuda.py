@@ -10,14 +10,17 @@ Kernel choices by size live here and nowhere else:
   MoE experts    EXPERT_GEMV_MAX_TOKENS tokens or fewer: the pairs' GEMV; more: sort pairs by expert,
                  then one tiled matmul launch over all experts; from EXPERT_BLAS_MIN_TOKENS tokens:
                  the pairs' rows gathered in expert order once, the chosen experts' matrices
-                 dequantized in one launch (to bf16 or float32, as the products take it, up to
-                 DEQUANT_BYTES at a time), then one cuBLAS product an expert into its rows' block
+                 dequantized in one launch (to fp16, bf16 or float32, as the products take them, up
+                 to DEQUANT_BYTES at a time), then one cuBLAS product an expert into its rows' block
                  (bench/gpu.py times both prefill paths)
   cuBLAS         `products`, each with float32's accuracy for this model's weights:
                    bf16x3   bf16 weights, x in three bf16 parts (bf16x3.py), cuBLAS gemmEx; the default
                             on GPUs with bf16 tensor cores (compute capability 8.0 on)
                    tf32x2   float32 weights (widened, dequantized), x in two TF32 halves (tf32.py)
                    float32  float32 weights and products (SGEMM), below compute capability 8.0
+                 and for the MXFP4 experts, where `fp16_experts` (on with bf16x3): fp16x2, both
+                 operands scaled by powers of two, x in two fp16 parts (fp16x2.py), two products
+                 where bf16x3 takes three
   rmsnorm        of a few rows (decode; up to bf16_cuda.MAX_ROWS): deferred (Normed), done by the bf16
                  GEMV that reads it first as it stages x, which also writes the normalized rows for the
                  other readers (the MoE norm feeds the router and the experts): no launch of its own
@@ -36,8 +39,8 @@ from . import moe as moe_layer
 from . import bf16x3, sampling, tf32
 from .backend import eager_decoder, with_residual
 from .cuda_graph import GraphDecoder
-from .kernels import (attention_cuda, bf16, bf16_cuda, bf16x3_cuda, kv_cache_cuda, moe_cuda, mxfp4_cuda, norm_rope_cuda,
-                      sampling_cuda)
+from .kernels import (attention_cuda, bf16, bf16_cuda, bf16x3_cuda, fp16x2_cuda, kv_cache_cuda, moe_cuda, mxfp4_cuda,
+                      norm_rope_cuda, sampling_cuda)
 from .kernels.common_cuda import address, check
 
 EXPERT_GEMV_MAX_TOKENS = 1  # decode; prefill chunks take the grouped matmul
@@ -95,6 +98,7 @@ class CudaOps:
         name = props["name"]
         self.device_name = name.decode() if isinstance(name, bytes) else str(name)
         self.products = "bf16x3" if props["major"] >= 8 else "float32"  # cuBLAS's products (PRODUCTS)
+        self.fp16_experts = props["major"] >= 8  # the MXFP4 experts' cuBLAS products: fp16x2, not `products`
 
     # -- weights (from host arrays, e.g. memory-mapped safetensors, or arrays already on the GPU)
     def matrix(self, *parts):
@@ -266,20 +270,28 @@ class CudaOps:
         them, up to DEQUANT_BYTES of them a launch, then one cuBLAS product an expert into its
         rows' block; the rows gathered and split once into the products' parts, the parts' products
         summed, biased and put in pair order once (fused kernels for bf16x3, bf16x3_cuda.py)."""
-        parts = self._parts(x, rows)
-        n = parts.shape[0] // rows.shape[0]  # [n * P, K]: the n parts of each row side by side
         N, K = blocks.shape[1], blocks.shape[2] * 32
-        y = cp.empty((parts.shape[0], N), cp.float32)  # [n * P, N]
         chosen = np.flatnonzero(np.diff(starts)).astype(np.int32)  # the experts with pairs
-        dtype = self._weight_dtype()
+        largest = None  # fp16x2: each chosen expert's largest scale byte, which its weights are scaled by
+        if self.fp16_experts:
+            P = rows.shape[0]
+            parts, exponents = fp16x2_cuda.split_rows(x, rows, cp.empty((2 * P, K), cp.float16), cp.empty(P, cp.int32))
+            largest = mxfp4_cuda.largest_scales(scales, cp.asarray(chosen), cp.empty(blocks.shape[0], cp.int32))
+            dtype = cp.float16
+        else:
+            parts, dtype = self._parts(x, rows), self._weight_dtype()
+        n = parts.shape[0] // rows.shape[0]  # [n * P, K]: the n parts of each row side by side
+        y = cp.empty((parts.shape[0], N), cp.float32)  # [n * P, N]
         per_launch = max(1, DEQUANT_BYTES // (N * K * np.dtype(dtype).itemsize))
         w = cp.empty((min(per_launch, len(chosen)), N, K), dtype)  # [X, N, K]
         for first in range(0, len(chosen), per_launch):
             group = chosen[first:first + per_launch]
-            mxfp4_cuda.dequantize(blocks, scales, cp.asarray(group), w[:len(group)])
+            mxfp4_cuda.dequantize(blocks, scales, cp.asarray(group), w[:len(group)], largest=largest)
             for i, e in enumerate(group):
                 block = slice(n * starts[e], n * starts[e + 1])
                 self._product(parts[block], w[i], y[block])
+        if self.fp16_experts:
+            return fp16x2_cuda.sum_rows(y, order, flat[order], exponents, largest, bias, out)
         if self.products == "bf16x3":
             return bf16x3_cuda.sum_rows(y, order, flat[order], bias, out)
         out[order] = self._sum_parts(y) + bias[flat[order]]
@@ -310,14 +322,14 @@ class CudaOps:
         return tf32.sum_halves(y) if self.products == "tf32x2" else y
 
     def _product(self, a, w, out):
-        """out [M, N] float32 = a [M, K] @ w [N, K].T: bf16 bits by cuBLAS's gemmEx (float32 sums),
-        float32 by CuPy's matmul (in TF32 mode for tf32x2)."""
-        if self.products != "bf16x3":
+        """out [M, N] float32 = a [M, K] @ w [N, K].T: bf16 bits (uint16) or float16 by cuBLAS's gemmEx
+        (float32 sums), float32 by CuPy's matmul (in TF32 mode for tf32x2)."""
+        if a.dtype == cp.float32:
             with self.cublas_mode():
                 return cp.matmul(a, w.T, out=out)
-        check(a.dtype == w.dtype == cp.uint16 and out.dtype == cp.float32 and a.shape[1] == w.shape[1]
-              and out.shape == (a.shape[0], w.shape[0]) and a.flags.c_contiguous and w.flags.c_contiguous
-              and out.flags.c_contiguous, "bf16 product", a=a, w=w, out=out)
+        check(a.dtype == w.dtype and a.dtype in (cp.uint16, cp.float16) and out.dtype == cp.float32
+              and a.shape[1] == w.shape[1] and out.shape == (a.shape[0], w.shape[0]) and a.flags.c_contiguous
+              and w.flags.c_contiguous and out.flags.c_contiguous, "16-bit product", a=a, w=w, out=out)
         M, K, N = a.shape[0], a.shape[1], w.shape[0]
         if M == 0 or N == 0:
             return out
@@ -325,10 +337,11 @@ class CudaOps:
         # column-major views of the row-major w and a are w.T [K, N] and a.T [K, M] (leading dim K)
         cublas, runtime = cp.cuda.cublas, cp.cuda.runtime
         one, zero = np.ones(1, np.float32), np.zeros(1, np.float32)  # host scalars, alive for the call
+        kind = runtime.CUDA_R_16BF if a.dtype == cp.uint16 else runtime.CUDA_R_16F
         handle = cp.cuda.device.get_cublas_handle()
         cublas.setPointerMode(handle, cublas.CUBLAS_POINTER_MODE_HOST)
         cublas.gemmEx(handle, cublas.CUBLAS_OP_T, cublas.CUBLAS_OP_N, N, M, K, one.ctypes.data,
-                      address(w), runtime.CUDA_R_16BF, K, address(a), runtime.CUDA_R_16BF, K, zero.ctypes.data,
+                      address(w), kind, K, address(a), kind, K, zero.ctypes.data,
                       address(out), runtime.CUDA_R_32F, N, cublas.CUBLAS_COMPUTE_32F, cublas.CUBLAS_GEMM_DEFAULT)
         return out
 

@@ -61,6 +61,15 @@ def e8m0_half(s):
 
 
 @cuda.jit(device=True, inline=True)
+def pow2(n):
+    """2**n as float32, exact for -149 <= n <= 127 (built from its bits; below -126 a denormal)."""
+    m = np.int32(n)
+    if m >= np.int32(-126):
+        return np.uint32(np.uint32(m + np.int32(127)) << np.uint32(23)).view(np.float32)
+    return np.uint32(np.uint32(1) << np.uint32(m + np.int32(149))).view(np.float32)
+
+
+@cuda.jit(device=True, inline=True)
 def bf16_lo(word):
     """The bf16 value in the low half of a uint32 word (the even element of a little-endian pair)."""
     return np.uint32(np.uint32(word) << 16).view(np.float32)
@@ -81,21 +90,33 @@ def swiglu(gate, up, limit, alpha):
 
 
 @cuda.jit(device=True, inline=True)
-def block_sum(buf, value, tid, n):
-    """Sum of `value` over the n threads of a block (n a power of two), through shared `buf` [>= n].
-
-    Every thread gets the sum. Shared memory only: the simulator has no warp shuffles."""
+def _block_tree(buf, value, tid, n, maximum):
+    """The sum (or with `maximum`, the largest) of `value` over the n threads of a block (n a power of
+    two), through shared `buf` [>= n]. Every thread gets it. Shared memory only: the simulator has
+    no warp shuffles."""
     buf[tid] = value
     cuda.syncthreads()
     step = n // 2
     while step > 0:
         if tid < step:
-            buf[tid] += buf[tid + step]
+            buf[tid] = max(buf[tid], buf[tid + step]) if maximum else buf[tid] + buf[tid + step]
         cuda.syncthreads()
         step //= 2
     total = buf[0]
     cuda.syncthreads()
     return total
+
+
+@cuda.jit(device=True, inline=True)
+def block_sum(buf, value, tid, n):
+    """Sum of `value` over the n threads of a block (n a power of two), through shared `buf` [>= n]."""
+    return _block_tree(buf, value, tid, n, False)
+
+
+@cuda.jit(device=True, inline=True)
+def block_max(buf, value, tid, n):
+    """The largest `value` of the n threads of a block (n a power of two), through shared `buf` [>= n]."""
+    return _block_tree(buf, value, tid, n, True)
 
 
 @cuda.jit(device=True, inline=True)

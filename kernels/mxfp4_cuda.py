@@ -10,8 +10,8 @@ down projection read the pair's own row (1). Only the selected experts' bytes ar
                   8-byte words (a warp reads 256 contiguous bytes a row)
   expert_matmul   prefill: pairs grouped by expert (moe_cuda.sort_pairs); a block computes a tile of
                   pairs x rows, staging the x tile and the dequantized W tile in shared memory
-  dequantize      chosen experts' whole matrices as float32 or bf16, for cuBLAS products over their
-                  pairs (long prompts)
+  dequantize      chosen experts' whole matrices as float32, bf16 or scaled fp16 (largest_scales: each
+                  expert's largest scale byte), for cuBLAS products over their pairs (long prompts)
 The NumPy references are mxfp4.matmul_ref applied per pair, and mxfp4.dequantize.
 """
 
@@ -20,8 +20,9 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from .common_cuda import (SHARED_ALIGN, MAX_THREADS, bf16_hi, bf16_lo, check, e8m0_half, fp4_pair_tiny, power_of_two,
-                          row_sum, stream_of, swiglu)
+from ..fp16x2 import LARGEST_AT
+from .common_cuda import (SHARED_ALIGN, MAX_THREADS, bf16_hi, bf16_lo, block_max, check, e8m0_half, fp4_pair_tiny,
+                          power_of_two, row_sum, stream_of, swiglu)
 from .mxfp4 import BLOCK
 
 # Launch shapes (tests shrink them so the simulator covers partial blocks with few threads).
@@ -35,7 +36,8 @@ MIN_TILE_PAIRS = 16  # the fewest pair rows of a tile (4 thread rows)
 K_STEP = 4  # columns a pass of the tiled matmul's product loop, unrolled (divides 8)
 _TILE_MAX = 64  # = 16 * MICRO: shared tiles are sized for the largest block
 _TILE_PADDED = _TILE_MAX + 4
-DEQUANT_THREADS = 256
+DEQUANT_THREADS = 256  # a power of two (largest_scales reduces over its blocks)
+LARGEST_BYTES = 16  # scale bytes a thread of largest_scales reads
 
 
 @cuda.jit(device=True, inline=True)
@@ -201,15 +203,15 @@ def _grouped_matmul_kernel(x, rows_per_x, order, offsets, words, scales, bias, o
 @cuda.jit(device=True, inline=True)
 def _dequant_block(words, scales, experts):
     """This thread's block (32 weights) of chosen expert blockIdx.y, from words = blocks as uint64
-    [E, N, K/32, 2]: (row n, block g, its four 32-bit quarters, half its scale), or n = -1 past the
+    [E, N, K/32, 2]: (row n, block g, its four 32-bit quarters, its scale byte), or n = -1 past the
     expert's blocks. Unsigned: no wraparound checks."""
     i = np.uint32(cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x)
     G = np.uint32(words.shape[2])
     if i >= np.uint32(words.shape[1]) * G:
-        return -1, np.uint32(0), np.uint64(0), np.uint64(0), np.float32(0)
+        return -1, np.uint32(0), np.uint64(0), np.uint64(0), np.int32(0)
     n, g = i // G, i % G
     e = experts[cuda.blockIdx.y]
-    return np.int64(n), g, words[e, n, g, 0], words[e, n, g, 1], e8m0_half(scales[e, n, g])
+    return np.int64(n), g, words[e, n, g, 0], words[e, n, g, 1], np.int32(scales[e, n, g])
 
 
 @cuda.jit(device=True, inline=True)
@@ -221,8 +223,9 @@ def _quarter(word0, word1, q):
 @cuda.jit(cache=True)
 def _dequantize_kernel(words, scales, experts, out):
     """Grid (block ranges, chosen experts), a thread a block: out[x, n, 32g .. 32g + 31] = block g of row n."""
-    n, g, word0, word1, s = _dequant_block(words, scales, experts)
+    n, g, word0, word1, byte = _dequant_block(words, scales, experts)
     if n >= 0:
+        s = e8m0_half(byte)
         for q in range(4):
             quarter = _quarter(word0, word1, q)
             for j in range(4):
@@ -232,24 +235,33 @@ def _dequantize_kernel(words, scales, experts, out):
 
 
 @cuda.jit(device=True, inline=True)
-def _bf16_bits(weight, j):
-    """A weight's bf16 bits (exact: an FP4 value times a power of two has 2 significant bits, and bf16
-    is a float32's top 16 bits) at bits 16j .. 16j + 15 of a uint64."""
-    return np.uint64(weight.view(np.uint32) >> np.uint32(16)) << np.uint64(16 * j)
+def _bits16(weight, j, as_fp16):
+    """A weight's fp16 bits (rounded to nearest), or its bf16 bits (exact: an FP4 value times a power of
+    two has 2 significant bits, and bf16 is a float32's top 16 bits), at bits 16j .. 16j + 15 of a uint64."""
+    if as_fp16:
+        bits = np.uint32(np.float16(weight).view(np.uint16))
+    else:
+        bits = weight.view(np.uint32) >> np.uint32(16)
+    return np.uint64(bits) << np.uint64(16 * j)
 
 
 @cuda.jit(cache=True)
-def _dequantize_bf16_kernel(words, scales, experts, out):
-    """The same weights as bf16 bits, four to a uint64 of out [X, N, K/4]: eight 8-byte stores a thread."""
-    n, g, word0, word1, s = _dequant_block(words, scales, experts)
+def _dequantize_16_kernel(words, scales, experts, largest, as_fp16, out):
+    """The same weights as 16-bit floats, four to a uint64 of out [X, N, K/4] (eight 8-byte stores a
+    thread): bf16, or with as_fp16 fp16 of the weights times 2**(LARGEST_AT - largest[e]) (fp16x2.py)."""
+    n, g, word0, word1, byte = _dequant_block(words, scales, experts)
     if n >= 0:
+        if as_fp16:  # FP4 x 2**(byte - largest + 13): up to 6 x 2**13; clipped where it rounds to 0 anyway
+            s = e8m0_half(max(byte - largest[experts[cuda.blockIdx.y]] + np.int32(LARGEST_AT), np.int32(0)))
+        else:
+            s = e8m0_half(byte)
         for q in range(4):
             quarter = _quarter(word0, word1, q)
             first, second = np.uint64(0), np.uint64(0)  # weights 8q .. 8q + 3 and 8q + 4 .. 8q + 7
             for j in range(4):
                 low, high = _weights(quarter, j, s)
-                first |= _bf16_bits(low, j)
-                second |= _bf16_bits(high, j)
+                first |= _bits16(low, j, as_fp16)
+                second |= _bits16(high, j, as_fp16)
             out[cuda.blockIdx.y, n, g * np.uint32(8) + np.uint32(2 * q)] = first
             out[cuda.blockIdx.y, n, g * np.uint32(8) + np.uint32(2 * q + 1)] = second
 
@@ -305,18 +317,60 @@ def expert_matmul(x, rows_per_x: int, order, offsets, max_pairs: int, blocks, sc
     return out
 
 
-def dequantize(blocks, scales, experts, out):
+def dequantize(blocks, scales, experts, out, largest=None):
     """out [X, N, K] = the weights of experts[x] (experts [X] int32) from blocks [E, N, K/32, 16] u8 and
-    scales [E, N, K/32] u8: all chosen experts in one launch, as float32, or as bf16 bits when out is uint16."""
+    scales [E, N, K/32] u8: all chosen experts in one launch, as float32, as bf16 bits when out is
+    uint16, or as float16 times 2**(fp16x2.LARGEST_AT - largest[e]) (largest [E] int32 of largest_scales)."""
     E, N, G = blocks.shape[:3]
     X = experts.shape[0]
     check(blocks.shape == (E, N, G, 16) and scales.shape == (E, N, G) and blocks.dtype == scales.dtype == np.uint8
           and experts.shape == (X,) and experts.dtype == np.int32 and out.shape == (X, N, G * BLOCK)
-          and out.dtype in (np.float32, np.uint16) and out.flags.c_contiguous and blocks.flags.c_contiguous,
-          "mxfp4 dequantize", blocks=blocks, scales=scales, experts=experts, out=out)
-    kernel = _dequantize_kernel if out.dtype == np.float32 else _dequantize_bf16_kernel
+          and out.dtype in (np.float32, np.uint16, np.float16) and out.flags.c_contiguous
+          and blocks.flags.c_contiguous
+          and (out.dtype != np.float16 or (largest is not None and largest.shape == (E,) and largest.dtype == np.int32)),
+          "mxfp4 dequantize", blocks=blocks, scales=scales, experts=experts, out=out, largest=largest)
     if X and N * G:
-        kernel[(-(-(N * G) // DEQUANT_THREADS), X), DEQUANT_THREADS, stream_of(out)](
-            blocks.view(np.uint64).reshape(E, N, G, 2), scales, experts,
-            out if out.dtype == np.float32 else out.view(np.uint64))
+        launch = (-(-(N * G) // DEQUANT_THREADS), X), DEQUANT_THREADS, stream_of(out)
+        words = blocks.view(np.uint64).reshape(E, N, G, 2)
+        if out.dtype == np.float32:
+            _dequantize_kernel[launch](words, scales, experts, out)
+        else:
+            as_fp16 = out.dtype == np.float16
+            _dequantize_16_kernel[launch](words, scales, experts, largest if as_fp16 else experts, as_fp16,
+                                          out.view(np.uint64))
     return out
+
+
+@cuda.jit(cache=True)
+def _largest_scales_kernel(scales, experts, largest):
+    """Grid (byte ranges, chosen experts): largest[e] = max(largest[e], the largest scale byte of the
+    block's range of expert e = experts[blockIdx.y]), scales as [E, N K/32]; each thread reads
+    LARGEST_BYTES bytes (strided over the block), the block's largest goes in by one atomic max."""
+    buf = cuda.shared.array(MAX_THREADS, np.float32)
+    tid, nt = cuda.threadIdx.x, cuda.blockDim.x
+    e = experts[cuda.blockIdx.y]
+    row, size = scales[e], np.uint32(scales.shape[1])
+    mine = np.float32(0)
+    for j in range(LARGEST_BYTES):
+        i = np.uint32((cuda.blockIdx.x * LARGEST_BYTES + j) * nt + tid)
+        if i < size:
+            mine = max(mine, np.float32(row[i]))
+    top = block_max(buf, mine, tid, nt)
+    if tid == 0:
+        cuda.atomic.max(largest, e, np.int32(top))
+
+
+def largest_scales(scales, experts, largest):
+    """largest [E] int32 (zeroed here; returned): largest[e] = the largest scale byte of each chosen
+    expert e of experts [X] int32 (scales [E, N, K/32] u8); others stay 0."""
+    E = scales.shape[0]
+    X = experts.shape[0]
+    check(scales.dtype == np.uint8 and scales.ndim == 3 and experts.shape == (X,) and experts.dtype == np.int32
+          and largest.shape == (E,) and largest.dtype == np.int32 and scales.flags.c_contiguous,
+          "mxfp4 largest_scales", scales=scales, experts=experts, largest=largest)
+    largest.fill(0)
+    size = scales.shape[1] * scales.shape[2]
+    if X and size:
+        grid = (-(-size // (DEQUANT_THREADS * LARGEST_BYTES)), X)
+        _largest_scales_kernel[grid, DEQUANT_THREADS, stream_of(largest)](scales.reshape(E, size), experts, largest)
+    return largest

@@ -12,7 +12,7 @@ import pytest
 
 import gptoss_np
 from conftest import CHECKPOINTS, hf_logits, load_hf, model_like_weights, rel_err
-from gptoss_np import backend, sampling, synthetic
+from gptoss_np import backend, fp16x2, sampling, synthetic
 from gptoss_np.kernels import attention, bf16, mxfp4, norm_rope
 
 pytestmark = pytest.mark.gpu
@@ -129,15 +129,24 @@ def test_prefill_kernels_at_gpt_oss_20b_shapes():
         got = w.get() if dtype == np.float32 else (w.get().astype(np.uint32) << np.uint32(16)).view(np.float32)
         for i, e in enumerate(chosen):
             np.testing.assert_array_equal(got[i], mxfp4.dequantize(d["blocks"][e].get(), d["scales"][e].get()))
+    largest = mxfp4_cuda.largest_scales(d["scales"], cp.asarray(chosen), cp.empty(E, cp.int32)).get()  # fp16x2's
+    w = cp.zeros((2, N, G * 32), cp.float16)
+    mxfp4_cuda.dequantize(d["blocks"], d["scales"], cp.asarray(chosen), w, largest=cp.asarray(largest))
+    for i, e in enumerate(chosen):
+        assert largest[e] == d["scales"][e].get().max()
+        ref = mxfp4.dequantize(d["blocks"][e].get(), d["scales"][e].get())
+        np.testing.assert_array_equal(w[i].get(), fp16x2.scaled_weights(ref, int(largest[e])))
 
 
 def test_cublas_products_are_as_exact_as_float32(record_property):
     """Each of CudaOps' cuBLAS products keeps float32's accuracy for MXFP4 and bf16 weights: three bf16
     products through gemmEx (the default; one bf16 product of x would lose ~3e-3), two TF32 products
-    (cuBLAS's TF32 mode engages: one TF32 product loses ~1e-4), float32 products."""
+    (cuBLAS's TF32 mode engages: one TF32 product loses ~1e-4), float32 products; and for MXFP4
+    weights the experts' two fp16 products (one would lose ~2e-4)."""
     import cupy as cp
     from gptoss_np import bf16x3
     from gptoss_np.backend_cuda import CudaOps
+    from gptoss_np.kernels import fp16x2_cuda
     ops = CudaOps()
     assert ops.products == "bf16x3", "an H100 has bf16 tensor cores"
     rng = np.random.default_rng(5)
@@ -158,23 +167,31 @@ def test_cublas_products_are_as_exact_as_float32(record_property):
         ops.products = "bf16x3"
         one_part = (bf16x3.truncate_to_bf16(xd).view(cp.uint32) >> 16).astype(cp.uint16)
         errors["bf16x1"] = rel_err(ops._product(one_part, w_bits, cp.empty((T, N), cp.float32)).get(), truth)
+        if name == "mxfp4":  # model_like_weights draws scale bytes 110 .. 129: 129 bounds the largest
+            parts, r = fp16x2_cuda.split_rows(xd, cp.arange(T, dtype=cp.int32), cp.empty((2 * T, K), cp.float16),
+                                              cp.empty(T, cp.int32))
+            y = ops._product(parts, cp.asarray(fp16x2.scaled_weights(w, 129)), cp.empty((2 * T, N), cp.float32)).get()
+            errors["fp16x2"] = rel_err(fp16x2.sum_parts(y, r.get(), 129), truth)
+            y[1::2] = 0
+            errors["fp16x1"] = rel_err(fp16x2.sum_parts(y, r.get(), 129), truth)
         for key, value in errors.items():
             record_property(f"rel_err_{name}_{key}", value)
         assert errors["tf32x1"] > 30 * errors["tf32x2"], errors
         assert errors["bf16x1"] > 300 * errors["bf16x3"], errors
-        assert max(errors["tf32x2"], errors["bf16x3"]) <= 3 * errors["float32"] + 1e-7, errors
+        assert errors.get("fp16x1", 1) > 100 * errors.get("fp16x2", 0), errors
+        assert max(errors["tf32x2"], errors["bf16x3"], errors.get("fp16x2", 0)) <= 3 * errors["float32"] + 1e-7, errors
 
 
-@pytest.mark.parametrize("products", ["bf16x3", "tf32x2"])
-def test_prefill_with_experts_by_cublas_matches_transformers(products, checkpoint_dir, hf_cuda, monkeypatch,
-                                                             record_property):
+@pytest.mark.parametrize("products, fp16_experts", [("bf16x3", True), ("bf16x3", False), ("tf32x2", False)])
+def test_prefill_with_experts_by_cublas_matches_transformers(products, fp16_experts, checkpoint_dir, hf_cuda,
+                                                             monkeypatch, record_property):
     """The prefill path of long prompts (experts dequantized, cuBLAS products), forced on."""
     from gptoss_np import backend_cuda
     monkeypatch.setattr(backend_cuda, "EXPERT_BLAS_MIN_TOKENS", 2)
     folder = checkpoint_dir("tiny")
     ids = prompt(gptoss_np.load(folder).config, 100, seed=7)
     model = gptoss_np.load(folder, device="cuda")
-    model.ops.products = products
+    model.ops.products, model.ops.fp16_experts = products, fp16_experts
     err = rel_err(model.logits(ids), hf_logits(hf_cuda(folder), ids))
     record_property("rel_err_hf", err)
     assert err <= TOL

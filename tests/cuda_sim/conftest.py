@@ -24,6 +24,7 @@ SMALL_LAUNCHES = {
     # which the simulator runs slowly; test_kernel_bf16_cuda covers both paths
     "bf16_cuda": dict(GEMV_LANES=4, GEMV_WARPS=2, UNROLL=2, K_CHUNK=48, WIDEN_THREADS=16, SPLIT_BELOW_N=0),
     "bf16x3_cuda": dict(THREADS=16),
+    "fp16x2_cuda": dict(SPLIT_THREADS=8, THREADS=16),
     "attention_cuda": dict(THREADS=16, ROWS=8, KEYS=4, KEYS_PER_SPLIT=8, MIN_SPLITS=4, SCORE_KEYS=2, OUT_ROWS=4),
     "norm_rope_cuda": dict(THREADS=16),
     "moe_cuda": dict(THREADS=32, SORT_THREADS=8),

@@ -89,13 +89,13 @@ class _ComputeTypes:
         return np.matmul(a, b, out=out)
 
 
-CUDA_R_32F, CUDA_R_16BF = 0, 14  # cudaDataType values (library_types.h), as cupy.cuda.runtime has them
+CUDA_R_32F, CUDA_R_16F, CUDA_R_16BF = 0, 2, 14  # cudaDataType values (library_types.h), as cupy.cuda.runtime has
 
 
 class _Cublas:
     """cupy.cuda.cublas as far as the backend calls it: gemmEx on the host addresses of NumPy arrays,
-    with cuBLAS's column-major semantics (op, leading dimensions), bf16 or float32 operands, float32
-    results; sums in float64 (a GPU sums in float32)."""
+    with cuBLAS's column-major semantics (op, leading dimensions), bf16, fp16 or float32 operands,
+    float32 results; sums in float64 (a GPU sums in float32)."""
 
     CUBLAS_OP_N, CUBLAS_OP_T = 0, 1
     CUBLAS_POINTER_MODE_HOST = 0
@@ -122,7 +122,7 @@ class _Cublas:
                computeType, algo):
         assert self.pointer_mode == self.CUBLAS_POINTER_MODE_HOST and Ctype == CUDA_R_32F
         assert computeType == self.CUBLAS_COMPUTE_32F and algo == self.CUBLAS_GEMM_DEFAULT
-        types_ = {CUDA_R_16BF: np.uint16, CUDA_R_32F: np.float32}
+        types_ = {CUDA_R_16BF: np.uint16, CUDA_R_16F: np.float16, CUDA_R_32F: np.float32}
         alpha_, beta_ = (float(np.ctypeslib.as_array((ctypes.c_float * 1).from_address(p))[0]) for p in (alpha, beta))
         a = self._matrix(A, types_[Atype], *((k, m) if transa == self.CUBLAS_OP_T else (m, k)), lda)
         b = self._matrix(B, types_[Btype], *((n, k) if transb == self.CUBLAS_OP_T else (k, n)), ldb)
@@ -152,5 +152,5 @@ def numpy_as_cupy() -> types.ModuleType:
         get_current_stream=lambda: None, cublas=_Cublas(), device=types.SimpleNamespace(get_cublas_handle=lambda: 0),
         runtime=types.SimpleNamespace(getDeviceProperties=lambda i: {"name": b"Numba CUDA simulator", "major": 9},
                                       memGetInfo=lambda: (FREE_BYTES, 2 * FREE_BYTES),
-                                      CUDA_R_32F=CUDA_R_32F, CUDA_R_16BF=CUDA_R_16BF))
+                                      CUDA_R_32F=CUDA_R_32F, CUDA_R_16F=CUDA_R_16F, CUDA_R_16BF=CUDA_R_16BF))
     return shim

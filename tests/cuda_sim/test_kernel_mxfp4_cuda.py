@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from cuda_sim.sim import assert_close, poisoned
+from gptoss_np import fp16x2
 from gptoss_np.kernels import moe, moe_cuda, mxfp4, mxfp4_cuda
 
 
@@ -101,6 +102,29 @@ def test_dequantize_every_byte_at_extreme_scales(dtype):
     out = poisoned((1, len(scales), 16 * 32), dtype)
     mxfp4_cuda.dequantize(blocks[None], scales[None], np.zeros(1, np.int32), out)
     np.testing.assert_array_equal(out[0] if dtype == np.float32 else widened(out[0]), mxfp4.dequantize(blocks, scales))
+
+
+def test_largest_scales_of_the_chosen_experts(monkeypatch):
+    monkeypatch.setattr(mxfp4_cuda, "DEQUANT_THREADS", 4)
+    monkeypatch.setattr(mxfp4_cuda, "LARGEST_BYTES", 2)  # 8 bytes a block: 5 blocks an expert, one atomic max each
+    rng = np.random.default_rng(6)
+    scales = rng.integers(0, 200, (4, 5, 7), dtype=np.uint8)
+    scales[1, 4, 6], scales[3, 0, 0] = 250, 240  # the last byte of one expert, the first of another
+    largest = mxfp4_cuda.largest_scales(scales, np.array([3, 1], np.int32), np.full(4, -1, np.int32))
+    assert largest.tolist() == [0, 250, 0, 240]
+
+
+@pytest.mark.parametrize("low, high", [(100, 140), (0, 200)])  # fp16 exact; blocks far below the largest round
+def test_dequantize_scaled_to_fp16(low, high):
+    rng = np.random.default_rng(low)
+    blocks = rng.integers(0, 256, (4, 3, 2, 16), dtype=np.uint8)
+    scales = rng.integers(low, high, (4, 3, 2), dtype=np.uint8)
+    chosen = np.array([3, 1], np.int32)
+    largest = mxfp4_cuda.largest_scales(scales, chosen, np.empty(4, np.int32))
+    out = poisoned((2, 3, 64), np.float16)
+    mxfp4_cuda.dequantize(blocks, scales, chosen, out, largest=largest)
+    for x, e in enumerate(chosen):
+        np.testing.assert_array_equal(out[x], fp16x2.scaled_weights(mxfp4.dequantize(blocks[e], scales[e]), largest[e]))
 
 
 def test_shapes_are_checked():

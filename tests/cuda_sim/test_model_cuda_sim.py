@@ -133,13 +133,24 @@ def _first_part_only(split_rows):
     return split
 
 
-@pytest.mark.parametrize("products, one_part", [
-    ("bf16x3", ("gptoss_np.kernels.bf16x3_cuda", "split_rows", _first_part_only)),
-    ("tf32x2", ("gptoss_np.tf32", "split", lambda split: lambda x: (x, np.zeros_like(x))))])
-def test_cublas_prefill_keeps_float32_accuracy(cuda_ops, monkeypatch, tmp_path, products, one_part):
+def _first_fp16_part_only(split_rows):
+    """fp16x2_cuda.split_rows keeping only each row's first part: one fp16 product of x."""
+    def split(x, rows, parts, exponents):
+        split_rows(x, rows, parts, exponents)
+        parts[1::2] = 0
+        return parts, exponents
+    return split
+
+
+@pytest.mark.parametrize("products, fp16_experts, one_part", [
+    ("bf16x3", False, ("gptoss_np.kernels.bf16x3_cuda", "split_rows", _first_part_only)),
+    ("bf16x3", True, ("gptoss_np.kernels.fp16x2_cuda", "split_rows", _first_fp16_part_only)),
+    ("tf32x2", False, ("gptoss_np.tf32", "split", lambda split: lambda x: (x, np.zeros_like(x))))])
+def test_cublas_prefill_keeps_float32_accuracy(cuda_ops, monkeypatch, tmp_path, products, fp16_experts, one_part):
     """A prefill whose projections and experts all take cuBLAS, its products emulated (sim.py): the
-    parts of x keep the CPU engine's float32 logits, where one bf16 or TF32 product of x would not.
-    The experts are dequantized one a launch here (DEQUANT_BYTES), all in one launch elsewhere."""
+    parts of x keep the CPU engine's float32 logits, where one bf16, fp16 (the experts') or TF32
+    product of x would not. The experts are dequantized one a launch here (DEQUANT_BYTES), all in one
+    launch elsewhere."""
     monkeypatch.setattr(sys.modules["gptoss_np.backend_cuda"], "EXPERT_BLAS_MIN_TOKENS", 2)
     monkeypatch.setattr(sys.modules["gptoss_np.backend_cuda"], "DEQUANT_BYTES", 1)
     config = synthetic.config_dict("tiny", vocab_size=96, hidden_size=32, intermediate_size=32, head_dim=8,
@@ -147,7 +158,7 @@ def test_cublas_prefill_keeps_float32_accuracy(cuda_ops, monkeypatch, tmp_path, 
                                    num_experts_per_tok=2, num_hidden_layers=1, layer_types=["full_attention"])
     checkpoint = Checkpoint(synthetic.write_checkpoint(tmp_path, config))
     cpu, gpu = GptOss(checkpoint, CpuOps()), GptOss(checkpoint, cuda_ops)
-    cuda_ops.products = products
+    cuda_ops.products, cuda_ops.fp16_experts = products, fp16_experts
     ids = np.random.default_rng(8).integers(0, cpu.config.vocab_size, 8)
     ref = cpu.forward(ids, cpu.new_cache(8), all_logits=True)
     assert rel_err(gpu.forward(ids, gpu.new_cache(8), all_logits=True), ref) < 1e-5
