@@ -14,6 +14,7 @@ import pytest
 from cuda_sim.sim import numpy_as_cupy
 from gptoss_np import synthetic
 from gptoss_np.config import GptOssConfig
+from gptoss_np.kernels import bf16_cuda, mxfp4_cuda
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "gpu.py"
 
@@ -30,6 +31,10 @@ def bench(monkeypatch):
     monkeypatch.setattr(module, "PROFILE_STEPS", 1)
     monkeypatch.setattr(module, "KERNEL_LAUNCHES", 1)
     monkeypatch.setattr(module, "select", lambda device: importlib.import_module("gptoss_np.backend_cuda").CudaOps())
+    # the GEMVs in fewer, larger blocks (the simulator runs blocks one by one; tests/cuda_sim's kernel
+    # tests cover these launch shapes): bf16 4 rows a warp, MXFP4 8 rows a block
+    monkeypatch.setattr(bf16_cuda, "WARP_ROWS_FROM_N", 1)
+    monkeypatch.setattr(mxfp4_cuda, "GEMV_WARPS", 4)
     return module
 
 
@@ -50,7 +55,7 @@ def test_benchmark_runs_and_writes_its_json(bench, tmp_path, monkeypatch, capsys
     variants = {"bf16_unroll1": ("bf16_cuda", "_gemv_kernel", {"UNROLL": 1}, "bf16_router"),
                 "mxfp4_warps1": ("mxfp4_cuda", "_gemv_kernel", {"GEMV_WARPS": 1}, "mxfp4_down")}
     monkeypatch.setattr(bench, "KERNEL_VARIANTS", variants)
-    toy = ["num_hidden_layers=1", "vocab_size=64", "hidden_size=32", "intermediate_size=32", "head_dim=8", "num_attention_heads=2",
+    toy = ["num_hidden_layers=1", "vocab_size=16", "hidden_size=32", "intermediate_size=32", "head_dim=8", "num_attention_heads=2",
            "num_key_value_heads=1", "num_local_experts=4", "num_experts_per_tok=2", "sliding_window=4"]
     out = tmp_path / "gpu.json"
     argv = ["--json", str(out), "--preset", "tiny", "--contexts", "9", "--prompts", "3,6", "--decode", "1", "--profile", "--variants",
@@ -60,7 +65,7 @@ def test_benchmark_runs_and_writes_its_json(bench, tmp_path, monkeypatch, capsys
     saved = json.loads(out.read_text())
     assert saved["device"] == "Numba CUDA simulator" and saved["layers"] == 1 and "skipped" in saved["launch"]
     assert set(saved["decode"]) == {"9"} and saved["prefill"]["3"]["tok_s"] > 0
-    assert all(saved["prefill"]["3"][path + "_tok_s"] > 0 for path in ("tiled", "blas", "blas_tf32x2"))
+    assert all(saved["prefill"]["3"][path + "_tok_s"] > 0 for path in ("tiled", "blas", "blas_bf16x3", "blas_tf32x2"))
     assert "over the --prefill-budget" in saved["prefill"]["6"]["skipped"]
     assert all(r["tok_s"] > 0 and r["eager_tok_s"] > 0 and r["bytes_per_token"]["total"] > 0 and "pct_of_floor" in r
                for r in saved["decode"].values())
