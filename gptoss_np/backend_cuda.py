@@ -269,7 +269,8 @@ class CudaOps:
         [E + 1] on the host; flat: each pair id's expert): the chosen experts dequantized as the products take
         them, up to DEQUANT_BYTES of them a launch, then one cuBLAS product an expert into its
         rows' block; the rows gathered and split once into the products' parts, the parts' products
-        summed, biased and put in pair order once (fused kernels for bf16x3, bf16x3_cuda.py)."""
+        summed, biased and put in pair order once (fused kernels for fp16x2 and bf16x3: fp16x2_cuda.py,
+        bf16x3_cuda.py)."""
         N, K = blocks.shape[1], blocks.shape[2] * 32
         chosen = np.flatnonzero(np.diff(starts)).astype(np.int32)  # the experts with pairs
         largest = None  # fp16x2: each chosen expert's largest scale byte, which its weights are scaled by
