@@ -49,24 +49,20 @@ def fp4_pair_tiny(word, j):
 
 
 @cuda.jit(device=True, inline=True)
-def e8m0_half(s):
-    """Half the e8m0 block scale of byte s: 2**(s - 128), exact for every byte, built as float32 bits
-    (s = 0 and 1 are the denormals 2**-128 and 2**-127: no flush of denormals, no fastmath here)."""
-    u = np.uint32(s)
-    if u >= np.uint32(2):
-        bits = (u - np.uint32(1)) << np.uint32(23)
-    else:
-        bits = np.uint32(0x00200000) << u
-    return np.uint32(bits).view(np.float32)
-
-
-@cuda.jit(device=True, inline=True)
 def pow2(n):
-    """2**n as float32, exact for -149 <= n <= 127 (built from its bits; below -126 a denormal)."""
+    """2**n as float32, exact for -149 <= n <= 127, built from its bits (below -126 a denormal: no flush
+    of denormals, no fastmath here)."""
     m = np.int32(n)
     if m >= np.int32(-126):
         return np.uint32(np.uint32(m + np.int32(127)) << np.uint32(23)).view(np.float32)
     return np.uint32(np.uint32(1) << np.uint32(m + np.int32(149))).view(np.float32)
+
+
+@cuda.jit(device=True, inline=True)
+def e8m0_half(s):
+    """Half the e8m0 block scale of byte s: 2**(s - 128), exact for every byte (s = 0 and 1 are the
+    denormals 2**-128 and 2**-127)."""
+    return pow2(np.int32(s) - np.int32(128))
 
 
 @cuda.jit(device=True, inline=True)

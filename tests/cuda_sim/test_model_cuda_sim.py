@@ -124,27 +124,22 @@ def test_cublas_products_keep_float32_accuracy(cuda_ops, monkeypatch, products):
     assert cp._core.get_compute_type(np.float32) == before
 
 
-def _first_part_only(split_rows):
-    """bf16x3_cuda.split_rows keeping only each row's first part: one bf16 product of x."""
-    def split(x, rows, parts):
-        split_rows(x, rows, parts)
-        parts[1::3], parts[2::3] = 0, 0
-        return parts
-    return split
-
-
-def _first_fp16_part_only(split_rows):
-    """fp16x2_cuda.split_rows keeping only each row's first part: one fp16 product of x."""
-    def split(x, rows, parts, exponents):
-        split_rows(x, rows, parts, exponents)
-        parts[1::2] = 0
-        return parts, exponents
-    return split
+def _first_part_only(n):
+    """A split_rows of n parts a row (bf16x3_cuda's 3, fp16x2_cuda's 2) keeping only each row's first
+    part: one bf16 or fp16 product of x."""
+    def wrap(split_rows):
+        def split(x, rows, parts, *more):
+            result = split_rows(x, rows, parts, *more)
+            for i in range(1, n):
+                parts[i::n] = 0
+            return result
+        return split
+    return wrap
 
 
 @pytest.mark.parametrize("products, fp16_experts, one_part", [
-    ("bf16x3", False, ("gptoss_np.kernels.bf16x3_cuda", "split_rows", _first_part_only)),
-    ("bf16x3", True, ("gptoss_np.kernels.fp16x2_cuda", "split_rows", _first_fp16_part_only)),
+    ("bf16x3", False, ("gptoss_np.kernels.bf16x3_cuda", "split_rows", _first_part_only(3))),
+    ("bf16x3", True, ("gptoss_np.kernels.fp16x2_cuda", "split_rows", _first_part_only(2))),
     ("tf32x2", False, ("gptoss_np.tf32", "split", lambda split: lambda x: (x, np.zeros_like(x))))])
 def test_cublas_prefill_keeps_float32_accuracy(cuda_ops, monkeypatch, tmp_path, products, fp16_experts, one_part):
     """A prefill whose projections and experts all take cuBLAS, its products emulated (sim.py): the
