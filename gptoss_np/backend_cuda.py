@@ -48,6 +48,8 @@ EXPERT_BLAS_MIN_TOKENS = 256  # a guess until a GPU measures it: ~32 pairs per e
 TILE_ROWS = 16384  # rows of a bf16 matrix per cuBLAS product (widened to float32: 189 MB at K = 2880)
 PRODUCTS = ("bf16x3", "tf32x2", "float32")
 DEQUANT_BYTES = 1 << 30  # dequantized experts held at once for cuBLAS (20b's gate_up: 32 experts in bf16)
+# cuBLAS's cudaDataType values (CUDA's library_types.h): CuPy 13's runtime module has no CUDA_R_16BF
+CUDA_R_32F, CUDA_R_16F, CUDA_R_16BF = 0, 2, 14
 
 
 class Normed:
@@ -336,14 +338,14 @@ class CudaOps:
             return out
         # row-major out = a @ w.T is column-major out.T [N, M] = op(w) [N, K] x op(a) [K, M], where the
         # column-major views of the row-major w and a are w.T [K, N] and a.T [K, M] (leading dim K)
-        cublas, runtime = cp.cuda.cublas, cp.cuda.runtime
+        cublas = cp.cuda.cublas
         one, zero = np.ones(1, np.float32), np.zeros(1, np.float32)  # host scalars, alive for the call
-        kind = runtime.CUDA_R_16BF if a.dtype == cp.uint16 else runtime.CUDA_R_16F
+        kind = CUDA_R_16BF if a.dtype == cp.uint16 else CUDA_R_16F
         handle = cp.cuda.device.get_cublas_handle()
         cublas.setPointerMode(handle, cublas.CUBLAS_POINTER_MODE_HOST)
         cublas.gemmEx(handle, cublas.CUBLAS_OP_T, cublas.CUBLAS_OP_N, N, M, K, one.ctypes.data,
                       address(w), kind, K, address(a), kind, K, zero.ctypes.data,
-                      address(out), runtime.CUDA_R_32F, N, cublas.CUBLAS_COMPUTE_32F, cublas.CUBLAS_GEMM_DEFAULT)
+                      address(out), CUDA_R_32F, N, cublas.CUBLAS_COMPUTE_32F, cublas.CUBLAS_GEMM_DEFAULT)
         return out
 
     @contextlib.contextmanager

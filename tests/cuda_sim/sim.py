@@ -89,7 +89,7 @@ class _ComputeTypes:
         return np.matmul(a, b, out=out)
 
 
-CUDA_R_32F, CUDA_R_16F, CUDA_R_16BF = 0, 2, 14  # cudaDataType values (library_types.h), as cupy.cuda.runtime has
+CUDA_R_32F, CUDA_R_16F, CUDA_R_16BF = 0, 2, 14  # cudaDataType values (library_types.h), written here apart from the engine's
 
 
 class _Cublas:
@@ -151,6 +151,5 @@ def numpy_as_cupy() -> types.ModuleType:
         Device=lambda: device, Stream=_Stream, using_allocator=lambda allocator: contextlib.nullcontext(),
         get_current_stream=lambda: None, cublas=_Cublas(), device=types.SimpleNamespace(get_cublas_handle=lambda: 0),
         runtime=types.SimpleNamespace(getDeviceProperties=lambda i: {"name": b"Numba CUDA simulator", "major": 9},
-                                      memGetInfo=lambda: (FREE_BYTES, 2 * FREE_BYTES),
-                                      CUDA_R_32F=CUDA_R_32F, CUDA_R_16F=CUDA_R_16F, CUDA_R_16BF=CUDA_R_16BF))
+                                      memGetInfo=lambda: (FREE_BYTES, 2 * FREE_BYTES)))
     return shim
