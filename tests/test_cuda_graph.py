@@ -1,7 +1,7 @@
 """cuda_graph.GraphDecoder's bookkeeping, on the CPU: NumPy stands in for CuPy and a stand-in for CUDA
-graphs reruns the recorded step. The static-shape step is idempotent for a given token and position,
-so recording it by running it once and replaying it by running it again does what a real graph does
-(tests/test_gpu.py checks real graphs on a GPU)."""
+graphs (cuda_sim.sim.StandInGraph) reruns the recorded step. The static-shape step is idempotent for a
+given token and position, so recording it by running it once and replaying it by running it again
+does what a real graph does (tests/test_gpu.py checks real graphs on a GPU)."""
 
 from __future__ import annotations
 
@@ -13,31 +13,14 @@ import pytest
 
 import gptoss_np
 from conftest import hf_logits, rel_err
-from cuda_sim.sim import numpy_as_cupy
+from cuda_sim.sim import numpy_as_cupy, stand_in_graphs
 
 
 @pytest.fixture
 def cuda_graph(monkeypatch):
-    monkeypatch.setitem(sys.modules, "cupy", numpy_as_cupy())
+    monkeypatch.setitem(sys.modules, "cupy", numpy_as_cupy(device_arrays=False))  # for the CPU backend
     monkeypatch.delitem(sys.modules, "gptoss_np.cuda_graph", raising=False)
     return importlib.import_module("gptoss_np.cuda_graph")
-
-
-class StandInGraph:
-    """Replays a recorded step by running it again into the recorded output. Like a real replay it
-    sees the host as it was when recording (cache.length then: a step that read the position from the
-    host instead of the device buffer would repeat the recorded position) and leaves it alone."""
-
-    def __init__(self, step, output, cache):
-        self.step, self.output, self.cache, self.launches = step, output, cache, 0
-        self.recorded_length = cache.length
-
-    def launch(self, stream):
-        length = self.cache.length
-        self.cache.length = self.recorded_length
-        np.copyto(self.output, self.step())
-        self.cache.length = length
-        self.launches += 1
 
 
 def test_graph_decoder_replays_its_recorded_step(cuda_graph, checkpoint_dir, hf_model, monkeypatch):
@@ -46,14 +29,7 @@ def test_graph_decoder_replays_its_recorded_step(cuda_graph, checkpoint_dir, hf_
     model.ops.graphs = True
     ids = np.random.default_rng(8).integers(0, model.config.vocab_size, 30)  # past the window of 8
     cache = model.new_cache(len(ids))
-    recorded = []
-
-    def stand_in_capture(step):
-        recorded.append(StandInGraph(step, None, cache))
-        recorded[-1].output = step()
-        return recorded[-1], recorded[-1].output, []
-
-    monkeypatch.setattr(cuda_graph, "capture", stand_in_capture)
+    recorded = stand_in_graphs(monkeypatch, cuda_graph, cache)
     parts = [model.forward(ids[:10], cache, all_logits=True)]
     decode = cuda_graph.GraphDecoder(model, cache)
     for t in range(10, len(ids)):  # step 1 op by op, step 2 recorded and replayed, the rest replayed

@@ -1,5 +1,6 @@
 """Helpers of the simulator tests: poisoned outputs, the comparison with a reference, and a `cupy`
-module made of NumPy for code that is written against CuPy."""
+module made of NumPy for code that is written against CuPy, whose arrays (DeviceArray) refuse what
+CuPy's refuse, so that code which only a GPU would fail fails here."""
 
 from __future__ import annotations
 
@@ -27,12 +28,122 @@ def assert_close(out, ref, rtol=1e-5):
 
 FREE_BYTES = 1 << 30  # the simulated GPU's free memory
 
+_recording = [False]  # whether a stand-in CUDA graph is recording or replaying (recording())
+
+
+@contextlib.contextmanager
+def recording():
+    """Within: the GPU work is recorded into a CUDA graph, so the host may not read a device array,
+    copy one to or from the host, or launch a kernel on host arrays: on a GPU each of these breaks
+    the capture, or would bake a value of the recording into every replay."""
+    _recording[0] = True
+    try:
+        yield
+    finally:
+        _recording[0] = False
+
+
+def _refuse_while_recording(what: str) -> None:
+    if _recording[0]:
+        raise RuntimeError(f"cudaErrorStreamCaptureUnsupported (simulated): {what} while recording a CUDA graph")
+
+
+def _is_host_array(a) -> bool:
+    return isinstance(a, np.ndarray) and not isinstance(a, DeviceArray) and a.ndim > 0
+
+
+class DeviceArray(np.ndarray):
+    """An array of the `cupy` stand-in: a NumPy array that behaves as a CuPy array where NumPy's
+    leniency would hide a bug. Arithmetic with a host array raises TypeError, as CuPy's does; an
+    element is a 0-d device array, as in CuPy; while recording(), reading one on the host raises.
+    Kernels launched in the simulator see plain NumPy views (device_arrays_only)."""
+
+    __module__ = "cupy"  # what kernels.common_cuda.array_module looks at
+
+    def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
+        if any(_is_host_array(a) for a in inputs + (out or ())):
+            raise TypeError(f"{ufunc.__name__}: a host (NumPy) array among device arrays, which CuPy refuses")
+        plain = [a.view(np.ndarray) if isinstance(a, DeviceArray) else a for a in inputs]
+        if out:
+            kwargs["out"] = tuple(o.view(np.ndarray) for o in out)
+        result = getattr(ufunc, method)(*plain, **kwargs)
+        if out:
+            return out[0] if len(out) == 1 else out
+        return _on_device(result)
+
+    def __getitem__(self, key):
+        return _on_device(super().__getitem__(key))
+
+    def _to_host(self, what):
+        _refuse_while_recording(f"a device array read on the host ({what})")
+        return self.view(np.ndarray)
+
+    def __int__(self):
+        return int(self._to_host("int"))
+
+    def __float__(self):
+        return float(self._to_host("float"))
+
+    def __bool__(self):
+        return bool(self._to_host("bool"))
+
+    def __index__(self):
+        return self._to_host("index").__index__()
+
+    def item(self, *args):
+        return self._to_host("item").item(*args)
+
+    def tolist(self):
+        return self._to_host("tolist").tolist()
+
+
+def _on_device(a):
+    """A result as CuPy gives it: arrays and scalars as DeviceArray, anything else as it is."""
+    if isinstance(a, (np.ndarray, np.generic)):
+        return np.asarray(a).view(DeviceArray)
+    return a
+
+
+def _to_device(a, dtype=None):
+    """cupy.asarray: a device array as it is (or converted), a host one copied to the device."""
+    if isinstance(a, DeviceArray):
+        return a if dtype is None or a.dtype == dtype else a.astype(dtype)
+    _refuse_while_recording("a host-to-device copy")
+    return np.array(a, dtype=dtype).view(DeviceArray)
+
+
+def _to_host(a):
+    """cupy.asnumpy."""
+    _refuse_while_recording("a device-to-host copy")
+    return np.array(a).view(np.ndarray)
+
+
+def device_arrays_only(monkeypatch):
+    """Within the test: a kernel launched in the simulator with a host array raises (Numba would copy
+    it to the GPU and back, synchronously, at every launch), and sees its device arrays as plain
+    NumPy views."""
+    from numba.cuda.simulator import kernel
+
+    launch = kernel.FakeCUDAKernel.__call__
+
+    def checked(self, *args):
+        if not (self._device or kernel._kernel_context):
+            host = [i for i, a in enumerate(args) if _is_host_array(a)]
+            if host:
+                raise TypeError(f"{self.fn.__name__}: arguments {host} are host (NumPy) arrays")
+        return launch(self, *[a.view(np.ndarray) if isinstance(a, DeviceArray) else a for a in args])
+
+    monkeypatch.setattr(kernel.FakeCUDAKernel, "__call__", checked)
+
 
 class _RandomState(np.random.RandomState):
-    """NumPy's RandomState with CuPy's `dtype` argument to standard_normal."""
+    """NumPy's RandomState with CuPy's `dtype` argument to standard_normal, drawing device arrays."""
 
     def standard_normal(self, size=None, dtype=np.float64):
-        return super().standard_normal(size).astype(dtype)
+        return _on_device(super().standard_normal(size).astype(dtype))
+
+    def randint(self, *args, **kwargs):
+        return _on_device(super().randint(*args, **kwargs))
 
 
 class _MemoryPool:
@@ -51,8 +162,43 @@ class _MemoryPool:
         return 0
 
 
+class StandInGraph:
+    """A CUDA graph of one decode step, stood in for: recorded by running the step once under
+    recording() (so nothing in it may cross to the host), replayed by running it again, under
+    recording(), into the recorded output. Like a real replay it sees the host as it was when
+    recording (cache.length then: a step that read the position from the host instead of the device
+    buffer would repeat the recorded position) and leaves it alone."""
+
+    def __init__(self, step, cache):
+        self.step, self.cache, self.launches = step, cache, 0
+        self.recorded_length = cache.length
+        with recording():
+            self.output = step()
+
+    def launch(self, stream):
+        length = self.cache.length
+        self.cache.length = self.recorded_length
+        with recording():
+            np.copyto(self.output, self.step())
+        self.cache.length = length
+        self.launches += 1
+
+
+def stand_in_graphs(monkeypatch, cuda_graph, cache) -> list:
+    """Within the test, cuda_graph.capture records `cache`'s decode steps as StandInGraphs, which
+    go into the returned list."""
+    graphs = []
+
+    def capture(step):
+        graphs.append(StandInGraph(step, cache))
+        return graphs[-1], graphs[-1].output, []
+
+    monkeypatch.setattr(cuda_graph, "capture", capture)
+    return graphs
+
+
 class _Stream:
-    """A CUDA stream that cannot capture: the simulator has no CUDA graphs."""
+    """A CUDA stream that cannot capture: the simulator has no CUDA graphs (StandInGraph stands in)."""
 
     def __init__(self, non_blocking=False):
         pass
@@ -132,24 +278,35 @@ class _Cublas:
         c[:] = alpha_ * product + (beta_ * c if beta_ else 0)  # beta = 0: C is not read, as in cuBLAS
 
 
-def numpy_as_cupy() -> types.ModuleType:
-    """A `cupy` module made of NumPy: the simulator's kernels take NumPy arrays."""
+_MAKERS = ("empty", "zeros", "ones", "full", "arange", "empty_like", "zeros_like", "ones_like", "full_like",
+           "concatenate", "stack", "ascontiguousarray")
+
+
+def numpy_as_cupy(device_arrays: bool = True) -> types.ModuleType:
+    """A `cupy` module made of NumPy, its arrays DeviceArray (the simulator's kernels take NumPy arrays);
+    with device_arrays=False, plain NumPy arrays, for the CPU backend standing in for the GPU's."""
     shim = types.ModuleType("cupy")
     shim.__dict__.update({name: getattr(np, name) for name in dir(np) if not name.startswith("__")})
-    shim.asarray = lambda a, dtype=None: np.array(a, dtype=dtype)  # a copy, as a host-to-device transfer
-    shim.asnumpy = np.asarray
-    shim.argsort = lambda a: np.argsort(a, kind="stable")  # CuPy's sort is stable
+    on_device = _on_device if device_arrays else (lambda a: a)
+    for name in _MAKERS:  # the functions that make arrays make device arrays
+        shim.__dict__[name] = (lambda make: lambda *args, **kwargs: on_device(make(*args, **kwargs)))(getattr(np, name))
+    if device_arrays:
+        shim.ndarray, shim.asarray, shim.asnumpy = DeviceArray, _to_device, _to_host
+    else:
+        shim.asarray, shim.asnumpy = lambda a, dtype=None: np.array(a, dtype=dtype), np.asarray
+    shim.argsort = lambda a: on_device(np.argsort(a, kind="stable"))  # CuPy's sort is stable
     shim.random = types.SimpleNamespace(RandomState=_RandomState)
     pool = _MemoryPool()
     shim.get_default_memory_pool = lambda: pool
     compute = _ComputeTypes()
-    shim.matmul = compute.matmul
+    shim.matmul = lambda a, b, out=None: on_device(compute.matmul(a, b, out=out))
     shim._core = types.SimpleNamespace(get_compute_type=compute.get_compute_type, set_compute_type=compute.set_compute_type,
                                        _routines_linalg=types.SimpleNamespace(COMPUTE_TYPE_TF32=compute.TF32))
     device = types.SimpleNamespace(id=0, synchronize=lambda: None)
     shim.cuda = types.SimpleNamespace(
         Device=lambda: device, Stream=_Stream, using_allocator=lambda allocator: contextlib.nullcontext(),
-        get_current_stream=lambda: None, cublas=_Cublas(), device=types.SimpleNamespace(get_cublas_handle=lambda: 0),
+        get_current_stream=lambda: types.SimpleNamespace(ptr=0),  # the default stream
+        cublas=_Cublas(), device=types.SimpleNamespace(get_cublas_handle=lambda: 0),
         runtime=types.SimpleNamespace(getDeviceProperties=lambda i: {"name": b"Numba CUDA simulator", "major": 9},
                                       memGetInfo=lambda: (FREE_BYTES, 2 * FREE_BYTES)))
     return shim

@@ -1,5 +1,6 @@
-"""bench/gpu.py end to end in the simulator (NumPy standing in for CuPy) on a toy model, so that the
-GPU session's one call does not find a broken benchmark; and its byte count against the issue's."""
+"""bench/gpu.py end to end in the simulator (NumPy standing in for CuPy, cuda_sim.sim) on a toy model,
+so that the GPU session's one call does not find a broken benchmark; and its byte count against the
+issue's."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cuda_sim.sim import numpy_as_cupy
+from cuda_sim import sim
 from gptoss_np import synthetic
 from gptoss_np.config import GptOssConfig
 from gptoss_np.kernels import bf16_cuda, mxfp4_cuda
@@ -21,7 +22,8 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "gpu.py"
 
 @pytest.fixture
 def bench(monkeypatch):
-    monkeypatch.setitem(sys.modules, "cupy", numpy_as_cupy())
+    monkeypatch.setitem(sys.modules, "cupy", sim.numpy_as_cupy())
+    sim.device_arrays_only(monkeypatch)
     for name in ("gptoss_np.backend_cuda", "gptoss_np.cuda_graph"):  # imported again with the shim
         monkeypatch.delitem(sys.modules, name, raising=False)
     spec = importlib.util.spec_from_file_location("bench_gpu", BENCH)
@@ -98,11 +100,12 @@ def test_filled_cache_holds_what_a_prefill_would(bench):
     model = GptOss(bench.DeviceCheckpoint(config), bench.select("cuda"), progress=False)
     cache = bench.filled_cache(model, context=10, room=3)
     assert cache.length == 10
-    full, sliding = config.layer_types.index("full_attention"), config.layer_types.index("sliding_attention")
-    np.testing.assert_array_equal(cache.positions[full][:10], np.arange(10))
-    assert (cache.positions[full][10:] == -1).all()
-    np.testing.assert_array_equal(np.sort(cache.positions[sliding]), [6, 7, 8, 9])
-    np.testing.assert_array_equal(cache.positions[sliding] % 4, np.arange(4))  # position p in slot p % W
+    full, sliding = (model.ops.to_numpy(cache.positions[config.layer_types.index(kind)])
+                     for kind in ("full_attention", "sliding_attention"))
+    np.testing.assert_array_equal(full[:10], np.arange(10))
+    assert (full[10:] == -1).all()
+    np.testing.assert_array_equal(np.sort(sliding), [6, 7, 8, 9])
+    np.testing.assert_array_equal(sliding % 4, np.arange(4))  # position p in slot p % W
 
 
 def test_targets_of_the_issues(bench):

@@ -1,11 +1,11 @@
-"""The CUDA backend's whole composition in the simulator: CudaOps, with NumPy standing in for CuPy,
-runs the tiny model through every CUDA kernel (prefill, then generate()'s decode steps past the
-sliding window) and must give the CPU engine's logits and sampled tokens."""
+"""The CUDA backend's whole composition in the simulator: CudaOps, with NumPy standing in for CuPy
+(sim.DeviceArray: refusing what CuPy's arrays refuse), runs the tiny model through every CUDA kernel
+(prefill, then generate()'s decode steps past the sliding window, recorded and replayed as a CUDA
+graph) and must give the CPU engine's logits and sampled tokens."""
 
 from __future__ import annotations
 
 import importlib
-import logging
 import sys
 
 import numpy as np
@@ -26,33 +26,35 @@ def cuda_ops(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", numpy_as_cupy())
     for module in ("gptoss_np.backend_cuda", "gptoss_np.cuda_graph"):  # imported again with the shim
         monkeypatch.delitem(sys.modules, module, raising=False)
+    sim.device_arrays_only(monkeypatch)
     monkeypatch.setattr(bf16_cuda, "MAX_ROWS", 4)  # a 6-token prefill takes the widen + matmul path
     return importlib.import_module("gptoss_np.backend_cuda").CudaOps()
 
 
-def test_tiny_model_prefill_and_decode(cuda_ops, tmp_path, caplog, monkeypatch):
+def test_tiny_model_prefill_and_decode(cuda_ops, tmp_path, monkeypatch):
     # smaller than "tiny" (the simulator runs each GPU thread as a Python thread), every feature kept
     config = synthetic.config_dict("tiny", vocab_size=96, hidden_size=32, intermediate_size=32, head_dim=8,
                                    num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
                                    num_experts_per_tok=2, sliding_window=4)
     checkpoint = Checkpoint(synthetic.write_checkpoint(tmp_path, config))
     cpu, gpu = GptOss(checkpoint, CpuOps()), GptOss(checkpoint, cuda_ops)
-    ids = np.random.default_rng(5).integers(0, cpu.config.vocab_size, 8)
-    caches = cpu.new_cache(8), gpu.new_cache(8)
+    ids = np.random.default_rng(5).integers(0, cpu.config.vocab_size, 9)
+    caches = cpu.new_cache(9), gpu.new_cache(9)
     ours, ref = gpu.forward(ids[:6], caches[1]), cpu.forward(ids[:6], caches[0])  # prefill 6
-    assert rel_err(ours, ref) < 1e-5
-    # decode to position 7 (window 4) as generate() does: cuda_graph.GraphDecoder runs the first step
-    # op by op with static shapes, then tries a capture, which the simulator refuses: a warning, and
-    # op by op from then on. Its norms are done by the GEMVs that read them: no rmsnorm launch
+    assert rel_err(cuda_ops.to_numpy(ours), ref) < 1e-5
+    # decode to position 8 (window 4) as generate() does: cuda_graph.GraphDecoder runs the first step
+    # op by op with static shapes, records the second as a CUDA graph (stood in for: the recorded
+    # step may not read anything on the host) and replays it for the rest: a replay that repeated
+    # the recorded position would show. Its norms are done by the GEMVs that read them: no rmsnorm launch
+    graphs = sim.stand_in_graphs(monkeypatch, sys.modules["gptoss_np.cuda_graph"], caches[1])
     norms = []
     monkeypatch.setattr(norm_rope_cuda, "rmsnorm", lambda *args: norms.append(args))
     decode = cuda_ops.decoder(gpu, caches[1])
-    with caplog.at_level(logging.WARNING, logger="gptoss_np.cuda_graph"):
-        for token in ids[6:]:
-            ours, ref = decode(int(token)), cpu.forward(token[None], caches[0])
-            assert rel_err(ours, ref) < 1e-5
-    assert caches[1].static_shapes and caches[1].length == 8 and not norms
-    assert "CUDA graph capture failed" in caplog.text and not cuda_ops.graphs
+    for token in ids[6:]:
+        ours, ref = decode(int(token)), cpu.forward(token[None], caches[0])
+        assert rel_err(cuda_ops.to_numpy(ours), ref) < 1e-5
+    assert caches[1].static_shapes and caches[1].length == 9 and not norms
+    assert cuda_ops.graphs and len(graphs) == 1 and graphs[0].launches == 2
     logits = ours[0]
     assert cuda_ops.sample(logits) == cpu.ops.sample(ref[0])
     kwargs = dict(temperature=0.9, top_k=40, top_p=0.95)
@@ -78,10 +80,12 @@ def test_expert_paths(cuda_ops, monkeypatch, tokens, swiglu):
                     for p, e in enumerate(experts.ravel())])
     if swiglu is not None:
         ref = moe.swiglu_ref(ref, *swiglu)
+    device = [sys.modules["cupy"].asarray(a) for a in (x, blocks, scales, bias, experts)]
+    x, blocks, scales, bias, experts = device
     for blas_from in ((2, 10**9) if tokens > 1 else (10**9,)):
         monkeypatch.setattr(backend_cuda, "EXPERT_BLAS_MIN_TOKENS", blas_from)
         out = cuda_ops.mxfp4_experts(x, A, blocks, scales, bias, cuda_ops.pair_plan(experts, E), swiglu=swiglu)
-        assert out.shape == ref.shape and rel_err(out, ref) < 1e-6
+        assert out.shape == ref.shape and rel_err(cuda_ops.to_numpy(out), ref) < 1e-6
 
 
 def test_expert_choice_dispatch(cuda_ops, tmp_path):
@@ -95,7 +99,7 @@ def test_expert_choice_dispatch(cuda_ops, tmp_path):
     ids = np.random.default_rng(6).integers(0, cpu.config.vocab_size, 16)
     assert sum(layer.dropped for layer in cpu.trace(ids, attention=False)) > 0
     ours, ref = gpu.forward(ids, gpu.new_cache(16), all_logits=True), cpu.forward(ids, cpu.new_cache(16), all_logits=True)
-    assert rel_err(ours, ref) < 1e-5
+    assert rel_err(cuda_ops.to_numpy(ours), ref) < 1e-5
 
 
 def test_gpus_with_tensor_cores_default_to_bf16_products(cuda_ops):
@@ -118,7 +122,7 @@ def test_cublas_products_keep_float32_accuracy(cuda_ops, monkeypatch, products):
     w = w_bits if products == "bf16x3" else bf16.bf16_to_f32(w_bits)
     before = cp._core.get_compute_type(np.float32)
     truth = x.astype(np.float64) @ bf16.bf16_to_f32(w_bits).T
-    assert rel_err(cuda_ops.matmul_t(x, w), truth) < 1e-6
+    assert rel_err(cuda_ops.to_numpy(cuda_ops.matmul_t(cp.asarray(x), cp.asarray(w))), truth) < 1e-6
     tf32_mode = cp._core._routines_linalg.COMPUTE_TYPE_TF32
     assert modes == {"bf16x3": [], "tf32x2": [tf32_mode], "float32": [before]}[products]
     assert cp._core.get_compute_type(np.float32) == before
@@ -156,11 +160,11 @@ def test_cublas_prefill_keeps_float32_accuracy(cuda_ops, monkeypatch, tmp_path, 
     cuda_ops.products, cuda_ops.fp16_experts = products, fp16_experts
     ids = np.random.default_rng(8).integers(0, cpu.config.vocab_size, 8)
     ref = cpu.forward(ids, cpu.new_cache(8), all_logits=True)
-    assert rel_err(gpu.forward(ids, gpu.new_cache(8), all_logits=True), ref) < 1e-5
+    assert rel_err(cuda_ops.to_numpy(gpu.forward(ids, gpu.new_cache(8), all_logits=True)), ref) < 1e-5
     module, name, one_product = one_part
     module = sys.modules[module]
     monkeypatch.setattr(module, name, one_product(getattr(module, name)))  # x as it is: one product rounds it
-    assert rel_err(gpu.forward(ids, gpu.new_cache(8), all_logits=True), ref) > 1e-5
+    assert rel_err(cuda_ops.to_numpy(gpu.forward(ids, gpu.new_cache(8), all_logits=True)), ref) > 1e-5
 
 
 def test_weights_that_cannot_fit_are_refused_before_loading(cuda_ops, monkeypatch, tmp_path):
