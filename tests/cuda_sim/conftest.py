@@ -42,3 +42,10 @@ def small_launches(monkeypatch):
             monkeypatch.setattr(m, name, value)
         if hasattr(m, "SHARED_ALIGN"):  # the simulator's shared arrays take no alignment
             monkeypatch.setattr(m, "SHARED_ALIGN", None)
+
+
+@pytest.fixture(autouse=True)
+def gpu_launch_limits(monkeypatch):
+    """Every simulated launch within CUDA's limits on grids and blocks (sim.launch_as_a_gpu)."""
+    from cuda_sim import sim
+    sim.launch_as_a_gpu(monkeypatch)

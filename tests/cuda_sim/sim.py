@@ -28,7 +28,9 @@ def assert_close(out, ref, rtol=1e-5):
 
 FREE_BYTES = 1 << 30  # the simulated GPU's free memory
 
-_recording = [False]  # whether a stand-in CUDA graph is recording or replaying (recording())
+class _State:
+    recording = False  # a stand-in CUDA graph records or replays its step (recording())
+    device_arrays_only = False  # simulated launches refuse host arrays (device_arrays_only())
 
 
 @contextlib.contextmanager
@@ -36,15 +38,15 @@ def recording():
     """Within: the GPU work is recorded into a CUDA graph, so the host may not read a device array,
     copy one to or from the host, or launch a kernel on host arrays: on a GPU each of these breaks
     the capture, or would bake a value of the recording into every replay."""
-    _recording[0] = True
+    _State.recording = True
     try:
         yield
     finally:
-        _recording[0] = False
+        _State.recording = False
 
 
 def _refuse_while_recording(what: str) -> None:
-    if _recording[0]:
+    if _State.recording:
         raise RuntimeError(f"cudaErrorStreamCaptureUnsupported (simulated): {what} while recording a CUDA graph")
 
 
@@ -56,7 +58,7 @@ class DeviceArray(np.ndarray):
     """An array of the `cupy` stand-in: a NumPy array that behaves as a CuPy array where NumPy's
     leniency would hide a bug. Arithmetic with a host array raises TypeError, as CuPy's does; an
     element is a 0-d device array, as in CuPy; while recording(), reading one on the host raises.
-    Kernels launched in the simulator see plain NumPy views (device_arrays_only)."""
+    Kernels launched in the simulator see plain NumPy views (launch_as_a_gpu)."""
 
     __module__ = "cupy"  # what kernels.common_cuda.array_module looks at
 
@@ -118,19 +120,35 @@ def _to_host(a):
     return np.array(a).view(np.ndarray)
 
 
+MAX_GRID = (2**31 - 1, 65535, 65535)  # CUDA's largest grid, in blocks along x, y, z
+MAX_BLOCK_THREADS = 1024
+
 def device_arrays_only(monkeypatch):
-    """Within the test: a kernel launched in the simulator with a host array raises (Numba would copy
-    it to the GPU and back, synchronously, at every launch), and sees its device arrays as plain
-    NumPy views."""
+    """Within the test, a kernel launched with a host array raises: Numba would copy it to the GPU
+    and back, synchronously, at every launch (slow, and refused while recording a CUDA graph)."""
+    monkeypatch.setattr(_State, "device_arrays_only", True)
+
+
+def launch_as_a_gpu(monkeypatch):
+    """Within the test, the simulator refuses a launch that a GPU would refuse: a grid with no blocks
+    or past CUDA's limits (MAX_GRID), a block of more than MAX_BLOCK_THREADS threads (and host
+    arrays, under device_arrays_only). Kernels see device arrays as plain NumPy views."""
+    from numba.cuda.errors import normalize_kernel_dimensions
     from numba.cuda.simulator import kernel
 
     launch = kernel.FakeCUDAKernel.__call__
 
     def checked(self, *args):
         if not (self._device or kernel._kernel_context):
+            name = self.fn.__name__
+            grid, block = normalize_kernel_dimensions(self.grid_dim, self.block_dim)
+            if not all(1 <= g <= most for g, most in zip(grid, MAX_GRID)):
+                raise ValueError(f"{name}: grid {grid} (CUDA: 1 to {MAX_GRID} blocks): cudaErrorInvalidConfiguration")
+            if not 1 <= block[0] * block[1] * block[2] <= MAX_BLOCK_THREADS:
+                raise ValueError(f"{name}: block {block} (CUDA: 1 to {MAX_BLOCK_THREADS} threads)")
             host = [i for i, a in enumerate(args) if _is_host_array(a)]
-            if host:
-                raise TypeError(f"{self.fn.__name__}: arguments {host} are host (NumPy) arrays")
+            if host and _State.device_arrays_only:
+                raise TypeError(f"{name}: arguments {host} are host (NumPy) arrays")
         return launch(self, *[a.view(np.ndarray) if isinstance(a, DeviceArray) else a for a in args])
 
     monkeypatch.setattr(kernel.FakeCUDAKernel, "__call__", checked)
