@@ -31,6 +31,7 @@ FREE_BYTES = 1 << 30  # the simulated GPU's free memory
 class _State:
     recording = False  # a stand-in CUDA graph records or replays its step (recording())
     device_arrays_only = False  # simulated launches refuse host arrays (device_arrays_only())
+    launched = {}  # "module.kernel" -> the argument types it was launched with in this test (launched())
 
 
 @contextlib.contextmanager
@@ -123,20 +124,44 @@ def _to_host(a):
 MAX_GRID = (2**31 - 1, 65535, 65535)  # CUDA's largest grid, in blocks along x, y, z
 MAX_BLOCK_THREADS = 1024
 
+
 def device_arrays_only(monkeypatch):
     """Within the test, a kernel launched with a host array raises: Numba would copy it to the GPU
     and back, synchronously, at every launch (slow, and refused while recording a CUDA graph)."""
     monkeypatch.setattr(_State, "device_arrays_only", True)
 
 
+def numba_types(args) -> tuple:
+    """The argument types Numba compiles a kernel for on a GPU, written as test_kernels_cuda.SIGNATURES
+    writes them: arrays dtype[:, ::1] when C-contiguous (else dtype[:, :]), Python ints int64,
+    floats float64, bools boolean, NumPy scalars their dtype."""
+    def one(a):
+        if isinstance(a, np.ndarray):
+            dims = [":"] * a.ndim
+            if a.flags.c_contiguous:
+                dims[-1] = "::1"
+            return f"{a.dtype}[{', '.join(dims)}]"
+        if isinstance(a, (bool, np.bool_)):
+            return "boolean"
+        return {int: "int64", float: "float64"}.get(type(a)) or str(np.dtype(type(a)))
+    return tuple(one(a) for a in args)
+
+
+def launched() -> dict:
+    """"module.kernel" -> the set of argument types (numba_types) of this test's launches of it."""
+    return _State.launched
+
+
 def launch_as_a_gpu(monkeypatch):
     """Within the test, the simulator refuses a launch that a GPU would refuse: a grid with no blocks
     or past CUDA's limits (MAX_GRID), a block of more than MAX_BLOCK_THREADS threads (and host
-    arrays, under device_arrays_only). Kernels see device arrays as plain NumPy views."""
+    arrays, under device_arrays_only); and records each launch's argument types (launched()).
+    Kernels see device arrays as plain NumPy views."""
     from numba.cuda.errors import normalize_kernel_dimensions
     from numba.cuda.simulator import kernel
 
     launch = kernel.FakeCUDAKernel.__call__
+    monkeypatch.setattr(_State, "launched", {})
 
     def checked(self, *args):
         if not (self._device or kernel._kernel_context):
@@ -149,6 +174,8 @@ def launch_as_a_gpu(monkeypatch):
             host = [i for i, a in enumerate(args) if _is_host_array(a)]
             if host and _State.device_arrays_only:
                 raise TypeError(f"{name}: arguments {host} are host (NumPy) arrays")
+            module = self.fn.__module__.rsplit(".", 1)[-1]
+            _State.launched.setdefault(f"{module}.{name}", set()).add(numba_types(args))
         return launch(self, *[a.view(np.ndarray) if isinstance(a, DeviceArray) else a for a in args])
 
     monkeypatch.setattr(kernel.FakeCUDAKernel, "__call__", checked)
