@@ -152,6 +152,18 @@ def launched() -> dict:
     return _State.launched
 
 
+def assert_launched_as_checked(own_module: str | None = None):
+    """Every kernel of gptoss_np.kernels that the test launched took the argument types whose sm_90
+    machine code tests/test_kernels_cuda.py checks (SIGNATURES): on a GPU other types compile another
+    version, which nothing checks (a Python float makes float64 arithmetic; a strided view,
+    any-layout code). Kernels of `own_module` (a benchmark's own) are let be."""
+    from test_kernels_cuda import SIGNATURES
+    checked = {k: v for k, v in launched().items() if k.split(".")[0] != own_module}
+    assert checked
+    for kernel, types_ in checked.items():
+        assert types_ == {SIGNATURES[kernel]}, (kernel, types_ - {SIGNATURES[kernel]})
+
+
 def launch_as_a_gpu(monkeypatch):
     """Within the test, the simulator refuses a launch that a GPU would refuse: a grid with no blocks
     or past CUDA's limits (MAX_GRID), a block of more than MAX_BLOCK_THREADS threads (and host

@@ -92,6 +92,7 @@ def test_benchmark_runs_and_writes_its_json(bench, tmp_path, monkeypatch, capsys
     assert prefill["tokens"] == 3 and prefill["calls"]["linear"] == 3 + 1 and "sample" not in prefill["calls"]
     assert saved["transformers"] == {"error": "RuntimeError: no transformers here"}
     assert "transformers failed: RuntimeError: no transformers here" in capsys.readouterr().out  # in the table
+    sim.assert_launched_as_checked(own_module="bench_gpu")  # the kernels it times are the ones the engine runs
 
 
 def test_filled_cache_holds_what_a_prefill_would(bench):

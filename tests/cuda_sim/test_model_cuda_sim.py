@@ -31,16 +31,6 @@ def cuda_ops(monkeypatch):
     return importlib.import_module("gptoss_np.backend_cuda").CudaOps()
 
 
-def assert_launched_as_checked():
-    """Every kernel the test launched took the argument types whose sm_90 machine code
-    tests/test_kernels_cuda.py checks (SIGNATURES): on a GPU other types compile another version,
-    which nothing checks (a Python float makes float64 arithmetic; a strided view, any-layout code)."""
-    from test_kernels_cuda import SIGNATURES
-    assert sim.launched()
-    for kernel, types_ in sim.launched().items():
-        assert types_ == {SIGNATURES[kernel]}, (kernel, types_ - {SIGNATURES[kernel]})
-
-
 def test_tiny_model_prefill_and_decode(cuda_ops, tmp_path, monkeypatch):
     # smaller than "tiny" (the simulator runs each GPU thread as a Python thread), every feature kept
     config = synthetic.config_dict("tiny", vocab_size=96, hidden_size=32, intermediate_size=32, head_dim=8,
@@ -65,7 +55,7 @@ def test_tiny_model_prefill_and_decode(cuda_ops, tmp_path, monkeypatch):
         assert rel_err(cuda_ops.to_numpy(ours), ref) < 1e-5
     assert caches[1].static_shapes and caches[1].length == 9 and not norms
     assert cuda_ops.graphs and len(graphs) == 1 and graphs[0].launches == 2
-    assert_launched_as_checked()
+    sim.assert_launched_as_checked()
     logits = ours[0]
     assert cuda_ops.sample(logits) == cpu.ops.sample(ref[0])
     kwargs = dict(temperature=0.9, top_k=40, top_p=0.95)
@@ -111,7 +101,7 @@ def test_expert_choice_dispatch(cuda_ops, tmp_path):
     assert sum(layer.dropped for layer in cpu.trace(ids, attention=False)) > 0
     ours, ref = gpu.forward(ids, gpu.new_cache(16), all_logits=True), cpu.forward(ids, cpu.new_cache(16), all_logits=True)
     assert rel_err(cuda_ops.to_numpy(ours), ref) < 1e-5
-    assert_launched_as_checked()
+    sim.assert_launched_as_checked()
 
 
 def test_gpus_with_tensor_cores_default_to_bf16_products(cuda_ops):
@@ -173,7 +163,7 @@ def test_cublas_prefill_keeps_float32_accuracy(cuda_ops, monkeypatch, tmp_path, 
     ids = np.random.default_rng(8).integers(0, cpu.config.vocab_size, 8)
     ref = cpu.forward(ids, cpu.new_cache(8), all_logits=True)
     assert rel_err(cuda_ops.to_numpy(gpu.forward(ids, gpu.new_cache(8), all_logits=True)), ref) < 1e-5
-    assert_launched_as_checked()
+    sim.assert_launched_as_checked()
     module, name, one_product = one_part
     module = sys.modules[module]
     monkeypatch.setattr(module, name, one_product(getattr(module, name)))  # x as it is: one product rounds it
