@@ -7,6 +7,7 @@
 #   bash bench/gpu_check.sh                  # every part, from the repository root, on a machine with a GPU
 #   bash bench/gpu_check.sh bench moe        # only these parts (of: tests bench moe notebooks), e.g. a rerun
 #   bash bench/gpu_check.sh 120b             # the gpt-oss-120b shape (issue 6: fits 80 GB, decode >= 250 tok/s)
+#   bash bench/gpu_check.sh sanitize         # compute-sanitizer's memcheck, synccheck, racecheck (bench/sanitize.py)
 #
 # $OUT/gpu_check.json: device, date, commit, gpu tests passed/failed, rel errors, copy bandwidth,
 # prefill tok/s at 128 / 2k / 8k tokens, decode tok/s at 128 / 4k / 32k context with bytes per token
@@ -55,6 +56,13 @@ fi
 if wants 120b; then  # not among the default parts: ~65 GB of weights to draw, its own call
     timeout 300 python3 bench/gpu.py --json "$OUT/gpu_check_120b.json" --preset gpt-oss-120b --contexts 128,1024 \
         --prompts 128 --decode 16 2>&1 | tee "$OUT/gpu_bench_120b.log" | tail -40
+fi
+if wants sanitize; then  # not among the default parts: its own call, ~1-5 min (the three tools' slowdowns are unmeasured)
+    for tool in memcheck synccheck racecheck; do
+        echo "== compute-sanitizer --tool $tool"
+        timeout 150 compute-sanitizer --tool "$tool" --error-exitcode 9 python3 bench/sanitize.py 2>&1 | tail -40
+        echo "== exit ${PIPESTATUS[0]} (0: clean, 9: errors found, 124: timed out)"
+    done 2>&1 | tee "$OUT/sanitize.log"
 fi
 # with the time left: the MoE dispatch timings (issue 5)
 left=$((LIMIT - SECONDS))
