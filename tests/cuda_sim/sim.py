@@ -292,7 +292,7 @@ class _ComputeTypes:
         return np.matmul(a, b, out=out)
 
 
-CUDA_R_32F, CUDA_R_16F, CUDA_R_16BF = 0, 2, 14  # cudaDataType values (library_types.h), written here apart from the engine's
+CUDA_R_32F, CUDA_R_16F, CUDA_R_16BF = 0, 2, 14  # cudaDataType (library_types.h), apart from the engine's
 
 
 class _Cublas:
