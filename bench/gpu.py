@@ -348,6 +348,18 @@ def profile_ops(model: GptOss, run, repeats: int) -> dict:
             "calls": {name: calls[name] // repeats for name in names}}
 
 
+def prefill_paths(ops) -> dict:
+    """The prefill paths worth comparing on this GPU: name -> (blas_from, products, fp16_experts) for
+    prefill_path, blas_from None for the tiled kernel at any length."""
+    default = (ops.products, ops.fp16_experts)
+    paths = {"tiled": (None, *default), "blas": (1, *default)}  # experts by the tiled kernel, by cuBLAS
+    if ops.fp16_experts:
+        paths["blas_bf16x3"] = (1, ops.products, False)  # the experts' three bf16 products, not two fp16 ones
+    if ops.products == "bf16x3":
+        paths["blas_tf32x2"] = (1, "tf32x2", False)  # two TF32 products instead (all of cuBLAS's)
+    return paths
+
+
 @contextlib.contextmanager
 def prefill_path(ops, blas_from: int, products: str, fp16_experts: bool):
     """Within: the CUDA backend multiplies the MoE experts of prompts from `blas_from` tokens by
@@ -507,12 +519,7 @@ def main(argv=None) -> dict:
                 del cache, decode
     report["prefill"] = {}
     rule = importlib.import_module("gptoss_np.backend_cuda").EXPERT_BLAS_MIN_TOKENS
-    default = (ops.products, ops.fp16_experts)
-    paths = {"tiled": (None, *default), "blas": (1, *default)}  # experts by the tiled kernel, by cuBLAS
-    if ops.fp16_experts:
-        paths["blas_bf16x3"] = (1, ops.products, False)  # the experts' three bf16 products, not two fp16 ones
-    if ops.products == "bf16x3":
-        paths["blas_tf32x2"] = (1, "tf32x2", False)  # two TF32 products instead (all of cuBLAS's)
+    paths = prefill_paths(ops)
     for products, fp16_experts in {path[1:] for path in paths.values()}:  # compile each cuBLAS experts' path
         with prefill_path(ops, 1, products, fp16_experts):
             model.forward(ids[:2], model.new_cache(2))

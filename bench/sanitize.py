@@ -8,10 +8,10 @@ do not race as a GPU's do).
 
 bench/gpu_check.sh's `sanitize` part runs the three (the device machines on Firecracker have the tool,
 those on gVisor refuse it: /work/.library/device/KINDS.md). The run: prefills of PROMPT tokens with the
-experts by the tiled kernel and by cuBLAS (fp16x2, bf16x3 and tf32x2 products), each against the CPU
-engine's logits, then generate() with decode steps from a CUDA graph and op by op, greedy (as the CPU
-engine's) and sampled. CuPy's memory pool is off, so that each array is an allocation of its own,
-whose bounds memcheck knows.
+experts by each path bench/gpu.py times (the tiled kernel; cuBLAS with fp16x2, bf16x3 and tf32x2
+products), each against the CPU engine's logits, then generate() with decode steps from a CUDA graph
+and op by op, greedy (as the CPU engine's) and sampled. CuPy's memory pool is off, so that each array
+is an allocation of its own, whose bounds memcheck knows.
 """
 
 from __future__ import annotations
@@ -23,18 +23,14 @@ import cupy as cp
 import numpy as np
 
 import gptoss_np
-from gpu import prefill_path
+from gpu import prefill_path, prefill_paths
 from gptoss_np import synthetic
 
 PROMPT = 40  # tokens: above bf16_cuda.MAX_ROWS (cuBLAS for the dense projections), past the window
 # real head_dim and heads per kv head (the attention tiles' shapes), a few experts, small matrices
 CONFIG = dict(hidden_size=256, intermediate_size=256, head_dim=64, num_attention_heads=16, num_key_value_heads=2,
               num_local_experts=8, num_experts_per_tok=4, sliding_window=16, vocab_size=1000)
-TOLERANCE = 1e-3  # relative error of the logits against the CPU engine (as tests/test_gpu.py)
-
-
-def rel_err(a, b) -> float:
-    return float(np.abs(a - b).max() / np.abs(b).max())
+TOLERANCE = 1e-3  # relative error (2-norm) of the logits against the CPU engine, as tests/test_gpu.py's
 
 
 def main() -> int:
@@ -45,11 +41,9 @@ def main() -> int:
     ref = cpu.logits(ids)
     failed = 0
     ops = gpu.ops
-    paths = {"tiled": (PROMPT + 1, ops.products, ops.fp16_experts), "blas fp16x2": (1, ops.products, True),
-             "blas bf16x3": (1, ops.products, False), "blas tf32x2": (1, "tf32x2", False)}
-    for name, path in paths.items():
-        with prefill_path(ops, *path):
-            err = rel_err(gpu.logits(ids), ref)
+    for name, (blas_from, products, fp16_experts) in prefill_paths(ops).items():
+        with prefill_path(ops, blas_from or PROMPT + 1, products, fp16_experts):
+            err = float(np.linalg.norm(gpu.logits(ids) - ref) / np.linalg.norm(ref))
         failed += err > TOLERANCE
         print(f"prefill {PROMPT} tokens, experts {name}: rel err {err:.2e}", flush=True)
     for graphs in (True, False):

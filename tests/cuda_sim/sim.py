@@ -28,6 +28,7 @@ def assert_close(out, ref, rtol=1e-5):
 
 FREE_BYTES = 1 << 30  # the simulated GPU's free memory
 
+
 class _State:
     recording = False  # a stand-in CUDA graph records or replays its step (recording())
     device_arrays_only = False  # simulated launches refuse host arrays (device_arrays_only())
