@@ -195,6 +195,7 @@ def kernel_cases(model: GptOss, context: int) -> dict:
     x = rs.standard_normal((1, D), dtype=cp.float32)
     h = rs.standard_normal((A, I), dtype=cp.float32)
     plan = ops.pair_plan(cp.arange(A, dtype=cp.int32)[None], c.num_local_experts)  # one token, A experts
+    router_logits = rs.standard_normal((1, c.num_local_experts), dtype=cp.float32)
     q = rs.standard_normal((1, H, Dh), dtype=cp.float32)
     k, v = (rs.standard_normal((context, G, Dh), dtype=cp.float32) for _ in range(2))
     q_pos, k_pos = cp.full(1, context - 1, cp.int64), cp.arange(context, dtype=cp.int64)
@@ -203,9 +204,15 @@ def kernel_cases(model: GptOss, context: int) -> dict:
     def normed(weight):  # the GEMVs that read a norm's rows normalize x as decode runs them
         return ops.rmsnorm(x, weight, c.rms_norm_eps)
 
+    def routed():  # decode's gate_up GEMV ranks the router's logits for its pairs' experts (backend_cuda.Routed)
+        return ops.pair_plan(ops.route(router_logits, A)[0], c.num_local_experts)
+
     return {
         "mxfp4_gate_up": (lambda: ops.mxfp4_experts(x, A, w.gate_up_blocks, w.gate_up_scales, w.gate_up_bias, plan,
                                                     swiglu=(c.swiglu_limit, c.swiglu_alpha)), A * expert_bytes(2 * I, D)),
+        "mxfp4_gate_up_routed": (lambda: ops.mxfp4_experts(x, A, w.gate_up_blocks, w.gate_up_scales, w.gate_up_bias,
+                                                           routed(), swiglu=(c.swiglu_limit, c.swiglu_alpha)),
+                                 A * expert_bytes(2 * I, D)),
         "mxfp4_down": (lambda: ops.mxfp4_experts(h, 1, w.down_blocks, w.down_scales, w.down_bias, plan),
                        A * expert_bytes(D, I)),
         "bf16_qkv": (lambda: ops.linear(normed(layer.attn_norm), attn.qkv, attn.qkv_bias),

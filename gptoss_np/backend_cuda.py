@@ -24,6 +24,8 @@ Kernel choices by size live here and nowhere else:
   rmsnorm        of a few rows (decode; up to bf16_cuda.MAX_ROWS): deferred (Normed), done by the bf16
                  GEMV that reads it first as it stages x, which also writes the normalized rows for the
                  other readers (the MoE norm feeds the router and the experts): no launch of its own
+  route          of EXPERT_GEMV_MAX_TOKENS tokens or fewer (decode): deferred (Routed), done by the
+                 experts' gate_up GEMV, each pair's blocks ranking its token's logits: no launch of its own
   sampling       argmax or the filtered draw on the device; only the chosen id is copied back
   decode         replayed from a CUDA graph (cuda_graph.py) unless `graphs` is off
 """
@@ -31,6 +33,7 @@ Kernel choices by size live here and nowhere else:
 from __future__ import annotations
 
 import contextlib
+from typing import NamedTuple
 
 import cupy as cp
 import numpy as np
@@ -70,6 +73,41 @@ class Normed:
         if self.rows is None:
             self.rows = norm_rope_cuda.rmsnorm(self.x, self.weight, self.eps, cp.empty_like(self.x))
         return self.rows
+
+
+class Routed:
+    """The top-k routing of router logits [T, E], T <= EXPERT_GEMV_MAX_TOKENS, not yet computed: the
+    first expert GEMV that reads it (the gate_up projection, CudaOps.mxfp4_experts) picks each pair's
+    expert from the logits and writes `experts` [T, k] and `weights` [T, k]; readers before it get
+    them from the route kernel (computed)."""
+
+    def __init__(self, logits, k: int):
+        T = logits.shape[0]
+        self.logits, self.k = logits, k
+        self.experts = cp.empty((T, k), cp.int32)
+        self.weights = cp.empty((T, k), cp.float32)
+        self.written = False  # by a kernel launched already
+
+    @property
+    def shape(self):
+        return self.experts.shape
+
+    def computed(self):
+        """The experts [T, k], from the route kernel unless a GEMV wrote them."""
+        if not self.written:
+            moe_cuda.route(self.logits, self.experts, self.weights)
+            self.written = True
+        return self.experts
+
+
+class PairPlan(NamedTuple):
+    """How the experts' matrices reach a layer's (token, slot) pairs (CudaOps.pair_plan)."""
+    experts: object  # [P] int32: each pair's expert
+    order: object  # [P] int32: the pairs sorted by expert (grouped matmul), or None (GEMV)
+    offsets: object  # [E + 1] int32: expert e owns order[offsets[e]:offsets[e + 1]], or None
+    tokens: int  # T
+    starts: np.ndarray | None  # offsets on the host, for the cuBLAS path (long prompts), else None
+    routed: Routed | None  # a routing the plan's first GEMV computes (decode), else None
 
 
 def _f32(a):
@@ -119,7 +157,7 @@ class CudaOps:
         return cp.ascontiguousarray(cp.asarray(a))
 
     def to_numpy(self, a) -> np.ndarray:
-        return cp.asnumpy(a)
+        return cp.asnumpy(a.computed() if isinstance(a, Routed) else a)
 
     def check_room(self, nbytes: int) -> None:
         """MemoryError saying what is needed and what is free, unless `nbytes` of weights fit in the
@@ -206,7 +244,12 @@ class CudaOps:
         return kv_cache_cuda.write_one(_f32(k), _f32(v), positions, keys, values, stored)
 
     def route(self, logits, k):
+        """(experts, weights) [T, k]; for a few tokens (decode) experts is a Routed, filled with its
+        weights by the gate_up GEMV (no launch of its own)."""
         T = logits.shape[0]
+        if T <= EXPERT_GEMV_MAX_TOKENS:
+            routed = Routed(_f32(logits), k)
+            return routed, routed.weights
         return moe_cuda.route(_f32(logits), cp.empty((T, k), cp.int32), cp.empty((T, k), cp.float32))
 
     def swiglu(self, gate_up, limit, alpha):
@@ -236,28 +279,35 @@ class CudaOps:
         mxfp4_cuda.expert_matmul(h, 1, order, offsets, most, w.down_blocks, w.down_scales, w.down_bias, y)
         return self.combine(y, cp.asarray(weights), residual)  # [T, D]
 
-    def pair_plan(self, experts, num_experts: int):
-        """experts [T, A] -> (each pair's expert [P], order [P], offsets [E + 1], T, starts): for the
-        grouped matmul, the pairs sorted by expert; for the GEMV (few tokens) order and offsets are
-        None. starts: the offsets on the host for the cuBLAS path (long prompts; one wait a layer,
-        shared by its two projections), else None."""
+    def pair_plan(self, experts, num_experts: int) -> PairPlan:
+        """experts [T, A] (an array, or a Routed) -> the PairPlan: for the grouped matmul, the pairs
+        sorted by expert; for the GEMV (few tokens) no order, and a Routed not yet written is left to
+        the plan's first GEMV. starts: the offsets on the host for the cuBLAS path (long prompts; one
+        wait a layer, shared by its two projections)."""
         T = experts.shape[0]
-        flat = cp.ascontiguousarray(experts.ravel(), dtype=cp.int32)
+        if isinstance(experts, Routed):  # (made for as few tokens as the GEMV takes)
+            routed = None if experts.written else experts
+            flat = experts.experts.reshape(-1)  # a view: what the GEMV writes lands in the Routed
+        else:
+            routed, flat = None, cp.ascontiguousarray(experts.ravel(), dtype=cp.int32)
         if T <= EXPERT_GEMV_MAX_TOKENS:
-            return flat, None, None, T, None
+            return PairPlan(flat, None, None, T, None, routed)
         order, offsets = moe_cuda.sort_pairs(flat, cp.empty_like(flat), cp.empty(num_experts + 1, cp.int32))
-        return flat, order, offsets, T, cp.asnumpy(offsets) if T >= EXPERT_BLAS_MIN_TOKENS else None
+        return PairPlan(flat, order, offsets, T, cp.asnumpy(offsets) if T >= EXPERT_BLAS_MIN_TOKENS else None, None)
 
     def mxfp4_experts(self, x, rows_per_x, blocks, scales, bias, plan, swiglu=None):
         """out[p] = W_{e(p)} . x[p // rows_per_x] + bias[e(p)] for every pair p of `plan` -> [P, N];
         with swiglu = (limit, alpha), the clamped SwiGLU of that (gate_up) -> [P, N / 2], fused into
-        the GEMV."""
-        flat, order, offsets, T, starts = plan
+        the GEMV. The GEMV also routes the pairs of a plan's Routed not yet written (gate_up)."""
+        flat, order, offsets, T, starts, routed = plan
         x = _f32(x)
         P, N = flat.shape[0], blocks.shape[1]
         if T <= EXPERT_GEMV_MAX_TOKENS:
             out = cp.empty((P, N if swiglu is None else N // 2), cp.float32)
-            return mxfp4_cuda.expert_gemv(x, rows_per_x, flat, blocks, scales, bias, out, swiglu)
+            route = None
+            if routed is not None and not routed.written:
+                route, routed.written = (routed.logits, routed.weights), True
+            return mxfp4_cuda.expert_gemv(x, rows_per_x, flat, blocks, scales, bias, out, swiglu, route=route)
         out = cp.empty((P, N), cp.float32)
         if starts is None:  # the plan chose the tiled matmul
             mxfp4_cuda.expert_matmul(x, rows_per_x, order, offsets, T, blocks, scales, bias, out)

@@ -9,7 +9,8 @@
 The arithmetic lives in `ops` (see backend.py), so the same code runs on the CPU and the GPU.
 Each residual add `x + ...` is done by the sublayer's last op (the o projection, the experts' combine),
 given x as `residual`: the same sum, one GPU launch fewer per sublayer. On the GPU, a decode step's
-rmsnorm is done by the matrix-vector product that reads it (backend_cuda.Normed), one launch fewer again.
+rmsnorm is done by the matrix-vector product that reads it (backend_cuda.Normed), and its top-k routing by
+the experts' first product (backend_cuda.Routed): one launch fewer each.
 """
 
 from __future__ import annotations

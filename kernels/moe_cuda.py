@@ -1,6 +1,8 @@
 """Mixture-of-experts pieces on the GPU (NumPy references in moe.py).
 
-  route       router logits [T, E] -> the top-k experts (best first) and their softmax weights
+  route       router logits [T, E] -> the top-k experts (best first) and their softmax weights, a block
+              a token (rank_top_k and top_k_weight, which decode's expert GEMV also calls: there the
+              gate_up projection routes its own pairs, mxfp4_cuda.expert_gemv)
   sort_pairs  the T*k (token, slot) pairs grouped by expert: a counting sort in one block
   swiglu      [P, 2I] gate (even) / up (odd) columns -> [P, I], clamped
   combine     out[t] = sum_a weights[t, a] * y[t*k + a]: the weighted sum of a token's experts, plus a
@@ -20,36 +22,59 @@ from numba import cuda
 from .common_cuda import check, residual_args, stream_of, swiglu as _swiglu
 
 THREADS = 256  # threads per block
+ROUTE_THREADS = 64  # threads of a token's block in route (each ranks E / ROUTE_THREADS experts)
 SORT_THREADS = 1024  # the one block of sort_pairs
 MAX_EXPERTS = 256
+MAX_K = 16  # most experts a token picks (shared arrays of rank_top_k)
+
+
+@cuda.jit(device=True, inline=True)
+def _ordered(value):
+    """A logit as ranked: NaN counts as -inf, so that the ranks are always a permutation of the experts."""
+    return value if value == value else np.float32(-math.inf)
+
+
+@cuda.jit(device=True, inline=True)
+def rank_top_k(row, k, chosen, chosen_logits, tid, threads):
+    """The top k of a token's router logits row [E], found by a block's threads (call it from every
+    thread; it ends with a barrier): expert e's rank is the number of experts ahead of it (a larger
+    logit, or an equal one at a lower index: route_ref's order), and the experts of rank a < k go to
+    chosen[a], their logits to chosen_logits[a] (shared arrays of at least k)."""
+    E = row.shape[0]
+    for e in range(tid, E, threads):
+        value = _ordered(row[e])
+        rank = 0
+        for j in range(E):
+            other = _ordered(row[j])
+            if other > value or (other == value and j < e):
+                rank += 1
+        if rank < k:
+            chosen[rank] = e
+            chosen_logits[rank] = row[e]
+    cuda.syncthreads()
+
+
+@cuda.jit(device=True, inline=True)
+def top_k_weight(chosen_logits, k, a):
+    """Slot a's weight: the softmax over the k chosen logits (best first), summed in slot order."""
+    top = chosen_logits[0]
+    total = np.float32(0)
+    for b in range(k):
+        total += math.exp(chosen_logits[b] - top)
+    return math.exp(chosen_logits[a] - top) / total
 
 
 @cuda.jit(cache=True)
 def _route_kernel(logits, experts, weights):
-    """Thread per token: k passes, each taking the best logit ranked below the previous pick
-    (by value, then lower index first), then a softmax over the k picked logits."""
-    t = cuda.grid(1)
-    if t >= logits.shape[0]:
-        return
-    E, k = logits.shape[1], experts.shape[1]
-    prev_value, prev_index = np.float32(math.inf), -1
-    for a in range(k):
-        best_value, best_index = np.float32(-math.inf), -1
-        for e in range(E):
-            value = logits[t, e]
-            below = value < prev_value or (value == prev_value and e > prev_index)
-            if below and (best_index < 0 or value > best_value):
-                best_value, best_index = value, e
-        experts[t, a] = best_index
-        weights[t, a] = best_value
-        prev_value, prev_index = best_value, best_index
-    top = weights[t, 0]
-    total = np.float32(0)
-    for a in range(k):
-        weights[t, a] = math.exp(weights[t, a] - top)
-        total += weights[t, a]
-    for a in range(k):
-        weights[t, a] /= total
+    """Block per token: its threads rank the token's logits, then thread a < k writes slot a."""
+    chosen = cuda.shared.array(MAX_K, np.int32)
+    chosen_logits = cuda.shared.array(MAX_K, np.float32)
+    t, tid = cuda.blockIdx.x, cuda.threadIdx.x
+    k = experts.shape[1]
+    rank_top_k(logits[t], k, chosen, chosen_logits, tid, cuda.blockDim.x)
+    if tid < k:
+        experts[t, tid] = chosen[tid]
+        weights[t, tid] = top_k_weight(chosen_logits, k, tid)
 
 
 @cuda.jit(cache=True)
@@ -106,10 +131,11 @@ def _blocks(n: int) -> int:
 def route(logits, experts, weights):
     """logits [T, E] f32 -> experts [T, k] int32 (best first) and weights [T, k] f32 (softmax over the k)."""
     T, E = logits.shape
-    check(experts.shape == weights.shape and experts.shape[0] == T and experts.shape[1] <= E
+    check(experts.shape == weights.shape and experts.shape[0] == T and experts.shape[1] <= min(E, MAX_K)
           and logits.dtype == weights.dtype == np.float32 and experts.dtype == np.int32,
-          "route", logits=logits, experts=experts, weights=weights)
-    _route_kernel[_blocks(T), THREADS, stream_of(experts)](logits, experts, weights)
+          "route (k <= MAX_K)", logits=logits, experts=experts, weights=weights)
+    if T:
+        _route_kernel[T, ROUTE_THREADS, stream_of(experts)](logits, experts, weights)
     return experts, weights
 
 

@@ -7,7 +7,8 @@ with W_e stored as on disk (blocks uint8 [E, N, K/32, 16], scales uint8 [E, N, K
 down projection read the pair's own row (1). Only the selected experts' bytes are read.
 
   expert_gemv     decode: two output rows per warp, x staged in shared memory, each lane reading
-                  8-byte words (a warp reads 256 contiguous bytes a row)
+                  8-byte words (a warp reads 256 contiguous bytes a row); the gate_up projection can
+                  route its own pairs from the router's logits (no launch of the route kernel)
   expert_matmul   prefill: pairs grouped by expert (moe_cuda.sort_pairs); a block computes a tile of
                   pairs x rows, staging the x tile and the dequantized W tile in shared memory
   dequantize      chosen experts' whole matrices as float32, bf16 or scaled fp16 (largest_scales: each
@@ -23,6 +24,7 @@ from numba import cuda
 from ..fp16x2 import LARGEST_AT
 from .common_cuda import (SHARED_ALIGN, MAX_THREADS, bf16_hi, bf16_lo, block_max, check, e8m0_half, fp4_pair_tiny,
                           power_of_two, row_sum, stream_of, swiglu)
+from .moe_cuda import MAX_K, rank_top_k, top_k_weight
 from .mxfp4 import BLOCK
 
 # Launch shapes (tests shrink them so the simulator covers partial blocks with few threads).
@@ -55,10 +57,14 @@ def _weights(nibbles, j, s):
 
 
 @cuda.jit(cache=True)
-def _gemv_kernel(x, rows_per_x, experts, words, scales, bias, limit, alpha, fuse_swiglu, out):
+def _gemv_kernel(x, rows_per_x, experts, words, scales, bias, limit, alpha, fuse_swiglu, route, logits, weights, out):
     """Block (lanes, warps) of pair blockIdx.y: each warp computes two neighbouring output rows n, n + 1
     (gate_up's gate and up), so every x value read serves both; words = blocks as uint64 [E, N, K/16].
     With fuse_swiglu, the warp writes swiglu(row n, row n + 1) to out[p, n / 2] instead.
+    With route, pair p = t * k + a (k = rows_per_x) first finds its expert, token t's a-th best by
+    logits[t] (moe_cuda.rank_top_k: every block of the pair ranks the same), and the pair's first
+    block writes it to experts[p] and its softmax weight to weights[t, a], for the down projection
+    and the combine.
 
     The pair's x row is staged in shared memory times 2**64, element k at k + 4 (k // 16). Lane L then
     reads word i = L, L + lanes, ... of each row (16 weights, k = 16i .. 16i + 15): a warp reads 256
@@ -68,15 +74,25 @@ def _gemv_kernel(x, rows_per_x, experts, words, scales, bias, limit, alpha, fuse
     multiplied by the staged x, so the products are FP4 x x x 2**-62, normal floats: a word's sum times
     2**63 and half the block's scale is what unscaled products would give, bit for bit. Indices are
     unsigned and the rows are views taken once, so the loop holds no negative-index wraparound or 4-D
-    address math (bench/sass.py: 179 instructions a lane for 2 x 8 bytes, 11 a byte; 35 in v2)."""
+    address math (bench/sass.py: 182 instructions a lane for 2 x 8 bytes, 11 a byte; 35 in v2)."""
     xs = cuda.shared.array(_X_PADDED, np.float32, alignment=SHARED_ALIGN)
     partial = cuda.shared.array(MAX_THREADS, np.float32)
+    chosen = cuda.shared.array(MAX_K, np.int32)
+    chosen_logits = cuda.shared.array(MAX_K, np.float32)
     lane, warp = cuda.threadIdx.x, cuda.threadIdx.y
     lanes, warps = cuda.blockDim.x, cuda.blockDim.y
     p = cuda.blockIdx.y
     N, W = words.shape[1], words.shape[2]
-    e = experts[p]
-    x_row = x[p // rows_per_x]
+    t, a = p // rows_per_x, p % rows_per_x
+    if route:
+        rank_top_k(logits[t], rows_per_x, chosen, chosen_logits, warp * lanes + lane, lanes * warps)
+        e = chosen[a]
+        if cuda.blockIdx.x == 0 and warp == 0 and lane == 0:
+            experts[p] = e
+            weights[t, a] = top_k_weight(chosen_logits, rows_per_x, a)
+    else:
+        e = experts[p]
+    x_row = x[t]
     i, step = np.uint32(warp * lanes + lane), np.uint32(lanes * warps)
     while i < np.uint32(W):  # a thread stages 16 values (a word's) at a time: four 16-byte stores
         src, dst = i * np.uint32(16), np.uint64(i * np.uint32(20))
@@ -277,23 +293,34 @@ def _check_experts(x, rows_per_x, blocks, scales, bias, out, P, out_cols=None):
           x=x, blocks=blocks)
 
 
-def expert_gemv(x, rows_per_x: int, experts, blocks, scales, bias, out, swiglu=None):
+def expert_gemv(x, rows_per_x: int, experts, blocks, scales, bias, out, swiglu=None, route=None):
     """out[p, n] = W_{experts[p]}[n] . x[p // rows_per_x] + bias[experts[p], n] for p < P.
 
-    x [P / rows_per_x, K] f32, experts [P] int, blocks [E, N, K/32, 16] u8, scales [E, N, K/32] u8,
+    x [P / rows_per_x, K] f32, experts [P] int32, blocks [E, N, K/32, 16] u8, scales [E, N, K/32] u8,
     bias [E, N] f32, out [P, N] f32 (written; returned). With swiglu = (limit, alpha), out is
-    [P, N / 2]: the clamped SwiGLU of each gate (even row) and up (odd row), as moe.swiglu_ref."""
+    [P, N / 2]: the clamped SwiGLU of each gate (even row) and up (odd row), as moe.swiglu_ref.
+    With route = (logits [T, E] f32, weights [T, k] f32), k = rows_per_x and P = T * k, experts is
+    written, not read: pair p = t * k + a takes token t's a-th best expert by logits[t], and
+    weights[t, a] gets its softmax weight among the k, as moe_cuda.route gives them."""
     P = experts.shape[0]
-    N = blocks.shape[1]
-    check(x.shape[1] <= GEMV_MAX_K and (swiglu is None or N % 2 == 0),
-          "mxfp4 expert_gemv (K <= GEMV_MAX_K; with swiglu, an even N)", x=x, blocks=blocks)
+    E, N = blocks.shape[:2]
+    check(x.shape[1] <= GEMV_MAX_K and (swiglu is None or N % 2 == 0) and experts.shape == (P,)
+          and experts.dtype == np.int32,
+          "mxfp4 expert_gemv (K <= GEMV_MAX_K; with swiglu, an even N)", x=x, experts=experts, blocks=blocks)
     _check_experts(x, rows_per_x, blocks, scales, bias, out, P, out_cols=None if swiglu is None else N // 2)
     limit, alpha = swiglu if swiglu is not None else (0.0, 0.0)
+    if route is None:  # arrays of the right types, which the kernel reads only with the flag
+        logits, weights = x, out
+    else:
+        logits, weights = route
+        check(logits.shape == (P // rows_per_x, E) and weights.shape == (P // rows_per_x, rows_per_x)
+              and P % rows_per_x == 0 and rows_per_x <= min(E, MAX_K) and logits.dtype == weights.dtype == np.float32
+              and logits.flags.c_contiguous, "mxfp4 expert_gemv's routing (k = rows_per_x <= MAX_K)",
+              logits=logits, weights=weights, experts=experts)
     grid = (-(-N // (2 * GEMV_WARPS)), P)
     _gemv_kernel[grid, (GEMV_LANES, GEMV_WARPS), stream_of(out)](
         x, rows_per_x, experts, blocks.view(np.uint64).reshape(blocks.shape[:2] + (-1,)), scales, bias,
-        np.float32(limit), np.float32(alpha),
-        int(swiglu is not None), out)
+        np.float32(limit), np.float32(alpha), int(swiglu is not None), route is not None, logits, weights, out)
     return out
 
 

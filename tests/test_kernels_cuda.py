@@ -26,7 +26,7 @@ F32, I32, I64 = "float32", "int32", "int64"
 # kernel -> its signature with the dtypes the CUDA backend passes
 SIGNATURES = {
     "mxfp4_cuda._gemv_kernel": (f"{F32}{C2}", I64, f"{I32}{C1}", f"uint64{C3}", f"uint8{C3}", f"{F32}{C2}", F32, F32,
-                                I64, f"{F32}{C2}"),
+                                I64, "boolean", f"{F32}{C2}", f"{F32}{C2}", f"{F32}{C2}"),
     "mxfp4_cuda._grouped_matmul_kernel": (f"{F32}{C2}", I64, f"{I32}{C1}", f"{I32}{C1}", f"uint32{C4}", f"uint8{C3}",
                                           f"{F32}{C2}", f"{F32}{C2}"),
     "mxfp4_cuda._dequantize_kernel": (f"uint64{C4}", f"uint8{C3}", f"{I32}{C1}", f"{F32}{C3}"),
@@ -77,7 +77,7 @@ BLOCK_THREADS = {
     "norm_rope_cuda._rope_tables_kernel": lambda m: m.THREADS,
     "norm_rope_cuda._rope_kernel": lambda m: m.THREADS,
     "kv_cache_cuda._write_one_kernel": lambda m: m.THREADS,
-    "moe_cuda._route_kernel": lambda m: m.THREADS,
+    "moe_cuda._route_kernel": lambda m: m.ROUTE_THREADS,
     "moe_cuda._sort_pairs_kernel": lambda m: m.SORT_THREADS,
     "moe_cuda._swiglu_kernel": lambda m: m.THREADS,
     "moe_cuda._combine_kernel": lambda m: m.THREADS,

@@ -27,7 +27,7 @@ SMALL_LAUNCHES = {
     "fp16x2_cuda": dict(SPLIT_THREADS=8, THREADS=16),
     "attention_cuda": dict(THREADS=16, ROWS=8, KEYS=4, KEYS_PER_SPLIT=8, MIN_SPLITS=4, SCORE_KEYS=2, OUT_ROWS=4),
     "norm_rope_cuda": dict(THREADS=16),
-    "moe_cuda": dict(THREADS=32, SORT_THREADS=8),
+    "moe_cuda": dict(THREADS=32, ROUTE_THREADS=4, SORT_THREADS=8),
     "sampling_cuda": dict(THREADS=8, ARGMAX_BLOCKS=3),
     "kv_cache_cuda": dict(THREADS=8),
 }

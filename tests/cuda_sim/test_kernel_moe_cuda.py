@@ -26,6 +26,15 @@ def test_route_ties_go_to_the_lower_expert():
     assert experts.tolist() == [[1, 3, 0]]
 
 
+def test_route_ranks_nan_last():
+    """NaN logits rank below every number, so every slot gets an expert (one GEMV block a pair reads it)."""
+    logits = np.array([[np.nan, 1.0, 2.0, np.nan, 0.0], [np.nan] * 5], np.float32)
+    experts, weights = poisoned((2, 3), np.int32), poisoned((2, 3))
+    moe_cuda.route(logits, experts, weights)
+    assert experts.tolist() == [[2, 1, 4], [0, 1, 2]]
+    assert_close(weights[:1], moe.route_ref(logits[:1, [1, 2, 4]], 3)[1])
+
+
 def test_sort_pairs_groups_by_expert():
     rng = np.random.default_rng(1)
     experts = rng.integers(0, 6, 37).astype(np.int32)

@@ -50,6 +50,26 @@ def test_gemv_with_swiglu():
     assert_close(out, moe.swiglu_ref(reference(x, A, experts, blocks, scales, bias), 7.0, 1.702))
 
 
+@pytest.mark.parametrize("tokens", [1, 2])
+def test_gemv_routes_its_pairs(tokens):
+    """With route, the gate_up GEMV picks each pair's expert from the router's logits (ties to the
+    lower expert) and writes the experts and their weights as the route kernel would."""
+    rng = np.random.default_rng(10 + tokens)
+    E, N, groups, A = 11, 6, 2, 3  # 11 experts: each of the 8 simulated threads ranks one or two
+    blocks, scales, bias = random_experts(rng, E, N, groups)
+    scales = rng.integers(118, 125, scales.shape, dtype=np.uint8)  # gates of a few units for SwiGLU
+    x = rng.standard_normal((tokens, groups * 32), dtype=np.float32)
+    logits = rng.standard_normal((tokens, E), dtype=np.float32)
+    logits[0, [3, 7]] = logits[0].max() + 1  # a tie for the first place
+    experts, weights, out = poisoned(tokens * A, np.int32), poisoned((tokens, A)), poisoned((tokens * A, N // 2))
+    mxfp4_cuda.expert_gemv(x, A, experts, blocks, scales, bias, out, swiglu=(7.0, 1.702), route=(logits, weights))
+    ref_experts, ref_weights = moe.route_ref(logits, A)
+    assert ref_experts[0, :2].tolist() == [3, 7]
+    np.testing.assert_array_equal(experts, ref_experts.ravel())
+    assert_close(weights, ref_weights)
+    assert_close(out, moe.swiglu_ref(reference(x, A, experts, blocks, scales, bias), 7.0, 1.702))
+
+
 def test_gemv_reads_only_the_selected_experts():
     rng = np.random.default_rng(1)
     blocks, scales, bias = random_experts(rng, 3, 4, 2)

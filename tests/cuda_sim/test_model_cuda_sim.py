@@ -18,7 +18,7 @@ from gptoss_np import GptOss, synthetic
 from gptoss_np.backend import CpuOps
 from gptoss_np.checkpoint import Checkpoint
 from gptoss_np.dispatch import DispatchRule
-from gptoss_np.kernels import bf16, bf16_cuda, moe, mxfp4, norm_rope_cuda
+from gptoss_np.kernels import bf16, bf16_cuda, moe, moe_cuda, mxfp4, norm_rope_cuda
 
 
 @pytest.fixture
@@ -45,15 +45,17 @@ def test_tiny_model_prefill_and_decode(cuda_ops, tmp_path, monkeypatch):
     # decode to position 8 (window 4) as generate() does: cuda_graph.GraphDecoder runs the first step
     # op by op with static shapes, records the second as a CUDA graph (stood in for: the recorded
     # step may not read anything on the host) and replays it for the rest: a replay that repeated
-    # the recorded position would show. Its norms are done by the GEMVs that read them: no rmsnorm launch
+    # the recorded position would show. Its norms are done by the GEMVs that read them, its routing by
+    # the experts' gate_up GEMV: no rmsnorm or route launch
     graphs = sim.stand_in_graphs(monkeypatch, sys.modules["gptoss_np.cuda_graph"], caches[1])
-    norms = []
-    monkeypatch.setattr(norm_rope_cuda, "rmsnorm", lambda *args: norms.append(args))
+    fused = []
+    monkeypatch.setattr(norm_rope_cuda, "rmsnorm", lambda *args: fused.append(args))
+    monkeypatch.setattr(moe_cuda, "route", lambda *args: fused.append(args))
     decode = cuda_ops.decoder(gpu, caches[1])
     for token in ids[6:]:
         ours, ref = decode(int(token)), cpu.forward(token[None], caches[0])
         assert rel_err(cuda_ops.to_numpy(ours), ref) < 1e-5
-    assert caches[1].static_shapes and caches[1].length == 9 and not norms
+    assert caches[1].static_shapes and caches[1].length == 9 and not fused
     assert cuda_ops.graphs and len(graphs) == 1 and graphs[0].launches == 2
     sim.assert_launched_as_checked()
     logits = ours[0]
@@ -61,6 +63,22 @@ def test_tiny_model_prefill_and_decode(cuda_ops, tmp_path, monkeypatch):
     kwargs = dict(temperature=0.9, top_k=40, top_p=0.95)
     assert (cuda_ops.sample(logits, rng=np.random.default_rng(3), **kwargs)
             == cpu.ops.sample(ref[0], rng=np.random.default_rng(3), **kwargs))
+
+
+def test_trace_of_one_token(cuda_ops, tmp_path):
+    """A one-token trace reads the routing before the experts run (backend_cuda.Routed, from the route
+    kernel then) and must show the CPU engine's router logits and choices (the second layer's logits
+    follow from the first layer's experts)."""
+    config = synthetic.config_dict("tiny", vocab_size=64, hidden_size=32, intermediate_size=32, head_dim=8,
+                                   num_attention_heads=2, num_key_value_heads=1, num_local_experts=4,
+                                   num_experts_per_tok=2, num_hidden_layers=2)
+    checkpoint = Checkpoint(synthetic.write_checkpoint(tmp_path, config))
+    cpu, gpu = GptOss(checkpoint, CpuOps()), GptOss(checkpoint, cuda_ops)
+    ours, ref = gpu.trace([5], attention=False), cpu.trace([5], attention=False)
+    for a, b in zip(ours, ref):
+        assert rel_err(a.router_logits, b.router_logits) < 1e-5
+        np.testing.assert_array_equal(a.experts, b.experts)
+        np.testing.assert_array_equal(a.tokens_per_expert, b.tokens_per_expert)
 
 
 @pytest.mark.parametrize("tokens", [1, 5])
