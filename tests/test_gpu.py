@@ -13,7 +13,7 @@ import pytest
 import gptoss_np
 from conftest import CHECKPOINTS, hf_logits, load_hf, model_like_weights, rel_err
 from gptoss_np import backend, fp16x2, sampling, synthetic
-from gptoss_np.kernels import attention, bf16, mxfp4, norm_rope
+from gptoss_np.kernels import attention, bf16, moe, mxfp4, norm_rope
 
 pytestmark = pytest.mark.gpu
 TOL = 1e-3  # relative error on float32 logits (measured values are far below it)
@@ -69,6 +69,25 @@ def test_kernels_at_gpt_oss_20b_shapes():
     out[:] = cp.nan
     mxfp4_cuda.expert_matmul(d["x"], A, order, offsets, T, d["blocks"], d["scales"], d["bias"], out)
     assert rel_err(out.get(), ref) < 1e-5
+
+    # decode's gate_up GEMV routing its pairs (32 experts: 20b's, 128: 120b's), and the route kernel
+    for E in (32, 128):
+        d, _ = routed_experts(rng, E, 64, G, 1, A)
+        logits = rng.standard_normal((1, E), dtype=np.float32)
+        chosen, weights = cp.full(A, -1, cp.int32), cp.full((1, A), cp.nan, cp.float32)
+        out = cp.full((A, 64), cp.nan, cp.float32)
+        mxfp4_cuda.expert_gemv(d["x"], A, chosen, d["blocks"], d["scales"], d["bias"], out,
+                               route=(cp.asarray(logits), weights))
+        ref_experts, ref_weights = moe.route_ref(logits, A)
+        assert chosen.get().tolist() == ref_experts[0].tolist() and rel_err(weights.get(), ref_weights) < 1e-6
+        blocks, scales, bias = (d[name].get() for name in ("blocks", "scales", "bias"))
+        x = d["x"].get()
+        ref = np.stack([mxfp4.matmul_ref(x, blocks[e], scales[e])[0] + bias[e] for e in ref_experts[0]])
+        assert rel_err(out.get(), ref) < 1e-5
+        many = rng.standard_normal((300, E), dtype=np.float32)
+        chosen, weights = moe_cuda.route(cp.asarray(many), cp.empty((300, A), cp.int32), cp.empty((300, A), cp.float32))
+        ref_experts, ref_weights = moe.route_ref(many, A)
+        assert (chosen.get() == ref_experts).all() and rel_err(weights.get(), ref_weights) < 1e-6
 
     # a row over the block's warps (router), one row a warp (q), 4 rows a warp with a ragged end (lm_head-like);
     # of x, and of rmsnorm(x) as decode runs them

@@ -100,6 +100,10 @@ class DeviceArray(np.ndarray):
     def tolist(self):
         return self._to_host("tolist").tolist()
 
+    def get(self):
+        """cupy.ndarray.get: a copy on the host."""
+        return _to_host(self)
+
 
 def _on_device(a):
     """A result as CuPy gives it: arrays and scalars as DeviceArray, anything else as it is."""
