@@ -139,6 +139,7 @@ class CudaOps:
         self.device_name = name.decode() if isinstance(name, bytes) else str(name)
         self.products = "bf16x3" if props["major"] >= 8 else "float32"  # cuBLAS's products (PRODUCTS)
         self.fp16_experts = props["major"] >= 8  # the MXFP4 experts' cuBLAS products: fp16x2, not `products`
+        self._zeros = {}  # n -> a float32 zero vector [n]: the bias of weights without one (lm_head)
 
     # -- weights (from host arrays, e.g. memory-mapped safetensors, or arrays already on the GPU)
     def matrix(self, *parts):
@@ -180,7 +181,7 @@ class CudaOps:
         residual as it writes its outputs, and normalizes x if it is a Normed not yet computed."""
         T, N = x.shape[0], w.shape[0]
         if w.dtype == cp.uint16 and T <= bf16_cuda.MAX_ROWS and w.shape[1] % 4 == 0:
-            bias = b if b is not None else cp.zeros(N, cp.float32)
+            bias = self._bias(b, N)
             out, residual = cp.empty((T, N), cp.float32), _f32_or_none(residual)
             if isinstance(x, Normed) and x.rows is None:
                 x.rows = cp.empty_like(x.x)
@@ -194,6 +195,14 @@ class CudaOps:
             y += b
         return with_residual(y, residual)
 
+    def _bias(self, b, n):
+        """b, or zeros [n] for weights without a bias, made once: not a memset in every decode step."""
+        if b is None:
+            if n not in self._zeros:
+                self._zeros[n] = cp.zeros(n, cp.float32)
+            b = self._zeros[n]
+        return b
+
     def _bf16x3_linear(self, x, w, b, residual):
         """(residual +) x [T, K] @ w.T (+ b) for w [N, K] bf16 bits: the three bf16 products in one
         cuBLAS call, then their sum, the bias and the residual in one pass (bf16x3_cuda.sum_rows)."""
@@ -201,7 +210,7 @@ class CudaOps:
         rows = cp.arange(T, dtype=cp.int32)  # the split's rows of x, then the sum's rows of the output
         parts = self._parts(x, rows)  # [3T, K]
         y = self._product(parts, w, cp.empty((parts.shape[0], N), cp.float32))  # [3T, N]
-        bias = (b if b is not None else cp.zeros(N, cp.float32)).reshape(1, N)
+        bias = self._bias(b, N).reshape(1, N)
         return bf16x3_cuda.sum_rows(y, rows, cp.zeros(T, cp.int32), bias, cp.empty((T, N), cp.float32),
                                     residual=_f32_or_none(residual))
 
