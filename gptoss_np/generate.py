@@ -9,6 +9,7 @@ import numpy as np
 # Prompt tokens one forward pass takes at most: a longer prompt is prefilled in chunks through the KV
 # cache, so its activations and the experts' scratch stay bounded (on a GPU, a 32k-token prompt in one
 # pass would hold ~9 GB of expert products at once; 4096 tokens hold ~1.1 GB and keep the products large).
+# model.logits runs long sequences in the same passes (32k tokens' logits alone are 26 GB).
 PREFILL_CHUNK = 4096
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import backend, rope
+from . import generate as generation
 from .cache import KVCache
 from .checkpoint import EMBED, FINAL_NORM, LM_HEAD, Checkpoint
 from .config import GptOssConfig
@@ -130,9 +131,13 @@ class GptOss:
         return KVCache(self.config, capacity, self.ops)
 
     def logits(self, token_ids: Sequence[int]) -> np.ndarray:
-        """The logits [T, vocab_size] (float32) at every position of one sequence."""
+        """The logits [T, vocab_size] (float32) at every position of one sequence. A sequence longer than
+        generate.PREFILL_CHUNK runs in passes of that many tokens through the KV cache, as generate()
+        prefills it, so that the device holds one pass's activations and logits, not the whole text's."""
         ids = self.check_ids(token_ids)
-        return self.ops.to_numpy(self.forward(ids, self.new_cache(len(ids)), all_logits=True))
+        cache, step = self.new_cache(len(ids)), generation.PREFILL_CHUNK
+        return np.concatenate([self.ops.to_numpy(self.forward(ids[start:start + step], cache, all_logits=True))
+                               for start in range(0, len(ids), step)])
 
     def trace(self, token_ids: Sequence[int], attention: bool = True) -> list:
         """Run one sequence and return, per layer, what it saw (trace.LayerTrace): attention
@@ -148,9 +153,8 @@ class GptOss:
                  seed: int | None = None, stop_ids: Sequence[int] = ()) -> Iterator[int]:
         """Yield up to `max_new_tokens` new token ids (greedy at temperature 0), using the KV cache.
         Stops after yielding a token in `stop_ids`."""
-        from .generate import generate
-        return generate(self, token_ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                        min_p=min_p, seed=seed, stop_ids=stop_ids)
+        return generation.generate(self, token_ids, max_new_tokens, temperature=temperature, top_k=top_k,
+                                   top_p=top_p, min_p=min_p, seed=seed, stop_ids=stop_ids)
 
     def check_ids(self, token_ids: Sequence[int]) -> np.ndarray:
         """token_ids as an int64 array [T]; ValueError if empty, not 1-D or out of the vocabulary."""
@@ -175,8 +179,9 @@ def load(path: str | Path, device: str = "cpu", progress: bool | None = None, *,
 
     moe_dispatch: "exact" top-k routing (as trained; the default), "expert_choice" (each expert takes
     at most tokens_per_expert_ratio * N * k / E tokens of an N-token forward pass, rounded up to a
-    multiple of 8; generate() prefills prompts longer than generate.PREFILL_CHUNK in passes of that
-    many tokens) or "auto" (expert choice only when that budget is at most 2N/3 tokens, the seed's rule).
+    multiple of 8; generate() and logits() run sequences longer than generate.PREFILL_CHUNK in passes
+    of that many tokens) or "auto" (expert choice only when that budget is at most 2N/3 tokens, the
+    seed's rule).
     cuda_graphs: on a GPU, generate() replays each decode step from a CUDA graph (one launch instead
     of hundreds); False launches op by op (for debugging and comparison).
     """

@@ -46,6 +46,25 @@ def test_prefill_then_decode_equals_full_sequence(name, checkpoint_dir, hf_model
     assert rel_err(stepped, ref) <= TOL
 
 
+def test_long_sequences_run_in_passes(checkpoint_dir, hf_model, monkeypatch):
+    """model.logits of a sequence longer than generate.PREFILL_CHUNK: passes through the KV cache
+    (here of 7 tokens, the last one short, past the sliding window), the logits as one pass's."""
+    monkeypatch.setattr("gptoss_np.generate.PREFILL_CHUNK", 7)
+    folder = checkpoint_dir("tiny")
+    model = gptoss_np.load(folder)
+    ids = prompt(model, 40, seed=4)
+    passes, forward = [], model.forward
+
+    def counted(ids, *args, **kwargs):
+        passes.append(len(ids))
+        return forward(ids, *args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", counted)
+    ours = model.logits(ids)
+    assert passes == [7] * 5 + [5] and ours.shape == (40, model.config.vocab_size)
+    assert rel_err(ours, hf_logits(hf_model(folder), ids)) <= TOL
+
+
 @pytest.mark.parametrize("name", ["tiny", "top1_sliding", "mha_tied"])
 def test_static_shape_decode_matches_transformers(name, checkpoint_dir, hf_model):
     """The decode step that CUDA graphs replay: every one-token update writes slot position % size and
