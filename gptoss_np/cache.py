@@ -34,9 +34,14 @@ class KVCache:
         G, Dh = config.num_key_value_heads, config.head_dim
         self.windows = [config.window(i) for i in range(config.num_hidden_layers)]
         sizes = [w if w is not None else max(1, capacity) for w in self.windows]
-        self.keys = [xp.zeros((s, G, Dh), np.float32) for s in sizes]
-        self.values = [xp.zeros((s, G, Dh), np.float32) for s in sizes]
-        self.positions = [xp.full(s, -1, np.int64) for s in sizes]
+        try:
+            self.keys = [xp.zeros((s, G, Dh), np.float32) for s in sizes]
+            self.values = [xp.zeros((s, G, Dh), np.float32) for s in sizes]
+            self.positions = [xp.full(s, -1, np.int64) for s in sizes]
+        except MemoryError as error:  # NumPy's, or CuPy's OutOfMemoryError
+            need = sum(sizes) * (2 * G * Dh * 4 + 8)
+            raise MemoryError(f"the KV cache for {capacity} tokens needs {need / 1e9:.2f} GB "
+                              f"({ops.name}: {error})") from None
 
     @property
     def capacity(self) -> int | None:

@@ -442,6 +442,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CliError, OSError, ValueError) as error:  # ConfigError and CheckpointError are ValueErrors
         print(f"{PROG}: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
+    except MemoryError as error:  # while generating (loading says so itself): the KV cache, a prompt's activations
+        print(f"{PROG}: error: out of memory while generating: {' '.join(str(error).split())}; a shorter prompt "
+              f"or a smaller --max-new-tokens needs less (the KV cache holds both)", file=sys.stderr)
+        return 2
 
 
 def run() -> None:

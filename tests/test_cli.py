@@ -360,6 +360,16 @@ def test_weights_too_big_for_the_device_is_one_error_line(capsys, monkeypatch, s
     assert_one_error_line(code, out, err, "--device cuda: ", "13.80 GB", "7.90 GB free")
 
 
+def test_running_out_of_memory_while_generating_is_one_error_line(capsys, monkeypatch, small_checkpoint):
+    def no_room(self, capacity):
+        raise MemoryError(f"the KV cache for {capacity} tokens needs 3.00 GB (cuda: Out of memory allocating 1 bytes)")
+
+    monkeypatch.setattr(GptOss, "new_cache", no_room)
+    code, out, err = run_cli(capsys, "--model", str(small_checkpoint), "--raw", "--prompt", "hi",
+                             "--max-new-tokens", "50")
+    assert_one_error_line(code, out, err, "out of memory while generating", "3.00 GB", "--max-new-tokens")
+
+
 def test_python_m_entry_point():
     shown = subprocess.run([sys.executable, "-m", "gptoss_np", "--help"], capture_output=True, text=True)
     assert shown.returncode == 0

@@ -7,6 +7,7 @@ import pytest
 
 import gptoss_np
 from conftest import CHECKPOINTS, hf_logits, rel_err
+from gptoss_np.cache import KVCache
 
 TOL = 1e-4  # relative error on float32 logits
 
@@ -100,6 +101,27 @@ def test_greedy_continuation_matches_transformers(name, chunk, checkpoint_dir, h
     assert ours == out[0, len(ids):].tolist()
     assert all(isinstance(t, int) for t in ours)
     assert len(set(ours)) > 3  # not a degenerate repetition
+
+
+def test_kv_cache_that_cannot_be_allocated_says_its_size(checkpoint_dir):
+    config = gptoss_np.load(checkpoint_dir("tiny")).config
+
+    class NoRoom:  # a backend whose arrays cannot be allocated
+        name = "cpu"
+
+        class xp:
+            @staticmethod
+            def zeros(*args, **kwargs):
+                raise MemoryError("Out of memory allocating 4,096 bytes")
+
+            full = zeros
+
+    # per layer: keys and values [slots, G, Dh] float32, positions [slots] int64; slots: the window or 10**7
+    slots = sum(config.window(i) or 10**7 for i in range(config.num_hidden_layers))
+    gb = slots * (2 * config.num_key_value_heads * config.head_dim * 4 + 8) / 1e9
+    assert gb > 1
+    with pytest.raises(MemoryError, match=rf"^the KV cache for 10000000 tokens needs {gb:.2f} GB \(cpu: Out of memory"):
+        KVCache(config, 10**7, NoRoom())
 
 
 def test_bad_token_ids_name_the_problem(checkpoint_dir):
