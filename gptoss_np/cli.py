@@ -323,6 +323,23 @@ class TimedTokens:
                 f"{self.count} new tokens, decode {decode} | ended: {ended}")
 
 
+class PrefillNotice:
+    """On a terminal, a line on stderr while the prompt is prefilled, erased when the first token comes
+    or generation ends: on a CPU a long prompt takes a while before anything shows."""
+
+    def __init__(self, prompt_tokens: int):
+        self.shown = sys.stderr.isatty()
+        if self.shown:
+            sys.stderr.write(f"{PROG}: prefilling {prompt_tokens} prompt tokens...")
+            sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.shown:
+            sys.stderr.write("\r\033[K")  # back to the line's start, and erase it
+            sys.stderr.flush()
+            self.shown = False
+
+
 class Runner:
     """A loaded model with the command line's settings; each call streams one reply to stdout."""
 
@@ -344,8 +361,10 @@ class Runner:
         timed = TimedTokens(tokens, len(prompt_ids))
         ended = "max-new-tokens" if budget == a.max_new_tokens else "context full"
         unknown = 0  # ids the model has but the tokenizer lacks (a vocabulary padded past the tokenizer)
+        notice = PrefillNotice(len(prompt_ids))
         try:
             for token in timed:
+                notice.done()
                 if token in self.stops:
                     ended = "stop token"
                 elif token >= self.tokenizer_size:
@@ -354,6 +373,8 @@ class Runner:
                     printer.push(token)
         except KeyboardInterrupt:
             ended = "interrupted"
+        finally:
+            notice.done()
         printer.finish()
         sys.stdout.write("\n")
         sys.stdout.flush()

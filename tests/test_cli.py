@@ -179,6 +179,24 @@ def test_ctrl_c_prints_the_summary_and_exits_130(capsys, monkeypatch, harmony_to
     assert summaries(err)[0][1:] == (len(ids), "interrupted")
 
 
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_terminal_sees_the_prefill_until_the_first_token(capsys, monkeypatch, default_folder):
+    """On a terminal's stderr a line says the prompt is being prefilled; it is erased before the reply."""
+    shown = []
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    monkeypatch.setattr(sys.stdout, "write", lambda text: shown.append((text, sys.stderr.getvalue())))
+    code = cli.main(["--raw", "--prompt", "The quick brown fox", "--max-new-tokens", "4", "--seed", "0"])
+    err = sys.stderr.getvalue()
+    assert code == 0
+    notice = re.search(r"gptoss-generate: prefilling (\d+) prompt tokens\.\.\.\r\x1b\[K", err)
+    assert notice and summaries(err)[0][0] == int(notice.group(1))
+    assert shown and shown[0][1].endswith("\r\x1b[K")  # stderr when the reply's first text came: erased
+
+
 # ------------------------------------------------------------------------------ harmony display
 
 def completion(tok: Tokenizer, *messages: tuple[str, str]) -> list[int]:
