@@ -21,7 +21,9 @@ Sections, each added to the JSON as soon as it is measured (a timeout keeps what
               through generate()'s decoder (steps replayed from a CUDA graph; graph_replayed says
               whether the capture worked) and op by op (eager_*); the cache is filled with random keys
               and values first (a step's cost depends only on what the cache holds), plus the bytes a
-              step must read and the % of the copy-bandwidth floor
+              step must read and the % of the copy-bandwidth floor; at the first context also with a
+              draw on the device (sampled_*: temperature 1, the command line's default; sampled_top_p_*:
+              with top-p 0.9), whose cost beside argmax is the sort of the vocabulary and the draw
   profile     one decode step's time per op, each op synchronized (slower than the free-running step:
               the shares are what count), the host's part of it (launch overhead), and the op calls;
               prefill_profile the same for one prefill of the measured length nearest 2k tokens
@@ -310,11 +312,17 @@ def filled_cache(model: GptOss, context: int, room: int, seed: int = 2) -> KVCac
     return cache
 
 
-def decode_steps(model: GptOss, decode, token: int, steps: int) -> int:
-    """`steps` greedy tokens through decode(token) -> logits [1, V], as generate() runs them."""
+def decode_steps(model: GptOss, decode, token: int, steps: int, rng=None, **sampling) -> int:
+    """`steps` tokens through decode(token) -> logits [1, V], as generate() runs them: greedy, or drawn
+    from `rng` with `sampling`'s temperature and filters."""
     for _ in range(steps):
-        token = model.ops.sample(decode(token)[0])
+        token = model.ops.sample(decode(token)[0], rng=rng, **sampling)
     return token
+
+
+# Decode with a draw on the device, timed at the first context beside greedy decode: the command
+# line's default (temperature 1, no filter), and with top-p (the draw sorts the vocabulary then).
+SAMPLED = {"sampled": dict(temperature=1.0), "sampled_top_p": dict(temperature=1.0, top_p=0.9)}
 
 
 PROFILE_STEPS = 3
@@ -507,13 +515,15 @@ def main(argv=None) -> dict:
         need = decode_bytes(config, context)
         floor_s = need["total"] / (report["copy_gb_s"] * 1e9)
         row = report["decode"][context] = {"bytes_per_token": need, "floor_ms": round(floor_s * 1e3, 3)}
-        for path in ("generate", "eager"):  # generate()'s decoder (CUDA graphs), and op by op
+        paths = ["generate", "eager"] + (list(SAMPLED) if context == args.contexts[0] else [])
+        for path in paths:  # generate()'s decoder (CUDA graphs), op by op, and graphs with a draw
             with section(row, path, save):
                 cache = filled_cache(model, context, room=args.decode + 4)
-                decode = ops.decoder(model, cache) if path == "generate" else eager_decoder(model, cache)
-                decode_steps(model, decode, token, 2 if path == "generate" else 1)  # a first step (and the capture)
-                _, seconds = timed(lambda: decode_steps(model, decode, token, args.decode))
-                prefix = "" if path == "generate" else "eager_"
+                decode = eager_decoder(model, cache) if path == "eager" else ops.decoder(model, cache)
+                rng, sampling = np.random.default_rng(0), SAMPLED.get(path, {})
+                decode_steps(model, decode, token, 1 if path == "eager" else 2, rng, **sampling)  # (the capture)
+                _, seconds = timed(lambda: decode_steps(model, decode, token, args.decode, rng, **sampling))
+                prefix = {"generate": "", "eager": "eager_"}.get(path, path + "_")
                 row.update({prefix + "tok_s": round(args.decode / seconds, 2),
                             prefix + "ms_per_token": round(seconds / args.decode * 1e3, 3),
                             prefix + "pct_of_floor": round(100 * floor_s / (seconds / args.decode), 1)})
@@ -618,11 +628,12 @@ def print_table(report: dict) -> None:
               if "skipped" not in r else f"{n:>15}  skipped: {r['skipped']}")
         print_errors(r, ("tiled", "blas", "blas_bf16x3", "blas_tf32x2"))
     print(f"{'decode context':>15}{'tok/s':>12}{'ms/token':>10}{'floor ms':>10}{'% floor':>9}{'graph':>7}"
-          f"{'eager tok/s':>13}")
+          f"{'eager tok/s':>13}{'sampled':>9}{'top-p':>8}")
     for n, r in report["decode"].items():
         print(f"{n:>15}{r.get('tok_s', '-'):>12}{r.get('ms_per_token', '-'):>10}{r['floor_ms']:>10}"
-              f"{r.get('pct_of_floor', '-'):>9}{str(r.get('graph_replayed', '-')):>7}{r.get('eager_tok_s', '-'):>13}")
-        print_errors(r, ("generate", "eager"))
+              f"{r.get('pct_of_floor', '-'):>9}{str(r.get('graph_replayed', '-')):>7}{r.get('eager_tok_s', '-'):>13}"
+              f"{r.get('sampled_tok_s', '-'):>9}{r.get('sampled_top_p_tok_s', '-'):>8}")
+        print_errors(r, ("generate", "eager", *SAMPLED))
     print_errors(report, ("launch", "kernels", "profile", "prefill_profile", "transformers"))
     if "kernels" in report and "error" not in report["kernels"]:
         print(f"{'kernel':>22}{'us':>10}{'GB/s':>9}{'% copy':>8}  timed")

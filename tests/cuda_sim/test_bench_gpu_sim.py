@@ -72,6 +72,7 @@ def test_benchmark_runs_and_writes_its_json(bench, tmp_path, monkeypatch, capsys
     assert all(r["tok_s"] > 0 and r["eager_tok_s"] > 0 and r["bytes_per_token"]["total"] > 0 and "pct_of_floor" in r
                for r in saved["decode"].values())
     assert saved["decode"]["9"]["graph_replayed"] is False  # the simulator cannot capture
+    assert saved["decode"]["9"]["sampled_tok_s"] > 0 and saved["decode"]["9"]["sampled_top_p_tok_s"] > 0
     assert {"mxfp4_gate_up", "mxfp4_down", "bf16_qkv", "bf16_lm_head"} < set(saved["kernels"])
     # no graphs in the simulator: the kernels are timed op by op
     assert all(r["us"] > 0 and "gb_s" in r and r["timed"] == "op by op" for r in saved["kernels"].values())
