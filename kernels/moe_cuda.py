@@ -66,15 +66,15 @@ def top_k_weight(chosen_logits, k, a):
 
 @cuda.jit(cache=True)
 def _route_kernel(logits, experts, weights):
-    """Block per token: its threads rank the token's logits, then thread a < k writes slot a."""
+    """Block per token: its threads rank the token's logits, then thread a writes slots a, a + threads, ..."""
     chosen = cuda.shared.array(MAX_K, np.int32)
     chosen_logits = cuda.shared.array(MAX_K, np.float32)
-    t, tid = cuda.blockIdx.x, cuda.threadIdx.x
+    t, tid, threads = cuda.blockIdx.x, cuda.threadIdx.x, cuda.blockDim.x
     k = experts.shape[1]
-    rank_top_k(logits[t], k, chosen, chosen_logits, tid, cuda.blockDim.x)
-    if tid < k:
-        experts[t, tid] = chosen[tid]
-        weights[t, tid] = top_k_weight(chosen_logits, k, tid)
+    rank_top_k(logits[t], k, chosen, chosen_logits, tid, threads)
+    for a in range(tid, k, threads):
+        experts[t, a] = chosen[a]
+        weights[t, a] = top_k_weight(chosen_logits, k, a)
 
 
 @cuda.jit(cache=True)

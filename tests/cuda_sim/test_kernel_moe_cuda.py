@@ -9,12 +9,14 @@ from cuda_sim.sim import assert_close, poisoned
 from gptoss_np.kernels import moe, moe_cuda
 
 
-def test_route():
+@pytest.mark.parametrize("k", [3, 6])
+def test_route(k):
+    """A block of 4 threads a token (conftest): 7 experts to rank, and 6 slots to write, take two rounds."""
     rng = np.random.default_rng(0)
-    logits = rng.standard_normal((40, 7), dtype=np.float32)  # 40 tokens: a full and a partial block of 32
-    experts, weights = poisoned((40, 3), np.int32), poisoned((40, 3))
+    logits = rng.standard_normal((10, 7), dtype=np.float32)
+    experts, weights = poisoned((10, k), np.int32), poisoned((10, k))
     moe_cuda.route(logits, experts, weights)
-    ref_experts, ref_weights = moe.route_ref(logits, 3)
+    ref_experts, ref_weights = moe.route_ref(logits, k)
     np.testing.assert_array_equal(experts, ref_experts)
     assert_close(weights, ref_weights)
 
