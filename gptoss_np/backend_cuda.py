@@ -432,7 +432,9 @@ class CudaOps:
         out = cp.empty(1, cp.int32)
         if temperature == 0:
             return int(cp.asnumpy(sampling_cuda.argmax(logits, out))[0])
-        order = cp.argsort(-logits).astype(cp.int32)  # CuPy's sort is stable: ties keep the lower id first
+        order = None  # without filters the draw needs no order (sampling_cuda.sample)
+        if sampling_cuda.filtered(top_k, top_p, min_p):
+            order = cp.argsort(-logits).astype(cp.int32)  # CuPy's sort is stable: ties keep the lower id first
         u = (rng if rng is not None else np.random.default_rng()).random()
         return int(cp.asnumpy(sampling_cuda.sample(logits, order, temperature, top_k, top_p, min_p, u, out))[0])
 

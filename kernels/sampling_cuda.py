@@ -6,6 +6,7 @@
           ids sorted by descending logit (a stable sort, so ties rank the lower id first), every
           filter keeps a prefix of that order; one block finds the prefix length L with scans,
           then draws in id order (as NumPy's Generator.choice does with the same uniform u).
+          Without filters nothing is sorted: the draw needs only the largest logit (argmax).
 The NumPy reference is sampling.sample.
 """
 
@@ -66,7 +67,8 @@ def _exclusive_scan(buf, tid, nt):
 def _sample_kernel(z, order, rank, inv_temperature, top_k, top_p, min_p, u, out):
     """One block. Thread tid owns a contiguous chunk of positions. p_j = exp((z[order[j]] - z_max) / T)
     in sorted order; L = min(top_k, top-p prefix, min-p prefix); then the first id (in id order)
-    whose cumulative kept probability exceeds u times their total."""
+    whose cumulative kept probability exceeds u times their total. Without filters (top_k >= V,
+    top_p 1, min_p 0) order may hold only the largest logit's id, and rank be empty: every id is kept."""
     buf = cuda.shared.array(MAX_THREADS, np.float32)
     found = cuda.shared.array(2, np.int32)
     tid, nt = cuda.threadIdx.x, cuda.blockDim.x
@@ -74,35 +76,35 @@ def _sample_kernel(z, order, rank, inv_temperature, top_k, top_p, min_p, u, out)
     chunk = (V + nt - 1) // nt
     lo, hi = min(V, tid * chunk), min(V, (tid + 1) * chunk)
     z_max = z[order[0]]
-    K = min(top_k, V)
-    # total over the top-k, and the top-p cut: the first sorted j whose cumulative sum reaches top_p
-    mine = np.float32(0)
-    for j in range(lo, min(hi, K)):
-        mine += math.exp((z[order[j]] - z_max) * inv_temperature)
-    total = block_sum(buf, mine, tid, nt)
-    if tid == 0:
-        found[0] = K
-    buf[tid] = mine
-    _exclusive_scan(buf, tid, nt)
-    if top_p < 1:
+    L = min(top_k, V)
+    if top_p < 1:  # the top-p cut: the first sorted j < L whose cumulative sum reaches top_p of the top-k's
+        mine = np.float32(0)
+        for j in range(lo, min(hi, L)):
+            mine += math.exp((z[order[j]] - z_max) * inv_temperature)
+        total = block_sum(buf, mine, tid, nt)
+        if tid == 0:
+            found[0] = L
+        buf[tid] = mine
+        _exclusive_scan(buf, tid, nt)
         running = buf[tid]
-        for j in range(lo, min(hi, K)):
+        for j in range(lo, min(hi, L)):
             running += math.exp((z[order[j]] - z_max) * inv_temperature)
             if running >= top_p * total:
                 cuda.atomic.min(found, 0, j + 1)
                 break
-    cuda.syncthreads()
-    # min-p keeps p_j >= min_p * p_0 (p_0 = 1): a prefix of the sorted order, counted
-    L = found[0]
-    count = np.float32(0)
-    for j in range(lo, min(hi, L)):
-        if math.exp((z[order[j]] - z_max) * inv_temperature) >= min_p:
-            count += 1
-    L = min(L, int(block_sum(buf, count, tid, nt)))
+        cuda.syncthreads()
+        L = found[0]
+    if min_p > 0:  # min-p keeps p_j >= min_p * p_0 (p_0 = 1): a prefix of the sorted order, counted
+        count = np.float32(0)
+        for j in range(lo, min(hi, L)):
+            if math.exp((z[order[j]] - z_max) * inv_temperature) >= min_p:
+                count += 1
+        L = min(L, int(block_sum(buf, count, tid, nt)))
     # the draw, in id order over the kept ids
+    every = rank.shape[0] == 0
     mine = np.float32(0)
     for i in range(lo, hi):
-        if rank[i] < L:
+        if every or rank[i] < L:
             mine += math.exp((z[i] - z_max) * inv_temperature)
     kept_total = block_sum(buf, mine, tid, nt)
     if tid == 0:
@@ -112,7 +114,7 @@ def _sample_kernel(z, order, rank, inv_temperature, top_k, top_p, min_p, u, out)
     running = buf[tid]
     last_kept = -1
     for i in range(lo, hi):
-        if rank[i] < L:
+        if every or rank[i] < L:
             last_kept = i
             running += math.exp((z[i] - z_max) * inv_temperature)
             if running > u * kept_total:
@@ -136,17 +138,27 @@ def argmax(logits, out):
     return out
 
 
+def filtered(top_k: int | None, top_p: float | None, min_p: float | None) -> bool:
+    """Whether a draw filters the vocabulary, so that sample needs the ids in order."""
+    return top_k is not None or (top_p is not None and top_p < 1) or bool(min_p)
+
+
 def sample(logits, order, temperature: float, top_k: int | None, top_p: float | None, min_p: float | None,
            u: float, out):
     """out [1] int32 = the id drawn from logits [V] f32 after temperature (> 0), top-k, top-p and min-p,
-    with the uniform number u in [0, 1); order [V] int32 = ids by descending logit, ties lower id first."""
+    with the uniform number u in [0, 1); order [V] int32 = ids by descending logit, ties lower id first,
+    or None when no filter applies (`filtered`): then nothing is sorted, the largest logit is found."""
     V = logits.shape[0]
-    check(temperature > 0 and logits.ndim == 1 and order.shape == (V,) and logits.dtype == np.float32
-          and order.dtype == np.int32 and out.shape == (1,) and out.dtype == np.int32,
-          "sample", logits=logits, order=order, out=out)
     xp = array_module(out)
-    rank = xp.empty(V, np.int32)
-    rank[order] = xp.arange(V, dtype=np.int32)
+    check(temperature > 0 and logits.ndim == 1 and logits.dtype == np.float32 and out.shape == (1,)
+          and out.dtype == np.int32 and (order is None or (order.shape == (V,) and order.dtype == np.int32))
+          and (order is not None or not filtered(top_k, top_p, min_p)),
+          "sample (order [V] int32, needed by the filters)", logits=logits, order=order, out=out)
+    if order is None:
+        order, rank = argmax(logits, xp.empty(1, np.int32)), xp.empty(0, np.int32)
+    else:
+        rank = xp.empty(V, np.int32)
+        rank[order] = xp.arange(V, dtype=np.int32)
     _sample_kernel[1, THREADS, stream_of(out)](logits, order, rank, np.float32(1 / temperature), int(top_k or V),
                                np.float32(1.0 if top_p is None else top_p), np.float32(min_p or 0.0),
                                np.float32(u), out)

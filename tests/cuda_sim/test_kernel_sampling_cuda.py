@@ -20,7 +20,8 @@ def test_argmax_takes_the_lower_index_at_ties():
 
 
 @pytest.mark.parametrize("temperature, top_k, top_p, min_p", [
-    (1.0, None, None, None), (0.7, 5, None, None), (1.3, None, 0.8, None), (1.0, 12, 0.9, 0.05), (0.5, None, None, 0.2)])
+    (1.0, None, None, None), (0.6, None, 1.0, 0.0), (0.7, 5, None, None), (1.3, None, 0.8, None), (1.0, 12, 0.9, 0.05),
+    (0.5, None, None, 0.2)])
 def test_sample_draws_as_the_cpu(temperature, top_k, top_p, min_p):
     rng = np.random.default_rng(1)
     logits = 2 * rng.standard_normal(50, dtype=np.float32)
@@ -29,6 +30,14 @@ def test_sample_draws_as_the_cpu(temperature, top_k, top_p, min_p):
         u = np.random.default_rng(seed).random()
         expected = sampling.sample(logits, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                    rng=np.random.default_rng(seed))
-        out = poisoned(1, np.int32)
-        sampling_cuda.sample(logits, order, temperature, top_k, top_p, min_p, u, out)
-        assert out[0] == expected, (seed, u)
+        # the ids in order when a filter needs them; without filters with and without (nothing sorted)
+        for given in (order, None) if not sampling_cuda.filtered(top_k, top_p, min_p) else (order,):
+            out = poisoned(1, np.int32)
+            sampling_cuda.sample(logits, given, temperature, top_k, top_p, min_p, u, out)
+            assert out[0] == expected, (seed, u, given is None)
+
+
+def test_filters_need_the_order():
+    logits = np.zeros(8, np.float32)
+    with pytest.raises(ValueError, match="needed by the filters"):
+        sampling_cuda.sample(logits, None, 1.0, None, 0.9, None, 0.5, poisoned(1, np.int32))
