@@ -83,7 +83,7 @@ class Routed:
 
     def __init__(self, logits, k: int):
         T = logits.shape[0]
-        self.logits, self.k = logits, k
+        self.logits = logits
         self.experts = cp.empty((T, k), cp.int32)
         self.weights = cp.empty((T, k), cp.float32)
         self.written = False  # by a kernel launched already
