@@ -10,11 +10,18 @@ threads per block and blocks of a few rows, which also makes the inputs' tails p
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
 if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
     collect_ignore_glob = ["test_*.py"]
+else:
+    # The simulator's block manager polls its threads in a loop that holds the GIL, and each thread
+    # it waits for (to start, to reach syncthreads) waits its turn for up to the interpreter's switch
+    # interval: 5 ms by default, which made a launch of a few hundred threads take seconds. At 50 us
+    # the folder ran in 147 s instead of 517 s on the 2-core dev box.
+    sys.setswitchinterval(5e-5)
 
 SMALL_LAUNCHES = {
     # TILE_THREADS (4, 4): 16-row W tiles, so their rotated column groups wrap; with MIN_TILE_PAIRS 4 the
@@ -46,6 +53,8 @@ def small_launches(monkeypatch):
 
 @pytest.fixture(autouse=True)
 def gpu_launch_limits(monkeypatch):
-    """Every simulated launch within CUDA's limits on grids and blocks (sim.launch_as_a_gpu)."""
+    """Every simulated launch within CUDA's limits on grids and blocks (sim.launch_as_a_gpu), its
+    shared arrays shared by all threads of a block (sim.shared_arrays_made_once)."""
     from cuda_sim import sim
     sim.launch_as_a_gpu(monkeypatch)
+    sim.shared_arrays_made_once(monkeypatch)

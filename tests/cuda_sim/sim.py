@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import sys
+import threading
 import types
 
 import numpy as np
@@ -196,6 +198,34 @@ def launch_as_a_gpu(monkeypatch):
         return launch(self, *[a.view(np.ndarray) if isinstance(a, DeviceArray) else a for a in args])
 
     monkeypatch.setattr(kernel.FakeCUDAKernel, "__call__", checked)
+
+
+def shared_arrays_made_once(monkeypatch):
+    """Within the test, the threads of a simulated block share one array per cuda.shared.array call
+    site for certain. The simulator's own FakeCUDAShared.array looks the call site up and creates
+    the array in two steps, so two threads could each create one (the later replacing the earlier
+    in its table) and one would then work in an array the others never see: a shared sum read
+    garbage once threads switched often (conftest's switch interval). It also names the call site
+    by extracting the whole stack, where the caller's frame says the same."""
+    from numba import types as numba_types
+    from numba.cuda.simulator import kernelapi
+    from numba.np import numpy_support
+
+    simulators = kernelapi.FakeCUDAShared.array
+    lock = threading.Lock()
+
+    def array(self, shape, dtype, alignment=None):
+        if alignment is not None or shape == 0:  # refused, or the one buffer of dynamic shared memory
+            return simulators(self, shape, dtype, alignment)
+        caller = sys._getframe(1)
+        site = caller.f_code.co_filename, caller.f_lineno
+        with lock:
+            if site not in self._allocations:
+                kind = numpy_support.as_dtype(dtype) if isinstance(dtype, numba_types.Type) else dtype
+                self._allocations[site] = np.empty(shape, kind)
+            return self._allocations[site]
+
+    monkeypatch.setattr(kernelapi.FakeCUDAShared, "array", array)
 
 
 class _RandomState(np.random.RandomState):
