@@ -41,12 +41,17 @@ SMALL_LAUNCHES = {
 
 
 @pytest.fixture(autouse=True)
-def small_launches(monkeypatch):
+def small_launches(request, monkeypatch):
+    """SMALL_LAUNCHES, except in tests marked shipped_launches: those run the block shapes, tiles and
+    chunks a GPU runs (setting only the sizes from which a launcher picks a path or a grid, to keep
+    to a few blocks), so that a kernel that works only with the simulator's small blocks shows."""
     import importlib
+    shipped = request.node.get_closest_marker("shipped_launches") is not None
     for module, values in SMALL_LAUNCHES.items():
         m = importlib.import_module(f"gptoss_np.kernels.{module}")
-        for name, value in values.items():
-            monkeypatch.setattr(m, name, value)
+        if not shipped:
+            for name, value in values.items():
+                monkeypatch.setattr(m, name, value)
         if hasattr(m, "SHARED_ALIGN"):  # the simulator's shared arrays take no alignment
             monkeypatch.setattr(m, "SHARED_ALIGN", None)
 

@@ -18,17 +18,18 @@ def inputs(rng, T, S, H, G, Dh):
 
 
 # (the simulator's blocks, tests/cuda_sim/conftest.py: 8 rows, chunks of 4 keys; splits of at most 8 keys,
-# and at least as many as there are chunks, up to 4)
-@pytest.mark.parametrize("T, S, window, H, G", [
-    (5, 5, None, 4, 2),  # prefill from an empty cache: 4 queries x 2 heads per block, the second block partial
-    (3, 21, 6, 4, 2),  # prefill chunk after 18 cached tokens, sliding window; 21 keys = 4 splits of 6
-    (1, 19, None, 4, 2),  # decode: one query, several splits, the last chunk partial
-    (9, 30, 4, 8, 2),  # 4 heads a kv head: 2 queries per block; chunks outside every row's window are skipped
-    (1, 13, None, 8, 8),  # no GQA: a block holds 1 row
+# and at least as many as there are chunks, up to 4; shipped: 64 rows, chunks of 32 keys, 128 threads)
+@pytest.mark.parametrize("T, S, window, H, G, Dh", [
+    (5, 5, None, 4, 2, 16),  # prefill from an empty cache: 4 queries x 2 heads per block, the second block partial
+    (3, 21, 6, 4, 2, 16),  # prefill chunk after 18 cached tokens, sliding window; 21 keys = 4 splits of 6
+    (1, 19, None, 4, 2, 16),  # decode: one query, several splits, the last chunk partial
+    (9, 30, 4, 8, 2, 16),  # 4 heads a kv head: 2 queries per block; chunks outside every row's window are skipped
+    (1, 13, None, 8, 8, 16),  # no GQA: a block holds 1 row
+    pytest.param(3, 40, 20, 8, 1, 64, marks=pytest.mark.shipped_launches),  # gpt-oss's 8:1 GQA and head dim
+    pytest.param(1, 70, None, 8, 2, 64, marks=pytest.mark.shipped_launches),  # decode: 3 splits of 24 keys
 ])
-def test_matches_reference(T, S, window, H, G):
+def test_matches_reference(T, S, window, H, G, Dh):
     rng = np.random.default_rng(S)
-    Dh = 16
     q, k, v, sinks = inputs(rng, T, S, H, G, Dh)
     q_pos = np.arange(S - T, S)
     k_pos = rng.permutation(S)  # slot order does not matter: masks use positions

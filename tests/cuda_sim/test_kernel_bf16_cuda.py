@@ -16,6 +16,9 @@ from gptoss_np.kernels import bf16, bf16_cuda, norm_rope
     (3, 3, 4, 10**9),  # one word a row
     (2, 11, 68, 1),  # 4 rows a warp (the second block's warps have 1 and 4 rows past N); chunks of 48 and 20
     (4, 6, 24, 1),  # MAX_ROWS token rows, 4 rows a warp
+    # the shipped launches: x staged in chunks of 2048 and 68 columns, 32 lanes of 2 words, 8 warps
+    pytest.param(2, 3, 2116, 10**9, marks=pytest.mark.shipped_launches),
+    pytest.param(1, 34, 136, 1, marks=pytest.mark.shipped_launches),  # 4 rows a warp: 32 a block, 2 blocks
 ])
 @pytest.mark.parametrize("split", [False, True])  # a row's K over one warp, or over the block's 2 warps
 def test_gemv(T, N, K, warp_rows_from_n, split, monkeypatch):
@@ -44,6 +47,7 @@ def test_gemv_adds_a_residual():
     (1, 5, 104, False),  # x staged in chunks of 48, 48 and 8 columns, each thread's squares from all three
     (3, 6, 24, True),
     (4, 11, 68, False),
+    pytest.param(2, 3, 2116, True, marks=pytest.mark.shipped_launches),  # 256 threads' squares, 2 chunks
 ])
 def test_gemv_of_the_rmsnorm_of_x(T, N, K, split, monkeypatch):
     monkeypatch.setattr(bf16_cuda, "SPLIT_BELOW_N", 10**9 if split else 0)

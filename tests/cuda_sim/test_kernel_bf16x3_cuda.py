@@ -3,23 +3,29 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from cuda_sim.sim import poisoned
 from gptoss_np import bf16x3
 from gptoss_np.kernels import bf16x3_cuda
 
 
-def test_split_rows_gathers_and_splits_exactly():
+SHIPPED = pytest.mark.shipped_launches  # the GPU's block shapes (tests/cuda_sim/conftest.py): 256 threads
+
+
+@pytest.mark.parametrize("K", [37, pytest.param(300, marks=SHIPPED)])
+def test_split_rows_gathers_and_splits_exactly(K):
     rng = np.random.default_rng(0)
-    x = (rng.standard_normal((5, 37)) * np.exp2(rng.integers(-40, 40, (5, 37)))).astype(np.float32)
+    x = (rng.standard_normal((5, K)) * np.exp2(rng.integers(-40, 40, (5, K)))).astype(np.float32)
     rows = np.array([4, 0, 0, 2, 3, 1, 4], np.int32)  # a pair order: rows repeat, any order
-    parts = bf16x3_cuda.split_rows(x, rows, poisoned((21, 37), np.uint16))
+    parts = bf16x3_cuda.split_rows(x, rows, poisoned((21, K), np.uint16))
     np.testing.assert_array_equal(parts, bf16x3.interleaved_parts(x[rows]))
 
 
-def test_sum_rows_sums_biases_and_scatters():
+@pytest.mark.parametrize("N", [41, pytest.param(300, marks=SHIPPED)])
+def test_sum_rows_sums_biases_and_scatters(N):
     rng = np.random.default_rng(1)
-    P, N, E = 6, 41, 3
+    P, E = 6, 3
     y = rng.standard_normal((3 * P, N), dtype=np.float32)
     dest = np.array([5, 0, 3, 1, 4, 2], np.int32)
     bias_rows = rng.integers(0, E, P).astype(np.int32)

@@ -8,10 +8,12 @@ import pytest
 from gptoss_np.kernels import kv_cache, kv_cache_cuda
 
 
-@pytest.mark.parametrize("position, S", [(13, 5), (2, 40)])  # a ring that wrapped; a slot = the position
-def test_write_one(position, S):
+# a ring that wrapped, then a slot = the position: 2 x 8 values, two blocks of the simulator's 8 threads;
+# shipped: gpt-oss's 8 x 64 values, two blocks of 256 threads
+@pytest.mark.parametrize("position, S, G, Dh", [(13, 5, 2, 8), (2, 40, 2, 8),
+                                                pytest.param(70, 128, 8, 64, marks=pytest.mark.shipped_launches)])
+def test_write_one(position, S, G, Dh):
     rng = np.random.default_rng(S)
-    G, Dh = 2, 8  # 16 elements: two blocks of the simulator's 8 threads
     keys, values = rng.standard_normal((2, S, G, Dh), dtype=np.float32)
     stored = rng.integers(-1, 50, S)
     k, v = rng.standard_normal((2, 1, G, Dh), dtype=np.float32)

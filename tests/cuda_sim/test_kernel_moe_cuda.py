@@ -8,13 +8,17 @@ import pytest
 from cuda_sim.sim import assert_close, poisoned
 from gptoss_np.kernels import moe, moe_cuda
 
+SHIPPED = pytest.mark.shipped_launches  # the GPU's block shapes (tests/cuda_sim/conftest.py)
 
-@pytest.mark.parametrize("k", [3, 6])
-def test_route(k):
-    """A block of 4 threads a token (conftest): 7 experts to rank, and 6 slots to write, take two rounds."""
-    rng = np.random.default_rng(0)
-    logits = rng.standard_normal((10, 7), dtype=np.float32)
-    experts, weights = poisoned((10, k), np.int32), poisoned((10, k))
+
+@pytest.mark.parametrize("T, E, k", [(10, 7, 3), (10, 7, 6),
+                                     pytest.param(2, 32, 4, marks=SHIPPED), pytest.param(2, 128, 4, marks=SHIPPED)])
+def test_route(T, E, k):
+    """A block of 4 threads a token (conftest): 7 experts to rank, and 6 slots to write, take two rounds;
+    shipped: 64 threads rank gpt-oss-20b's 32 experts or 120b's 128."""
+    rng = np.random.default_rng(E)
+    logits = rng.standard_normal((T, E), dtype=np.float32)
+    experts, weights = poisoned((T, k), np.int32), poisoned((T, k))
     moe_cuda.route(logits, experts, weights)
     ref_experts, ref_weights = moe.route_ref(logits, k)
     np.testing.assert_array_equal(experts, ref_experts)
@@ -37,13 +41,14 @@ def test_route_ranks_nan_last():
     assert_close(weights[:1], moe.route_ref(logits[:1, [1, 2, 4]], 3)[1])
 
 
-def test_sort_pairs_groups_by_expert():
+@pytest.mark.parametrize("P", [37, pytest.param(1500, marks=SHIPPED)])  # shipped: one block of 1024 threads
+def test_sort_pairs_groups_by_expert(P):
     rng = np.random.default_rng(1)
-    experts = rng.integers(0, 6, 37).astype(np.int32)
+    experts = rng.integers(0, 6, P).astype(np.int32)
     experts[experts == 4] = 5  # expert 4 has no pair
-    order, offsets = moe_cuda.sort_pairs(experts, poisoned(37, np.int32), poisoned(7, np.int32))
+    order, offsets = moe_cuda.sort_pairs(experts, poisoned(P, np.int32), poisoned(7, np.int32))
     np.testing.assert_array_equal(offsets, np.r_[0, np.cumsum(np.bincount(experts, minlength=6))])
-    assert sorted(order.tolist()) == list(range(37))
+    assert sorted(order.tolist()) == list(range(P))
     for e in range(6):
         assert (experts[order[offsets[e]:offsets[e + 1]]] == e).all()
 
@@ -58,14 +63,15 @@ def test_swiglu_clamps():
     assert_close(out, moe.swiglu_ref(gate_up, 7.0, 1.702))
 
 
-def test_combine():
+@pytest.mark.parametrize("D", [9, pytest.param(300, marks=SHIPPED)])
+def test_combine(D):
     rng = np.random.default_rng(3)
-    y = rng.standard_normal((5 * 3, 9), dtype=np.float32)
+    y = rng.standard_normal((5 * 3, D), dtype=np.float32)
     weights = rng.random((5, 3), dtype=np.float32)
-    out = poisoned((5, 9))
+    out = poisoned((5, D))
     moe_cuda.combine(y, weights, out)
-    assert_close(out, np.einsum("ta,tad->td", weights, y.reshape(5, 3, 9)))
-    residual = rng.standard_normal((5, 9), dtype=np.float32)
-    out = poisoned((5, 9))
+    assert_close(out, np.einsum("ta,tad->td", weights, y.reshape(5, 3, D)))
+    residual = rng.standard_normal((5, D), dtype=np.float32)
+    out = poisoned((5, D))
     moe_cuda.combine(y, weights, out, residual=residual)
-    assert_close(out, residual + np.einsum("ta,tad->td", weights, y.reshape(5, 3, 9)))
+    assert_close(out, residual + np.einsum("ta,tad->td", weights, y.reshape(5, 3, D)))

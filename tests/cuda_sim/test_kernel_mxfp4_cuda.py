@@ -23,8 +23,13 @@ def reference(x, rows_per_x, experts, blocks, scales, bias):
                      for p, e in enumerate(experts)])
 
 
-# (the simulator's 8 threads a block stage x 16 values a thread: 18 words of 9 blocks take three rounds)
-@pytest.mark.parametrize("tokens, A, N, groups", [(1, 2, 5, 3), (2, 1, 3, 1), (1, 1, 3, 9)])
+SHIPPED = pytest.mark.shipped_launches  # the GPU's block shapes (tests/cuda_sim/conftest.py)
+
+
+# (the simulator's 8 threads a block stage x 16 values a thread: 18 words of 9 blocks take three rounds;
+# shipped: 16 rows a block of 256 threads, the second block's last warps past N)
+@pytest.mark.parametrize("tokens, A, N, groups", [(1, 2, 5, 3), (2, 1, 3, 1), (1, 1, 3, 9),
+                                                   pytest.param(2, 1, 26, 5, marks=SHIPPED)])
 def test_gemv(tokens, A, N, groups):
     rng = np.random.default_rng(N)
     E = 4
@@ -50,7 +55,7 @@ def test_gemv_with_swiglu():
     assert_close(out, moe.swiglu_ref(reference(x, A, experts, blocks, scales, bias), 7.0, 1.702))
 
 
-@pytest.mark.parametrize("tokens", [1, 2])
+@pytest.mark.parametrize("tokens", [1, 2, pytest.param(2, marks=SHIPPED, id="shipped")])
 def test_gemv_routes_its_pairs(tokens):
     """With route, the gate_up GEMV picks each pair's expert from the router's logits (ties to the
     lower expert) and writes the experts and their weights as the route kernel would."""
@@ -80,7 +85,7 @@ def test_gemv_reads_only_the_selected_experts():
     assert_close(out, reference(x, 1, [1], blocks, scales, bias))
 
 
-@pytest.mark.parametrize("rows_per_x", [2, 1])
+@pytest.mark.parametrize("rows_per_x", [2, 1, pytest.param(2, marks=SHIPPED, id="shipped")])
 def test_grouped_matmul(rows_per_x):
     rng = np.random.default_rng(rows_per_x)
     E, N, groups, tokens, A = 3, 19, 2, 10, 2  # 19 rows: one full 16-row tile and a partial one
@@ -98,7 +103,7 @@ def widened(bits):
     return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.uint16])
+@pytest.mark.parametrize("dtype", [np.float32, np.uint16, pytest.param(np.float32, marks=SHIPPED, id="shipped")])
 def test_dequantize_chosen_experts(dtype):
     """Experts 3 and 1 of 4 in one launch, as float32 or as bf16 bits (both exact)."""
     rng = np.random.default_rng(4)
@@ -134,7 +139,8 @@ def test_largest_scales_of_the_chosen_experts(monkeypatch):
     assert largest.tolist() == [0, 250, 0, 240]
 
 
-@pytest.mark.parametrize("low, high", [(100, 140), (0, 200)])  # fp16 exact; blocks far below the largest round
+# fp16 exact; blocks far below the largest round
+@pytest.mark.parametrize("low, high", [(100, 140), (0, 200), pytest.param(0, 200, marks=SHIPPED, id="shipped")])
 def test_dequantize_scaled_to_fp16(low, high):
     rng = np.random.default_rng(low)
     blocks = rng.integers(0, 256, (4, 3, 2, 16), dtype=np.uint8)

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from cuda_sim.sim import assert_close, poisoned
 from gptoss_np.kernels import norm_rope, norm_rope_cuda
 
 
-def test_rmsnorm():
+# 37: the 16 threads walk a partial pass; shipped: 256 threads walk gpt-oss's 2880
+@pytest.mark.parametrize("D", [37, pytest.param(2880, marks=pytest.mark.shipped_launches)])
+def test_rmsnorm(D):
     rng = np.random.default_rng(0)
-    x = 3 * rng.standard_normal((3, 37), dtype=np.float32)  # 37: the 16 threads walk a partial pass
-    w = rng.standard_normal(37, dtype=np.float32)
-    out = poisoned((3, 37))
+    x = 3 * rng.standard_normal((3, D), dtype=np.float32)
+    w = rng.standard_normal(D, dtype=np.float32)
+    out = poisoned((3, D))
     norm_rope_cuda.rmsnorm(x, w, 1e-5, out)
     assert_close(out, norm_rope.rmsnorm_ref(x, w, 1e-5))
 

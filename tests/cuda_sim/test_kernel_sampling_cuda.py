@@ -10,10 +10,15 @@ from gptoss_np import sampling
 from gptoss_np.kernels import sampling_cuda
 
 
-def test_argmax_takes_the_lower_index_at_ties():
+SHIPPED = pytest.mark.shipped_launches  # the GPU's block shapes (tests/cuda_sim/conftest.py)
+
+
+# 70: 3 blocks of 8 threads, strided, partial; shipped: 2 blocks of 1024 threads, the tie across them
+@pytest.mark.parametrize("V, ties", [(70, [13, 61]), pytest.param(1500, [13, 1030], marks=SHIPPED)])
+def test_argmax_takes_the_lower_index_at_ties(V, ties):
     rng = np.random.default_rng(0)
-    logits = rng.standard_normal(70, dtype=np.float32)  # 70: 3 blocks of 8 threads, strided, partial
-    logits[[13, 61]] = 9.0
+    logits = rng.standard_normal(V, dtype=np.float32)
+    logits[ties] = 9.0
     out = poisoned(1, np.int32)
     sampling_cuda.argmax(logits, out)
     assert out[0] == 13
@@ -21,7 +26,7 @@ def test_argmax_takes_the_lower_index_at_ties():
 
 @pytest.mark.parametrize("temperature, top_k, top_p, min_p", [
     (1.0, None, None, None), (0.6, None, 1.0, 0.0), (0.7, 5, None, None), (1.3, None, 0.8, None), (1.0, 12, 0.9, 0.05),
-    (0.5, None, None, 0.2)])
+    (0.5, None, None, 0.2), pytest.param(1.0, 12, 0.9, 0.05, marks=SHIPPED, id="shipped")])  # shipped: 1024 threads
 def test_sample_draws_as_the_cpu(temperature, top_k, top_p, min_p):
     rng = np.random.default_rng(1)
     logits = 2 * rng.standard_normal(50, dtype=np.float32)
