@@ -200,15 +200,86 @@ def launch_as_a_gpu(monkeypatch):
     monkeypatch.setattr(kernel.FakeCUDAKernel, "__call__", checked)
 
 
-def shared_arrays_made_once(monkeypatch):
-    """Within the test, the threads of a simulated block share one array per cuda.shared.array call
-    site for certain. The simulator's own FakeCUDAShared.array looks the call site up and creates
-    the array in two steps, so two threads could each create one (the later replacing the earlier
-    in its table) and one would then work in an array the others never see: a shared sum read
-    garbage once threads switched often (conftest's switch interval). It also names the call site
-    by extracting the whole stack, where the caller's frame says the same."""
+class SharedMemoryRace(RuntimeError):
+    """Two threads of a block touched one shared-memory element between the same two barriers, and at
+    least one of them wrote it: on a GPU the result depends on their timing."""
+
+
+class RaceCheckedArray:
+    """A simulated block's shared array that raises SharedMemoryRace at an access that conflicts with
+    another thread's access to the same element since the last cuda.syncthreads() (a read after another
+    thread's write, a write after another thread's read or write): what compute-sanitizer's racecheck
+    reports on a GPU, found here in every simulator test. A write that leaves the element as it was
+    (threads setting one flag) and atomics do not count: their order changes nothing. Threads'
+    barriers are counted by BlockThread.barriers (shared_arrays_checked)."""
+
+    def __init__(self, raw: np.ndarray):
+        self.raw, self.shape, self.dtype, self.ndim, self.size = raw, raw.shape, raw.dtype, raw.ndim, raw.size
+        self._strides = [s // raw.itemsize for s in raw.strides]
+        self._writer = {}  # flat index -> (phase, thread) of its last write
+        self._readers = {}  # flat index -> (phase, {threads that read it in that phase})
+        self._lock = threading.Lock()
+
+    def _flat(self, key) -> int:
+        key = key if isinstance(key, tuple) else (key,)
+        if len(key) != self.ndim or not all(isinstance(i, (int, np.integer)) for i in key):
+            raise TypeError(f"shared array [{self.shape}] indexed by {key}: one integer per dimension only")
+        return sum(int(i) * s for i, s in zip(key, self._strides))
+
+    @staticmethod
+    def _who():
+        """(phase, thread): the thread's block and barriers passed, and its index in the block."""
+        me = threading.current_thread()
+        return (tuple(me.blockIdx), getattr(me, "barriers", 0)), me.thread_id
+
+    def _race(self, key, what, other):
+        phase, me = self._who()
+        key = [int(i) for i in (key if isinstance(key, tuple) else (key,))]
+        return SharedMemoryRace(f"shared array {self.dtype}{list(self.shape)}, element {key}: thread {me} {what} "
+                                f"thread {other} in block {phase[0]} after {phase[1]} barriers, with no "
+                                f"cuda.syncthreads() between them")
+
+    def __getitem__(self, key):
+        value = self.raw[key]  # IndexError first
+        i, (phase, me) = self._flat(key), self._who()
+        with self._lock:
+            written = self._writer.get(i)
+            if written is not None and written[0] == phase and written[1] != me:
+                raise self._race(key, "reads what was written by", written[1])
+            read = self._readers.get(i)
+            if read is None or read[0] != phase:
+                self._readers[i] = (phase, {me})
+            else:
+                read[1].add(me)
+        return value
+
+    def __setitem__(self, key, value):
+        before = self.raw[key].tobytes()
+        self.raw[key] = value
+        if self.raw[key].tobytes() == before:  # no change (several threads setting a flag): nobody can tell
+            return
+        i, (phase, me) = self._flat(key), self._who()
+        with self._lock:
+            written = self._writer.get(i)
+            if written is not None and written[0] == phase and written[1] != me:
+                raise self._race(key, "overwrites what was written by", written[1])
+            read = self._readers.get(i)
+            if read is not None and read[0] == phase and read[1] - {me}:
+                raise self._race(key, "overwrites what was read by", min(read[1] - {me}))
+            self._writer[i] = (phase, me)
+
+
+def shared_arrays_checked(monkeypatch):
+    """Within the test, every cuda.shared.array of a simulated kernel is one array per block and call
+    site, checked for races (RaceCheckedArray).
+
+    One array for certain: the simulator's own FakeCUDAShared.array looks the call site up and creates
+    the array in two steps, so two threads could each create one (the later replacing the earlier in
+    its table) and one would then work in an array the others never see (a shared sum read garbage
+    once threads switched often: conftest's switch interval). It also named the call site by
+    extracting the whole stack, where the caller's frame says the same."""
     from numba import types as numba_types
-    from numba.cuda.simulator import kernelapi
+    from numba.cuda.simulator import kernel, kernelapi
     from numba.np import numpy_support
 
     simulators = kernelapi.FakeCUDAShared.array
@@ -222,10 +293,26 @@ def shared_arrays_made_once(monkeypatch):
         with lock:
             if site not in self._allocations:
                 kind = numpy_support.as_dtype(dtype) if isinstance(dtype, numba_types.Type) else dtype
-                self._allocations[site] = np.empty(shape, kind)
+                self._allocations[site] = RaceCheckedArray(np.empty(shape, kind))
             return self._allocations[site]
 
     monkeypatch.setattr(kernelapi.FakeCUDAShared, "array", array)
+
+    syncthreads = kernel.BlockThread.syncthreads
+
+    def counted(thread):
+        syncthreads(thread)
+        thread.barriers = getattr(thread, "barriers", 0) + 1
+
+    monkeypatch.setattr(kernel.BlockThread, "syncthreads", counted)
+
+    def on_the_raw_array(atomic):
+        return lambda self, array, *args: atomic(self, array.raw if isinstance(array, RaceCheckedArray) else array,
+                                                 *args)
+
+    for name in ("add", "sub", "and_", "or_", "xor", "inc", "dec", "exch", "max", "min", "nanmax", "nanmin",
+                 "compare_and_swap", "cas"):
+        monkeypatch.setattr(kernelapi.FakeCUDAAtomic, name, on_the_raw_array(getattr(kernelapi.FakeCUDAAtomic, name)))
 
 
 class _RandomState(np.random.RandomState):

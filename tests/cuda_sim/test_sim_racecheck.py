@@ -1,0 +1,54 @@
+"""The simulator's race check (sim.RaceCheckedArray, on in every simulator test): it must catch a
+missing cuda.syncthreads(), and let be what has no race."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numba import cuda
+
+from cuda_sim.sim import SharedMemoryRace
+
+
+@cuda.jit
+def _neighbour_sum(x, out, barrier):
+    """out[i] = x[i] + x[i + 1 mod n] through shared memory; without the barrier, thread i may read
+    its neighbour's element before the neighbour wrote it."""
+    buf = cuda.shared.array(8, np.float32)
+    i = cuda.threadIdx.x
+    buf[i] = x[i]
+    if barrier:
+        cuda.syncthreads()
+    out[i] = buf[i] + buf[(i + 1) % cuda.blockDim.x]
+
+
+@cuda.jit
+def _flag_and_count(x, out):
+    """Every thread with a positive value sets one flag (all write 1) and counts itself atomically."""
+    flag = cuda.shared.array(1, np.int32)
+    count = cuda.shared.array(1, np.int32)
+    i = cuda.threadIdx.x
+    if i == 0:
+        flag[0] = 0
+        count[0] = 0
+    cuda.syncthreads()
+    if x[i] > 0:
+        flag[0] = 1
+        cuda.atomic.add(count, 0, 1)
+    cuda.syncthreads()
+    if i == 0:
+        out[0], out[1] = flag[0], count[0]
+
+
+def test_a_missing_barrier_is_a_race():
+    x, out = np.arange(8, dtype=np.float32), np.zeros(8, np.float32)
+    _neighbour_sum[1, 8](x, out, True)
+    np.testing.assert_array_equal(out, x + np.roll(x, -1))
+    with pytest.raises(SharedMemoryRace, match="reads what was written by|overwrites what was read by"):
+        _neighbour_sum[1, 8](x, out, False)
+
+
+def test_a_shared_flag_and_atomics_are_no_race():
+    out = np.zeros(2, np.int32)
+    _flag_and_count[1, 8](np.array([1, -1, 2, 3, -4, 5, -6, 7], np.float32), out)
+    assert out.tolist() == [1, 5]
