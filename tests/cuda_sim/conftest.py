@@ -59,7 +59,7 @@ def small_launches(request, monkeypatch):
 @pytest.fixture(autouse=True)
 def gpu_launch_limits(monkeypatch):
     """Every simulated launch within CUDA's limits on grids and blocks (sim.launch_as_a_gpu), its
-    shared arrays one per block and checked for races (sim.shared_arrays_checked)."""
+    arrays checked for races (sim.race_checked)."""
     from cuda_sim import sim
     sim.launch_as_a_gpu(monkeypatch)
-    sim.shared_arrays_checked(monkeypatch)
+    sim.race_checked(monkeypatch)

@@ -35,6 +35,7 @@ class _State:
     recording = False  # a stand-in CUDA graph records or replays its step (recording())
     device_arrays_only = False  # simulated launches refuse host arrays (device_arrays_only())
     launched = {}  # "module.kernel" -> the argument types it was launched with in this test (launched())
+    race_checked = False  # simulated kernels' arrays are RaceCheckedArrays (race_checked())
 
 
 @contextlib.contextmanager
@@ -175,7 +176,8 @@ def launch_as_a_gpu(monkeypatch):
     """Within the test, the simulator refuses a launch that a GPU would refuse: a grid with no blocks
     or past CUDA's limits (MAX_GRID), a block of more than MAX_BLOCK_THREADS threads (and host
     arrays, under device_arrays_only); and records each launch's argument types (launched()).
-    Kernels see device arrays as plain NumPy views."""
+    Kernels see device arrays as plain NumPy views, or under race_checked() as RaceCheckedArrays of one
+    _Accesses a launch."""
     from numba.cuda.errors import normalize_kernel_dimensions
     from numba.cuda.simulator import kernel
 
@@ -195,83 +197,129 @@ def launch_as_a_gpu(monkeypatch):
                 raise TypeError(f"{name}: arguments {host} are host (NumPy) arrays")
             module = self.fn.__module__.rsplit(".", 1)[-1]
             _State.launched.setdefault(f"{module}.{name}", set()).add(numba_types(args))
+            if _State.race_checked:
+                accesses = _Accesses(blocks_apart=False)
+                args = [RaceCheckedArray(a.view(np.ndarray), accesses, "argument")
+                        if isinstance(a, np.ndarray) and a.ndim else a for a in args]
         return launch(self, *[a.view(np.ndarray) if isinstance(a, DeviceArray) else a for a in args])
 
     monkeypatch.setattr(kernel.FakeCUDAKernel, "__call__", checked)
 
 
-class SharedMemoryRace(RuntimeError):
-    """Two threads of a block touched one shared-memory element between the same two barriers, and at
-    least one of them wrote it: on a GPU the result depends on their timing."""
+class Race(RuntimeError):
+    """Two threads of one launch touched one memory element, at least one of them writing it, with
+    nothing ordering the two accesses: on a GPU the result depends on their timing."""
+
+
+class _Accesses:
+    """The accesses to one memory (a launch's global arrays, or one shared array) by the threads of a
+    simulated launch, by element address, and the rule of which accesses are ordered: those of one
+    thread, and those of one block with a cuda.syncthreads() between them. Blocks are never ordered
+    (global memory): a block reading what another block of the launch writes, or writing where it
+    writes, is a race. Shared memory is a block's own (blocks_apart: the simulator runs the blocks
+    one after the other in one array, which on a GPU are separate memories)."""
+
+    def __init__(self, blocks_apart: bool):
+        self.blocks_apart = blocks_apart
+        self.writer = {}  # address -> (block, thread, phase) of its last write
+        self.readers = {}  # address -> {(block, thread): phase} of its reads
+        self.locks = [threading.Lock() for _ in range(64)]  # by element: threads writing apart do not queue
+
+    @staticmethod
+    def who():
+        """(block, thread, phase): the current thread's block and index in it, and the barriers it has passed."""
+        me = threading.current_thread()
+        return me.block, me.thread_id, me.barriers
+
+    def unordered(self, a, b) -> bool:
+        if a[0] != b[0]:
+            return not self.blocks_apart
+        return a[1] != b[1] and a[2] == b[2]
+
+    def read(self, address, me):
+        """None, or (what, the other thread) where this read races with a write. Without the lock, which
+        the threads of a block would queue for at every read: a write that lands between this check
+        and this record goes unseen (the other accesses of a racing kernel are still checked)."""
+        written = self.writer.get(address)
+        if written is not None and self.unordered(written, me):
+            return "reads what was written by", written
+        self.readers.setdefault(address, {})[me[:2]] = me[2]
+        return None
+
+    def write(self, address, me, store):
+        """store() stores and says whether the element changed (atomically here, with the records);
+        None, or (what, the other thread) where a write that changed it races with another access."""
+        with self.locks[address // 4 % 64]:
+            if not store():  # no change (several threads setting a flag): nobody can tell
+                return None
+            written = self.writer.get(address)
+            if written is not None and self.unordered(written, me):
+                return "overwrites what was written by", written
+            for (block, thread), phase in self.readers.get(address, {}).items():
+                if self.unordered((block, thread, phase), me):
+                    return "overwrites what was read by", (block, thread, phase)
+            self.writer[address] = me
+        return None
 
 
 class RaceCheckedArray:
-    """A simulated block's shared array that raises SharedMemoryRace at an access that conflicts with
-    another thread's access to the same element since the last cuda.syncthreads() (a read after another
-    thread's write, a write after another thread's read or write): what compute-sanitizer's racecheck
-    reports on a GPU, found here in every simulator test. A write that leaves the element as it was
-    (threads setting one flag) and atomics do not count: their order changes nothing. Threads'
-    barriers are counted by BlockThread.barriers (shared_arrays_checked)."""
+    """An array of a simulated kernel (an argument, a view of one, or a shared array) that raises Race
+    at an access that conflicts with another thread's access to the same element (_Accesses): a read
+    after another thread's write, a write after another thread's read or write, with no order between
+    them. What compute-sanitizer's racecheck reports for shared memory on a GPU, and the same for global
+    memory between blocks, which the simulator, running blocks one after the other, would otherwise
+    let pass. A write that leaves the element as it was (threads setting one flag) and atomics do not
+    count: their order changes nothing. A thread's block and barriers passed are BlockThread.block and
+    .barriers (race_checked)."""
 
-    def __init__(self, raw: np.ndarray):
-        self.raw, self.shape, self.dtype, self.ndim, self.size = raw, raw.shape, raw.dtype, raw.ndim, raw.size
-        self._strides = [s // raw.itemsize for s in raw.strides]
-        self._writer = {}  # flat index -> (phase, thread) of its last write
-        self._readers = {}  # flat index -> (phase, {threads that read it in that phase})
-        self._lock = threading.Lock()
+    def __init__(self, raw: np.ndarray, accesses: _Accesses, what: str):
+        self.raw, self.accesses, self.what = raw, accesses, what
+        self.shape, self.dtype, self.ndim, self.size = raw.shape, raw.dtype, raw.ndim, raw.size
+        self._base = raw.__array_interface__["data"][0]
+        self._steps = tuple(zip(raw.shape, raw.strides))
 
-    def _flat(self, key) -> int:
-        key = key if isinstance(key, tuple) else (key,)
-        if len(key) != self.ndim or not all(isinstance(i, (int, np.integer)) for i in key):
-            raise TypeError(f"shared array [{self.shape}] indexed by {key}: one integer per dimension only")
-        return sum(int(i) * s for i, s in zip(key, self._strides))
+    def __len__(self):
+        return len(self.raw)
 
-    @staticmethod
-    def _who():
-        """(phase, thread): the thread's block and barriers passed, and its index in the block."""
-        me = threading.current_thread()
-        return (tuple(me.blockIdx), getattr(me, "barriers", 0)), me.thread_id
+    def _address(self, key) -> int:
+        if not isinstance(key, tuple):
+            n, stride = self._steps[0]
+            return self._base + (int(key) % n) * stride
+        return self._base + sum((int(i) % n) * stride for i, (n, stride) in zip(key, self._steps))
 
-    def _race(self, key, what, other):
-        phase, me = self._who()
+    def _raise(self, key, found):
+        what, other = found
+        block, thread, phase = _Accesses.who()
         key = [int(i) for i in (key if isinstance(key, tuple) else (key,))]
-        return SharedMemoryRace(f"shared array {self.dtype}{list(self.shape)}, element {key}: thread {me} {what} "
-                                f"thread {other} in block {phase[0]} after {phase[1]} barriers, with no "
-                                f"cuda.syncthreads() between them")
+        where = f"in block {block}" if other[0] == block else f"of block {block}"
+        raise Race(f"{self.what} {self.dtype}{list(self.shape)}, element {key}: thread {thread} {where} {what} "
+                   f"thread {other[1]} of block {other[0]} (barriers passed: {phase} and {other[2]}), with nothing "
+                   f"ordering the two")
 
     def __getitem__(self, key):
-        value = self.raw[key]  # IndexError first
-        i, (phase, me) = self._flat(key), self._who()
-        with self._lock:
-            written = self._writer.get(i)
-            if written is not None and written[0] == phase and written[1] != me:
-                raise self._race(key, "reads what was written by", written[1])
-            read = self._readers.get(i)
-            if read is None or read[0] != phase:
-                self._readers[i] = (phase, {me})
-            else:
-                read[1].add(me)
+        value = self.raw[key]
+        if isinstance(value, np.ndarray) and value.ndim:  # a view: checked as the array it is part of
+            return RaceCheckedArray(value, self.accesses, self.what)
+        found = self.accesses.read(self._address(key), _Accesses.who())
+        if found:
+            self._raise(key, found)
         return value
 
     def __setitem__(self, key, value):
-        before = self.raw[key].tobytes()
-        self.raw[key] = value
-        if self.raw[key].tobytes() == before:  # no change (several threads setting a flag): nobody can tell
-            return
-        i, (phase, me) = self._flat(key), self._who()
-        with self._lock:
-            written = self._writer.get(i)
-            if written is not None and written[0] == phase and written[1] != me:
-                raise self._race(key, "overwrites what was written by", written[1])
-            read = self._readers.get(i)
-            if read is not None and read[0] == phase and read[1] - {me}:
-                raise self._race(key, "overwrites what was read by", min(read[1] - {me}))
-            self._writer[i] = (phase, me)
+        def store():
+            before = self.raw[key].tobytes()
+            self.raw[key] = value
+            return self.raw[key].tobytes() != before
+
+        found = self.accesses.write(self._address(key), _Accesses.who(), store)
+        if found:
+            self._raise(key, found)
 
 
-def shared_arrays_checked(monkeypatch):
-    """Within the test, every cuda.shared.array of a simulated kernel is one array per block and call
-    site, checked for races (RaceCheckedArray).
+def race_checked(monkeypatch):
+    """Within the test, the arrays of simulated kernels are checked for races (RaceCheckedArray): the
+    arguments of a launch (launch_as_a_gpu), and every cuda.shared.array, one array per block and call
+    site.
 
     One array for certain: the simulator's own FakeCUDAShared.array looks the call site up and creates
     the array in two steps, so two threads could each create one (the later replacing the earlier in
@@ -293,17 +341,24 @@ def shared_arrays_checked(monkeypatch):
         with lock:
             if site not in self._allocations:
                 kind = numpy_support.as_dtype(dtype) if isinstance(dtype, numba_types.Type) else dtype
-                self._allocations[site] = RaceCheckedArray(np.empty(shape, kind))
+                self._allocations[site] = RaceCheckedArray(np.empty(shape, kind), _Accesses(blocks_apart=True),
+                                                           "shared array")
             return self._allocations[site]
 
     monkeypatch.setattr(kernelapi.FakeCUDAShared, "array", array)
+    monkeypatch.setattr(_State, "race_checked", True)
 
-    syncthreads = kernel.BlockThread.syncthreads
+    start, syncthreads = kernel.BlockThread.__init__, kernel.BlockThread.syncthreads
+
+    def named(thread, *args):
+        start(thread, *args)
+        thread.block, thread.barriers = tuple(thread.blockIdx), 0
 
     def counted(thread):
         syncthreads(thread)
-        thread.barriers = getattr(thread, "barriers", 0) + 1
+        thread.barriers += 1
 
+    monkeypatch.setattr(kernel.BlockThread, "__init__", named)
     monkeypatch.setattr(kernel.BlockThread, "syncthreads", counted)
 
     def on_the_raw_array(atomic):

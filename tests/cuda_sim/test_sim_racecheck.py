@@ -1,5 +1,5 @@
 """The simulator's race check (sim.RaceCheckedArray, on in every simulator test): it must catch a
-missing cuda.syncthreads(), and let be what has no race."""
+missing cuda.syncthreads() and blocks that depend on each other, and let be what has no race."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from numba import cuda
 
-from cuda_sim.sim import SharedMemoryRace
+from cuda_sim.sim import Race
 
 
 @cuda.jit
@@ -40,11 +40,28 @@ def _flag_and_count(x, out):
         out[0], out[1] = flag[0], count[0]
 
 
+@cuda.jit
+def _prefix(x, out):
+    """out[b] = x[b] + out[b - 1]: each block reads what the block before it wrote, which the
+    simulator (blocks in order) gets right and a GPU (blocks in any order, at once) does not."""
+    b = cuda.blockIdx.x
+    if cuda.threadIdx.x == 0:
+        out[b] = x[b] + (out[b - 1] if b > 0 else np.float32(0))
+
+
+@cuda.jit
+def _overlapping_rows(x, out):
+    """Block b writes rows b and b + 1 of out: two blocks write each inner row."""
+    b, i = cuda.blockIdx.x, cuda.threadIdx.x
+    for r in range(b, min(b + 2, out.shape[0])):
+        out[r, i] = x[b, i]
+
+
 def test_a_missing_barrier_is_a_race():
     x, out = np.arange(8, dtype=np.float32), np.zeros(8, np.float32)
     _neighbour_sum[1, 8](x, out, True)
     np.testing.assert_array_equal(out, x + np.roll(x, -1))
-    with pytest.raises(SharedMemoryRace, match="reads what was written by|overwrites what was read by"):
+    with pytest.raises(Race, match="reads what was written by|overwrites what was read by"):
         _neighbour_sum[1, 8](x, out, False)
 
 
@@ -52,3 +69,11 @@ def test_a_shared_flag_and_atomics_are_no_race():
     out = np.zeros(2, np.int32)
     _flag_and_count[1, 8](np.array([1, -1, 2, 3, -4, 5, -6, 7], np.float32), out)
     assert out.tolist() == [1, 5]
+
+
+def test_blocks_depending_on_each_other_race():
+    x = np.arange(1, 5, dtype=np.float32)
+    with pytest.raises(Race, match="reads what was written by thread 0 of block"):
+        _prefix[4, 2](x, np.zeros(4, np.float32))
+    with pytest.raises(Race, match="overwrites what was written by"):
+        _overlapping_rows[3, 4](np.arange(12, dtype=np.float32).reshape(3, 4), np.zeros((3, 4), np.float32))
