@@ -211,6 +211,11 @@ class Race(RuntimeError):
     nothing ordering the two accesses: on a GPU the result depends on their timing."""
 
 
+class UninitializedRead(RuntimeError):
+    """A thread read a shared-memory element that no thread of its block had written: on a GPU it holds
+    whatever was there (in the simulator, often what the previous block left)."""
+
+
 class _Accesses:
     """The accesses to one memory (a launch's global arrays, or one shared array) by the threads of a
     simulated launch, by element address, and the rule of which accesses are ordered: those of one
@@ -223,6 +228,7 @@ class _Accesses:
         self.blocks_apart = blocks_apart
         self.writer = {}  # address -> (block, thread, phase) of its last write
         self.readers = {}  # address -> {(block, thread): phase} of its reads
+        self.block, self.written = None, set()  # with blocks_apart: the block at work, the addresses it wrote
         self.locks = [threading.Lock() for _ in range(64)]  # by element: threads writing apart do not queue
 
     @staticmethod
@@ -239,7 +245,11 @@ class _Accesses:
     def read(self, address, me):
         """None, or (what, the other thread) where this read races with a write. Without the lock, which
         the threads of a block would queue for at every read: a write that lands between this check
-        and this record goes unseen (the other accesses of a racing kernel are still checked)."""
+        and this record goes unseen (the other accesses of a racing kernel are still checked).
+        UninitializedRead where a block reads an element of its own memory (blocks_apart) that it has
+        not written."""
+        if self.blocks_apart and address not in self.block_written(me[0]):
+            raise UninitializedRead("reads an element that no thread of its block has written")
         written = self.writer.get(address)
         if written is not None and self.unordered(written, me):
             return "reads what was written by", written
@@ -249,6 +259,8 @@ class _Accesses:
     def write(self, address, me, store):
         """store() stores and says whether the element changed (atomically here, with the records);
         None, or (what, the other thread) where a write that changed it races with another access."""
+        if self.blocks_apart:
+            self.block_written(me[0]).add(address)
         with self.locks[address // 4 % 64]:
             if not store():  # no change (several threads setting a flag): nobody can tell
                 return None
@@ -260,6 +272,16 @@ class _Accesses:
                     return "overwrites what was read by", (block, thread, phase)
             self.writer[address] = me
         return None
+
+    def block_written(self, block) -> set:
+        """The addresses `block` has written (blocks run one after the other: a new one starts afresh, once,
+        under the lock, though all its threads see it new)."""
+        if block != self.block:
+            with self.locks[0]:
+                if block != self.block:
+                    self.written = set()
+                    self.block = block  # after: a thread that sees the new block finds its set
+        return self.written
 
 
 class RaceCheckedArray:
@@ -287,12 +309,15 @@ class RaceCheckedArray:
             return self._base + (int(key) % n) * stride
         return self._base + sum((int(i) % n) * stride for i, (n, stride) in zip(key, self._steps))
 
+    @staticmethod
+    def _key(key) -> list:
+        return [int(i) for i in (key if isinstance(key, tuple) else (key,))]
+
     def _raise(self, key, found):
         what, other = found
         block, thread, phase = _Accesses.who()
-        key = [int(i) for i in (key if isinstance(key, tuple) else (key,))]
         where = f"in block {block}" if other[0] == block else f"of block {block}"
-        raise Race(f"{self.what} {self.dtype}{list(self.shape)}, element {key}: thread {thread} {where} {what} "
+        raise Race(f"{self.what} {self.dtype}{list(self.shape)}, element {self._key(key)}: thread {thread} {where} {what} "
                    f"thread {other[1]} of block {other[0]} (barriers passed: {phase} and {other[2]}), with nothing "
                    f"ordering the two")
 
@@ -300,10 +325,22 @@ class RaceCheckedArray:
         value = self.raw[key]
         if isinstance(value, np.ndarray) and value.ndim:  # a view: checked as the array it is part of
             return RaceCheckedArray(value, self.accesses, self.what)
-        found = self.accesses.read(self._address(key), _Accesses.who())
+        me = _Accesses.who()
+        try:
+            found = self.accesses.read(self._address(key), me)
+        except UninitializedRead as e:
+            raise UninitializedRead(f"{self.what} {self.dtype}{list(self.shape)}, element {self._key(key)}: thread "
+                                    f"{me[1]} of block {me[0]} {e}") from None
         if found:
             self._raise(key, found)
         return value
+
+    def atomic(self, key):
+        """The raw array, for an atomic operation on element `key` (it initializes the element, and its
+        order among other atomics' does not matter)."""
+        if self.accesses.blocks_apart:
+            self.accesses.block_written(_Accesses.who()[0]).add(self._address(key))
+        return self.raw
 
     def __setitem__(self, key, value):
         def store():
@@ -362,11 +399,10 @@ def race_checked(monkeypatch):
     monkeypatch.setattr(kernel.BlockThread, "syncthreads", counted)
 
     def on_the_raw_array(atomic):
-        return lambda self, array, *args: atomic(self, array.raw if isinstance(array, RaceCheckedArray) else array,
-                                                 *args)
+        return lambda self, array, index, *args: atomic(
+            self, array.atomic(index) if isinstance(array, RaceCheckedArray) else array, index, *args)
 
-    for name in ("add", "sub", "and_", "or_", "xor", "inc", "dec", "exch", "max", "min", "nanmax", "nanmin",
-                 "compare_and_swap", "cas"):
+    for name in ("add", "sub", "and_", "or_", "xor", "inc", "dec", "exch", "max", "min", "nanmax", "nanmin", "cas"):
         monkeypatch.setattr(kernelapi.FakeCUDAAtomic, name, on_the_raw_array(getattr(kernelapi.FakeCUDAAtomic, name)))
 
 

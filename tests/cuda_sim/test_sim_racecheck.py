@@ -1,5 +1,6 @@
 """The simulator's race check (sim.RaceCheckedArray, on in every simulator test): it must catch a
-missing cuda.syncthreads() and blocks that depend on each other, and let be what has no race."""
+missing cuda.syncthreads(), blocks that depend on each other and reads of shared memory that nothing
+wrote, and let be what has no race."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 from numba import cuda
 
-from cuda_sim.sim import Race
+from cuda_sim.sim import Race, UninitializedRead
 
 
 @cuda.jit
@@ -61,7 +62,9 @@ def test_a_missing_barrier_is_a_race():
     x, out = np.arange(8, dtype=np.float32), np.zeros(8, np.float32)
     _neighbour_sum[1, 8](x, out, True)
     np.testing.assert_array_equal(out, x + np.roll(x, -1))
-    with pytest.raises(Race, match="reads what was written by|overwrites what was read by"):
+    # the neighbour's element read after its write (a race) or before (uninitialized, then a race)
+    with pytest.raises((Race, UninitializedRead), match="reads what was written by|overwrites what was read by|"
+                                                        "no thread of its block has written"):
         _neighbour_sum[1, 8](x, out, False)
 
 
@@ -77,3 +80,23 @@ def test_blocks_depending_on_each_other_race():
         _prefix[4, 2](x, np.zeros(4, np.float32))
     with pytest.raises(Race, match="overwrites what was written by"):
         _overlapping_rows[3, 4](np.arange(12, dtype=np.float32).reshape(3, 4), np.zeros((3, 4), np.float32))
+
+
+@cuda.jit
+def _tail_sum(x, out):
+    """out[0] = the sum of x through a shared array of 8, of which only len(x) elements are written."""
+    buf = cuda.shared.array(8, np.float32)
+    i = cuda.threadIdx.x
+    if i < x.shape[0]:
+        buf[i] = x[i]
+    cuda.syncthreads()
+    if i == 0:
+        total = np.float32(0)
+        for j in range(8):
+            total += buf[j]
+        out[0] = total
+
+
+def test_a_read_of_what_no_thread_wrote_is_uninitialized():
+    with pytest.raises(UninitializedRead, match=r"shared array float32\[8\], element \[5\]: thread 0 of block"):
+        _tail_sum[1, 8](np.ones(5, np.float32), np.zeros(1, np.float32))
