@@ -548,6 +548,14 @@ class _Cublas:
         c[:] = alpha_ * product + (beta_ * c if beta_ else 0)  # beta = 0: C is not read, as in cuBLAS
 
 
+def _uninitialized(a):
+    """a, a new device array, filled as poisoned() fills an output: what an allocation holds on a GPU is
+    whatever was there, so a kernel that reads before it writes must not find zeros."""
+    if a.dtype.kind in "fiu":
+        a.fill(poisoned((), a.dtype)[()])
+    return _on_device(a)
+
+
 _MAKERS = ("empty", "zeros", "ones", "full", "arange", "empty_like", "zeros_like", "ones_like", "full_like",
            "concatenate", "stack", "ascontiguousarray")
 
@@ -560,6 +568,9 @@ def numpy_as_cupy(device_arrays: bool = True) -> types.ModuleType:
     on_device = _on_device if device_arrays else (lambda a: a)
     for name in _MAKERS:  # the functions that make arrays make device arrays
         shim.__dict__[name] = (lambda make: lambda *args, **kwargs: on_device(make(*args, **kwargs)))(getattr(np, name))
+    if device_arrays:  # uninitialized device memory holds garbage: here NaN (or -1), so a read of it shows
+        shim.empty = lambda shape, dtype=float, order="C": _uninitialized(np.empty(shape, dtype, order))
+        shim.empty_like = lambda a, dtype=None: _uninitialized(np.empty_like(a, dtype))
     if device_arrays:
         shim.ndarray, shim.asarray, shim.asnumpy = DeviceArray, _to_device, _to_host
     else:
