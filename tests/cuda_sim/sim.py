@@ -291,7 +291,8 @@ class RaceCheckedArray:
     them. What compute-sanitizer's racecheck reports for shared memory on a GPU, and the same for global
     memory between blocks, which the simulator, running blocks one after the other, would otherwise
     let pass. A write that leaves the element as it was (threads setting one flag) and atomics do not
-    count: their order changes nothing. A thread's block and barriers passed are BlockThread.block and
+    count: their order changes nothing. A read of a shared array's element that no thread of the block
+    wrote raises UninitializedRead. A thread's block and barriers passed are BlockThread.block and
     .barriers (race_checked)."""
 
     def __init__(self, raw: np.ndarray, accesses: _Accesses, what: str):
