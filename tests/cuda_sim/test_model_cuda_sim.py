@@ -65,6 +65,26 @@ def test_tiny_model_prefill_and_decode(cuda_ops, tmp_path, monkeypatch):
             == cpu.ops.sample(ref[0], rng=np.random.default_rng(3), **kwargs))
 
 
+@pytest.mark.shipped_launches
+def test_tiny_model_at_the_shipped_launch_shapes(cuda_ops, tmp_path, monkeypatch):
+    """A prefill and a decode step of every layer type with the GPU's block shapes, op by op (the CUDA
+    graph does not depend on them; test_tiny_model_prefill_and_decode replays it): the kernels as they
+    compose in the model, race-checked, against the CPU engine. The bf16 GEMVs' rows are not split (a
+    block of 256 threads a row otherwise, slow here)."""
+    monkeypatch.setattr(bf16_cuda, "SPLIT_BELOW_N", 0)
+    config = synthetic.config_dict("tiny", vocab_size=64, hidden_size=32, intermediate_size=32, head_dim=8,
+                                   num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
+                                   num_experts_per_tok=2, sliding_window=4)
+    checkpoint = Checkpoint(synthetic.write_checkpoint(tmp_path, config))
+    cpu, gpu = GptOss(checkpoint, CpuOps()), GptOss(checkpoint, cuda_ops)
+    ids = np.random.default_rng(7).integers(0, cpu.config.vocab_size, 6)
+    caches = cpu.new_cache(6), gpu.new_cache(6)
+    for step in (ids[:5], ids[5:]):  # prefill 5, decode 1 (past the window)
+        ours, ref = gpu.forward(step, caches[1]), cpu.forward(step, caches[0])
+        assert rel_err(cuda_ops.to_numpy(ours), ref) < 1e-5
+    sim.assert_launched_as_checked()
+
+
 def test_trace_of_one_token(cuda_ops, tmp_path):
     """A one-token trace reads the routing before the experts run (backend_cuda.Routed, from the route
     kernel then) and must show the CPU engine's router logits and choices (the second layer's logits
