@@ -1,6 +1,7 @@
 """Every CUDA kernel of the engine at its real launch shapes, on a small model, for compute-sanitizer:
-what Numba's CUDA simulator cannot show (tests/cuda_sim runs smaller blocks, and its Python threads
-do not race as a GPU's do).
+what Numba's CUDA simulator cannot show. tests/cuda_sim checks races and uninitialized shared memory
+(tests/cuda_sim/sim.py), but in the order its Python threads happen to run, not a GPU's; it lets a
+barrier pass once the threads that skip it have exited; and its arrays are NumPy's, not the device's.
 
     compute-sanitizer --tool memcheck --error-exitcode 9 python3 bench/sanitize.py   # out-of-bounds accesses
     compute-sanitizer --tool racecheck --error-exitcode 9 python3 bench/sanitize.py  # shared-memory races
