@@ -31,13 +31,19 @@ def cuda_ops(monkeypatch):
     return importlib.import_module("gptoss_np.backend_cuda").CudaOps()
 
 
+# smaller than "tiny" (the simulator runs each GPU thread as a Python thread), every feature kept
+SMALL = dict(vocab_size=96, hidden_size=32, intermediate_size=32, head_dim=8, num_attention_heads=4,
+             num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2)
+
+
+def engines(cuda_ops, folder, rule: DispatchRule = DispatchRule(), **overrides):
+    """The CPU engine and one on `cuda_ops`, on a synthetic checkpoint of SMALL with `overrides`."""
+    checkpoint = Checkpoint(synthetic.write_checkpoint(folder, synthetic.config_dict("tiny", **{**SMALL, **overrides})))
+    return GptOss(checkpoint, CpuOps(), dispatch_rule=rule), GptOss(checkpoint, cuda_ops, dispatch_rule=rule)
+
+
 def test_tiny_model_prefill_and_decode(cuda_ops, tmp_path, monkeypatch):
-    # smaller than "tiny" (the simulator runs each GPU thread as a Python thread), every feature kept
-    config = synthetic.config_dict("tiny", vocab_size=96, hidden_size=32, intermediate_size=32, head_dim=8,
-                                   num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
-                                   num_experts_per_tok=2, sliding_window=4)
-    checkpoint = Checkpoint(synthetic.write_checkpoint(tmp_path, config))
-    cpu, gpu = GptOss(checkpoint, CpuOps()), GptOss(checkpoint, cuda_ops)
+    cpu, gpu = engines(cuda_ops, tmp_path, sliding_window=4)
     ids = np.random.default_rng(5).integers(0, cpu.config.vocab_size, 9)
     caches = cpu.new_cache(9), gpu.new_cache(9)
     ours, ref = gpu.forward(ids[:6], caches[1]), cpu.forward(ids[:6], caches[0])  # prefill 6
@@ -72,11 +78,7 @@ def test_tiny_model_at_the_shipped_launch_shapes(cuda_ops, tmp_path, monkeypatch
     compose in the model, race-checked, against the CPU engine. The bf16 GEMVs' rows are not split (a
     block of 256 threads a row otherwise, slow here)."""
     monkeypatch.setattr(bf16_cuda, "SPLIT_BELOW_N", 0)
-    config = synthetic.config_dict("tiny", vocab_size=64, hidden_size=32, intermediate_size=32, head_dim=8,
-                                   num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
-                                   num_experts_per_tok=2, sliding_window=4)
-    checkpoint = Checkpoint(synthetic.write_checkpoint(tmp_path, config))
-    cpu, gpu = GptOss(checkpoint, CpuOps()), GptOss(checkpoint, cuda_ops)
+    cpu, gpu = engines(cuda_ops, tmp_path, vocab_size=64, sliding_window=4)
     ids = np.random.default_rng(7).integers(0, cpu.config.vocab_size, 6)
     caches = cpu.new_cache(6), gpu.new_cache(6)
     for step in (ids[:5], ids[5:]):  # prefill 5, decode 1 (past the window)
@@ -89,11 +91,8 @@ def test_trace_of_one_token(cuda_ops, tmp_path):
     """A one-token trace reads the routing before the experts run (backend_cuda.Routed, from the route
     kernel then) and must show the CPU engine's router logits and choices (the second layer's logits
     follow from the first layer's experts)."""
-    config = synthetic.config_dict("tiny", vocab_size=64, hidden_size=32, intermediate_size=32, head_dim=8,
-                                   num_attention_heads=2, num_key_value_heads=1, num_local_experts=4,
-                                   num_experts_per_tok=2, num_hidden_layers=2)
-    checkpoint = Checkpoint(synthetic.write_checkpoint(tmp_path, config))
-    cpu, gpu = GptOss(checkpoint, CpuOps()), GptOss(checkpoint, cuda_ops)
+    cpu, gpu = engines(cuda_ops, tmp_path, vocab_size=64, num_attention_heads=2, num_key_value_heads=1,
+                       num_hidden_layers=2)
     ours, ref = gpu.trace([5], attention=False), cpu.trace([5], attention=False)
     for a, b in zip(ours, ref):
         assert rel_err(a.router_logits, b.router_logits) < 1e-5
@@ -129,12 +128,9 @@ def test_expert_paths(cuda_ops, monkeypatch, tokens, swiglu):
 
 def test_expert_choice_dispatch(cuda_ops, tmp_path):
     """The budgeted expert-choice dispatch (decided on the host) through the grouped CUDA matmul."""
-    config = synthetic.config_dict("tiny", vocab_size=64, hidden_size=32, intermediate_size=32, head_dim=8,
-                                   num_attention_heads=2, num_key_value_heads=1, num_local_experts=4,
-                                   num_experts_per_tok=2, num_hidden_layers=1, layer_types=["full_attention"])
-    checkpoint = Checkpoint(synthetic.write_checkpoint(tmp_path, config))
     rule = DispatchRule("expert_choice", tokens_per_expert_ratio=0.5)  # 4 tokens per expert for 16 tokens
-    cpu, gpu = GptOss(checkpoint, CpuOps(), dispatch_rule=rule), GptOss(checkpoint, cuda_ops, dispatch_rule=rule)
+    cpu, gpu = engines(cuda_ops, tmp_path, rule, vocab_size=64, num_attention_heads=2, num_key_value_heads=1,
+                       num_hidden_layers=1, layer_types=["full_attention"])
     ids = np.random.default_rng(6).integers(0, cpu.config.vocab_size, 16)
     assert sum(layer.dropped for layer in cpu.trace(ids, attention=False)) > 0
     ours, ref = gpu.forward(ids, gpu.new_cache(16), all_logits=True), cpu.forward(ids, cpu.new_cache(16), all_logits=True)
@@ -192,11 +188,7 @@ def test_cublas_prefill_keeps_float32_accuracy(cuda_ops, monkeypatch, tmp_path, 
     launch elsewhere."""
     monkeypatch.setattr(sys.modules["gptoss_np.backend_cuda"], "EXPERT_BLAS_MIN_TOKENS", 2)
     monkeypatch.setattr(sys.modules["gptoss_np.backend_cuda"], "DEQUANT_BYTES", 1)
-    config = synthetic.config_dict("tiny", vocab_size=96, hidden_size=32, intermediate_size=32, head_dim=8,
-                                   num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
-                                   num_experts_per_tok=2, num_hidden_layers=1, layer_types=["full_attention"])
-    checkpoint = Checkpoint(synthetic.write_checkpoint(tmp_path, config))
-    cpu, gpu = GptOss(checkpoint, CpuOps()), GptOss(checkpoint, cuda_ops)
+    cpu, gpu = engines(cuda_ops, tmp_path, num_hidden_layers=1, layer_types=["full_attention"])
     cuda_ops.products, cuda_ops.fp16_experts = products, fp16_experts
     ids = np.random.default_rng(8).integers(0, cpu.config.vocab_size, 8)
     ref = cpu.forward(ids, cpu.new_cache(8), all_logits=True)
