@@ -310,17 +310,17 @@ class RaceCheckedArray:
             return self._base + (int(key) % n) * stride
         return self._base + sum((int(i) % n) * stride for i, (n, stride) in zip(key, self._steps))
 
-    @staticmethod
-    def _key(key) -> list:
-        return [int(i) for i in (key if isinstance(key, tuple) else (key,))]
+    def _element(self, key) -> str:
+        """The element at `key`, for a report: the array's kind, dtype and shape, and its indices."""
+        indices = [int(i) for i in (key if isinstance(key, tuple) else (key,))]
+        return f"{self.what} {self.dtype}{list(self.shape)}, element {indices}"
 
     def _raise(self, key, found):
         what, other = found
         block, thread, phase = _Accesses.who()
         where = f"in block {block}" if other[0] == block else f"of block {block}"
-        raise Race(f"{self.what} {self.dtype}{list(self.shape)}, element {self._key(key)}: thread {thread} {where} {what} "
-                   f"thread {other[1]} of block {other[0]} (barriers passed: {phase} and {other[2]}), with nothing "
-                   f"ordering the two")
+        raise Race(f"{self._element(key)}: thread {thread} {where} {what} thread {other[1]} of block {other[0]} "
+                   f"(barriers passed: {phase} and {other[2]}), with nothing ordering the two")
 
     def __getitem__(self, key):
         value = self.raw[key]
@@ -330,8 +330,7 @@ class RaceCheckedArray:
         try:
             found = self.accesses.read(self._address(key), me)
         except UninitializedRead as e:
-            raise UninitializedRead(f"{self.what} {self.dtype}{list(self.shape)}, element {self._key(key)}: thread "
-                                    f"{me[1]} of block {me[0]} {e}") from None
+            raise UninitializedRead(f"{self._element(key)}: thread {me[1]} of block {me[0]} {e}") from None
         if found:
             self._raise(key, found)
         return value
@@ -569,10 +568,10 @@ def numpy_as_cupy(device_arrays: bool = True) -> types.ModuleType:
     on_device = _on_device if device_arrays else (lambda a: a)
     for name in _MAKERS:  # the functions that make arrays make device arrays
         shim.__dict__[name] = (lambda make: lambda *args, **kwargs: on_device(make(*args, **kwargs)))(getattr(np, name))
-    if device_arrays:  # uninitialized device memory holds garbage: here NaN (or -1), so a read of it shows
+    if device_arrays:
+        # uninitialized device memory holds garbage: here NaN (or -1), so a read of it shows
         shim.empty = lambda shape, dtype=float, order="C": _uninitialized(np.empty(shape, dtype, order))
         shim.empty_like = lambda a, dtype=None: _uninitialized(np.empty_like(a, dtype))
-    if device_arrays:
         shim.ndarray, shim.asarray, shim.asnumpy = DeviceArray, _to_device, _to_host
     else:
         shim.asarray, shim.asnumpy = lambda a, dtype=None: np.array(a, dtype=dtype), np.asarray
