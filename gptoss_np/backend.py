@@ -16,8 +16,8 @@ import logging
 
 import numpy as np
 
+from . import cpu_threads, sampling
 from . import moe as moe_layer
-from . import sampling
 from .kernels import attention, bf16, kv_cache, moe, mxfp4, norm_rope
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,9 @@ class CpuOps:
 
     name = "cpu"
     xp = np
+
+    def __init__(self):
+        cpu_threads.shorten_blas_spin()  # BLAS's idle threads must not hold the cores Numba's kernels need
 
     # -- weights
     def matrix(self, *parts: np.ndarray) -> np.ndarray:

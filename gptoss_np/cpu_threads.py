@@ -1,0 +1,67 @@
+"""The CPU's two thread pools: NumPy's BLAS and the engine's Numba kernels take turns on the same cores.
+
+A forward pass on the CPU alternates BLAS matrix products (NumPy's `@`: prefill's dense projections
+and attention) with Numba's parallel kernels (the MXFP4 experts, decode's GEMVs), and each pool's idle
+threads spin a while before they sleep. Numba's spin is kept short in kernels/__init__.py. OpenBLAS, the
+BLAS of NumPy's wheels, spins its idle workers for 2**28 cycles (about 0.1 s) after each call; a Numba
+kernel that starts meanwhile shares cores with the spinners and runs at the pace of its slowest thread,
+about half speed. On a 2-core box, with workers that sleep at once, a 128-token prefill ran 1.6x
+faster and the decode steps right after a prefill 1.3-1.4x (bench/NOTES.md, "CPU: threads").
+
+OpenBLAS reads how long its workers spin (OPENBLAS_THREAD_TIMEOUT, log2 of the cycles, 4 to 30) when it
+starts them. `shorten_blas_spin` sets the shortest, has OpenBLAS read its environment again and stops
+the workers; the next BLAS call starts them again, with the short spin. (OpenBLAS stops and restarts
+them the same way around a fork.) A user who sets OPENBLAS_THREAD_TIMEOUT keeps that setting.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+TIMEOUT_VARIABLE = "OPENBLAS_THREAD_TIMEOUT"
+SHORTEST_SPIN = 4  # log2 of the cycles an idle OpenBLAS worker spins: 16 cycles, then it sleeps
+
+
+def shorten_blas_spin() -> list[str]:
+    """Have every loaded OpenBLAS put its idle worker threads to sleep at once; returns the libraries
+    changed. Nothing changes where no OpenBLAS is loaded (another BLAS; macOS and Windows are not
+    looked at), where OPENBLAS_THREAD_TIMEOUT is set, or a second time. Stopping the workers is safe
+    while no other thread is inside a BLAS call (gptoss_np.load calls this)."""
+    changed = []
+    if TIMEOUT_VARIABLE in os.environ:
+        return changed
+    for path in _loaded_openblas():
+        try:
+            lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD)
+            timeout, read_env, stop_workers = lib.openblas_thread_timeout, lib.openblas_read_env, \
+                lib.blas_thread_shutdown_
+        except (OSError, AttributeError):  # not an OpenBLAS with these entry points
+            continue
+        if timeout() != 0:  # set when the process started, or done already
+            continue
+        os.environ[TIMEOUT_VARIABLE] = str(SHORTEST_SPIN)
+        try:
+            read_env()
+        finally:
+            del os.environ[TIMEOUT_VARIABLE]  # OpenBLAS keeps what it read; the process's environment is as it was
+        stop_workers()
+        changed.append(path)
+        log.info("%s: idle BLAS threads now sleep at once instead of spinning ~0.1 s beside Numba's",
+                 Path(path).name)
+    return changed
+
+
+def _loaded_openblas() -> list[str]:
+    """Paths of the OpenBLAS libraries mapped into this process (Linux's /proc/self/maps)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            fields = [line.split(maxsplit=5) for line in maps]  # address, perms, offset, device, inode, path
+    except OSError:
+        return []
+    paths = {f[5].strip() for f in fields if len(f) == 6}
+    return sorted(p for p in paths if "openblas" in Path(p).name.lower() and ".so" in Path(p).name)

@@ -1,0 +1,70 @@
+"""OpenBLAS's idle worker threads sleep at once after a CPU model is loaded (gptoss_np/cpu_threads.py).
+
+Each check runs in a fresh Python, as a user's process would: it makes a BLAS call, waits 20 ms, and
+counts the threads still running. OpenBLAS's workers spin for about 0.1 s after a call by default, so
+they are running then; once the engine has loaded a model on the CPU they must be asleep."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or (os.cpu_count() or 1) < 2,
+                                reason="reads /proc/self/task; OpenBLAS starts no workers on one core")
+
+SCRIPT = """
+import json, os, time
+from pathlib import Path
+import numpy as np
+import gptoss_np
+from gptoss_np import cpu_threads, embedded
+
+def running_threads():
+    a = np.ones((512, 512), np.float32)
+    a @ a  # large enough for OpenBLAS to use its workers
+    time.sleep(0.02)
+    states = []
+    for task in Path("/proc/self/task").iterdir():
+        if int(task.name) != os.getpid():
+            stat = (task / "stat").read_text()
+            states.append(stat[stat.rindex(")") + 2])  # the state follows the name in parentheses
+    return states.count("R")
+
+before = running_threads()
+gptoss_np.load(embedded.default_checkpoint(), device="cpu")
+after = running_threads()
+x = np.random.default_rng(0).standard_normal((300, 200))
+product_ok = bool(np.allclose(x @ x.T, np.einsum("ik,jk->ij", x, x)))  # BLAS still works, workers restarted
+print(json.dumps(dict(before=before, after=after, env=os.environ.get("OPENBLAS_THREAD_TIMEOUT"),
+                      libraries=cpu_threads._loaded_openblas(), again=cpu_threads.shorten_blas_spin(),
+                      product_ok=product_ok)))
+"""
+
+
+def run(env_extra: dict) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"} | env_extra
+    done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    if not result["libraries"]:
+        pytest.skip("NumPy's BLAS here is not OpenBLAS")
+    return result
+
+
+def test_loading_on_the_cpu_puts_idle_blas_threads_to_sleep():
+    r = run({})
+    assert r["before"] >= 1, f"OpenBLAS's workers did not spin after a call to begin with: {r}"
+    assert r["after"] == 0, f"BLAS threads still running 20 ms after a call: {r}"
+    assert r["env"] is None, "the process's environment must be left as it was"
+    assert r["again"] == [], "a second call changes nothing"
+    assert r["product_ok"]
+
+
+def test_a_users_openblas_thread_timeout_is_kept():
+    r = run({"OPENBLAS_THREAD_TIMEOUT": "28"})  # OpenBLAS's own default spin, asked for explicitly
+    assert r["env"] == "28"
+    assert r["after"] >= 1, f"the user's spin setting was overridden: {r}"
