@@ -5,9 +5,10 @@ Each query head h has a sink logit s_h: a virtual key that takes part in the sof
 so a head can put probability on "nothing". In online-softmax form: start the running max at s_h and
 add exp(s_h - m) to the denominator. A key slot whose position is negative is empty and never seen.
 
-On the CPU, prefill (many queries) takes the reference, whose matrix products go to BLAS; decode
-(one query over a long cache) takes the kernel, which reads each cached key and value once per kv head
-instead of making strided copies of the whole cache.
+On the CPU, prefill (many queries) takes the reference in passes of queries, each over the keys its
+queries can see, and its matrix products go to BLAS; decode (one query over a long cache) takes the
+kernel, which reads each cached key and value once per kv head instead of making strided copies of
+the whole cache.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from numba import njit, prange
 
 _MAX_SCORES = 1 << 24  # score elements per query chunk (64 MiB of float32)
 KERNEL_MAX_QUERIES = 8  # up to this many queries the Numba kernel runs, above it the reference
+QUERY_PASS = 128  # queries per pass of the reference (prefill); 64-256 ran within noise at 1-2k tokens
 
 
 def attention_ref(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndarray, k_pos: np.ndarray,
@@ -62,12 +64,30 @@ def probabilities_ref(q: np.ndarray, k: np.ndarray, q_pos: np.ndarray, k_pos: np
 
 
 def attention(q, k, v, q_pos, k_pos, sinks, window: int | None, scale: float) -> np.ndarray:
-    """attention_ref's result; a few queries go to the Numba kernel."""
+    """attention_ref's result. A few queries go to the Numba kernel; more go to the reference in passes
+    of QUERY_PASS queries, each over only the keys that one of its queries can see (a causal prefill
+    scores about half the key-query pairs, a sliding layer about W of them per query, not the whole T)."""
     if q.shape[0] > KERNEL_MAX_QUERIES:
-        return attention_ref(q, k, v, q_pos, k_pos, sinks, window, scale)
+        return _in_passes(q, k, v, q_pos, k_pos, sinks, window, scale)
     out = np.empty(q.shape, np.float32)
     _attention_kernel(np.ascontiguousarray(q, dtype=np.float32), k, v, np.asarray(q_pos, np.int64),
                       np.asarray(k_pos, np.int64), sinks, int(window or 0), np.float32(scale), out)
+    return out
+
+
+def _in_passes(q, k, v, q_pos, k_pos, sinks, window, scale) -> np.ndarray:
+    out = np.empty(q.shape, np.float32)  # [T, H, Dh]
+    for t0 in range(0, q.shape[0], QUERY_PASS):
+        t1 = min(q.shape[0], t0 + QUERY_PASS)
+        first, last = q_pos[t0:t1].min(), q_pos[t0:t1].max()
+        seen = (k_pos >= 0) & (k_pos <= last)
+        if window is not None:
+            seen &= k_pos > first - window
+        keys = np.flatnonzero(seen)  # [S'] the slots some query of this pass can see
+        if keys.size == 0:  # every probability on the sink, which has no value
+            out[t0:t1] = 0
+            continue
+        out[t0:t1] = attention_ref(q[t0:t1], k[keys], v[keys], q_pos[t0:t1], k_pos[keys], sinks, window, scale)
     return out
 
 

@@ -59,6 +59,24 @@ def test_kernel_matches_oracle(case):
     np.testing.assert_allclose(out, oracle(*args), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("case", [(40, 40, 4, 2, None, 0), (40, 70, 4, 2, 16, 10), (37, 45, 6, 3, 1, 3),
+                                  (40, 90, 4, 1, 8, 0)])
+def test_many_queries_in_passes_match_oracle(case, monkeypatch):
+    """More queries than the kernel takes, in passes of 16, each over the keys its queries can see."""
+    monkeypatch.setattr(attention_kernels, "QUERY_PASS", 16)
+    args = random_case(*case)
+    np.testing.assert_allclose(attention_kernels.attention(*args), oracle(*args), rtol=1e-5, atol=1e-6)
+
+
+def test_a_pass_that_sees_no_key_puts_everything_on_the_sink(monkeypatch):
+    monkeypatch.setattr(attention_kernels, "QUERY_PASS", 16)
+    q, k, v, _, _, sinks, _, scale = random_case(20, 30, 4, 2, None, 0)
+    q_pos, k_pos = np.arange(20), np.arange(18, 48)  # queries 0..15 see no key, 16..17 none, 18.. some
+    out = attention_kernels.attention(q, k, v, q_pos, k_pos, sinks, 4, scale)
+    np.testing.assert_allclose(out, oracle(q, k, v, q_pos, k_pos, sinks, 4, scale), rtol=1e-5, atol=1e-6)
+    assert not out[:18].any()
+
+
 def test_few_queries_take_the_kernel_many_the_reference(monkeypatch):
     calls = []
     monkeypatch.setattr(attention_kernels, "_attention_kernel", lambda *a: calls.append("kernel"))
