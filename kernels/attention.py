@@ -20,7 +20,7 @@ from numba import njit, prange
 
 _MAX_SCORES = 1 << 24  # score elements per query chunk (64 MiB of float32)
 KERNEL_MAX_QUERIES = 8  # up to this many queries the Numba kernel runs, above it the reference
-QUERY_PASS = 128  # queries per pass of the reference (prefill); 64-256 ran within noise at 1-2k tokens
+QUERY_PASS = 128  # queries per pass of the reference (prefill): best at 1-2k tokens with 256 (32, 64, 512: slower)
 
 
 def attention_ref(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndarray, k_pos: np.ndarray,
