@@ -19,12 +19,14 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import threading
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 TIMEOUT_VARIABLE = "OPENBLAS_THREAD_TIMEOUT"
 SHORTEST_SPIN = 4  # log2 of the cycles an idle OpenBLAS worker spins: 16 cycles, then it sleeps
+_lock = threading.Lock()  # two models loaded at once in two threads change OpenBLAS once
 
 
 def shorten_blas_spin() -> list[str]:
@@ -33,27 +35,28 @@ def shorten_blas_spin() -> list[str]:
     looked at), where OPENBLAS_THREAD_TIMEOUT is set, or a second time. Stopping the workers is safe
     while no other thread is inside a BLAS call (gptoss_np.load calls this)."""
     changed = []
-    if TIMEOUT_VARIABLE in os.environ:
+    with _lock:
+        if TIMEOUT_VARIABLE in os.environ:
+            return changed
+        for path in _loaded_openblas():
+            try:
+                lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD)
+                timeout, read_env, stop_workers = lib.openblas_thread_timeout, lib.openblas_read_env, \
+                    lib.blas_thread_shutdown_
+            except (OSError, AttributeError):  # not an OpenBLAS with these entry points
+                continue
+            if timeout() != 0:  # set when the process started, or done already
+                continue
+            os.environ[TIMEOUT_VARIABLE] = str(SHORTEST_SPIN)
+            try:
+                read_env()
+            finally:
+                del os.environ[TIMEOUT_VARIABLE]  # OpenBLAS keeps what it read; the environment is as it was
+            stop_workers()
+            changed.append(path)
+            log.info("%s: idle BLAS threads now sleep at once instead of spinning ~0.1 s beside Numba's",
+                     Path(path).name)
         return changed
-    for path in _loaded_openblas():
-        try:
-            lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD)
-            timeout, read_env, stop_workers = lib.openblas_thread_timeout, lib.openblas_read_env, \
-                lib.blas_thread_shutdown_
-        except (OSError, AttributeError):  # not an OpenBLAS with these entry points
-            continue
-        if timeout() != 0:  # set when the process started, or done already
-            continue
-        os.environ[TIMEOUT_VARIABLE] = str(SHORTEST_SPIN)
-        try:
-            read_env()
-        finally:
-            del os.environ[TIMEOUT_VARIABLE]  # OpenBLAS keeps what it read; the process's environment is as it was
-        stop_workers()
-        changed.append(path)
-        log.info("%s: idle BLAS threads now sleep at once instead of spinning ~0.1 s beside Numba's",
-                 Path(path).name)
-    return changed
 
 
 def _loaded_openblas() -> list[str]:
