@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, Sequence, TextIO
 
+from numba.core import event
+
 from . import embedded, harmony
 from .config import GptOssConfig
 from .model import GptOss, load
@@ -315,12 +317,28 @@ class TimedTokens:
             self.count += 1
             yield token
 
-    def summary(self, ended: str) -> str:
-        """One line: prompt tokens, prefill and decode speed, and why generation ended."""
+    def summary(self, ended: str, compiled: bool = False) -> str:
+        """One line: prompt tokens, prefill and decode speed, and why generation ended (and whether the
+        times include compiling kernels)."""
         prefill = f"{self.prompt_tokens / self.prefill_s:.1f} tok/s" if self.count else "-"
         decode = f"{(self.count - 1) / self.decode_s:.1f} tok/s" if self.count > 1 and self.decode_s else "-"
+        first_run = " | the times include compiling the kernels (a first run; now cached)" if compiled else ""
         return (f"prompt {self.prompt_tokens} tokens, prefill {prefill} | "
-                f"{self.count} new tokens, decode {decode} | ended: {ended}")
+                f"{self.count} new tokens, decode {decode} | ended: {ended}{first_run}")
+
+
+class CompileWatch(event.Listener):
+    """Listens for Numba compiling a kernel: on a machine's first run each kernel is compiled when it
+    is first called (and cached on disk for later runs), inside the times that TimedTokens takes."""
+
+    def __init__(self):
+        self.compiled = False
+
+    def on_start(self, _event):
+        self.compiled = True
+
+    def on_end(self, _event):
+        pass
 
 
 class PrefillNotice:
@@ -361,16 +379,17 @@ class Runner:
         timed = TimedTokens(tokens, len(prompt_ids))
         ended = "max-new-tokens" if budget == a.max_new_tokens else "context full"
         unknown = 0  # ids the model has but the tokenizer lacks (a vocabulary padded past the tokenizer)
-        notice = PrefillNotice(len(prompt_ids))
+        notice, watch = PrefillNotice(len(prompt_ids)), CompileWatch()
         try:
-            for token in timed:
-                notice.done()
-                if token in self.stops:
-                    ended = "stop token"
-                elif token >= self.tokenizer_size:
-                    unknown += 1
-                else:
-                    printer.push(token)
+            with event.install_listener("numba:compile", watch):
+                for token in timed:
+                    notice.done()
+                    if token in self.stops:
+                        ended = "stop token"
+                    elif token >= self.tokenizer_size:
+                        unknown += 1
+                    else:
+                        printer.push(token)
         except KeyboardInterrupt:
             ended = "interrupted"
         finally:
@@ -380,7 +399,7 @@ class Runner:
         sys.stdout.flush()
         if unknown:
             _note(f"{unknown} generated id(s) are beyond the tokenizer's {self.tokenizer_size} ids; not shown")
-        print(timed.summary(ended), file=sys.stderr)
+        print(timed.summary(ended, watch.compiled), file=sys.stderr)
         return ended != "interrupted"
 
     def raw(self, text: str) -> int:

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 
+import numba
 import pytest
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
@@ -177,6 +178,20 @@ def test_ctrl_c_prints_the_summary_and_exits_130(capsys, monkeypatch, harmony_to
     assert code == 130
     assert out == " one two three\n"
     assert summaries(err)[0][1:] == (len(ids), "interrupted")
+
+
+def test_the_summary_says_when_its_times_include_compiling(capsys, monkeypatch, harmony_tokenizer):
+    ids = harmony_tokenizer.encode(" one two")
+
+    def compiling(self, *args, **kwargs):  # a kernel compiled on its first call, as on a machine's first run
+        yield from ids[:1]
+        numba.njit(lambda x: x + 1)(1)
+        yield from ids[1:]
+    first = run_cli(capsys, "--raw", "--prompt", "Count:")[2]  # the tiny model's kernels: cached by now
+    monkeypatch.setattr(GptOss, "generate", compiling)
+    compiled = run_cli(capsys, "--raw", "--prompt", "Count:")[2]
+    assert "compiling" not in first and len(summaries(first)) == 1
+    assert "the times include compiling the kernels" in compiled and len(summaries(compiled)) == 1
 
 
 class Terminal(io.StringIO):
