@@ -104,7 +104,10 @@ class GptOssConfig:
         fields = {f.name: f for f in dataclasses.fields(cls)}
         missing = [name for name, f in fields.items() if f.default is dataclasses.MISSING and d.get(name) is None]
         if missing:
-            raise ConfigError(f"missing field(s) {', '.join(missing)}")
+            hint = ("; this is the config of OpenAI's original format (a Hugging Face repository's original/ "
+                    "folder): give the folder that holds model.safetensors.index.json"
+                    if "num_experts" in d and "model_type" not in d else "")
+            raise ConfigError(f"missing field(s) {', '.join(missing)}{hint}")
         config = cls(**{k: v for k, v in d.items() if k in fields})
         config._validate()
         return config

@@ -70,6 +70,18 @@ def test_missing_config_field(tiny):
         gptoss_np.load(tiny)
 
 
+def test_openais_original_format_is_named(tmp_path):
+    """The config.json of a repository's original/ folder (OpenAI's own format) says where to look."""
+    original = {"num_hidden_layers": 24, "num_experts": 32, "experts_per_token": 4, "vocab_size": 201088,
+                "hidden_size": 2880, "intermediate_size": 2880, "swiglu_limit": 7.0, "head_dim": 64,
+                "num_attention_heads": 64, "num_key_value_heads": 8, "sliding_window": 128,
+                "initial_context_length": 4096, "rope_theta": 150000, "rope_scaling_factor": 32.0,
+                "rope_ntk_alpha": 1, "rope_ntk_beta": 32}
+    (tmp_path / "config.json").write_text(json.dumps(original))
+    with pytest.raises(ConfigError, match="num_local_experts; this is the config of OpenAI's original format"):
+        gptoss_np.load(tmp_path)
+
+
 def test_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         gptoss_np.load(tmp_path / "nowhere")
