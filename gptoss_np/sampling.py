@@ -76,7 +76,8 @@ def filter_probs(logits, *, temperature: float = 1.0, top_k: int | None = None,
         top = _top_ids(z, int(top_k))
         z_top, z = z[top], np.full_like(z, -np.inf)
         z[top] = z_top
-    probs = np.exp(z - z.max())
+    z -= z.max()  # in place: a vocabulary-sized array costs more to allocate than to compute
+    probs = np.exp(z, out=z)
     probs /= probs.sum()
     if top_p is not None and top_p < 1:
         nucleus = _nucleus(probs, top_p)
@@ -102,4 +103,13 @@ def sample(logits, *, temperature: float = 0.0, top_k: int | None = None,
         return int(np.argmax(_logits_vector(logits)))
     probs = filter_probs(logits, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
     rng = rng if rng is not None else np.random.default_rng()
-    return int(rng.choice(probs.size, p=probs))
+    return _draw(probs, rng.random())
+
+
+def _draw(probs: np.ndarray, u: float) -> int:
+    """The id whose cumulative probability first exceeds u * total (u uniform in [0, 1)): NumPy's
+    Generator.choice(len(probs), p=probs) made the same way from the same u, without its checks of p
+    (each a pass over the vocabulary)."""
+    cdf = np.cumsum(probs, out=probs)  # probs is ours: filter_probs made it
+    cdf /= cdf[-1]
+    return int(np.searchsorted(cdf, u, side="right"))

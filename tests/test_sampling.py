@@ -133,6 +133,19 @@ def test_same_seed_same_tokens():
     assert draws(7) != draws(8)
 
 
+@pytest.mark.parametrize("kwargs", [dict(temperature=1.0), dict(temperature=0.7, top_k=20),
+                                    dict(temperature=1.3, top_p=0.8), dict(temperature=1.0, min_p=0.05)])
+def test_a_draw_is_numpys_choice_with_the_same_seed(kwargs):
+    """sample() draws as Generator.choice(p=filter_probs) does, from the same seed (the GPU's draw
+    is checked against sample() with the same uniform number)."""
+    logits = 2 * np.random.default_rng(3).standard_normal(5000)
+    probs = filter_probs(logits, **kwargs)
+    ours = [sample(logits, rng=np.random.default_rng(seed), **kwargs) for seed in range(200)]
+    numpys = [int(np.random.default_rng(seed).choice(probs.size, p=probs)) for seed in range(200)]
+    assert ours == numpys
+    assert np.array_equal(logits, 2 * np.random.default_rng(3).standard_normal(5000))  # the caller's logits intact
+
+
 def test_draws_follow_the_filtered_distribution():
     q = np.array([0.4, 0.3, 0.1, 0.05, 0.15])
     rng = np.random.default_rng(1)
