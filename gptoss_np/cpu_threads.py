@@ -26,14 +26,16 @@ log = logging.getLogger(__name__)
 
 TIMEOUT_VARIABLE = "OPENBLAS_THREAD_TIMEOUT"
 SHORTEST_SPIN = 4  # log2 of the cycles an idle OpenBLAS worker spins: 16 cycles, then it sleeps
+PTHREADS = 1  # openblas_get_parallel() of a build with its own threads (an OpenMP build's spin is OpenMP's)
 _lock = threading.Lock()  # two models loaded at once in two threads change OpenBLAS once
 
 
 def shorten_blas_spin() -> list[str]:
     """Have every loaded OpenBLAS put its idle worker threads to sleep at once; returns the libraries
-    changed. Nothing changes where no OpenBLAS is loaded (another BLAS; macOS and Windows are not
-    looked at), where OPENBLAS_THREAD_TIMEOUT is set, or a second time. Stopping the workers is safe
-    while no other thread is inside a BLAS call (gptoss_np.load calls this)."""
+    changed. Nothing changes where no OpenBLAS with its own threads is loaded (another BLAS, or one on
+    OpenMP's threads; macOS and Windows are not looked at), where OPENBLAS_THREAD_TIMEOUT is set, or a
+    second time. Stopping the workers is safe while no other thread is inside a BLAS call
+    (gptoss_np.load calls this)."""
     changed = []
     with _lock:
         if TIMEOUT_VARIABLE in os.environ:
@@ -45,7 +47,7 @@ def shorten_blas_spin() -> list[str]:
                     lib.blas_thread_shutdown_
             except (OSError, AttributeError):  # not an OpenBLAS with these entry points
                 continue
-            if timeout() != 0:  # set when the process started, or done already
+            if _threading(lib) != PTHREADS or timeout() != 0:  # OpenMP's threads; set at start, or done already
                 continue
             os.environ[TIMEOUT_VARIABLE] = str(SHORTEST_SPIN)
             try:
@@ -57,6 +59,17 @@ def shorten_blas_spin() -> list[str]:
             log.info("%s: idle BLAS threads now sleep at once instead of spinning ~0.1 s beside Numba's",
                      Path(path).name)
         return changed
+
+
+def _threading(lib) -> int | None:
+    """openblas_get_parallel(): 0 sequential, 1 its own threads (pthreads), 2 OpenMP's; None if unknown.
+    Its name carries the prefix and suffix of the build (NumPy's wheels: scipy_ ... 64_)."""
+    for prefix in ("", "scipy_"):
+        for suffix in ("", "64_"):
+            get = getattr(lib, f"{prefix}openblas_get_parallel{suffix}", None)
+            if get is not None:
+                return get()
+    return None
 
 
 def _loaded_openblas() -> list[str]:
