@@ -28,16 +28,26 @@ def attention_ref(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndarray
     """q [T, H, Dh], k/v [S, G, Dh], positions q_pos [T], k_pos [S], sinks [H] -> [T, H, Dh].
 
     Query t sees key s when 0 <= k_pos[s] <= q_pos[t] and, with a window W, k_pos[s] > q_pos[t] - W.
-    Query head h reads kv head h // (H / G).
+    Query head h reads kv head h // (H / G). The queries go in passes of at most QUERY_PASS (fewer if
+    their scores would pass _MAX_SCORES), each over only the keys one of its queries can see: a causal
+    prefill scores about half the key-query pairs, a sliding layer about W of them per query.
     """
     T, H, Dh = q.shape
     S, G, _ = k.shape
     out = np.empty((T, H, Dh), dtype=np.float32)
-    chunk = max(1, _MAX_SCORES // max(1, H * S))
-    vg = v.transpose(1, 0, 2)[:, None]  # [G, 1, S, Dh]
+    chunk = min(QUERY_PASS, max(1, _MAX_SCORES // max(1, H * S)))
     for t0 in range(0, T, chunk):
         t1 = min(T, t0 + chunk)
-        p, _ = probabilities_ref(q[t0:t1], k, q_pos[t0:t1], k_pos, sinks, window, scale)  # [G, R, t, S]
+        first, last = q_pos[t0:t1].min(), q_pos[t0:t1].max()
+        seen = (k_pos >= 0) & (k_pos <= last)
+        if window is not None:
+            seen &= k_pos > first - window
+        keys = np.flatnonzero(seen)  # [S'] the slots some query of this pass can see
+        if keys.size == 0:  # every probability on the sink, which has no value
+            out[t0:t1] = 0
+            continue
+        p, _ = probabilities_ref(q[t0:t1], k[keys], q_pos[t0:t1], k_pos[keys], sinks, window, scale)  # [G, R, t, S']
+        vg = v[keys].transpose(1, 0, 2)[:, None]  # [G, 1, S', Dh]
         out[t0:t1] = (p @ vg).transpose(2, 0, 1, 3).reshape(t1 - t0, H, Dh)
     return out
 
@@ -64,30 +74,12 @@ def probabilities_ref(q: np.ndarray, k: np.ndarray, q_pos: np.ndarray, k_pos: np
 
 
 def attention(q, k, v, q_pos, k_pos, sinks, window: int | None, scale: float) -> np.ndarray:
-    """attention_ref's result. A few queries go to the Numba kernel; more go to the reference in passes
-    of QUERY_PASS queries, each over only the keys that one of its queries can see (a causal prefill
-    scores about half the key-query pairs, a sliding layer about W of them per query, not the whole T)."""
+    """attention_ref's result; a few queries go to the Numba kernel."""
     if q.shape[0] > KERNEL_MAX_QUERIES:
-        return _in_passes(q, k, v, q_pos, k_pos, sinks, window, scale)
+        return attention_ref(q, k, v, q_pos, k_pos, sinks, window, scale)
     out = np.empty(q.shape, np.float32)
     _attention_kernel(np.ascontiguousarray(q, dtype=np.float32), k, v, np.asarray(q_pos, np.int64),
                       np.asarray(k_pos, np.int64), sinks, int(window or 0), np.float32(scale), out)
-    return out
-
-
-def _in_passes(q, k, v, q_pos, k_pos, sinks, window, scale) -> np.ndarray:
-    out = np.empty(q.shape, np.float32)  # [T, H, Dh]
-    for t0 in range(0, q.shape[0], QUERY_PASS):
-        t1 = min(q.shape[0], t0 + QUERY_PASS)
-        first, last = q_pos[t0:t1].min(), q_pos[t0:t1].max()
-        seen = (k_pos >= 0) & (k_pos <= last)
-        if window is not None:
-            seen &= k_pos > first - window
-        keys = np.flatnonzero(seen)  # [S'] the slots some query of this pass can see
-        if keys.size == 0:  # every probability on the sink, which has no value
-            out[t0:t1] = 0
-            continue
-        out[t0:t1] = attention_ref(q[t0:t1], k[keys], v[keys], q_pos[t0:t1], k_pos[keys], sinks, window, scale)
     return out
 
 
