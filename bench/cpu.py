@@ -128,5 +128,6 @@ def main() -> None:
     path.write_text(json.dumps(result, indent=2))
     print(f"wrote {path}")
 
+
 if __name__ == "__main__":
     main()
