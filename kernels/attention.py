@@ -6,9 +6,9 @@ so a head can put probability on "nothing". In online-softmax form: start the ru
 add exp(s_h - m) to the denominator. A key slot whose position is negative is empty and never seen.
 
 On the CPU, prefill (many queries) takes the reference in passes of queries, each over the keys its
-queries can see, and its matrix products go to BLAS; decode (one query over a long cache) takes the
-kernel, which reads each cached key and value once per kv head instead of making strided copies of
-the whole cache.
+queries can see, and its matrix products go to BLAS. Decode (a few queries) takes the kernel, which
+runs without waking BLAS's threads, up to KERNEL_MAX_KEYS cached keys; over a longer cache the
+reference's BLAS products read the keys and values faster than the kernel's loops and win despite it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from numba import njit, prange
 
 _MAX_SCORES = 1 << 24  # score elements per query chunk (64 MiB of float32)
 KERNEL_MAX_QUERIES = 8  # up to this many queries the Numba kernel runs, above it the reference
-QUERY_PASS = 128  # queries per pass of the reference (prefill): best at 1-2k tokens with 256 (32, 64, 512: slower)
+KERNEL_MAX_KEYS = 4096  # ... over up to this many keys: from 8k keys the reference decodes faster (bench/NOTES.md)
+QUERY_PASS = 128  # queries per pass of the reference (prefill): 64-256 run even at 1-2k tokens, 32 and 512 slower
 
 
 def attention_ref(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndarray, k_pos: np.ndarray,
@@ -34,6 +35,7 @@ def attention_ref(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndarray
     """
     T, H, Dh = q.shape
     S, G, _ = k.shape
+    R = H // G
     out = np.empty((T, H, Dh), dtype=np.float32)
     chunk = min(QUERY_PASS, max(1, _MAX_SCORES // max(1, H * S)))
     for t0 in range(0, T, chunk):
@@ -42,40 +44,44 @@ def attention_ref(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndarray
         seen = (k_pos >= 0) & (k_pos <= last)
         if window is not None:
             seen &= k_pos > first - window
-        keys = np.flatnonzero(seen)  # [S'] the slots some query of this pass can see
-        if keys.size == 0:  # every probability on the sink, which has no value
+        if not seen.any():  # every probability on the sink, which has no value
             out[t0:t1] = 0
             continue
+        keys = slice(None) if seen.all() else np.flatnonzero(seen)  # [S'] the slots this pass can see
         p, _ = probabilities_ref(q[t0:t1], k[keys], q_pos[t0:t1], k_pos[keys], sinks, window, scale)  # [G, R, t, S']
-        vg = v[keys].transpose(1, 0, 2)[:, None]  # [G, 1, S', Dh]
-        out[t0:t1] = (p @ vg).transpose(2, 0, 1, 3).reshape(t1 - t0, H, Dh)
+        t = t1 - t0
+        o = p.reshape(G, R * t, -1) @ v[keys].transpose(1, 0, 2)  # [G, R * t, Dh]: each value read once
+        out[t0:t1] = o.reshape(G, R, t, Dh).transpose(2, 0, 1, 3).reshape(t, H, Dh)
     return out
 
 
 def probabilities_ref(q: np.ndarray, k: np.ndarray, q_pos: np.ndarray, k_pos: np.ndarray, sinks: np.ndarray,
                       window: int | None, scale: float) -> tuple[np.ndarray, np.ndarray]:
     """Attention probabilities [G, R, T, S] over the keys and the sink's share [G, R, T, 1] (the two
-    sum to 1 for every query); query head h = g * R + r, R = H / G."""
+    sum to 1 for every query); query head h = g * R + r, R = H / G. One product per kv head scores
+    its R query heads for all T queries, so each key is read once."""
     T, H, Dh = q.shape
-    G = k.shape[1]
+    S, G, _ = k.shape
     R = H // G
-    qg = q.reshape(T, G, R, Dh).transpose(1, 2, 0, 3)  # [G, R, T, Dh]
-    scores = (qg @ k.transpose(1, 2, 0)[:, None]) * np.float32(scale)  # [G, R, T, S]
+    qg = (q * np.float32(scale)).reshape(T, G, R, Dh).transpose(1, 2, 0, 3).reshape(G, R * T, Dh)
+    scores = (qg @ k.transpose(1, 2, 0)).reshape(G, R, T, S)
     visible = (k_pos[None, :] <= q_pos[:, None]) & (k_pos[None, :] >= 0)  # [T, S]
     if window is not None:
         visible &= k_pos[None, :] > q_pos[:, None] - window
-    scores = np.where(visible, scores, -np.inf)
+    if not visible.all():
+        np.copyto(scores, np.float32(-np.inf), where=~visible)
     sink = sinks.reshape(G, R, 1, 1).astype(np.float32)
     m = np.maximum(scores.max(axis=-1, keepdims=True), sink)  # the running max starts at the sink
-    p = np.exp(scores - m)
+    p = np.exp(np.subtract(scores, m, out=scores), out=scores)
     p_sink = np.exp(sink - m)
     denom = p.sum(axis=-1, keepdims=True) + p_sink
-    return p / denom, p_sink / denom
+    p /= denom
+    return p, p_sink / denom
 
 
 def attention(q, k, v, q_pos, k_pos, sinks, window: int | None, scale: float) -> np.ndarray:
-    """attention_ref's result; a few queries go to the Numba kernel."""
-    if q.shape[0] > KERNEL_MAX_QUERIES:
+    """attention_ref's result; a few queries over a cache of at most KERNEL_MAX_KEYS go to the Numba kernel."""
+    if q.shape[0] > KERNEL_MAX_QUERIES or k.shape[0] > KERNEL_MAX_KEYS:
         return attention_ref(q, k, v, q_pos, k_pos, sinks, window, scale)
     out = np.empty(q.shape, np.float32)
     _attention_kernel(np.ascontiguousarray(q, dtype=np.float32), k, v, np.asarray(q_pos, np.int64),

@@ -77,14 +77,15 @@ def test_a_pass_that_sees_no_key_puts_everything_on_the_sink(monkeypatch):
     assert not out[:18].any()
 
 
-def test_few_queries_take_the_kernel_many_the_reference(monkeypatch):
+def test_few_queries_over_a_short_cache_take_the_kernel_the_rest_the_reference(monkeypatch):
     calls = []
     monkeypatch.setattr(attention_kernels, "_attention_kernel", lambda *a: calls.append("kernel"))
     monkeypatch.setattr(attention_kernels, "attention_ref", lambda *a: calls.append("ref"))
-    for T in (1, attention_kernels.KERNEL_MAX_QUERIES, attention_kernels.KERNEL_MAX_QUERIES + 1):
-        args = random_case(T, 20, 4, 2, None, 0)
-        attention_kernels.attention(*args)
-    assert calls == ["kernel", "kernel", "ref"]
+    monkeypatch.setattr(attention_kernels, "KERNEL_MAX_KEYS", 20)
+    max_t = attention_kernels.KERNEL_MAX_QUERIES
+    for T, S in ((1, 20), (max_t, 20), (max_t + 1, 20), (1, 21)):
+        attention_kernels.attention(*random_case(T, S, 4, 2, None, 0))
+    assert calls == ["kernel", "kernel", "ref", "ref"]
 
 
 def test_sink_takes_probability_mass():
