@@ -63,8 +63,8 @@ def probabilities_ref(q: np.ndarray, k: np.ndarray, q_pos: np.ndarray, k_pos: np
     T, H, Dh = q.shape
     S, G, _ = k.shape
     R = H // G
-    qg = (q * np.float32(scale)).reshape(T, G, R, Dh).transpose(1, 2, 0, 3).reshape(G, R * T, Dh)
-    scores = (qg @ k.transpose(1, 2, 0)).reshape(G, R, T, S)
+    qg = (q * np.float32(scale)).reshape(T, G, R, Dh).transpose(1, 2, 0, 3).reshape(G, R * T, Dh)  # [G, R * T, Dh]
+    scores = (qg @ k.transpose(1, 2, 0)).reshape(G, R, T, S)  # [G, R * T, Dh] @ [G, Dh, S]
     visible = (k_pos[None, :] <= q_pos[:, None]) & (k_pos[None, :] >= 0)  # [T, S]
     if window is not None:
         visible &= k_pos[None, :] > q_pos[:, None] - window
