@@ -225,7 +225,8 @@ class CudaOps:
         tile = cp.empty((min(TILE_ROWS, N), w.shape[1]), cp.float32) if widen else None
         for r in range(0, N, TILE_ROWS):
             rows = min(TILE_ROWS, N - r)
-            w_rows = bf16_cuda.widen_rows(w, cp.arange(r, r + rows, dtype=cp.int64), tile[:rows]) if widen else w[r:r + rows]
+            w_rows = (bf16_cuda.widen_rows(w, cp.arange(r, r + rows, dtype=cp.int64), tile[:rows]) if widen
+                      else w[r:r + rows])
             y[:, r:r + rows] = self.matmul_t(x, w_rows)
         return y
 

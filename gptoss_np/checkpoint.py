@@ -130,7 +130,8 @@ class Checkpoint:
                 raise CheckpointError(f"{f.path}: tensor {name!r} has shape {list(info.shape)}, "
                                       f"config.json implies {list(shape)}")
             if info.dtype not in dtypes:
-                raise CheckpointError(f"{f.path}: tensor {name!r} has dtype {info.dtype}, expected {' or '.join(dtypes)}")
+                raise CheckpointError(f"{f.path}: tensor {name!r} has dtype {info.dtype}, "
+                                      f"expected {' or '.join(dtypes)}")
 
     def tensor(self, name: str) -> np.ndarray:
         f = self._files[name]
