@@ -6,9 +6,10 @@ A message is `<|start|>{role}[ to={recipient}][<|channel|>{channel}][ {content_t
 reasoning on the `analysis` channel and its answer on `final`, and stops at `<|return|>` or
 `<|call|>`. The output matches openai-harmony's `HARMONY_GPT_OSS` encoding token for token.
 
-Messages are dicts: `{"role": "user" | "assistant", "content": str}` plus, where present,
-`"channel"`, `"recipient"` and `"content_type"` (what `parse_completion` returns; tool
-messages parsed from a completion also carry `"name"`).
+Messages are dicts: `{"role": "user" | "assistant" | "tool", "content": str}` plus, where
+present, `"channel"`, `"recipient"` and `"content_type"` (what `parse_completion` returns); a
+tool's message carries the tool's `"name"`, which heads it instead of the role. The functions the
+model may call are declared in the developer message (harmony_tools.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import datetime
 import re
 
+from gptoss_np import harmony_tools
 from gptoss_np.tokenizer import Tokenizer
 
 MODEL_IDENTITY = "You are ChatGPT, a large language model trained by OpenAI."
@@ -33,8 +35,9 @@ _ASCII_SPACE_RUN = re.compile(r"[ \t\n\f\r]+")
 
 
 def system_text(reasoning_effort: str = "medium",
-                conversation_start_date: str | datetime.date | None = None) -> str:
-    """Text of the default system message (model identity, cutoff, date, effort, channels)."""
+                conversation_start_date: str | datetime.date | None = None, has_tools: bool = False) -> str:
+    """Text of the default system message (model identity, cutoff, date, effort, channels; with
+    function tools, the channel their calls go to)."""
     if reasoning_effort not in REASONING_EFFORTS:
         raise ValueError(f"reasoning_effort must be one of {REASONING_EFFORTS}, "
                          f"got {reasoning_effort!r}")
@@ -43,6 +46,8 @@ def system_text(reasoning_effort: str = "medium",
         top.append(f"Current date: {conversation_start_date}")
     channels = (f"# Valid channels: {', '.join(VALID_CHANNELS)}. "
                 "Channel must be included for every message.")
+    if has_tools:
+        channels += "\n" + harmony_tools.CHANNEL_RULE
     return "\n\n".join(["\n".join(top), f"Reasoning: {reasoning_effort}", channels])
 
 
@@ -62,10 +67,11 @@ def drop_earlier_analysis(messages: list[dict]) -> list[dict]:
 
 
 def render_message(message: dict, tokenizer: Tokenizer) -> list[int]:
-    """Token ids of one message, from `<|start|>` to its `<|end|>` or `<|call|>`."""
+    """Token ids of one message, from `<|start|>` to its `<|end|>` or `<|call|>`. A tool's message
+    is headed by the tool's name (`functions.get_weather`) instead of its role."""
     role, recipient = message["role"], message.get("recipient")
     channel, content_type = message.get("channel"), message.get("content_type")
-    ids = [tokenizer.start, *tokenizer.encode(role)]
+    ids = [tokenizer.start, *tokenizer.encode(message["name"] if role == "tool" else role)]
     if recipient is not None and recipient != "all":
         ids += tokenizer.encode(f" to={recipient}")
     if channel is not None:
@@ -82,24 +88,36 @@ def render_message(message: dict, tokenizer: Tokenizer) -> list[int]:
 
 def render_conversation(messages: list[dict], *, reasoning_effort: str = "medium",
                         conversation_start_date: str | datetime.date | None = None,
-                        developer_instructions: str | None = None,
+                        developer_instructions: str | None = None, tools: list[dict] | None = None,
                         tokenizer: Tokenizer | None = None) -> list[int]:
     """Token ids of a prompt asking the assistant for the next message.
 
-    The prompt holds the system message, a developer message when `developer_instructions`
-    is given, the `messages` (user or assistant, see `drop_earlier_analysis`), and ends
-    with `<|start|>assistant`. `conversation_start_date` is a date or a `YYYY-MM-DD` string.
+    The prompt holds the system message, a developer message when `developer_instructions` or
+    `tools` are given, the `messages` (see `drop_earlier_analysis`), and ends with
+    `<|start|>assistant`. `conversation_start_date` is a date or a `YYYY-MM-DD` string.
+
+    `tools` are functions the model may call (see harmony_tools). A call comes back from
+    `parse_completion` as an assistant message with `"recipient": "functions.NAME"` and the arguments
+    as JSON in its content; answer it by adding that message and the result,
+    `{"role": "tool", "name": "functions.NAME", "content": ...}`, to `messages` (a tool's message goes
+    to the assistant on the commentary channel unless it says otherwise).
     """
     tokenizer = tokenizer or Tokenizer.o200k_harmony()
     for message in messages:
-        if message["role"] not in ("user", "assistant"):
-            raise ValueError(f"message role must be 'user' or 'assistant', "
-                             f"got {message['role']!r}")
-    head = [{"role": "system", "content": system_text(reasoning_effort, conversation_start_date)}]
-    if developer_instructions is not None:
-        head.append({"role": "developer", "content": f"# Instructions\n\n{developer_instructions}"})
+        if message["role"] not in ("user", "assistant", "tool"):
+            raise ValueError(f"message role must be 'user', 'assistant' or 'tool', got {message['role']!r}")
+        if message["role"] == "tool" and not isinstance(message.get("name"), str):
+            raise ValueError("a tool's message needs the tool's name, e.g. \"name\": \"functions.get_weather\"")
+    head = [{"role": "system", "content": system_text(reasoning_effort, conversation_start_date, bool(tools))}]
+    developer = ([f"# Instructions\n\n{developer_instructions}"] if developer_instructions is not None else []) + \
+        ([harmony_tools.tools_section(tools)] if tools else [])
+    if developer:
+        head.append({"role": "developer", "content": "\n\n".join(developer)})
+    tool_defaults = {"recipient": "assistant", "channel": "commentary"}
     ids = []
     for message in head + drop_earlier_analysis(messages):
+        if message["role"] == "tool":
+            message = {**tool_defaults, **message}
         ids += render_message(message, tokenizer)
     return ids + [tokenizer.start, *tokenizer.encode("assistant")]
 

@@ -41,18 +41,26 @@ def harmony(tmp_path_factory):
     return openai_harmony, encoding
 
 
-def _reference_prompt(harmony, messages, effort, date, instructions):
-    """openai-harmony's completion prompt for the same conversation."""
+def _reference_prompt(harmony, messages, effort, date, instructions, tools=None):
+    """openai-harmony's completion prompt for the same conversation; `tools` as
+    (name, description, parameters or None)."""
     oh, encoding = harmony
     system = oh.SystemContent.new().with_reasoning_effort(oh.ReasoningEffort[effort.upper()])
     if date is not None:
         system = system.with_conversation_start_date(date)
     conversation = [oh.Message.from_role_and_content(oh.Role.SYSTEM, system)]
-    if instructions is not None:
-        developer = oh.DeveloperContent.new().with_instructions(instructions)
+    if instructions is not None or tools:
+        developer = oh.DeveloperContent.new()
+        if instructions is not None:
+            developer = developer.with_instructions(instructions)
+        if tools:
+            developer = developer.with_function_tools([oh.ToolDescription.new(*t) for t in tools])
         conversation.append(oh.Message.from_role_and_content(oh.Role.DEVELOPER, developer))
     for m in messages:
-        message = oh.Message.from_role_and_content(oh.Role(m["role"]), m["content"])
+        if m["role"] == "tool":
+            message = oh.Message.from_author_and_content(oh.Author.new(oh.Role.TOOL, m["name"]), m["content"])
+        else:
+            message = oh.Message.from_role_and_content(oh.Role(m["role"]), m["content"])
         if "channel" in m:
             message = message.with_channel(m["channel"])
         if "recipient" in m:
@@ -124,6 +132,114 @@ def test_render_matches_openai_harmony(tok, harmony, name, effort, date, instruc
     ours = render_conversation(messages, reasoning_effort=effort, conversation_start_date=date,
                                developer_instructions=instructions, tokenizer=tok)
     assert ours == _reference_prompt(harmony, messages, effort, date, instructions)
+
+
+WEATHER = {"type": "object", "properties": {
+    "location": {"type": "string", "description": "The city and state, e.g. San Francisco, CA"},
+    "format": {"type": "string", "enum": ["celsius", "fahrenheit"], "default": "celsius"},
+    "days": {"type": "integer", "description": "Days ahead", "default": 0},
+    "hours": {"type": "array", "items": {"type": "integer"}}}, "required": ["location"]}
+SCHEMAS = {
+    "weather": WEATHER,
+    "scalars and defaults": {"type": "object", "properties": {
+        "ratio": {"type": "number", "default": 1.5}, "strict": {"type": "boolean", "default": True},
+        "note": {"type": "string", "default": "none 😀"}, "nothing": {"type": "null"},
+        "options": {"type": "object", "default": {"a": [1, 2], "b": "c"}}, "maybe": {"type": "string", "default": None},
+        "anything": {}, "list": {"type": "array"}, "enum ints": {"type": "string", "enum": [1, 2]}}},
+    "titles, examples, nullable, type lists": {"type": "object", "properties": {
+        "query": {"type": "string", "title": "Query", "description": "What to look for",
+                  "examples": ["cats", "dogs", 3]},
+        "limit": {"type": ["integer", "null"], "nullable": True},
+        "id": {"type": ["string", "integer"]},
+        "tag": {"type": "string", "nullable": True, "examples": []}}, "required": ["query", "id"]},
+    "nested objects": {"type": "object", "description": "A whole order", "properties": {
+        "customer": {"type": "object", "description": "Who orders", "properties": {
+            "name": {"type": "string"}, "address": {"type": "object", "properties": {
+                "city": {"type": "string", "description": "City"}}, "required": ["city"]}},
+            "required": ["name"]},
+        "items": {"type": "array", "items": {"type": "object", "properties": {
+            "sku": {"type": "string"}, "count": {"type": "integer", "default": 1}}}}},
+        "required": ["customer", "items"]},
+    "oneOf properties": {"type": "object", "properties": {
+        "when": {"description": "A date or a day count", "oneOf": [
+            {"type": "string", "description": "A date or a day count"},
+            {"type": "integer", "description": "Days from now", "default": 1}]},
+        "unit": {"description": "The unit", "default": "km", "oneOf": [
+            {"type": "string", "enum": ["km", "mi"], "default": "km", "description": "Metric or not"},
+            {"type": "null", "nullable": True}]},
+        "shape": {"oneOf": [{"type": "object", "properties": {"r": {"type": "number"}}},
+                            {"type": "array", "items": {"type": "number"}, "description": "Corners"}]},
+        "level": {"description": "Level", "oneOf": [{"type": "integer", "description": "Level"},
+                                                    {"type": "string", "description": "Level"}]},
+        "none": {"oneOf": []}}, "required": ["when"]},
+    "oneOf at the top": {"oneOf": [
+        {"type": "object", "properties": {"a": {"type": "string"}}, "description": "By name"},
+        {"type": "string", "enum": ["x", "y"], "default": "x"}, {"type": "integer", "nullable": True}]},
+    "empty object": {"type": "object", "properties": {}},
+    "object without properties": {"type": "object"},
+}
+TOOLSETS = {
+    "weather": [("get_location", "Gets the location of the user.", None),
+                ("get_current_weather", "Gets the current weather in the provided location.", WEATHER)],
+    **{f"schema {name}": [("do_it", "Does it.\nIn two lines.", schema)] for name, schema in SCHEMAS.items()},
+    "descriptions": [("a", "", None), ("b", "CRLF\r\nlines\n\nwith a blank one\n", None),
+                     ("c-d", "  indented // comment", {"type": "object", "properties": {"x": {"type": "string"}}})],
+}
+
+
+@pytest.mark.parametrize("name", TOOLSETS)
+@pytest.mark.parametrize("instructions", [None, "Use the tools."])
+def test_render_with_tools_matches_openai_harmony(tok, harmony, name, instructions):
+    tools = TOOLSETS[name]
+    ours = render_conversation([user("Hi")], reasoning_effort="low", developer_instructions=instructions,
+                               tools=[{"name": n, "description": d, **({"parameters": p} if p else {})}
+                                      for n, d, p in tools], tokenizer=tok)
+    assert ours == _reference_prompt(harmony, [user("Hi")], "low", None, instructions, tools)
+
+
+def test_render_a_tool_call_and_its_result_matches_openai_harmony(tok, harmony):
+    tools = TOOLSETS["weather"]
+    call = assistant("commentary", '{"location": "Paris"}', recipient="functions.get_current_weather",
+                     content_type="<|constrain|>json")
+    result = {"role": "tool", "name": "functions.get_current_weather", "content": '{"temperature": 21}'}
+    messages = [user("Weather in Paris?"), assistant("analysis", "Call the tool."), call, result]
+    reference = _reference_prompt(harmony, messages[:-1] + [{**result, "recipient": "assistant",
+                                                             "channel": "commentary"}], "medium", None, None, tools)
+    openai_style = [{"type": "function", "function": {"name": n, "description": d, **({"parameters": p} if p else {})}}
+                    for n, d, p in tools]
+    assert render_conversation(messages, tools=openai_style, tokenizer=tok) == reference
+    text = tok.decode(reference)
+    assert "<|start|>functions.get_current_weather to=assistant<|channel|>commentary<|message|>" in text
+    # a result sent elsewhere, as the caller says
+    elsewhere = {**result, "channel": "analysis", "recipient": "all"}
+    assert render_conversation(messages[:-1] + [elsewhere], tools=openai_style, tokenizer=tok) == _reference_prompt(
+        harmony, messages[:-1] + [elsewhere], "medium", None, None, tools)
+
+
+def test_a_parsed_tool_call_goes_back_into_the_conversation(tok, harmony):
+    """The loop the README shows: parse what the model wrote, append it and the tool's result, render."""
+    written = _ids(tok, "<|channel|>", "analysis", "<|message|>", "Need weather.", "<|end|>", "<|start|>",
+                   "assistant", "<|channel|>", "commentary", " to=functions.get_current_weather", " ",
+                   "<|constrain|>", "json", "<|message|>", '{"location": "SF"}', "<|call|>")
+    replies = parse_completion(written, tokenizer=tok)
+    assert replies[-1]["recipient"] == "functions.get_current_weather"
+    result = {"role": "tool", "name": replies[-1]["recipient"], "content": "sunny"}
+    messages = [user("Weather?"), *replies, result]
+    tools = TOOLSETS["weather"]
+    ours = render_conversation(messages, tools=[{"name": n, "description": d, "parameters": p} for n, d, p in tools],
+                               tokenizer=tok)
+    reference = [{k: v for k, v in m.items() if v is not None} for m in messages[:-1]]
+    assert ours == _reference_prompt(harmony, reference + [{**result, "recipient": "assistant",
+                                                            "channel": "commentary"}], "medium", None, None, tools)
+
+
+def test_render_rejects_bad_tools(tok):
+    with pytest.raises(ValueError, match="name"):
+        render_conversation([user("Hi")], tools=[{"description": "no name"}], tokenizer=tok)
+    with pytest.raises(ValueError, match="parameters"):
+        render_conversation([user("Hi")], tools=[{"name": "f", "parameters": "x"}], tokenizer=tok)
+    with pytest.raises(ValueError, match="tool's name"):
+        render_conversation([{"role": "tool", "content": "42"}], tokenizer=tok)
 
 
 def test_render_drops_analysis_before_the_first_final(tok):
