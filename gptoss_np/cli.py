@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--raw", action="store_true", help="no chat template: continue --prompt as plain text")
     parser.add_argument("--reasoning-effort", choices=harmony.REASONING_EFFORTS, default="low",
                         help="reasoning effort named in the system message (chat only; default: low)")
+    parser.add_argument("--instructions", metavar="TEXT",
+                        help="instructions for the model, in harmony's developer message (chat only)")
     parser.add_argument("--max-new-tokens", type=_number(int, lambda n: n >= 1, "an integer >= 1"),
                         default=256, metavar="N", help="most tokens per reply (default: 256)")
     parser.add_argument("--temperature", type=_number(float, lambda t: math.isfinite(t) and t >= 0, "a number >= 0"),
@@ -413,7 +415,7 @@ class Runner:
         """The assistant's messages after the conversation `history`, and False if interrupted."""
         ids = harmony.render_conversation(history, reasoning_effort=self.args.reasoning_effort,
                                           conversation_start_date=datetime.date.today().isoformat(),
-                                          tokenizer=self.tokenizer)
+                                          developer_instructions=self.args.instructions, tokenizer=self.tokenizer)
         color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
         printer = HarmonyPrinter(self.tokenizer, sys.stdout, color)
         finished = self.complete(ids, printer)
@@ -452,6 +454,8 @@ def _check_harmony(tokenizer: Tokenizer, folder: Path) -> None:
 def _generate(args: argparse.Namespace) -> int:
     if args.raw and args.prompt is None:
         raise CliError("--raw needs --prompt TEXT")
+    if args.raw and args.instructions is not None:
+        raise CliError("--instructions is for chat; --raw continues --prompt as plain text")
     folder = _checkpoint_folder(args.model)
     config = GptOssConfig.from_file(folder / "config.json")
     tokenizer = load_tokenizer(folder, config)

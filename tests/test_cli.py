@@ -156,6 +156,19 @@ def test_chat_greedy_equals_model_generate(capsys, default_model, harmony_tokeni
     assert summaries(err)[0][:2] == (len(prompt), len(ids))
 
 
+def test_chat_instructions_go_into_the_developer_message(capsys, default_model, harmony_tokenizer):
+    code, out, err = run_cli(capsys, "--prompt", "Hi!", "--instructions", "Answer in French.",
+                             "--temperature", "0", "--max-new-tokens", "4")
+    assert code == 0
+    prompt = harmony.render_conversation([{"role": "user", "content": "Hi!"}], reasoning_effort="low",
+                                         conversation_start_date=datetime.date.today().isoformat(),
+                                         developer_instructions="Answer in French.", tokenizer=harmony_tokenizer)
+    assert "<|start|>developer<|message|># Instructions\n\nAnswer in French.<|end|>" in harmony_tokenizer.decode(prompt)
+    expected, ids = greedy_text(default_model, harmony_tokenizer, prompt, 4, GPT_OSS_STOPS)
+    assert out == expected
+    assert summaries(err)[0][:2] == (len(prompt), len(ids))
+
+
 def test_chat_conversation_from_a_pipe_keeps_history(capsys, monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.StringIO("hello there\n\nhello there\n"))
     code, out, err = run_cli(capsys, "--chat", "--max-new-tokens", "8", "--seed", "0")
@@ -344,6 +357,7 @@ def test_unknown_hub_id_says_only_the_local_cache_was_searched(capsys):
     (["--device", "tpu"], ["--device"]),
     (["--chat", "--raw", "--prompt", "x"], ["--raw", "--chat"]),
     (["--raw"], ["--raw needs --prompt"]),
+    (["--raw", "--prompt", "x", "--instructions", "Be brief."], ["--instructions", "chat"]),
     (["--bogus"], ["--bogus"]),
     (["--model", "{tmp}/missing"], ["does not exist"]),
     (["--model", "{tmp}/file.txt"], ["not a folder"]),
@@ -407,7 +421,7 @@ def test_python_m_entry_point():
     shown = subprocess.run([sys.executable, "-m", "gptoss_np", "--help"], capture_output=True, text=True)
     assert shown.returncode == 0
     assert shown.stdout.startswith("usage: gptoss-generate")
-    for flag in ("--model", "--prompt", "--chat", "--raw", "--reasoning-effort", "--max-new-tokens",
+    for flag in ("--model", "--prompt", "--chat", "--raw", "--reasoning-effort", "--instructions", "--max-new-tokens",
                  "--temperature", "--top-p", "--top-k", "--min-p", "--seed", "--device"):
         assert flag in shown.stdout
     failed = subprocess.run([sys.executable, "-m", "gptoss_np", "--top-p", "2"], capture_output=True, text=True)
