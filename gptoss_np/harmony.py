@@ -109,8 +109,11 @@ def render_conversation(messages: list[dict], *, reasoning_effort: str = "medium
         if message["role"] == "tool" and not isinstance(message.get("name"), str):
             raise ValueError("a tool's message needs the tool's name, e.g. \"name\": \"functions.get_weather\"")
     head = [{"role": "system", "content": system_text(reasoning_effort, conversation_start_date, bool(tools))}]
-    developer = ([f"# Instructions\n\n{developer_instructions}"] if developer_instructions is not None else []) + \
-        ([harmony_tools.tools_section(tools)] if tools else [])
+    developer = []
+    if developer_instructions is not None:
+        developer.append(f"# Instructions\n\n{developer_instructions}")
+    if tools:
+        developer.append(harmony_tools.tools_section(tools))
     if developer:
         head.append({"role": "developer", "content": "\n\n".join(developer)})
     tool_defaults = {"recipient": "assistant", "channel": "commentary"}
