@@ -8,7 +8,8 @@
 
 from .config import ConfigError, GptOssConfig
 from .checkpoint import CheckpointError
+from .generate import PromptCache
 from .model import GptOss, load
 
-__all__ = ["load", "GptOss", "GptOssConfig", "ConfigError", "CheckpointError"]
+__all__ = ["load", "GptOss", "GptOssConfig", "ConfigError", "CheckpointError", "PromptCache"]
 __version__ = "0.1.0"

@@ -19,9 +19,18 @@ outside the window of the query at p. The buffers must not grow then: the caller
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from .config import GptOssConfig
+
+
+class Snapshot(NamedTuple):
+    """What KVCache.restore needs to rewind a cache: its length then, and copies of the sliding
+    layers' (keys, values, positions) by layer."""
+    length: int
+    windows: dict
 
 
 class KVCache:
@@ -48,6 +57,26 @@ class KVCache:
         """Tokens the full-attention layers hold before they must grow (None if every layer slides)."""
         full = [keys.shape[0] for keys, window in zip(self.keys, self.windows) if window is None]
         return min(full) if full else None
+
+    def snapshot(self) -> Snapshot:
+        """The state to come back to with `restore`. Only the sliding layers are copied: a full layer
+        keeps token p in slot p, so rewinding the length is enough there (later slots are written again
+        before any query can see them)."""
+        xp = self.xp
+        return Snapshot(self.length, {i: (xp.copy(self.keys[i]), xp.copy(self.values[i]), xp.copy(self.positions[i]))
+                                      for i, window in enumerate(self.windows) if window is not None})
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Rewind to `snapshot` (taken from this cache): the tokens written since are forgotten."""
+        for i, (keys, values, positions) in snapshot.windows.items():
+            self.keys[i][...], self.values[i][...], self.positions[i][...] = keys, values, positions
+        self.length, self.static_shapes = snapshot.length, False
+
+    def reserve(self, capacity: int) -> None:
+        """Room for `capacity` tokens in the full-attention layers (grown as `update` grows them)."""
+        for layer, window in enumerate(self.windows):
+            if window is None:
+                self._reserve(layer, capacity)
 
     def update(self, layer: int, k, v, positions):
         """Store the new tokens' k, v [T, G, Dh] at `positions` [T] (an xp array: self.length,

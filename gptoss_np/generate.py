@@ -6,6 +6,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from .cache import KVCache
+
 # Prompt tokens one forward pass takes at most: a longer prompt is prefilled in chunks through the KV
 # cache, so its activations and the experts' scratch stay bounded (on a GPU, a 32k-token prompt in one
 # pass would hold ~9 GB of expert products at once; 4096 tokens hold ~1.1 GB and keep the products large).
@@ -13,13 +15,54 @@ import numpy as np
 PREFILL_CHUNK = 4096
 
 
+class PromptCache:
+    """Carries the KV cache from one `generate` call to the next, so that a prompt that extends the
+    previous one (a chat's next turn) prefills only its new tokens.
+
+    Give the same PromptCache to each call. Between calls it keeps the cache, so its memory stays
+    allocated, and a copy of the sliding layers' windows as they were before the prompt's last token.
+    The next prompt reuses the cache (grown if it needs more room) if it starts with the previous prompt
+    up to that token and is longer than that; otherwise it gets a new one. `reused` says how many
+    prompt tokens the last call took from the cache."""
+
+    def __init__(self):
+        self._model = self._prefix = self._cache = self._snapshot = None
+        self.reused = 0
+
+    def held(self, model, ids: Sequence[int]) -> int:
+        """How many tokens of the prompt `ids` a call with `model` would take from the cache."""
+        prefix = self._prefix
+        if model is self._model and self._cache is not None and len(prefix) < len(ids) and \
+                np.array_equal(ids[:len(prefix)], prefix):
+            return len(prefix)
+        return 0
+
+    def take(self, model, ids: np.ndarray, capacity: int) -> KVCache:
+        """A cache for `ids` with room for `capacity` tokens, holding what it can of ids[:-1]."""
+        if self.held(model, ids):
+            cache = self._cache
+            cache.restore(self._snapshot)
+            cache.reserve(capacity)
+        else:
+            self._cache = self._snapshot = None  # freed before a new one is made
+            cache = model.new_cache(capacity)
+        self.reused = cache.length
+        return cache
+
+    def keep(self, model, prefix: np.ndarray, cache: KVCache) -> None:
+        """Remember `cache`, which holds exactly the tokens `prefix`, for the next call."""
+        self._model, self._prefix, self._cache, self._snapshot = model, prefix.copy(), cache, cache.snapshot()
+
+
 def generate(model, token_ids: Sequence[int], max_new_tokens: int, *, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
-             seed: int | None = None, stop_ids: Sequence[int] = ()) -> Iterator[int]:
+             seed: int | None = None, stop_ids: Sequence[int] = (),
+             prompt_cache: PromptCache | None = None) -> Iterator[int]:
     """Yield up to `max_new_tokens` new ids; stop after yielding one of `stop_ids`.
 
     Greedy at temperature 0; otherwise sampled (see sampling.py), reproducibly for a given seed.
     The backend samples where the logits are, so on a GPU only the chosen id crosses to the host.
+    With a `prompt_cache`, the prompt's tokens already in it are not run again.
     """
     ids = model.check_ids(token_ids)
     if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
@@ -32,9 +75,13 @@ def generate(model, token_ids: Sequence[int], max_new_tokens: int, *, temperatur
     stops = {int(s) for s in stop_ids}
     if max_new_tokens == 0:
         return
-    cache = model.new_cache(len(ids) + max_new_tokens)
-    for start in range(0, len(ids), PREFILL_CHUNK):
-        logits = model.forward(ids[start:start + PREFILL_CHUNK], cache)  # [1, V]: the chunk's last position
+    if prompt_cache is None:
+        cache = model.new_cache(len(ids) + max_new_tokens)
+    else:  # all but the prompt's last token, kept for the next call
+        cache = prompt_cache.take(model, ids, len(ids) + max_new_tokens)
+        _prefill(model, ids[cache.length:-1], cache)
+        prompt_cache.keep(model, ids[:-1], cache)
+    logits = _prefill(model, ids[cache.length:], cache)
     decode = model.ops.decoder(model, cache)  # on a GPU, steps replayed from a CUDA graph
     for step in range(max_new_tokens):
         token = model.ops.sample(logits[0], temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
@@ -43,3 +90,12 @@ def generate(model, token_ids: Sequence[int], max_new_tokens: int, *, temperatur
         if token in stops or step == max_new_tokens - 1:
             return
         logits = decode(token)
+
+
+def _prefill(model, ids: np.ndarray, cache: KVCache):
+    """Run `ids` after the tokens in `cache`, in passes of PREFILL_CHUNK; the last one's logits [1, V]
+    (None when ids is empty)."""
+    logits = None
+    for start in range(0, len(ids), PREFILL_CHUNK):
+        logits = model.forward(ids[start:start + PREFILL_CHUNK], cache)  # [1, V]: the chunk's last position
+    return logits

@@ -150,11 +150,15 @@ class GptOss:
 
     def generate(self, token_ids: Sequence[int], max_new_tokens: int, temperature: float = 0.0, *,
                  top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
-                 seed: int | None = None, stop_ids: Sequence[int] = ()) -> Iterator[int]:
+                 seed: int | None = None, stop_ids: Sequence[int] = (),
+                 prompt_cache: generation.PromptCache | None = None) -> Iterator[int]:
         """Yield up to `max_new_tokens` new token ids (greedy at temperature 0), using the KV cache.
-        Stops after yielding a token in `stop_ids`."""
+        Stops after yielding a token in `stop_ids`. A `prompt_cache` (gptoss_np.PromptCache) given to
+        successive calls keeps the KV cache between them, so a prompt that extends the previous one
+        prefills only its new tokens."""
         return generation.generate(self, token_ids, max_new_tokens, temperature=temperature, top_k=top_k,
-                                   top_p=top_p, min_p=min_p, seed=seed, stop_ids=stop_ids)
+                                   top_p=top_p, min_p=min_p, seed=seed, stop_ids=stop_ids,
+                                   prompt_cache=prompt_cache)
 
     def check_ids(self, token_ids: Sequence[int]) -> np.ndarray:
         """token_ids as an int64 array [T]; ValueError if empty, not 1-D or out of the vocabulary."""

@@ -153,3 +153,40 @@ def test_generate_stops_and_is_reproducible(checkpoint_dir):
     b = list(model.generate(ids, max_new_tokens=10, temperature=1.0, top_p=0.9, seed=7))
     assert a == b
     assert list(model.generate(ids, max_new_tokens=0)) == []
+
+
+@pytest.mark.parametrize("name", ["tiny", "top1_sliding", "mha_tied"])
+def test_prompt_cache_runs_only_new_tokens_and_matches_transformers(name, checkpoint_dir, hf_model, monkeypatch):
+    """A chat's turns through one PromptCache: each prompt extends the previous one, after a reply that
+    overwrote the sliding layers' windows; only the new tokens run, and the logits and the greedy reply
+    are transformers' for the whole prompt."""
+    import torch
+    folder = checkpoint_dir(name)
+    model = gptoss_np.load(folder)
+    hf = hf_model(folder)
+    ids = prompt(model, 60, seed=6)
+    runs, forward = [], model.forward
+
+    def recorded(tokens, cache, *args, **kwargs):
+        start = cache.length
+        logits = forward(tokens, cache, *args, **kwargs)
+        runs.append((start, len(tokens), logits))
+        return logits
+
+    monkeypatch.setattr(model, "forward", recorded)
+    cache = gptoss_np.PromptCache()
+    for turn, (length, prefilled) in enumerate([(20, [(0, 19), (19, 1)]), (45, [(19, 25), (44, 1)]),
+                                                (45, [(44, 1)]), (50, [(44, 5), (49, 1)])]):
+        runs.clear()
+        reply = list(model.generate(ids[:length], 12, prompt_cache=cache))
+        assert cache.reused == prefilled[0][0]
+        assert [(start, n) for start, n, _ in runs[:len(prefilled)]] == prefilled
+        assert rel_err(runs[len(prefilled) - 1][2], hf_logits(hf, ids[:length])[-1:]) <= TOL
+        with torch.no_grad():
+            out = hf.generate(torch.tensor(ids[:length])[None], max_new_tokens=12, do_sample=False,
+                              eos_token_id=None, pad_token_id=0)
+        assert reply == out[0, length:].tolist(), f"turn {turn}"
+    # a prompt that does not extend the last one starts over
+    runs.clear()
+    list(model.generate(ids[30:40], 2, prompt_cache=cache))
+    assert cache.reused == 0 and runs[0][:2] == (0, 9)

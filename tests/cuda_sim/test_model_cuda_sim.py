@@ -14,7 +14,7 @@ import pytest
 from conftest import rel_err
 from cuda_sim import sim
 from cuda_sim.sim import numpy_as_cupy
-from gptoss_np import GptOss, synthetic
+from gptoss_np import GptOss, PromptCache, synthetic
 from gptoss_np.backend import CpuOps
 from gptoss_np.checkpoint import Checkpoint
 from gptoss_np.dispatch import DispatchRule
@@ -69,6 +69,19 @@ def test_tiny_model_prefill_and_decode(cuda_ops, tmp_path, monkeypatch):
     kwargs = dict(temperature=0.9, top_k=40, top_p=0.95)
     assert (cuda_ops.sample(logits, rng=np.random.default_rng(3), **kwargs)
             == cpu.ops.sample(ref[0], rng=np.random.default_rng(3), **kwargs))
+
+
+def test_prompt_cache_rewinds_a_static_shape_cache(cuda_ops, tmp_path):
+    """Two turns through one PromptCache: the second rewinds the cache that the first one's decode left
+    with static shapes and a sliding window overwritten by the reply, and runs only its new tokens."""
+    cpu, gpu = engines(cuda_ops, tmp_path, sliding_window=4)
+    cuda_ops.graphs = False  # decode op by op, with the static shapes a recorded step has
+    ids = np.random.default_rng(7).integers(0, cpu.config.vocab_size, 8)
+    cache = PromptCache()
+    assert list(gpu.generate(ids[:5], 3, prompt_cache=cache)) == list(cpu.generate(ids[:5], 3))
+    assert list(gpu.generate(ids, 2, prompt_cache=cache)) == list(cpu.generate(ids, 2))
+    assert cache.reused == 4
+    sim.assert_launched_as_checked()
 
 
 @pytest.mark.shipped_launches
