@@ -29,6 +29,7 @@ from numba.core import event
 
 from . import embedded, harmony
 from .config import GptOssConfig
+from .generate import PromptCache
 from .model import GptOss, load
 from .tokenizer import VOCAB_SIZE, Tokenizer
 
@@ -319,13 +320,15 @@ class TimedTokens:
             self.count += 1
             yield token
 
-    def summary(self, ended: str, compiled: bool = False) -> str:
-        """One line: prompt tokens, prefill and decode speed, and why generation ended (and whether the
-        times include compiling kernels)."""
-        prefill = f"{self.prompt_tokens / self.prefill_s:.1f} tok/s" if self.count else "-"
+    def summary(self, ended: str, compiled: bool = False, cached: int = 0) -> str:
+        """One line: prompt tokens (and how many of them came from the previous turn's KV cache), prefill
+        speed over the rest, decode speed, and why generation ended (and whether the times include
+        compiling kernels)."""
+        prefill = f"{(self.prompt_tokens - cached) / self.prefill_s:.1f} tok/s" if self.count else "-"
         decode = f"{(self.count - 1) / self.decode_s:.1f} tok/s" if self.count > 1 and self.decode_s else "-"
+        reused = f" ({cached} cached)" if cached else ""
         first_run = " | the times include compiling the kernels (a first run; now cached)" if compiled else ""
-        return (f"prompt {self.prompt_tokens} tokens, prefill {prefill} | "
+        return (f"prompt {self.prompt_tokens} tokens{reused}, prefill {prefill} | "
                 f"{self.count} new tokens, decode {decode} | ended: {ended}{first_run}")
 
 
@@ -366,6 +369,7 @@ class Runner:
     def __init__(self, model: GptOss, tokenizer: Tokenizer, stops: frozenset[int], args: argparse.Namespace):
         self.model, self.tokenizer, self.stops, self.args = model, tokenizer, stops, args
         self.tokenizer_size = tokenizer.vocab_size
+        self.prompt_cache = PromptCache()  # a chat's next prompt extends the last: its start is not run again
 
     def complete(self, prompt_ids: list[int], printer: RawPrinter | HarmonyPrinter) -> bool:
         """Generate after `prompt_ids`, show the tokens with `printer` (leaving out the stop token
@@ -377,11 +381,13 @@ class Runner:
             raise CliError(f"the prompt ({len(prompt_ids)} tokens) fills the model's context of {context} tokens")
         budget = min(a.max_new_tokens, room)
         tokens = self.model.generate(prompt_ids, budget, a.temperature, top_k=a.top_k, top_p=a.top_p,
-                                     min_p=a.min_p, seed=a.seed, stop_ids=sorted(self.stops))
+                                     min_p=a.min_p, seed=a.seed, stop_ids=sorted(self.stops),
+                                     prompt_cache=self.prompt_cache)
         timed = TimedTokens(tokens, len(prompt_ids))
         ended = "max-new-tokens" if budget == a.max_new_tokens else "context full"
         unknown = 0  # ids the model has but the tokenizer lacks (a vocabulary padded past the tokenizer)
-        notice, watch = PrefillNotice(len(prompt_ids)), CompileWatch()
+        notice = PrefillNotice(len(prompt_ids) - self.prompt_cache.held(self.model, prompt_ids))
+        watch = CompileWatch()
         try:
             with event.install_listener("numba:compile", watch):
                 for token in timed:
@@ -401,7 +407,7 @@ class Runner:
         sys.stdout.flush()
         if unknown:
             _note(f"{unknown} generated id(s) are beyond the tokenizer's {self.tokenizer_size} ids; not shown")
-        print(timed.summary(ended, watch.compiled), file=sys.stderr)
+        print(timed.summary(ended, watch.compiled, self.prompt_cache.reused), file=sys.stderr)
         return ended != "interrupted"
 
     def raw(self, text: str) -> int:

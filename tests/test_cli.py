@@ -16,11 +16,11 @@ import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 import gptoss_np
-from gptoss_np import backend, cli, embedded, harmony, synthetic
+from gptoss_np import PromptCache, backend, cli, embedded, harmony, synthetic
 from gptoss_np.model import GptOss
 from gptoss_np.tokenizer import Tokenizer
 
-SUMMARY = re.compile(r"prompt (\d+) tokens, prefill [\d.]+ tok/s \| (\d+) new tokens, "
+SUMMARY = re.compile(r"prompt (\d+) tokens(?: \(\d+ cached\))?, prefill [\d.]+ tok/s \| (\d+) new tokens, "
                      r"decode (?:[\d.]+ tok/s|-) \| ended: ([\w -]+)")
 HARMONY_NAMES = ["<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|constrain|>", "<|return|>", "<|call|>"]
 GPT_OSS_STOPS = [200002, 199999, 200012]  # the released generation_config.json
@@ -90,7 +90,7 @@ def summaries(err: str) -> list[tuple[int, int, str]]:
 
 def greedy_text(model, tokenizer, prompt_ids, max_new_tokens, stops) -> tuple[str, list[int]]:
     """What the CLI should print for a greedy reply shown raw, and the reply's ids."""
-    ids = list(model.generate(prompt_ids, max_new_tokens, 0.0, stop_ids=stops))
+    ids = list(model.generate(prompt_ids, max_new_tokens, 0.0, stop_ids=stops, prompt_cache=PromptCache()))
     shown = [i for i in ids if i not in stops and i < tokenizer.vocab_size]
     return tokenizer.decode(shown) + "\n", ids
 
@@ -178,6 +178,8 @@ def test_chat_conversation_from_a_pipe_keeps_history(capsys, monkeypatch):
     # without history both prompts would be equally long; with it the second holds the first reply
     assert turns[1][0] >= turns[0][0] + 10
     assert len(out.splitlines()) >= 2
+    # the second prompt starts with the first: all of it but its last token comes from the KV cache
+    assert re.findall(r"prompt (\d+) tokens \((\d+) cached\)", err) == [(str(turns[1][0]), str(turns[0][0] - 1))]
 
 
 def test_ctrl_c_prints_the_summary_and_exits_130(capsys, monkeypatch, harmony_tokenizer):
