@@ -265,6 +265,19 @@ def test_greedy_continuation_matches_cpu(name, checkpoint_dir):
     assert list(gptoss_np.load(folder, device="cuda", cuda_graphs=False).generate(ids, max_new_tokens=24)) == cpu
 
 
+def test_prompt_cache_turns_match_cpu(checkpoint_dir):
+    """Chat turns through one PromptCache: each rewinds the cache that the last reply's graph-replayed
+    decode ran past the sliding window."""
+    folder = checkpoint_dir("tiny")
+    cpu, gpu = gptoss_np.load(folder), gptoss_np.load(folder, device="cuda")
+    ids = prompt(cpu.config, 40, seed=7)
+    caches = gptoss_np.PromptCache(), gptoss_np.PromptCache()
+    for length in (12, 30, 40):
+        ours = list(gpu.generate(ids[:length], 10, prompt_cache=caches[1]))
+        assert ours == list(cpu.generate(ids[:length], 10, prompt_cache=caches[0])), length
+    assert caches[1].reused == 29 and gpu.ops.graphs
+
+
 @pytest.mark.parametrize("name", ["tiny", "gqa4_sharded"])
 def test_graph_decode_matches_transformers(name, checkpoint_dir, hf_cuda, record_property):
     """Decode steps replayed from one CUDA graph (cuda_graph.py), past the sliding window, against
