@@ -187,13 +187,17 @@ TOOLSETS = {
 }
 
 
+def tool_dicts(tools):
+    """(name, description, parameters or None) as our tools: dicts, without parameters where None."""
+    return [{"name": n, "description": d, **({"parameters": p} if p else {})} for n, d, p in tools]
+
+
 @pytest.mark.parametrize("name", TOOLSETS)
 @pytest.mark.parametrize("instructions", [None, "Use the tools."])
 def test_render_with_tools_matches_openai_harmony(tok, harmony, name, instructions):
     tools = TOOLSETS[name]
     ours = render_conversation([user("Hi")], reasoning_effort="low", developer_instructions=instructions,
-                               tools=[{"name": n, "description": d, **({"parameters": p} if p else {})}
-                                      for n, d, p in tools], tokenizer=tok)
+                               tools=tool_dicts(tools), tokenizer=tok)
     assert ours == _reference_prompt(harmony, [user("Hi")], "low", None, instructions, tools)
 
 
@@ -205,8 +209,7 @@ def test_render_a_tool_call_and_its_result_matches_openai_harmony(tok, harmony):
     messages = [user("Weather in Paris?"), assistant("analysis", "Call the tool."), call, result]
     reference = _reference_prompt(harmony, messages[:-1] + [{**result, "recipient": "assistant",
                                                              "channel": "commentary"}], "medium", None, None, tools)
-    openai_style = [{"type": "function", "function": {"name": n, "description": d, **({"parameters": p} if p else {})}}
-                    for n, d, p in tools]
+    openai_style = [{"type": "function", "function": tool} for tool in tool_dicts(tools)]
     assert render_conversation(messages, tools=openai_style, tokenizer=tok) == reference
     text = tok.decode(reference)
     assert "<|start|>functions.get_current_weather to=assistant<|channel|>commentary<|message|>" in text
