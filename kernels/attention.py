@@ -6,21 +6,22 @@ so a head can put probability on "nothing". In online-softmax form: start the ru
 add exp(s_h - m) to the denominator. A key slot whose position is negative is empty and never seen.
 
 On the CPU, prefill (many queries) takes the reference in passes of queries, each over the keys its
-queries can see, and its matrix products go to BLAS. Decode (a few queries) takes the kernel, which
-runs without waking BLAS's threads, up to KERNEL_MAX_KEYS cached keys; over a longer cache the
-reference's BLAS products read the keys and values faster than the kernel's loops and win despite it.
+queries can see, and its matrix products go to BLAS. Decode (a few queries) takes the kernel: it splits
+the cache into chunks of keys read in memory order, one chunk per thread at a time, and merges the
+chunks' softmax parts; it wakes no BLAS thread and beats the reference's products at every length.
 """
 
 from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 from numba import njit, prange
 
 _MAX_SCORES = 1 << 24  # score elements per query chunk (64 MiB of float32)
 KERNEL_MAX_QUERIES = 8  # up to this many queries the Numba kernel runs, above it the reference
-KERNEL_MAX_KEYS = 4096  # ... over up to this many keys: from 8k keys the reference decodes faster (bench/NOTES.md)
+KEY_CHUNK, KEY_CHUNK_MIN = 256, 32  # the kernel's keys per chunk: 256, fewer for 2 chunks a thread, not under 32
 QUERY_PASS = 128  # queries per pass of the reference (prefill): 64-256 run even at 1-2k tokens, 32 and 512 slower
 
 
@@ -80,54 +81,113 @@ def probabilities_ref(q: np.ndarray, k: np.ndarray, q_pos: np.ndarray, k_pos: np
 
 
 def attention(q, k, v, q_pos, k_pos, sinks, window: int | None, scale: float) -> np.ndarray:
-    """attention_ref's result; a few queries over a cache of at most KERNEL_MAX_KEYS go to the Numba kernel."""
-    if q.shape[0] > KERNEL_MAX_QUERIES or k.shape[0] > KERNEL_MAX_KEYS:
+    """attention_ref's result; up to KERNEL_MAX_QUERIES queries (decode) go to the Numba kernel."""
+    if q.shape[0] > KERNEL_MAX_QUERIES:
         return attention_ref(q, k, v, q_pos, k_pos, sinks, window, scale)
+    S = k.shape[0]
+    chunk = max(KEY_CHUNK_MIN, min(KEY_CHUNK, -(-S // (2 * numba.get_num_threads()))))  # 2+ chunks a thread
     out = np.empty(q.shape, np.float32)
     _attention_kernel(np.ascontiguousarray(q, dtype=np.float32), k, v, np.asarray(q_pos, np.int64),
-                      np.asarray(k_pos, np.int64), sinks, int(window or 0), np.float32(scale), out)
+                      np.asarray(k_pos, np.int64), sinks, int(window or 0), np.float32(scale), chunk, out)
     return out
 
 
 @njit(parallel=True, fastmath={"reassoc", "contract"}, cache=True)  # not "ninf": masked scores are -inf
-def _attention_kernel(q, k, v, q_pos, k_pos, sinks, window, scale, out):
-    """out [T, H, Dh]; one (query t, kv head g) per iteration: its R = H / G query heads score every
-    visible key (read once for the R heads), then the probabilities weigh the values.
-    window 0 means no window."""
+def _attention_kernel(q, k, v, q_pos, k_pos, sinks, window, scale, chunk, out):
+    """out [T, H, Dh], split-K: the cache's slots go in chunks of `chunk` keys, one chunk per iteration
+    (all T queries and H heads, so each key and value is read once, in memory order); each chunk keeps
+    its own softmax (max, sum of exponentials, weighted values), and a second loop merges the chunks'
+    parts per (query, head) with the sink. window 0 means no window."""
     T, H, Dh = q.shape
     S, G = k.shape[0], k.shape[1]
     R = H // G
-    for i in prange(T * G):
-        t = i // G
-        g = i % G
-        qp = q_pos[t]
-        p = np.empty((R, S), np.float32)  # scores, then probabilities
-        acc = np.zeros((R, Dh), np.float32)
-        for s in range(S):
-            kp = k_pos[s]
-            visible = kp >= 0 and kp <= qp and (window == 0 or kp > qp - window)
-            for r in range(R):
-                dot = np.float32(0)
-                if visible:
-                    for d in range(Dh):
-                        dot += q[t, g * R + r, d] * k[s, g, d]
-                p[r, s] = dot * scale if visible else -np.inf
-        for r in range(R):
-            m = sinks[g * R + r]
-            for s in range(S):
-                m = max(m, p[r, s])
-            denom = math.exp(sinks[g * R + r] - m)
-            for s in range(S):
-                e = math.exp(p[r, s] - m)  # 0 for invisible keys
-                p[r, s] = e
-                denom += e
-            for s in range(S):
-                p[r, s] /= denom
-        for s in range(S):
-            for r in range(R):
-                w = p[r, s]
-                for d in range(Dh):
-                    acc[r, d] += w * v[s, g, d]
-        for r in range(R):
+    C = (S + chunk - 1) // chunk
+    top = np.empty((C, T, H), np.float32)  # the chunk's max score, at least the sink logit
+    mass = np.empty((C, T, H), np.float32)  # sum over the chunk of exp(score - top)
+    part = np.zeros((C, T, H, Dh), np.float32)  # sum over the chunk of exp(score - top) * value
+    for c in prange(C):
+        s0 = c * chunk
+        n = min(S, s0 + chunk) - s0
+        p = np.empty((T, H, n), np.float32)  # scores, then exp(score - top)
+        for j in range(n):
+            kp = k_pos[s0 + j]
+            for t in range(T):
+                qp = q_pos[t]
+                visible = kp >= 0 and kp <= qp and (window == 0 or kp > qp - window)
+                for g in range(G):
+                    for h in range(g * R, (g + 1) * R):  # the kv head's R query heads
+                        dot = np.float32(0)
+                        if visible:
+                            for d in range(Dh):
+                                dot += q[t, h, d] * k[s0 + j, g, d]
+                        p[t, h, j] = dot * scale if visible else -np.inf
+        bits = np.empty(n, np.int32)  # _exp_shifted's scratch
+        for t in range(T):
+            for h in range(H):
+                m = sinks[h]
+                for j in range(n):
+                    m = max(m, p[t, h, j])
+                top[c, t, h] = m
+                mass[c, t, h] = _exp_shifted(p[t, h], m, bits)
+        for j in range(n):
+            for t in range(T):
+                for g in range(G):
+                    for h in range(g * R, (g + 1) * R):
+                        w = p[t, h, j]
+                        for d in range(Dh):
+                            part[c, t, h, d] += w * v[s0 + j, g, d]
+    for i in prange(T * H):
+        t = i // H
+        h = i % H
+        m = sinks[h]
+        for c in range(C):
+            m = max(m, top[c, t, h])
+        denom = math.exp(sinks[h] - m)
+        acc = np.zeros(Dh, np.float32)
+        for c in range(C):
+            f = math.exp(top[c, t, h] - m)  # rescales the chunk's part to the common max
+            denom += f * mass[c, t, h]
             for d in range(Dh):
-                out[t, g * R + r, d] = acc[r, d]
+                acc[d] += f * part[c, t, h, d]
+        for d in range(Dh):
+            out[t, h, d] = acc[d] / denom
+
+
+_LOG2E = np.float32(1 / math.log(2))
+_LN2_HI = np.float32(0.693359375)  # ln 2 = _LN2_HI + _LN2_LO; n * _LN2_HI is exact for |n| < 2**15
+_LN2_LO = np.float32(math.log(2) - 0.693359375)
+_EXP_MIN = np.float32(-87)  # exp below e**-87 (~1.6e-38, near float32's smallest normal) is taken as 0
+
+
+@njit(fastmath={"reassoc", "contract"}, cache=True)
+def _exp_shifted(x, m, bits) -> np.float32:
+    """x[:] = exp(x - m) for x <= m (a -inf gives 0); returns their sum. bits: int32 scratch, len(x).
+
+    libm's scalar exp would cost as much as the rest of decode attention, so this one vectorizes:
+    z = x - m = n ln 2 + f with n = round(z / ln 2) and |f| <= ln 2 / 2; exp(f) by its Taylor series to
+    f**7 (truncation < 6e-9 relative, under float32's rounding); 2**n as float32 bits, its exponent
+    field n + 127 shifted left 23, computed in float and converted (a vector conversion), written through
+    an int32 array and read back as float32 from a view of it.
+    """
+    for s in range(x.shape[0]):
+        z = x[s] - m
+        zc = max(z, _EXP_MIN)
+        n = math.floor(zc * _LOG2E + np.float32(0.5))
+        f = zc - n * _LN2_HI - n * _LN2_LO
+        e = np.float32(1 / 5040)
+        e = e * f + np.float32(1 / 720)
+        e = e * f + np.float32(1 / 120)
+        e = e * f + np.float32(1 / 24)
+        e = e * f + np.float32(1 / 6)
+        e = e * f + np.float32(1 / 2)
+        e = e * f + np.float32(1)
+        e = e * f + np.float32(1)
+        x[s] = e
+        bits[s] = np.int32((n + np.float32(127)) * np.float32(1 << 23)) if z > _EXP_MIN else 0
+    two = bits.view(np.float32)  # 2**n
+    total = np.float32(0)
+    for s in range(x.shape[0]):
+        e = x[s] * two[s]
+        x[s] = e
+        total += e
+    return total

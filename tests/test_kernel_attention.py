@@ -51,12 +51,35 @@ def test_attention_matches_oracle(case):
     np.testing.assert_allclose(attention_ref(*args), oracle(*args), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("chunk", [256, 7, 1])  # one chunk; several with a partial last one; a key each
 @pytest.mark.parametrize("case", CASES)
-def test_kernel_matches_oracle(case):
+def test_kernel_matches_oracle(case, chunk):
     args = random_case(*case)
     out = np.full(args[0].shape, np.nan, np.float32)
-    attention_kernels._attention_kernel(*args[:6], int(args[6] or 0), np.float32(args[7]), out)
+    attention_kernels._attention_kernel(*args[:6], int(args[6] or 0), np.float32(args[7]), chunk, out)
     np.testing.assert_allclose(out, oracle(*args), rtol=1e-5, atol=1e-6)
+
+
+def test_kernel_chunks_that_see_no_key_add_nothing():
+    """A query far past a sliding window: most chunks hold only keys it cannot see (all -inf scores)."""
+    q, k, v, _, _, sinks, _, scale = random_case(2, 64, 4, 2, None, 0)
+    q_pos, k_pos = np.array([70, 71]), np.arange(64) + 8  # window 5: only keys 66..71 are seen
+    out = np.full(q.shape, np.nan, np.float32)
+    attention_kernels._attention_kernel(q, k, v, q_pos, k_pos, sinks, 5, np.float32(scale), 8, out)
+    np.testing.assert_allclose(out, oracle(q, k, v, q_pos, k_pos, sinks, 5, scale), rtol=1e-5, atol=1e-6)
+
+
+def test_exp_shifted_matches_numpy_and_sends_minus_infinity_to_zero():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.uniform(-90, 0, 1000), rng.uniform(-1, 0, 100), [0, -np.inf, -86.9, -87.1, -1e30]])
+    x = (x + 2.5).astype(np.float32)  # shifted by m = 2.5
+    got = x.copy()
+    total = attention_kernels._exp_shifted(got, np.float32(2.5), np.empty(len(x), np.int32))
+    want = np.exp((x - np.float32(2.5)).astype(np.float64))  # z = x - m rounded to float32 as in the kernel
+    want[want < np.exp(-87.0)] = 0  # documented cut, at float32's smallest normal numbers
+    np.testing.assert_allclose(got, want, rtol=3e-7, atol=0)
+    assert got[-4] == got[-1] == 0 and got[-2] == 0 and got[-3] > 0
+    np.testing.assert_allclose(total, want.sum(), rtol=1e-6)
 
 
 @pytest.mark.parametrize("case", [(40, 40, 4, 2, None, 0), (40, 70, 4, 2, 16, 10), (37, 45, 6, 3, 1, 3),
@@ -77,15 +100,16 @@ def test_a_pass_that_sees_no_key_puts_everything_on_the_sink(monkeypatch):
     assert not out[:18].any()
 
 
-def test_few_queries_over_a_short_cache_take_the_kernel_the_rest_the_reference(monkeypatch):
+def test_few_queries_take_the_kernel_in_chunks_the_rest_the_reference(monkeypatch):
     calls = []
-    monkeypatch.setattr(attention_kernels, "_attention_kernel", lambda *a: calls.append("kernel"))
-    monkeypatch.setattr(attention_kernels, "attention_ref", lambda *a: calls.append("ref"))
-    monkeypatch.setattr(attention_kernels, "KERNEL_MAX_KEYS", 20)
+    monkeypatch.setattr(attention_kernels, "_attention_kernel", lambda *a: calls.append(("kernel", a[-2])))
+    monkeypatch.setattr(attention_kernels, "attention_ref", lambda *a: calls.append(("ref", None)))
+    monkeypatch.setattr(attention_kernels.numba, "get_num_threads", lambda: 2)
     max_t = attention_kernels.KERNEL_MAX_QUERIES
-    for T, S in ((1, 20), (max_t, 20), (max_t + 1, 20), (1, 21)):
+    for T, S in ((1, 20), (max_t, 20), (max_t + 1, 20), (1, 1000), (1, 5000)):
         attention_kernels.attention(*random_case(T, S, 4, 2, None, 0))
-    assert calls == ["kernel", "kernel", "ref", "ref"]
+    # chunks: at least 32 keys, at most 256, fewer than 256 when that gives each thread 2
+    assert calls == [("kernel", 32), ("kernel", 32), ("ref", None), ("kernel", 250), ("kernel", 256)]
 
 
 def test_sink_takes_probability_mass():
