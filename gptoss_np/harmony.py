@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import re
+from typing import Sequence
 
 from gptoss_np import harmony_tools
 from gptoss_np.tokenizer import Tokenizer
@@ -35,9 +36,10 @@ _ASCII_SPACE_RUN = re.compile(r"[ \t\n\f\r]+")
 
 
 def system_text(reasoning_effort: str = "medium",
-                conversation_start_date: str | datetime.date | None = None, has_tools: bool = False) -> str:
-    """Text of the default system message (model identity, cutoff, date, effort, channels; with
-    function tools, the channel their calls go to)."""
+                conversation_start_date: str | datetime.date | None = None, has_tools: bool = False,
+                builtin_tools: Sequence[str | dict] = ()) -> str:
+    """Text of the default system message (model identity, cutoff, date, effort, built-in tools,
+    channels; with function tools, the channel their calls go to)."""
     if reasoning_effort not in REASONING_EFFORTS:
         raise ValueError(f"reasoning_effort must be one of {REASONING_EFFORTS}, "
                          f"got {reasoning_effort!r}")
@@ -48,7 +50,8 @@ def system_text(reasoning_effort: str = "medium",
                 "Channel must be included for every message.")
     if has_tools:
         channels += "\n" + harmony_tools.CHANNEL_RULE
-    return "\n\n".join(["\n".join(top), f"Reasoning: {reasoning_effort}", channels])
+    tools = [harmony_tools.builtin_tools_section(builtin_tools)] if builtin_tools else []
+    return "\n\n".join(["\n".join(top), f"Reasoning: {reasoning_effort}", *tools, channels])
 
 
 def drop_earlier_analysis(messages: list[dict]) -> list[dict]:
@@ -89,7 +92,7 @@ def render_message(message: dict, tokenizer: Tokenizer) -> list[int]:
 def render_conversation(messages: list[dict], *, reasoning_effort: str = "medium",
                         conversation_start_date: str | datetime.date | None = None,
                         developer_instructions: str | None = None, tools: list[dict] | None = None,
-                        tokenizer: Tokenizer | None = None) -> list[int]:
+                        builtin_tools: Sequence[str | dict] = (), tokenizer: Tokenizer | None = None) -> list[int]:
     """Token ids of a prompt asking the assistant for the next message.
 
     The prompt holds the system message, a developer message when `developer_instructions` or
@@ -99,8 +102,15 @@ def render_conversation(messages: list[dict], *, reasoning_effort: str = "medium
     `tools` are functions the model may call (see harmony_tools). A call comes back from
     `parse_completion` as an assistant message with `"recipient": "functions.NAME"` and the arguments
     as JSON in its content; answer it by adding that message and the result,
-    `{"role": "tool", "name": "functions.NAME", "content": ...}`, to `messages` (a tool's message goes
-    to the assistant on the commentary channel unless it says otherwise).
+    `{"role": "tool", "name": "functions.NAME", "content": ...}`, to `messages`. A tool's message goes
+    to the assistant on the channel of the call it answers (the last assistant message to that
+    name; commentary if there is none) unless it says otherwise.
+
+    `builtin_tools` are gpt-oss's own tools, declared in the system message: "browser" (calls go to
+    `browser.search`, `browser.open`, `browser.find`, arguments in JSON) and "python" (the code is the
+    call's content), as openai-harmony declares them; a dict `{"name", "description", "tools"}`
+    declares a namespace of one's own or replaces one of those (see harmony_tools). The results come
+    back as for functions, named as the call's recipient: `{"role": "tool", "name": "python", ...}`.
     """
     tokenizer = tokenizer or Tokenizer.o200k_harmony()
     for message in messages:
@@ -108,7 +118,8 @@ def render_conversation(messages: list[dict], *, reasoning_effort: str = "medium
             raise ValueError(f"message role must be 'user', 'assistant' or 'tool', got {message['role']!r}")
         if message["role"] == "tool" and not isinstance(message.get("name"), str):
             raise ValueError("a tool's message needs the tool's name, e.g. \"name\": \"functions.get_weather\"")
-    head = [{"role": "system", "content": system_text(reasoning_effort, conversation_start_date, bool(tools))}]
+    system = system_text(reasoning_effort, conversation_start_date, bool(tools), builtin_tools)
+    head = [{"role": "system", "content": system}]
     developer = []
     if developer_instructions is not None:
         developer.append(f"# Instructions\n\n{developer_instructions}")
@@ -116,13 +127,24 @@ def render_conversation(messages: list[dict], *, reasoning_effort: str = "medium
         developer.append(harmony_tools.tools_section(tools))
     if developer:
         head.append({"role": "developer", "content": "\n\n".join(developer)})
-    tool_defaults = {"recipient": "assistant", "channel": "commentary"}
     ids = []
-    for message in head + drop_earlier_analysis(messages):
-        if message["role"] == "tool":
-            message = {**tool_defaults, **message}
+    for message in head + drop_earlier_analysis(_addressed_tool_results(messages)):
         ids += render_message(message, tokenizer)
     return ids + [tokenizer.start, *tokenizer.encode("assistant")]
+
+
+def _addressed_tool_results(messages: list[dict]) -> list[dict]:
+    """The messages with each tool result's recipient (assistant) and channel (its call's) filled in
+    where the result does not give them."""
+    out, call_channels = [], {}  # recipient -> channel of the last call to it
+    for message in messages:
+        if message["role"] == "assistant" and message.get("recipient") is not None:
+            call_channels[message["recipient"]] = message.get("channel")
+        if message["role"] == "tool":
+            channel = call_channels.get(message["name"]) or "commentary"
+            message = {"recipient": "assistant", "channel": channel, **message}
+        out.append(message)
+    return out
 
 
 def parse_completion(token_ids, tokenizer: Tokenizer | None = None) -> list[dict]:

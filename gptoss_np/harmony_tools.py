@@ -22,6 +22,12 @@ OpenAI API's `{"type": "function", "function": {...}}` around one. The schema be
 openai-harmony's rules, character for character: properties in the given order, `?` on those not
 required, descriptions, titles and examples as comments above a property, defaults after it, enums
 as unions of string literals, `oneOf` as a union with one variant a line.
+
+gpt-oss also knows two built-in tools, declared in the system message instead: `browser` (a namespace
+of three functions: search, open, find) and `python` (code sent to it as the message's text). Their
+declarations here are openai-harmony's defaults (`ToolNamespaceConfig.browser()` and `.python()`); a
+namespace dict `{"name", "description", "tools"}` replaces one, e.g. a python tool that describes the
+sandbox it really runs in.
 """
 
 from __future__ import annotations
@@ -34,14 +40,43 @@ CHANNEL_RULE = f"Calls to these tools must go to the commentary channel: '{NAMES
 
 def tools_section(tools: list[dict]) -> str:
     """The developer message's `# Tools` section declaring `tools` in the functions namespace."""
-    lines = [f"## {NAMESPACE}", "", f"namespace {NAMESPACE} {{", ""]
+    return "# Tools\n\n" + namespace_section(NAMESPACE, "", tools)
+
+
+def builtin_tools_section(builtin_tools) -> str:
+    """The system message's `# Tools` section: each of `builtin_tools` ("browser", "python", or a
+    namespace dict) in the order of their names, as openai-harmony keeps them."""
+    namespaces = {}
+    for tool in builtin_tools:
+        namespace = BUILTIN[tool] if isinstance(tool, str) and tool in BUILTIN else tool
+        if not isinstance(namespace, dict) or not isinstance(namespace.get("name"), str):
+            raise ValueError(f"a built-in tool is 'browser', 'python' or a dict {{'name', 'description', "
+                             f"'tools'}}, got {tool!r}")
+        namespaces[namespace["name"]] = namespace
+    sections = [namespace_section(n["name"], n.get("description") or "", n.get("tools") or ())
+                for _, n in sorted(namespaces.items())]
+    return "# Tools\n\n" + "\n\n".join(sections)
+
+
+def namespace_section(namespace: str, description: str, tools) -> str:
+    """`## namespace`, then its description (as `//` comments above the declarations, or as plain
+    text when it holds no function), then its functions as TypeScript declarations."""
+    if not isinstance(description, str):
+        raise ValueError(f"namespace {namespace!r}: its description must be a string")
+    lines = [f"## {namespace}", ""]
+    if not tools:
+        if not description:
+            raise ValueError(f"namespace {namespace!r} declares nothing: give it a description or tools")
+        return "\n".join([*lines, description])
+    lines += [f"// {line}" for line in _lines(description)]
+    lines += [f"namespace {namespace} {{", ""]
     for tool in tools:
         name, description, parameters = _function(tool)
         lines += [f"// {line}" for line in _lines(description)]
         arguments = "" if parameters is None else f"_: {typescript(parameters)}"
         lines += [f"type {name} = ({arguments}) => any;", ""]
-    lines.append(f"}} // namespace {NAMESPACE}")
-    return "# Tools\n\n" + "\n".join(lines)
+    lines.append(f"}} // namespace {namespace}")
+    return "\n".join(lines)
 
 
 def _function(tool: dict) -> tuple[str, str, dict | None]:
@@ -158,3 +193,55 @@ def _as_dict(value) -> dict:
 def _list(schema: dict, key: str) -> list:
     value = schema.get(key)
     return value if isinstance(value, list) else []
+
+
+def _number(default=None) -> dict:
+    return {"type": "number"} if default is None else {"type": "number", "default": default}
+
+
+# The built-in tools as openai-harmony declares them by default (the text gpt-oss was trained with).
+BROWSER = {
+    "name": "browser",
+    "description": "Tool for browsing.\n"
+                   "The `cursor` appears in brackets before each browsing display: `[{cursor}]`.\n"
+                   "Cite information from the tool using the following format:\n"
+                   "`【{cursor}†L{line_start}(-L{line_end})?】`, for example: `【6†L9-L11】` or `【8†L3】`.\n"
+                   "Do not quote more than 10 words directly from the tool output.\n"
+                   "sources=web (default: web)",
+    "tools": [
+        {"name": "search",
+         "description": "Searches for information related to `query` and displays `topn` results.",
+         "parameters": {"type": "object", "properties": {"query": {"type": "string"}, "topn": _number(10),
+                                                         "source": {"type": "string"}},
+                        "required": ["query"]}},
+        {"name": "open",
+         "description": "Opens the link `id` from the page indicated by `cursor` starting at line number `loc`, "
+                        "showing `num_lines` lines.\n"
+                        "Valid link ids are displayed with the formatting: `【{id}†.*】`.\n"
+                        "If `cursor` is not provided, the most recent page is implied.\n"
+                        "If `id` is a string, it is treated as a fully qualified URL associated with `source`.\n"
+                        "If `loc` is not provided, the viewport will be positioned at the beginning of the document "
+                        "or centered on the most relevant passage, if available.\n"
+                        "Use this function without `id` to scroll to a new location of an opened page.",
+         "parameters": {"type": "object", "properties": {
+             "id": {"type": ["number", "string"], "default": -1}, "cursor": _number(-1), "loc": _number(-1),
+             "num_lines": _number(-1), "view_source": {"type": "boolean", "default": False},
+             "source": {"type": "string"}}}},
+        {"name": "find",
+         "description": "Finds exact matches of `pattern` in the current page, or the page given by `cursor`.",
+         "parameters": {"type": "object", "properties": {"pattern": {"type": "string"}, "cursor": _number(-1)},
+                        "required": ["pattern"]}},
+    ],
+}
+PYTHON = {
+    "name": "python",
+    "description": "Use this tool to execute Python code in your chain of thought. The code will not be shown to the "
+                   "user. This tool should be used for internal reasoning, but not for code that is intended to be "
+                   "visible to the user (e.g. when creating plots, tables, or files).\n\n"
+                   "When you send a message containing Python code to python, it will be executed in a stateful "
+                   "Jupyter notebook environment. python will respond with the output of the execution or time out "
+                   "after 120.0 seconds. The drive at '/mnt/data' can be used to save and persist user files. "
+                   "Internet access for this session is UNKNOWN. Depends on the cluster.",
+    "tools": [],
+}
+BUILTIN = {"browser": BROWSER, "python": PYTHON}

@@ -41,13 +41,22 @@ def harmony(tmp_path_factory):
     return openai_harmony, encoding
 
 
-def _reference_prompt(harmony, messages, effort, date, instructions, tools=None):
+def _reference_prompt(harmony, messages, effort, date, instructions, tools=None, builtin=()):
     """openai-harmony's completion prompt for the same conversation; `tools` as
-    (name, description, parameters or None)."""
+    (name, description, parameters or None); `builtin` as our builtin_tools."""
     oh, encoding = harmony
     system = oh.SystemContent.new().with_reasoning_effort(oh.ReasoningEffort[effort.upper()])
     if date is not None:
         system = system.with_conversation_start_date(date)
+    for tool in builtin:
+        if tool == "browser":
+            system = system.with_browser_tool()
+        elif tool == "python":
+            system = system.with_python_tool()
+        else:
+            system = system.with_tools(oh.ToolNamespaceConfig(
+                name=tool["name"], description=tool.get("description"),
+                tools=[oh.ToolDescription.new(*t) for t in tool.get("reference_tools", [])]))
     conversation = [oh.Message.from_role_and_content(oh.Role.SYSTEM, system)]
     if instructions is not None or tools:
         developer = oh.DeveloperContent.new()
@@ -217,6 +226,57 @@ def test_render_a_tool_call_and_its_result_matches_openai_harmony(tok, harmony):
     elsewhere = {**result, "channel": "analysis", "recipient": "all"}
     assert render_conversation(messages[:-1] + [elsewhere], tools=openai_style, tokenizer=tok) == _reference_prompt(
         harmony, messages[:-1] + [elsewhere], "medium", None, None, tools)
+
+
+STATELESS_PYTHON = {"name": "python", "description": "Use this tool to execute Python code.\nWhen you send a "
+                    "message containing python code to python, it will be executed in a stateless sandbox."}
+CALCULATOR = ("add", "Adds two numbers.", {"type": "object", "properties": {"a": {"type": "number"},
+                                                                              "b": {"type": "number"}}})
+BUILTIN_SETS = {
+    "python": ["python"],
+    "browser": ["browser"],
+    "both": ["python", "browser"],
+    "both, other order": ["browser", "python"],
+    "python described otherwise": [STATELESS_PYTHON],
+    "a namespace of one's own": ["python", {"name": "calc", "description": "Arithmetic.\nExact.",
+                                            "tools": tool_dicts([CALCULATOR]), "reference_tools": [CALCULATOR]}],
+    "a namespace without description": [{"name": "calc", "tools": tool_dicts([CALCULATOR]),
+                                         "reference_tools": [CALCULATOR]}],
+}
+
+
+@pytest.mark.parametrize("name", BUILTIN_SETS)
+@pytest.mark.parametrize("date, functions", [(None, None), ("2025-08-05", "weather")])
+def test_render_with_builtin_tools_matches_openai_harmony(tok, harmony, name, date, functions):
+    builtin = BUILTIN_SETS[name]
+    tools = TOOLSETS[functions] if functions else None
+    ours = render_conversation([user("Hi")], reasoning_effort="high", conversation_start_date=date,
+                               tools=tool_dicts(tools) if tools else None, builtin_tools=builtin, tokenizer=tok)
+    assert ours == _reference_prompt(harmony, [user("Hi")], "high", date, None, tools, builtin)
+
+
+def test_builtin_tool_calls_and_results_match_openai_harmony(tok, harmony):
+    """A python call on the analysis channel and a browser call on commentary: each result goes back on
+    its call's channel unless it names one."""
+    python_call = assistant("analysis", "print(6 * 7)", recipient="python", content_type="code")
+    search = assistant("commentary", '{"query": "gpt-oss"}', recipient="browser.search",
+                       content_type="<|constrain|>json")
+    messages = [user("Compute, then search."), python_call, {"role": "tool", "name": "python", "content": "42\n"},
+                search, {"role": "tool", "name": "browser.search", "content": "[0] gpt-oss (openai.com)"},
+                python_call, {"role": "tool", "name": "python", "channel": "commentary", "content": "42\n"}]
+    addressed = [m if m["role"] != "tool" else {"recipient": "assistant", "channel": c, **m}
+                 for m, c in zip(messages, [None, None, "analysis", None, "commentary", None, None])]
+    ours = render_conversation(messages, builtin_tools=["browser", "python"], tokenizer=tok)
+    assert ours == _reference_prompt(harmony, addressed, "medium", None, None, None, ["browser", "python"])
+    text = tok.decode(ours)
+    assert "<|start|>python to=assistant<|channel|>analysis<|message|>42\n<|end|>" in text
+    assert "<|start|>browser.search to=assistant<|channel|>commentary<|message|>" in text
+
+
+def test_render_rejects_bad_builtin_tools(tok):
+    for bad in (["shell"], [{"description": "no name"}], [{"name": "python", "description": 3}], [{"name": "x"}]):
+        with pytest.raises(ValueError, match="built-in tool|description"):
+            render_conversation([user("Hi")], builtin_tools=bad, tokenizer=tok)
 
 
 def test_a_parsed_tool_call_goes_back_into_the_conversation(tok, harmony):
