@@ -1,14 +1,16 @@
 """Attention with per-head sinks, GQA and an optional sliding window: the NumPy reference and the
-Numba CPU kernel for a few queries.
+Numba CPU kernels.
 
 Each query head h has a sink logit s_h: a virtual key that takes part in the softmax but has no value,
 so a head can put probability on "nothing". In online-softmax form: start the running max at s_h and
 add exp(s_h - m) to the denominator. A key slot whose position is negative is empty and never seen.
 
-On the CPU, prefill (many queries) takes the reference in passes of queries, each over the keys its
-queries can see, and its matrix products go to BLAS. Decode (a few queries) takes the kernel: it splits
-the cache into chunks of keys read in memory order, one chunk per thread at a time, and merges the
-chunks' softmax parts; it wakes no BLAS thread and beats the reference's products at every length.
+On the CPU, prefill (many queries) takes the reference's passes of queries, each over the keys its
+queries can see, and its matrix products go to BLAS; the softmax between them is a Numba loop (two
+passes over the scores on every core, where NumPy makes six on one). Decode (a few queries) takes the
+kernel: it splits the cache into chunks of keys read in memory order, one chunk per thread at a time,
+and merges the chunks' softmax parts; it wakes no BLAS thread and beats the reference's products at
+every length. Both take exp from _exp_shifted, which vectorizes (libm's does not).
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ import math
 
 import numba
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core.errors import TypingError
+from numba.extending import intrinsic
 
 _MAX_SCORES = 1 << 24  # score elements per query chunk (64 MiB of float32)
-KERNEL_MAX_QUERIES = 8  # up to this many queries the Numba kernel runs, above it the reference
+KERNEL_MAX_QUERIES = 8  # up to this many queries the decode kernel runs, above it the passes
 KEY_CHUNK, KEY_CHUNK_MIN = 256, 32  # the kernel's keys per chunk: 256, fewer for 2 chunks a thread, not under 32
-QUERY_PASS = 128  # queries per pass of the reference (prefill): 64-256 run even at 1-2k tokens, 32 and 512 slower
+QUERY_PASS = 128  # queries per pass (prefill): 64-256 run even at 1-2k tokens, 32 and 512 slower
 
 
 def attention_ref(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndarray, k_pos: np.ndarray,
@@ -34,6 +39,15 @@ def attention_ref(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndarray
     their scores would pass _MAX_SCORES), each over only the keys one of its queries can see: a causal
     prefill scores about half the key-query pairs, a sliding layer about W of them per query.
     """
+    def probabilities(q, k, q_pos, k_pos):
+        return probabilities_ref(q, k, q_pos, k_pos, sinks, window, scale)[0], None
+    return _in_passes(q, k, v, q_pos, k_pos, window, probabilities)
+
+
+def _in_passes(q, k, v, q_pos, k_pos, window, weights) -> np.ndarray:
+    """attention_ref's passes; `weights(q, k, q_pos, k_pos)` of a pass's queries and the keys they can
+    see gives the values' weights [G, R, t, S'] and what to divide each weighted sum by, [G, R, t]
+    (None when the weights are probabilities already)."""
     T, H, Dh = q.shape
     S, G, _ = k.shape
     R = H // G
@@ -49,9 +63,11 @@ def attention_ref(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndarray
             out[t0:t1] = 0
             continue
         keys = slice(None) if seen.all() else np.flatnonzero(seen)  # [S'] the slots this pass can see
-        p, _ = probabilities_ref(q[t0:t1], k[keys], q_pos[t0:t1], k_pos[keys], sinks, window, scale)  # [G, R, t, S']
+        w, denominators = weights(q[t0:t1], k[keys], q_pos[t0:t1], k_pos[keys])  # [G, R, t, S'], [G, R, t]
         t = t1 - t0
-        o = p.reshape(G, R * t, -1) @ v[keys].transpose(1, 0, 2)  # [G, R * t, Dh]: each value read once
+        o = w.reshape(G, R * t, -1) @ v[keys].transpose(1, 0, 2)  # [G, R * t, Dh]: each value read once
+        if denominators is not None:
+            o /= denominators.reshape(G, R * t, 1)
         out[t0:t1] = o.reshape(G, R, t, Dh).transpose(2, 0, 1, 3).reshape(t, H, Dh)
     return out
 
@@ -59,13 +75,9 @@ def attention_ref(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndarray
 def probabilities_ref(q: np.ndarray, k: np.ndarray, q_pos: np.ndarray, k_pos: np.ndarray, sinks: np.ndarray,
                       window: int | None, scale: float) -> tuple[np.ndarray, np.ndarray]:
     """Attention probabilities [G, R, T, S] over the keys and the sink's share [G, R, T, 1] (the two
-    sum to 1 for every query); query head h = g * R + r, R = H / G. One product per kv head scores
-    its R query heads for all T queries, so each key is read once."""
-    T, H, Dh = q.shape
-    S, G, _ = k.shape
-    R = H // G
-    qg = (q * np.float32(scale)).reshape(T, G, R, Dh).transpose(1, 2, 0, 3).reshape(G, R * T, Dh)  # [G, R * T, Dh]
-    scores = (qg @ k.transpose(1, 2, 0)).reshape(G, R, T, S)  # [G, R * T, Dh] @ [G, Dh, S]
+    sum to 1 for every query); query head h = g * R + r, R = H / G."""
+    G, R = k.shape[1], q.shape[1] // k.shape[1]
+    scores = scores_ref(q, k, scale)  # [G, R, T, S]
     visible = (k_pos[None, :] <= q_pos[:, None]) & (k_pos[None, :] >= 0)  # [T, S]
     if window is not None:
         visible &= k_pos[None, :] > q_pos[:, None] - window
@@ -80,10 +92,24 @@ def probabilities_ref(q: np.ndarray, k: np.ndarray, q_pos: np.ndarray, k_pos: np
     return p, p_sink / denom
 
 
+def scores_ref(q: np.ndarray, k: np.ndarray, scale: float) -> np.ndarray:
+    """scale * q . k for every query head and key: [G, R, T, S]. One product per kv head scores its R
+    query heads for all T queries ([G, R * T, Dh] @ [G, Dh, S]), so each key is read once."""
+    T, H, Dh = q.shape
+    S, G, _ = k.shape
+    R = H // G
+    qg = (q * np.float32(scale)).reshape(T, G, R, Dh).transpose(1, 2, 0, 3).reshape(G, R * T, Dh)  # [G, R * T, Dh]
+    return (qg @ k.transpose(1, 2, 0)).reshape(G, R, T, S)
+
+
 def attention(q, k, v, q_pos, k_pos, sinks, window: int | None, scale: float) -> np.ndarray:
-    """attention_ref's result; up to KERNEL_MAX_QUERIES queries (decode) go to the Numba kernel."""
+    """attention_ref's result. Up to KERNEL_MAX_QUERIES queries (decode) go to the Numba kernel; more
+    take the reference's passes and products, with the softmax as a Numba loop over the scores."""
     if q.shape[0] > KERNEL_MAX_QUERIES:
-        return attention_ref(q, k, v, q_pos, k_pos, sinks, window, scale)
+        def exponentials(q, k, q_pos, k_pos):
+            scores = scores_ref(q, k, scale)  # [G, R, t, S']
+            return scores, _softmax_kernel(scores, q_pos, k_pos, sinks, int(window or 0))
+        return _in_passes(q, k, v, q_pos, k_pos, window, exponentials)
     S = k.shape[0]
     chunk = max(KEY_CHUNK_MIN, min(KEY_CHUNK, -(-S // (2 * numba.get_num_threads()))))  # 2+ chunks a thread
     out = np.empty(q.shape, np.float32)
@@ -121,14 +147,13 @@ def _attention_kernel(q, k, v, q_pos, k_pos, sinks, window, scale, chunk, out):
                             for d in range(Dh):
                                 dot += q[t, h, d] * k[s0 + j, g, d]
                         p[t, h, j] = dot * scale if visible else -np.inf
-        bits = np.empty(n, np.int32)  # _exp_shifted's scratch
         for t in range(T):
             for h in range(H):
                 m = sinks[h]
                 for j in range(n):
                     m = max(m, p[t, h, j])
                 top[c, t, h] = m
-                mass[c, t, h] = _exp_shifted(p[t, h], m, bits)
+                mass[c, t, h] = _exp_shifted(p[t, h], m)
         for j in range(n):
             for t in range(T):
                 for g in range(G):
@@ -153,6 +178,31 @@ def _attention_kernel(q, k, v, q_pos, k_pos, sinks, window, scale, chunk, out):
             out[t, h, d] = acc[d] / denom
 
 
+@njit(parallel=True, fastmath={"reassoc", "contract"}, cache=True)
+def _softmax_kernel(scores, q_pos, k_pos, sinks, window):
+    """scores [G, R, T, S] of a prefill pass -> in place exp(score - m) over the visible keys (0 for the
+    others), m the row's max and at least its head's sink logit; returns the rows' softmax denominators
+    [G, R, T] (the sums plus the sink's exp(sink - m)). Two passes over a row where NumPy takes six, on
+    every thread. window 0 means no window."""
+    G, R, T, S = scores.shape
+    denominators = np.empty((G, R, T), np.float32)
+    for i in prange(G * R * T):
+        g = i // (R * T)
+        r = i // T % R
+        t = i % T
+        row = scores[g, r, t]
+        qp = q_pos[t]
+        sink = sinks[g * R + r]
+        m = sink
+        for s in range(S):
+            kp = k_pos[s]
+            x = row[s] if kp >= 0 and kp <= qp and (window == 0 or kp > qp - window) else -np.inf
+            row[s] = x
+            m = max(m, x)
+        denominators[g, r, t] = _exp_shifted(row, m) + math.exp(sink - m)
+    return denominators
+
+
 _LOG2E = np.float32(1 / math.log(2))
 _LN2_HI = np.float32(0.693359375)  # ln 2 = _LN2_HI + _LN2_LO; n * _LN2_HI is exact for |n| < 2**15
 _LN2_LO = np.float32(math.log(2) - 0.693359375)
@@ -160,15 +210,15 @@ _EXP_MIN = np.float32(-87)  # exp below e**-87 (~1.6e-38, near float32's smalles
 
 
 @njit(fastmath={"reassoc", "contract"}, cache=True)
-def _exp_shifted(x, m, bits) -> np.float32:
-    """x[:] = exp(x - m) for x <= m (a -inf gives 0); returns their sum. bits: int32 scratch, len(x).
+def _exp_shifted(x, m) -> np.float32:
+    """x[:] = exp(x - m) for x <= m (a -inf gives 0); returns their sum.
 
     libm's scalar exp would cost as much as the rest of decode attention, so this one vectorizes:
     z = x - m = n ln 2 + f with n = round(z / ln 2) and |f| <= ln 2 / 2; exp(f) by its Taylor series to
-    f**7 (truncation < 6e-9 relative, under float32's rounding); 2**n as float32 bits, its exponent
-    field n + 127 shifted left 23, computed in float and converted (a vector conversion), written through
-    an int32 array and read back as float32 from a view of it.
+    f**7 (truncation < 6e-9 relative, under float32's rounding); 2**n from its float32 bits, the
+    exponent field n + 127 shifted left 23 (computed in float, converted to int32, reinterpreted).
     """
+    total = np.float32(0)
     for s in range(x.shape[0]):
         z = x[s] - m
         zc = max(z, _EXP_MIN)
@@ -182,12 +232,19 @@ def _exp_shifted(x, m, bits) -> np.float32:
         e = e * f + np.float32(1 / 2)
         e = e * f + np.float32(1)
         e = e * f + np.float32(1)
-        x[s] = e
-        bits[s] = np.int32((n + np.float32(127)) * np.float32(1 << 23)) if z > _EXP_MIN else 0
-    two = bits.view(np.float32)  # 2**n
-    total = np.float32(0)
-    for s in range(x.shape[0]):
-        e = x[s] * two[s]
+        two_n = _float32_from_bits(np.int32((n + np.float32(127)) * np.float32(1 << 23)))
+        e = e * two_n if z > _EXP_MIN else np.float32(0)
         x[s] = e
         total += e
     return total
+
+
+@intrinsic
+def _float32_from_bits(typingctx, bits):
+    """The float32 whose bits are the int32 `bits` (LLVM's bitcast, which vectorizes)."""
+    if bits != types.int32:
+        raise TypingError(f"_float32_from_bits takes an int32, got {bits}")
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(types.int32), codegen

@@ -74,7 +74,7 @@ def test_exp_shifted_matches_numpy_and_sends_minus_infinity_to_zero():
     x = np.concatenate([rng.uniform(-90, 0, 1000), rng.uniform(-1, 0, 100), [0, -np.inf, -86.9, -87.1, -1e30]])
     x = (x + 2.5).astype(np.float32)  # shifted by m = 2.5
     got = x.copy()
-    total = attention_kernels._exp_shifted(got, np.float32(2.5), np.empty(len(x), np.int32))
+    total = attention_kernels._exp_shifted(got, np.float32(2.5))
     want = np.exp((x - np.float32(2.5)).astype(np.float64))  # z = x - m rounded to float32 as in the kernel
     want[want < np.exp(-87.0)] = 0  # documented cut, at float32's smallest normal numbers
     np.testing.assert_allclose(got, want, rtol=3e-7, atol=0)
@@ -91,6 +91,16 @@ def test_many_queries_in_passes_match_oracle(case, monkeypatch):
     np.testing.assert_allclose(attention_kernels.attention(*args), oracle(*args), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_prefill_softmax_kernel_matches_the_reference_probabilities(case):
+    q, k, _, q_pos, k_pos, sinks, window, scale = random_case(*case)
+    scores = attention_kernels.scores_ref(q, k, scale)
+    denominators = attention_kernels._softmax_kernel(scores, q_pos, k_pos, sinks, int(window or 0))
+    p, _ = attention_kernels.probabilities_ref(q, k, q_pos, k_pos, sinks, window, scale)
+    np.testing.assert_allclose(scores / denominators[..., None], p, rtol=1e-5, atol=1e-7)
+    assert not scores[p == 0].any()  # keys a query cannot see weigh exactly 0
+
+
 def test_a_pass_that_sees_no_key_puts_everything_on_the_sink(monkeypatch):
     monkeypatch.setattr(attention_kernels, "QUERY_PASS", 16)
     q, k, v, _, _, sinks, _, scale = random_case(20, 30, 4, 2, None, 0)
@@ -100,16 +110,16 @@ def test_a_pass_that_sees_no_key_puts_everything_on_the_sink(monkeypatch):
     assert not out[:18].any()
 
 
-def test_few_queries_take_the_kernel_in_chunks_the_rest_the_reference(monkeypatch):
+def test_few_queries_take_the_kernel_in_chunks_the_rest_passes(monkeypatch):
     calls = []
     monkeypatch.setattr(attention_kernels, "_attention_kernel", lambda *a: calls.append(("kernel", a[-2])))
-    monkeypatch.setattr(attention_kernels, "attention_ref", lambda *a: calls.append(("ref", None)))
+    monkeypatch.setattr(attention_kernels, "_in_passes", lambda *a: calls.append(("passes", None)))
     monkeypatch.setattr(attention_kernels.numba, "get_num_threads", lambda: 2)
     max_t = attention_kernels.KERNEL_MAX_QUERIES
     for T, S in ((1, 20), (max_t, 20), (max_t + 1, 20), (1, 1000), (1, 5000)):
         attention_kernels.attention(*random_case(T, S, 4, 2, None, 0))
     # chunks: at least 32 keys, at most 256, fewer than 256 when that gives each thread 2
-    assert calls == [("kernel", 32), ("kernel", 32), ("ref", None), ("kernel", 250), ("kernel", 256)]
+    assert calls == [("kernel", 32), ("kernel", 32), ("passes", None), ("kernel", 250), ("kernel", 256)]
 
 
 def test_sink_takes_probability_mass():
