@@ -222,7 +222,7 @@ def _exp_shifted(x, m) -> np.float32:
     for s in range(x.shape[0]):
         z = x[s] - m
         zc = max(z, _EXP_MIN)
-        n = math.floor(zc * _LOG2E + np.float32(0.5))
+        n = np.floor(zc * _LOG2E + np.float32(0.5))  # float32, as everything here
         f = zc - n * _LN2_HI - n * _LN2_LO
         e = np.float32(1 / 5040)
         e = e * f + np.float32(1 / 720)
