@@ -6,11 +6,12 @@ so a head can put probability on "nothing". In online-softmax form: start the ru
 add exp(s_h - m) to the denominator. A key slot whose position is negative is empty and never seen.
 
 On the CPU, prefill (many queries) takes the reference's passes of queries, each over the keys its
-queries can see, and its matrix products go to BLAS; the softmax between them is a Numba loop (two
-passes over the scores on every core, where NumPy makes six on one). Decode (a few queries) takes the
-kernel: it splits the cache into chunks of keys read in memory order, one chunk per thread at a time,
-and merges the chunks' softmax parts; it wakes no BLAS thread and beats the reference's products at
-every length. Both take exp from _exp_shifted, which vectorizes (libm's does not).
+queries can see, and its matrix products go to BLAS; the softmax between them is a Numba loop (three
+vectorized passes over the scores on every core, where NumPy makes six on one). Decode (a few queries)
+takes the kernel: it splits the cache into chunks of keys read in memory order, one chunk per thread
+at a time, and merges the chunks' softmax parts; it wakes no BLAS thread and beats the reference's
+products at every length. Both take exp from _exp_shifted and maxima from _max, which vectorize
+(libm's exp and Python's max do not).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
+from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
@@ -151,7 +153,7 @@ def _attention_kernel(q, k, v, q_pos, k_pos, sinks, window, scale, chunk, out):
             for h in range(H):
                 m = sinks[h]
                 for j in range(n):
-                    m = max(m, p[t, h, j])
+                    m = _max(m, p[t, h, j])
                 top[c, t, h] = m
                 mass[c, t, h] = _exp_shifted(p[t, h], m)
         for j in range(n):
@@ -182,8 +184,8 @@ def _attention_kernel(q, k, v, q_pos, k_pos, sinks, window, scale, chunk, out):
 def _softmax_kernel(scores, q_pos, k_pos, sinks, window):
     """scores [G, R, T, S] of a prefill pass -> in place exp(score - m) over the visible keys (0 for the
     others), m the row's max and at least its head's sink logit; returns the rows' softmax denominators
-    [G, R, T] (the sums plus the sink's exp(sink - m)). Two passes over a row where NumPy takes six, on
-    every thread. window 0 means no window."""
+    [G, R, T] (the sums plus the sink's exp(sink - m)). Three vectorized passes over a row (mask, max,
+    exp and sum) on every thread, where NumPy makes six on one. window 0 means no window."""
     G, R, T, S = scores.shape
     denominators = np.empty((G, R, T), np.float32)
     for i in prange(G * R * T):
@@ -193,12 +195,13 @@ def _softmax_kernel(scores, q_pos, k_pos, sinks, window):
         row = scores[g, r, t]
         qp = q_pos[t]
         sink = sinks[g * R + r]
-        m = sink
+        lowest = qp - window if window != 0 else np.int64(-1)  # keys after it, up to qp, are seen
         for s in range(S):
             kp = k_pos[s]
-            x = row[s] if kp >= 0 and kp <= qp and (window == 0 or kp > qp - window) else -np.inf
-            row[s] = x
-            m = max(m, x)
+            row[s] = row[s] if (kp >= 0) & (kp <= qp) & (kp > lowest) else np.float32(-np.inf)  # no branch
+        m = sink
+        for s in range(S):  # a loop of its own: with the mask in it, the max does not vectorize
+            m = _max(m, row[s])
         denominators[g, r, t] = _exp_shifted(row, m) + math.exp(sink - m)
     return denominators
 
@@ -248,3 +251,16 @@ def _float32_from_bits(typingctx, bits):
     def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], ir.FloatType())
     return types.float32(types.int32), codegen
+
+
+@intrinsic
+def _max(typingctx, a, b):
+    """max of two float32 (LLVM's maxnum): a loop's running max of it vectorizes, of Python's max not."""
+    if a != types.float32 or b != types.float32:
+        raise TypingError(f"_max takes two float32, got {a}, {b}")
+
+    def codegen(context, builder, signature, args):
+        maxnum = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.FloatType(), [ir.FloatType()] * 2),
+                                                "llvm.maxnum.f32")
+        return builder.call(maxnum, args)
+    return types.float32(types.float32, types.float32), codegen
