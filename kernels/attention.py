@@ -141,7 +141,7 @@ def _attention_kernel(q, k, v, q_pos, k_pos, sinks, window, scale, chunk, out):
             kp = k_pos[s0 + j]
             for t in range(T):
                 qp = q_pos[t]
-                visible = kp >= 0 and kp <= qp and (window == 0 or kp > qp - window)
+                visible = _sees(qp, kp, window)
                 for g in range(G):
                     for h in range(g * R, (g + 1) * R):  # the kv head's R query heads
                         dot = np.float32(0)
@@ -195,15 +195,21 @@ def _softmax_kernel(scores, q_pos, k_pos, sinks, window):
         row = scores[g, r, t]
         qp = q_pos[t]
         sink = sinks[g * R + r]
-        lowest = qp - window if window != 0 else np.int64(-1)  # keys after it, up to qp, are seen
         for s in range(S):
-            kp = k_pos[s]
-            row[s] = row[s] if (kp >= 0) & (kp <= qp) & (kp > lowest) else np.float32(-np.inf)  # no branch
+            row[s] = row[s] if _sees(qp, k_pos[s], window) else np.float32(-np.inf)
         m = sink
         for s in range(S):  # a loop of its own: with the mask in it, the max does not vectorize
             m = _max(m, row[s])
         denominators[g, r, t] = _exp_shifted(row, m) + math.exp(sink - m)
     return denominators
+
+
+@njit(inline="always")
+def _sees(qp, kp, window) -> bool:
+    """Whether the query at position qp sees the key slot at position kp (-1: empty); window 0 means
+    none. `&` instead of `and`, so a loop over keys has no branch and vectorizes."""
+    lowest = qp - window if window != 0 else -1  # the key before the window (invariant in a loop over keys)
+    return (kp >= 0) & (kp <= qp) & (kp > lowest)
 
 
 _LOG2E = np.float32(1 / math.log(2))
