@@ -9,7 +9,8 @@ reasoning on the `analysis` channel and its answer on `final`, and stops at `<|r
 Messages are dicts: `{"role": "user" | "assistant" | "tool", "content": str}` plus, where
 present, `"channel"`, `"recipient"` and `"content_type"` (what `parse_completion` returns); a
 tool's message carries the tool's `"name"`, which heads it instead of the role. The functions the
-model may call are declared in the developer message (harmony_tools.py).
+model may call are declared in the developer message, gpt-oss's built-in tools (browser, python) in
+the system message (harmony_tools.py).
 """
 
 from __future__ import annotations

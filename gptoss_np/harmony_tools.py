@@ -1,4 +1,4 @@
-"""Function tools in the harmony format: the `# Tools` section of the developer message.
+"""Tools in the harmony format: the `# Tools` sections of the developer and the system message.
 
 gpt-oss reads the functions it may call as TypeScript declarations in a `functions` namespace:
 
@@ -71,8 +71,8 @@ def namespace_section(namespace: str, description: str, tools) -> str:
     lines += [f"// {line}" for line in _lines(description)]
     lines += [f"namespace {namespace} {{", ""]
     for tool in tools:
-        name, description, parameters = _function(tool)
-        lines += [f"// {line}" for line in _lines(description)]
+        name, about, parameters = _function(tool)
+        lines += [f"// {line}" for line in _lines(about)]
         arguments = "" if parameters is None else f"_: {typescript(parameters)}"
         lines += [f"type {name} = ({arguments}) => any;", ""]
     lines.append(f"}} // namespace {namespace}")
