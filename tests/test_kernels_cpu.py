@@ -14,7 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-MODULES = ("attention", "bf16", "moe", "mxfp4", "norm_rope")
+ROOT = Path(__file__).resolve().parent.parent
+# every module of kernels/ but the CUDA ones (test_kernels_cuda.py): those without Numba CPU kernels add nothing
+MODULES = sorted(path.stem for path in (ROOT / "kernels").glob("*.py")
+                 if not path.stem.endswith("_cuda") and path.stem != "__init__")
 FLOAT64_ALLOWED = {"norm_rope.rmsnorm"}  # its sum of squares is float64 on purpose (as transformers' mean)
 # an instruction that makes or computes a double, or an LLVM intrinsic on doubles
 DOUBLE = re.compile(r"= (?:fadd|fsub|fmul|fdiv|frem|fneg|fpext|sitofp|uitofp)\b[^\n]*\bdouble\b|@llvm\.[a-z.]+\.f64\(")
