@@ -19,7 +19,6 @@ import datetime
 import json
 import math
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Callable, Iterator, Sequence, TextIO
 
 from numba.core import event
 
-from . import embedded, harmony
+from . import embedded, harmony, hub
 from .config import GptOssConfig
 from .generate import PromptCache
 from .model import GptOss, load
@@ -38,7 +37,6 @@ DIM, RESET = "\x1b[2m", "\x1b[0m"
 HARMONY_STOPS = ("<|return|>", "<|call|>")
 # Tokens a well-formed message header can take; past this many, the output is not harmony.
 MAX_HEADER_TOKENS = 64
-_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 
 class CliError(Exception):
@@ -102,42 +100,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ---------------------------------------------------------------------------- model and tokenizer
 
-def hf_hub_cache() -> Path:
-    """The local Hugging Face hub cache, found as huggingface_hub finds it: `$HF_HUB_CACHE`,
-    else `$HF_HOME/hub`, else `$XDG_CACHE_HOME/huggingface/hub`, else `~/.cache/huggingface/hub`."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(os.environ.get("HF_HOME") or Path(cache) / "huggingface").expanduser() / "hub"
-
-
-def resolve_model(spec: str) -> Path:
-    """The checkpoint folder that --model names: a folder, or a hub id in the local cache.
-
-    A hub id `org/name` is looked up in `hf_hub_cache()` at `models--org--name/snapshots/<rev>`,
-    `<rev>` read from `refs/main` (or the only snapshot). Nothing is downloaded.
-    """
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise CliError(f"--model {spec}: not a folder (give the checkpoint folder)")
-    if not _HUB_ID.fullmatch(spec):
-        raise CliError(f"model folder {spec} does not exist")
-    hub = hf_hub_cache()
-    repo = hub / f"models--{spec.replace('/', '--')}"
-    refs_main = repo / "refs" / "main"
-    if refs_main.is_file():
-        candidates = [repo / "snapshots" / refs_main.read_text().strip()]
-    else:
-        candidates = sorted((repo / "snapshots").glob("*/"))
-    found = [folder for folder in candidates if folder.is_dir()]
-    if len(found) == 1:
-        return found[0]
-    raise CliError(f"no folder {spec}, and no snapshot of {spec} in the local Hugging Face cache {hub} "
-                   f"(only the local cache is searched; download the model first)")
-
-
 def load_tokenizer(folder: Path, config: GptOssConfig) -> Tokenizer:
     """The checkpoint's tokenizer.json, else o200k_harmony when the vocabulary is gpt-oss's."""
     if (folder / "tokenizer.json").is_file():
@@ -178,7 +140,7 @@ def _special_ids(tokenizer: Tokenizer, names: Sequence[str]) -> dict[str, int]:
 def _checkpoint_folder(spec: str | None) -> Path:
     """--model's folder; without it, the embedded model (built on first use), with a notice."""
     if spec is not None:
-        return resolve_model(spec)
+        return hub.resolve(spec)  # a folder, or a hub id in the local Hugging Face cache
     _note("no --model given: running the embedded tiny model, whose weights are random and untrained, "
           "so its text is gibberish (pass --model for a real checkpoint)")
     if not embedded.location().is_dir():

@@ -22,7 +22,7 @@ from typing import Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from . import backend, rope
+from . import backend, hub, rope
 from . import generate as generation
 from .cache import KVCache
 from .checkpoint import EMBED, FINAL_NORM, LM_HEAD, Checkpoint
@@ -179,7 +179,8 @@ class GptOss:
 
 def load(path: str | Path, device: str = "cpu", progress: bool | None = None, *, moe_dispatch: str = "exact",
          tokens_per_expert_ratio: float = 2.0, cuda_graphs: bool = True) -> GptOss:
-    """Load a Hugging Face gpt-oss checkpoint folder on "cpu", "cuda" or "auto".
+    """Load a Hugging Face gpt-oss checkpoint on "cpu", "cuda" or "auto": its folder, or its hub id
+    (`openai/gpt-oss-20b`) when it is in the local Hugging Face cache (see hub.py; nothing is downloaded).
 
     moe_dispatch: "exact" top-k routing (as trained; the default), "expert_choice" (each expert takes
     at most tokens_per_expert_ratio * N * k / E tokens of an N-token forward pass, rounded up to a
@@ -191,4 +192,4 @@ def load(path: str | Path, device: str = "cpu", progress: bool | None = None, *,
     """
     rule = DispatchRule(moe_dispatch, tokens_per_expert_ratio)
     ops = backend.select(device, cuda_graphs=cuda_graphs)
-    return GptOss(Checkpoint(path), ops, progress=progress, dispatch_rule=rule)
+    return GptOss(Checkpoint(hub.resolve(path)), ops, progress=progress, dispatch_rule=rule)

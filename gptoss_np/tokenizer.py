@@ -1,6 +1,6 @@
 """The o200k_harmony tokenizer of gpt-oss, on top of Hugging Face `tokenizers`.
 
-`Tokenizer.from_pretrained(folder)` loads the `tokenizer.json` that checkpoints ship.
+`Tokenizer.from_pretrained(folder)` loads the `tokenizer.json` that checkpoints ship (a hub id works too).
 `Tokenizer.o200k_harmony()` builds the same vocabulary offline from the o200k_base ranks
 in the `bpe-openai` package (a byte-level BPE whose merges are derived from the ranks),
 adds the harmony special tokens and caches the result as a `tokenizer.json`.
@@ -19,6 +19,8 @@ from pathlib import Path
 
 import tokenizers
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+
+from . import hub
 
 VOCAB_SIZE = 201088
 FIRST_SPECIAL_ID = 199998
@@ -163,10 +165,11 @@ class Tokenizer:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> "Tokenizer":
-        """Load `<path>/tokenizer.json` (a checkpoint folder), or `path` itself if it is a file."""
-        file = Path(path)
-        if file.is_dir():
-            file = file / "tokenizer.json"
+        """Load `path` itself if it names a .json file, else the `tokenizer.json` of the checkpoint that
+        `path` names: a folder, or a hub id (`openai/gpt-oss-20b`) in the local Hugging Face cache (hub.py)."""
+        file = Path(path).expanduser()
+        if file.suffix != ".json":
+            file = hub.resolve(path) / "tokenizer.json"
         return cls(_read_tokenizer_json(file))
 
     @classmethod

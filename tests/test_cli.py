@@ -16,7 +16,7 @@ import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 import gptoss_np
-from gptoss_np import PromptCache, backend, cli, embedded, harmony, synthetic
+from gptoss_np import PromptCache, backend, cli, embedded, harmony, hub, synthetic
 from gptoss_np.model import GptOss
 from gptoss_np.tokenizer import Tokenizer
 
@@ -324,23 +324,40 @@ def fake_hub(hub, repo_id: str, checkpoint) -> object:
 def test_hub_id_resolves_in_the_local_cache(capsys, monkeypatch, tmp_path, small_checkpoint):
     snapshot = fake_hub(tmp_path / "hub_cache", "some-org/tiny-gpt-oss", small_checkpoint)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub_cache"))
-    assert cli.resolve_model("some-org/tiny-gpt-oss") == snapshot
+    assert hub.resolve("some-org/tiny-gpt-oss") == snapshot
     code, out, err = run_cli(capsys, "--model", "some-org/tiny-gpt-oss", "--raw", "--prompt", "blue",
                              "--max-new-tokens", "4", "--seed", "3")
     assert code == 0 and summaries(err)
+    # the library takes the id as the command line does
+    assert gptoss_np.load("some-org/tiny-gpt-oss").config.vocab_size == 512
+    ids = Tokenizer.from_pretrained("some-org/tiny-gpt-oss").encode("blue")
+    assert ids == Tokenizer.from_pretrained(small_checkpoint / "tokenizer.json").encode("blue")
 
     monkeypatch.delenv("HF_HUB_CACHE")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
     snapshot = fake_hub(tmp_path / "hf_home" / "hub", "other/model", small_checkpoint)
-    assert cli.resolve_model("other/model") == snapshot
+    assert hub.resolve("other/model") == snapshot
     monkeypatch.delenv("HF_HOME")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert cli.hf_hub_cache() == tmp_path / "xdg" / "huggingface" / "hub"
+    assert hub.cache_folder() == tmp_path / "xdg" / "huggingface" / "hub"
+
+
+def test_hub_id_without_refs_main(monkeypatch, tmp_path, small_checkpoint):
+    """The only snapshot is taken; of several, none is guessed."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    snapshot = fake_hub(tmp_path, "org/model", small_checkpoint)
+    (snapshot.parent.parent / "refs" / "main").unlink()
+    with pytest.raises(FileNotFoundError, match="2 snapshots and no refs/main"):
+        hub.resolve("org/model")
+    (snapshot.parent / "stale").rmdir()
+    assert hub.resolve("org/model") == snapshot
 
 
 def test_unknown_hub_id_says_only_the_local_cache_was_searched(capsys):
     code, out, err = run_cli(capsys, "--model", "openai/gpt-oss-nonexistent", "--prompt", "hi")
     assert_one_error_line(code, out, err, "openai/gpt-oss-nonexistent", "local Hugging Face cache")
+    with pytest.raises(FileNotFoundError, match="local Hugging Face cache"):
+        gptoss_np.load("openai/gpt-oss-nonexistent")
 
 
 # ------------------------------------------------------------------------------ errors and entry points
