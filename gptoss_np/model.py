@@ -34,6 +34,7 @@ from .trace import Trace
 # T tokens, D hidden, H q-heads, G kv-heads, Dh head dim, E experts, A active experts, V vocab
 
 _PROGRESS_BYTES = 1 << 30  # show a progress bar when loading checkpoints larger than this
+_PROGRESS_DELAY_S = 2.0  # and one through the layers when a forward pass of several tokens takes longer
 
 
 @dataclass
@@ -61,6 +62,7 @@ class GptOss:
         self.config: GptOssConfig = checkpoint.config
         self.ops = ops
         self.dispatch_rule = dispatch_rule  # how MoE layers route several tokens
+        self.progress = progress
         c = self.config
         ops.check_room(checkpoint.nbytes)  # a clear error before loading what cannot fit
         show = progress if progress is not None else checkpoint.nbytes > _PROGRESS_BYTES
@@ -101,7 +103,7 @@ class GptOss:
             positions = ops.xp.arange(cache.length, cache.length + len(token_ids))  # [T], where ops compute
         cos, sin = ops.rope_tables(self.inv_freq, self.rope_scale, positions)  # [T, Dh/2]
         x = ops.embed(self.embedding, token_ids)  # [T, D]
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(self._layers_shown(len(token_ids))):
             h = ops.rmsnorm(x, layer.attn_norm, c.rms_norm_eps)
             x = self.attention(i, layer.attn, h, positions, cos, sin, cache, trace, residual=x)  # x + attention(h)
             h = ops.rmsnorm(x, layer.mlp_norm, c.rms_norm_eps)
@@ -110,6 +112,15 @@ class GptOss:
         cache.length += len(token_ids)
         x = x if all_logits else x[-1:]
         return ops.linear(ops.rmsnorm(x, self.norm, c.rms_norm_eps), self.lm_head)  # [T or 1, V]
+
+    def _layers_shown(self, T: int):
+        """self.layers, for a pass of T tokens; for T > 1 as a progress bar that appears when the pass
+        takes more than _PROGRESS_DELAY_S (a long prompt on a CPU takes minutes) and is erased at its end,
+        on a terminal (progress=None), always (True) or never (False)."""
+        if T == 1 or self.progress is False:
+            return self.layers
+        return tqdm(self.layers, desc=f"{T} tokens through the layers", unit="layer", delay=_PROGRESS_DELAY_S,
+                    leave=False, disable=None if self.progress is None else False)
 
     def attention(self, i, w: AttentionWeights, x, positions, cos, sin, cache: KVCache, trace=None, residual=None):
         """x [T, D] -> [T, D]: causal self-attention with sinks over the cached and new tokens, plus
@@ -181,6 +192,10 @@ def load(path: str | Path, device: str = "cpu", progress: bool | None = None, *,
          tokens_per_expert_ratio: float = 2.0, cuda_graphs: bool = True) -> GptOss:
     """Load a Hugging Face gpt-oss checkpoint on "cpu", "cuda" or "auto": its folder, or its hub id
     (`openai/gpt-oss-20b`) when it is in the local Hugging Face cache (see hub.py; nothing is downloaded).
+
+    progress: progress bars on stderr, while loading (None: for checkpoints over 1 GB) and through the
+    layers of a prompt's forward pass when it takes more than 2 s (None: on a terminal); True: always,
+    False: never.
 
     moe_dispatch: "exact" top-k routing (as trained; the default), "expert_choice" (each expert takes
     at most tokens_per_expert_ratio * N * k / E tokens of an N-token forward pass, rounded up to a

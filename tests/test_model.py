@@ -142,6 +142,22 @@ def test_bad_token_ids_name_the_problem(checkpoint_dir):
         next(model.generate([1], max_new_tokens=-1))
 
 
+def test_a_slow_prompt_shows_its_progress_through_the_layers(checkpoint_dir, monkeypatch, capsys):
+    """A bar on stderr through the layers of a pass of several tokens that takes longer than the delay
+    (here 0 s), erased at its end; none for a decode step's single token, none with progress=False."""
+    from gptoss_np import model as model_module
+    monkeypatch.setattr(model_module, "_PROGRESS_DELAY_S", 0.0)
+    model = gptoss_np.load(checkpoint_dir("tiny"), progress=True)
+    capsys.readouterr()
+    list(model.generate([5, 6, 7], max_new_tokens=3))
+    err = capsys.readouterr().err
+    assert "3 tokens through the layers:" in err and f"/{model.config.num_hidden_layers} [" in err
+    assert "1 tokens" not in err and err.endswith("\r")  # the bar erased itself
+    quiet = gptoss_np.load(checkpoint_dir("tiny"), progress=False)
+    quiet.logits([5, 6, 7])
+    assert capsys.readouterr().err == ""
+
+
 def test_generate_stops_and_is_reproducible(checkpoint_dir):
     model = gptoss_np.load(checkpoint_dir("tiny"))
     ids = [5, 6, 7]
