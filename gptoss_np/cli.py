@@ -26,7 +26,7 @@ from typing import Callable, Iterator, Sequence, TextIO
 
 from numba.core import event
 
-from . import embedded, harmony, hub
+from . import __version__, embedded, harmony, hub
 from .config import GptOssConfig
 from .generate import PromptCache
 from .model import GptOss, load
@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line's flags."""
     parser = _Parser(prog=PROG, description="Generate text with a gpt-oss model (NumPy engine).",
                      epilog="Without --model, a tiny model with random weights runs: its text is gibberish.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--model", metavar="PATH_OR_ID",
                         help="checkpoint folder, or a Hugging Face id such as openai/gpt-oss-20b found "
                              "in the local Hugging Face cache (never downloaded); default: the embedded "

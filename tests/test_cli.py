@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import importlib.metadata
 import io
 import json
 import re
@@ -443,6 +444,8 @@ def test_python_m_entry_point():
     for flag in ("--model", "--prompt", "--chat", "--raw", "--reasoning-effort", "--instructions", "--max-new-tokens",
                  "--temperature", "--top-p", "--top-k", "--min-p", "--seed", "--device"):
         assert flag in shown.stdout
+    version = subprocess.run([sys.executable, "-m", "gptoss_np", "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and version.stdout == f"gptoss-generate {importlib.metadata.version('gptoss-np')}\n"
     failed = subprocess.run([sys.executable, "-m", "gptoss_np", "--top-p", "2"], capture_output=True, text=True)
     assert failed.returncode == 2
     assert failed.stderr.startswith("gptoss-generate: error:") and len(failed.stderr.splitlines()) == 1
