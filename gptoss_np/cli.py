@@ -2,8 +2,8 @@
 
 Modes:
   chat (the default, or --chat): the prompt becomes a user message in the harmony format; the
-      reply streams with the reasoning (`analysis` channel) dimmed on a terminal and the answer
-      (`final` channel) plain. Without --prompt: a multi-turn conversation, one user message
+      reply streams with the reasoning (`analysis` channel) dimmed on a terminal, or hidden with
+      --hide-reasoning, and the answer (`final` channel) plain. Without --prompt: a multi-turn conversation, one user message
       per line of stdin, until end of input.
   --raw: the prompt is plain text, and its continuation streams as it is.
 
@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="reasoning effort named in the system message (chat only; default: low)")
     parser.add_argument("--instructions", metavar="TEXT",
                         help="instructions for the model, in harmony's developer message (chat only)")
+    parser.add_argument("--hide-reasoning", action="store_true",
+                        help="show only the answer, not the model's reasoning (its analysis channel; chat only)")
     parser.add_argument("--max-new-tokens", type=_number(int, lambda n: n >= 1, "an integer >= 1"),
                         default=256, metavar="N", help="most tokens per reply (default: 256)")
     parser.add_argument("--temperature", type=_number(float, lambda t: math.isfinite(t) and t >= 0, "a number >= 0"),
@@ -185,15 +187,18 @@ class RawPrinter:
 
 class HarmonyPrinter:
     """Shows a harmony reply as it streams: message contents, one per line, the `analysis`
-    channel dimmed when `color`; headers and control tokens are not shown.
+    channel dimmed when `color`, or not at all without `show_reasoning` (a terminal then sees a
+    status line on stderr until the rest comes); headers and control tokens are not shown.
 
     Output that leaves the harmony format (an untrained model's does) is shown as raw text
     from the first token not yet shown. `messages` holds the reply's assistant messages after
     `finish`, for the conversation history.
     """
 
-    def __init__(self, tokenizer: Tokenizer, out: TextIO, color: bool):
+    def __init__(self, tokenizer: Tokenizer, out: TextIO, color: bool, show_reasoning: bool = True):
         self._tokenizer, self._out, self._color = tokenizer, out, color
+        self._show_reasoning = show_reasoning
+        self._hiding: StatusLine | None = None  # while hidden reasoning streams before anything is shown
         self._parser = harmony.StreamParser(tokenizer)
         self._ids: list[int] = []  # every id of the reply
         self._unshown: list[int] = []  # ids since the last text shown
@@ -227,9 +232,20 @@ class HarmonyPrinter:
         if self._raw is not None:
             self._raw.finish()
             self.messages = [{"role": "assistant", "channel": "final", "content": self._tokenizer.decode(self._ids)}]
+        self._stop_hiding()
         self._set_dim(False)
 
+    def _stop_hiding(self) -> None:
+        if self._hiding is not None:
+            self._hiding.done()
+
     def _show(self, text: str) -> None:
+        if self._parser.channel == "analysis" and not self._show_reasoning:
+            self._unshown.clear()
+            if self._hiding is None and self._shown_message is None:
+                self._hiding = StatusLine("reasoning (hidden)...")
+            return
+        self._stop_hiding()
         message = len(self._parser.messages)
         if message != self._shown_message:
             self._set_dim(False)
@@ -248,6 +264,7 @@ class HarmonyPrinter:
 
     def _go_raw(self) -> None:
         """Show the unshown ids and everything after them as raw text."""
+        self._stop_hiding()
         self._set_dim(False)
         if self._shown_message is not None:
             self._out.write("\n")
@@ -309,14 +326,14 @@ class CompileWatch(event.Listener):
         pass
 
 
-class PrefillNotice:
-    """On a terminal, a line on stderr while the prompt is prefilled, erased when the first token comes
-    or generation ends: on a CPU a long prompt takes a while before anything shows."""
+class StatusLine:
+    """On a terminal, a line on stderr that says what is going on while nothing shows on stdout (the
+    prompt being prefilled, reasoning that is hidden); `done` erases it before anything else is shown."""
 
-    def __init__(self, prompt_tokens: int):
+    def __init__(self, text: str):
         self.shown = sys.stderr.isatty()
         if self.shown:
-            sys.stderr.write(f"{PROG}: prefilling {prompt_tokens} prompt tokens...")
+            sys.stderr.write(f"{PROG}: {text}")
             sys.stderr.flush()
 
     def done(self) -> None:
@@ -349,7 +366,9 @@ class Runner:
         timed = TimedTokens(tokens, len(prompt_ids))
         ended = "max-new-tokens" if budget == a.max_new_tokens else "context full"
         unknown = 0  # ids the model has but the tokenizer lacks (a vocabulary padded past the tokenizer)
-        notice = PrefillNotice(len(prompt_ids) - self.prompt_cache.held(self.model, prompt_ids))
+        # on a CPU a long prompt takes a while before anything shows
+        notice = StatusLine(f"prefilling {len(prompt_ids) - self.prompt_cache.held(self.model, prompt_ids)} "
+                            f"prompt tokens...")
         watch = CompileWatch()
         try:
             with event.install_listener("numba:compile", watch):
@@ -386,7 +405,7 @@ class Runner:
                                           conversation_start_date=datetime.date.today().isoformat(),
                                           developer_instructions=self.args.instructions, tokenizer=self.tokenizer)
         color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
-        printer = HarmonyPrinter(self.tokenizer, sys.stdout, color)
+        printer = HarmonyPrinter(self.tokenizer, sys.stdout, color, show_reasoning=not self.args.hide_reasoning)
         finished = self.complete(ids, printer)
         return printer.messages, finished
 
@@ -425,6 +444,8 @@ def _generate(args: argparse.Namespace) -> int:
         raise CliError("--raw needs --prompt TEXT")
     if args.raw and args.instructions is not None:
         raise CliError("--instructions is for chat; --raw continues --prompt as plain text")
+    if args.raw and args.hide_reasoning:
+        raise CliError("--hide-reasoning is for chat; --raw shows the continuation as it is")
     folder = _checkpoint_folder(args.model)
     config = GptOssConfig.from_file(folder / "config.json")
     tokenizer = load_tokenizer(folder, config)

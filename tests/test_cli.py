@@ -254,6 +254,30 @@ def test_harmony_printer_dims_analysis_and_shows_final_plainly(harmony_tokenizer
                                 {"role": "assistant", "channel": "final", "content": "Light scatters."}]
 
 
+@pytest.mark.parametrize("terminal", [True, False])
+def test_harmony_printer_can_hide_the_reasoning(harmony_tokenizer, monkeypatch, terminal):
+    """Without show_reasoning only the answer is shown (the history keeps both); a terminal's stderr
+    says reasoning is going on until the answer starts."""
+    monkeypatch.setattr(sys, "stderr", Terminal() if terminal else io.StringIO())
+    out = io.StringIO()
+    printer = cli.HarmonyPrinter(harmony_tokenizer, out, color=True, show_reasoning=False)
+    shown = []  # (stdout, stderr) after each token
+    ids = completion(harmony_tokenizer, ("analysis", "Rayleigh."), ("final", "Light scatters."))
+    for token in ids[:-1]:
+        printer.push(token)
+        shown.append((out.getvalue(), sys.stderr.getvalue()))
+    printer.finish()
+    assert out.getvalue() == "Light scatters."
+    assert [m["channel"] for m in printer.messages] == ["analysis", "final"]
+    status = "gptoss-generate: reasoning (hidden)..."
+    if terminal:
+        assert any(stdout == "" and stderr == status for stdout, stderr in shown)
+        first_text = next(stderr for stdout, stderr in shown if stdout)
+        assert first_text == status + "\r\x1b[K"  # erased before the answer
+    else:
+        assert sys.stderr.getvalue() == ""
+
+
 @pytest.mark.parametrize("words", [3, 200])
 def test_harmony_printer_shows_non_harmony_output_raw(harmony_tokenizer, words):
     ids = harmony_tokenizer.encode(" word" * words)
@@ -378,6 +402,7 @@ def test_unknown_hub_id_says_only_the_local_cache_was_searched(capsys):
     (["--chat", "--raw", "--prompt", "x"], ["--raw", "--chat"]),
     (["--raw"], ["--raw needs --prompt"]),
     (["--raw", "--prompt", "x", "--instructions", "Be brief."], ["--instructions", "chat"]),
+    (["--raw", "--prompt", "x", "--hide-reasoning"], ["--hide-reasoning", "chat"]),
     (["--bogus"], ["--bogus"]),
     (["--model", "{tmp}/missing"], ["does not exist"]),
     (["--model", "{tmp}/file.txt"], ["not a folder"]),
@@ -441,8 +466,9 @@ def test_python_m_entry_point():
     shown = subprocess.run([sys.executable, "-m", "gptoss_np", "--help"], capture_output=True, text=True)
     assert shown.returncode == 0
     assert shown.stdout.startswith("usage: gptoss-generate")
-    for flag in ("--model", "--prompt", "--chat", "--raw", "--reasoning-effort", "--instructions", "--max-new-tokens",
-                 "--temperature", "--top-p", "--top-k", "--min-p", "--seed", "--device"):
+    for flag in ("--model", "--prompt", "--chat", "--raw", "--reasoning-effort", "--instructions", "--hide-reasoning",
+                 "--max-new-tokens", "--temperature", "--top-p", "--top-k", "--min-p", "--seed", "--device",
+                 "--version"):
         assert flag in shown.stdout
     version = subprocess.run([sys.executable, "-m", "gptoss_np", "--version"], capture_output=True, text=True)
     assert version.returncode == 0 and version.stdout == f"gptoss-generate {importlib.metadata.version('gptoss-np')}\n"
