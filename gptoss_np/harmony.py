@@ -261,10 +261,13 @@ class StreamParser:
             raise ValueError(f"unexpected words in message header: {' '.join(words)!r}")
 
     def _take_role(self, words: list[str]) -> str:
-        """The role named by the first header word (consumed, and kept as a tool's name)."""
+        """The role named by the first header word (consumed, and kept as a tool's name: a tool's message is
+        named by its first word, even when that is the role's own name `tool`, as in openai-harmony)."""
         if not words:
             raise ValueError("message header has no role")
         if words[0] in ROLES:
+            if words[0] == "tool":
+                self._name = "tool"
             return words[0]
         if len(words) > 1 or words[0].startswith("to="):
             self._name = words.pop(0)

@@ -359,6 +359,8 @@ COMPLETIONS = [
     ("<|channel|>", "final", "<|message|>", "x", "<|end|>", "<|start|>", "assistant",
      " <|constrain|>json", "<|message|>", "{}", "<|end|>"),
     ("<|channel|>", "final\u3000to=bob", "<|message|>", "x"),
+    ("<|channel|>", "final", "<|message|>", "x", "<|end|>", "<|start|>", "tool to=assistant",
+     "<|channel|>", "commentary", "<|message|>", "y", "<|end|>"),
 ]
 
 
@@ -373,6 +375,55 @@ def test_parse_matches_openai_harmony_on_broken_utf8(tok, harmony):
     for _ in range(20):
         ids = _ids(tok, "<|channel|>", "final", "<|message|>") + [rng.randrange(199998) for _ in range(30)]
         assert parse_completion(ids, tokenizer=tok) == _reference_parse(harmony, ids)
+
+
+def _random_completion(rng: random.Random) -> list[str]:
+    """Parts of a completion: messages with random headers (roles, tool names, channels, recipients,
+    constraints) and contents, some cut short, one part in five replaced by any other."""
+    words = ["assistant", "user", "system", "developer", "tool", "analysis", "final", "commentary", "code",
+             " to=functions.f", "to=python", " json", "json", " ", "x", "hello world", "😀", "你好", "\n", "=",
+             "to=", "<|", "\u3000", " <|constrain|>json", "final to=bob", "functions.f to=assistant"]
+    specials = ["<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|return|>", "<|call|>", "<|constrain|>"]
+
+    def message() -> list[str]:
+        parts = ["<|channel|>", rng.choice(["analysis", "final", "commentary", rng.choice(words)])] \
+            if rng.random() < 0.9 else []
+        if rng.random() < 0.3:
+            parts.append(rng.choice([" to=functions.get", " to=python", " to=browser.open"]))
+        if rng.random() < 0.2:
+            parts += [" ", "<|constrain|>", rng.choice(["json", " json"])]
+        parts += ["<|message|>", *(rng.choice(words) for _ in range(rng.randint(0, 4)))]
+        return parts + [rng.choice(["<|end|>", "<|end|>", "<|return|>", "<|call|>", "x"])]
+
+    parts = message()
+    for _ in range(rng.randint(0, 3)):
+        heads = ["assistant", "assistant ", "tool", "tool to=assistant", "functions.f to=assistant", "user"]
+        parts += ["<|start|>", rng.choice(heads), *message()]
+    if rng.random() < 0.2:
+        parts[rng.randrange(len(parts))] = rng.choice(specials + words)
+    return parts
+
+
+def test_parse_matches_openai_harmony_on_random_completions(tok, harmony):
+    """Accepted or rejected alike, and parsed alike when accepted, in batch and streaming."""
+    oh, encoding = harmony
+    rng, accepted = random.Random(11), 0
+    for _ in range(1500):
+        ids = _ids(tok, *_random_completion(rng))
+        try:
+            reference = _reference_parse(harmony, ids)
+        except Exception:
+            with pytest.raises(ValueError):
+                parse_completion(ids, tokenizer=tok)
+            continue
+        accepted += 1
+        assert parse_completion(ids, tokenizer=tok) == reference, tok.decode(ids)
+        stream, streamed = StreamParser(tok), oh.StreamableParser(encoding, oh.Role.ASSISTANT)
+        for i in ids:
+            streamed.process(i)
+            assert stream.push(i) == (streamed.last_content_delta or "")
+            assert (stream.channel, stream.recipient) == (streamed.current_channel, streamed.current_recipient)
+    assert 500 < accepted < 1400  # both kinds are exercised
 
 
 MALFORMED = [
