@@ -11,6 +11,7 @@ NumPy has no bfloat16, so BF16 tensors are read and written as their raw uint16 
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,8 @@ def _read_header(path: Path) -> dict[str, TensorInfo]:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise SafetensorsError(f"{path}: header is not valid JSON ({e})") from None
 
+    if not isinstance(header, dict):
+        raise SafetensorsError(f"{path}: header is not a JSON object")
     start = 8 + n
     tensors = {}
     for name, entry in header.items():
@@ -81,9 +84,12 @@ def _read_header(path: Path) -> dict[str, TensorInfo]:
             dtype, shape, (begin, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
         except (KeyError, TypeError, ValueError):
             raise SafetensorsError(f"{path}: tensor {name!r} has a malformed header entry") from None
+        if not all(_count(x) for x in (*shape, begin, end)) or begin > end:
+            raise SafetensorsError(f"{path}: tensor {name!r} has a malformed header entry (shape {entry['shape']}, "
+                                   f"data_offsets {entry['data_offsets']})")
         if dtype not in DTYPES:
             raise SafetensorsError(f"{path}: tensor {name!r} has unsupported dtype {dtype}")
-        nbytes = int(np.prod(shape, dtype=np.int64)) * DTYPES[dtype].itemsize
+        nbytes = math.prod(shape) * DTYPES[dtype].itemsize  # Python ints: a huge shape cannot overflow
         if end - begin != nbytes:
             raise SafetensorsError(f"{path}: tensor {name!r} has {end - begin} bytes, "
                                    f"its dtype {dtype} and shape {list(shape)} need {nbytes}")
@@ -92,6 +98,11 @@ def _read_header(path: Path) -> dict[str, TensorInfo]:
                                    f"the file has {size}")
         tensors[name] = TensorInfo(dtype, shape, start + begin, start + end)
     return tensors
+
+
+def _count(x) -> bool:
+    """A header's sizes and offsets are non-negative integers (JSON's true and false are not)."""
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
 def write(path: str | Path, tensors: dict[str, tuple[str, np.ndarray]], metadata: dict | None = None) -> None:
