@@ -18,6 +18,7 @@ from pathlib import Path
 
 LAYER_TYPES = ("sliding_attention", "full_attention")
 ROPE_TYPES = ("default", "yarn")
+_MAX_LAYERS = 1 << 16  # a bound on the default layer_types list that a config.json makes us build
 
 
 class ConfigError(ValueError):
@@ -91,15 +92,20 @@ class GptOssConfig:
         if "num_experts_per_tok" not in d and "experts_per_token" in d:
             d["num_experts_per_tok"] = d["experts_per_token"]
         if d.get("head_dim") is None and "hidden_size" in d and "num_attention_heads" in d:
-            d["head_dim"] = d["hidden_size"] // d["num_attention_heads"]
+            d["head_dim"] = _int(d, "hidden_size") // max(_int(d, "num_attention_heads"), 1)
         if d.get("num_key_value_heads") is None and "num_attention_heads" in d:
             d["num_key_value_heads"] = d["num_attention_heads"]
         if d.get("layer_types") is None and "num_hidden_layers" in d:
-            d["layer_types"] = [LAYER_TYPES[i % 2] for i in range(_int(d, "num_hidden_layers"))]
+            if _int(d, "num_hidden_layers") > _MAX_LAYERS:
+                raise ConfigError(f"num_hidden_layers = {d['num_hidden_layers']} is more than any checkpoint holds")
+            d["layer_types"] = [LAYER_TYPES[i % 2] for i in range(d["num_hidden_layers"])]
         d["layer_types"] = tuple(d["layer_types"]) if isinstance(d.get("layer_types"), list) else d.get("layer_types")
         if isinstance(d.get("eos_token_id"), list):
             d["eos_token_id"] = tuple(d["eos_token_id"])
         d["rope_parameters"] = _rope_parameters(d)
+        for name in ("rms_norm_eps", "swiglu_limit", "swiglu_alpha"):
+            if d.get(name) is not None:
+                d[name] = _real(d[name], name)
 
         fields = {f.name: f for f in dataclasses.fields(cls)}
         missing = [name for name, f in fields.items() if f.default is dataclasses.MISSING and d.get(name) is None]
@@ -108,11 +114,23 @@ class GptOssConfig:
                     "folder): give the folder that holds model.safetensors.index.json"
                     if "num_experts" in d and "model_type" not in d else "")
             raise ConfigError(f"missing field(s) {', '.join(missing)}{hint}")
-        config = cls(**{k: v for k, v in d.items() if k in fields})
+        config = cls(**{k: v for k, v in d.items() if k in fields and v is not None})  # null: the default
         config._validate()
         return config
 
     def _validate(self) -> None:
+        """ConfigError naming the field unless every field has a type and value the engine can run."""
+        for name in ("attention_bias", "tie_word_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        ids = self.eos_token_id if isinstance(self.eos_token_id, tuple) else (self.eos_token_id,)
+        for name, values in (("eos_token_id", ids), ("pad_token_id", (self.pad_token_id,)),
+                             ("bos_token_id", (self.bos_token_id,))):
+            if not all(v is None or isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+                raise ConfigError(f"{name} must be a token id (or a list of them for eos_token_id), "
+                                  f"got {getattr(self, name)!r}")
+        if not isinstance(self.layer_types, tuple) or not all(isinstance(t, str) for t in self.layer_types):
+            raise ConfigError(f"layer_types must be a list of {' or '.join(LAYER_TYPES)}, got {self.layer_types!r}")
         positive = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                     "num_key_value_heads", "head_dim", "num_local_experts", "num_experts_per_tok",
                     "sliding_window", "max_position_embeddings"]
@@ -143,11 +161,19 @@ class GptOssConfig:
             raise ConfigError(f"swiglu_limit must be positive, got {self.swiglu_limit!r}")
 
 
-def _int(d: dict, name: str) -> int:
+def _int(d: dict, name: str, prefix: str = "") -> int:
+    """d[name], which must be an integer; ConfigError naming `prefix + name` if it is not."""
     value = d[name]
     if not isinstance(value, int) or isinstance(value, bool):
-        raise ConfigError(f"{name} must be an integer, got {value!r}")
+        raise ConfigError(f"{prefix}{name} must be an integer, got {value!r}")
     return value
+
+
+def _real(value, name: str) -> float:
+    """value as a float; ConfigError naming `name` unless it is a finite number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    return float(value)
 
 
 # what transformers' GptOssConfig assumes when config.json has neither rope_scaling nor rope_parameters
@@ -157,33 +183,45 @@ DEFAULT_ROPE = {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_sl
 
 def _rope_parameters(d: dict) -> RopeParameters | None:
     """Merge `rope_theta` + `rope_scaling` (old style) or `rope_parameters` (new style) into one record."""
-    params = dict(d.get("rope_parameters") or d.get("rope_scaling") or DEFAULT_ROPE)
+    given = d.get("rope_parameters") or d.get("rope_scaling") or DEFAULT_ROPE
+    if not isinstance(given, dict):
+        raise ConfigError(f"rope_scaling must be an object of RoPE settings, got {given!r}")
+    params = dict(given)
     if "rope_theta" not in params and d.get("rope_theta") is not None:
         params["rope_theta"] = d["rope_theta"]
     if params.get("rope_theta") is None:
         return None  # reported as a missing field
+    theta = _real(params["rope_theta"], "rope_theta")
+    if not theta > 1:  # the base of the wavelengths' geometric series (YaRN divides by its log)
+        raise ConfigError(f"rope_theta must be greater than 1, got {params['rope_theta']!r}")
     rope_type = params.get("rope_type", params.get("type", "default"))
     if rope_type not in ROPE_TYPES:
         raise ConfigError(f"rope_scaling.rope_type {rope_type!r} is not supported; expected one of {ROPE_TYPES}")
     if rope_type == "default":
-        return RopeParameters(rope_theta=float(params["rope_theta"]))
-    original = params.get("original_max_position_embeddings", d.get("max_position_embeddings"))
+        return RopeParameters(rope_theta=theta)
+    if "original_max_position_embeddings" in params:
+        original = _int(params, "original_max_position_embeddings", "rope_scaling.")
+    else:
+        original = _int(d, "max_position_embeddings") if d.get("max_position_embeddings") is not None else None
+    if original is None or original <= 0:
+        raise ConfigError(f"rope_scaling.original_max_position_embeddings must be a positive integer, got {original!r}")
     factor = params.get("factor")
-    if factor is None:
-        if original is None or d.get("max_position_embeddings") is None:
+    if factor is None:  # the context it was stretched to over the one it was trained at
+        if d.get("max_position_embeddings") is None:
             raise ConfigError("rope_scaling.factor is missing")
-        factor = d["max_position_embeddings"] / original
-    if original is None:
-        raise ConfigError("rope_scaling.original_max_position_embeddings is missing")
-    if not factor > 0 or not math.isfinite(factor):
+        factor = _int(d, "max_position_embeddings") / original
+    if not _real(factor, "rope_scaling.factor") > 0:
         raise ConfigError(f"rope_scaling.factor must be positive, got {factor!r}")
+    if not isinstance(params.get("truncate", True), bool):
+        raise ConfigError(f"rope_scaling.truncate must be true or false, got {params['truncate']!r}")
+    attention_factor = params.get("attention_factor")
     return RopeParameters(
-        rope_theta=float(params["rope_theta"]),
+        rope_theta=theta,
         rope_type="yarn",
         factor=float(factor),
-        beta_fast=float(params.get("beta_fast") or 32.0),
-        beta_slow=float(params.get("beta_slow") or 1.0),
-        original_max_position_embeddings=int(original),
-        truncate=bool(params.get("truncate", True)),
-        attention_factor=params.get("attention_factor"),
+        beta_fast=_real(params.get("beta_fast") or 32.0, "rope_scaling.beta_fast"),
+        beta_slow=_real(params.get("beta_slow") or 1.0, "rope_scaling.beta_slow"),
+        original_max_position_embeddings=original,
+        truncate=params.get("truncate", True),
+        attention_factor=None if attention_factor is None else _real(attention_factor, "rope_scaling.attention_factor"),
     )

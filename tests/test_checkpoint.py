@@ -55,11 +55,29 @@ def test_aliases_and_defaults():
     ("layer_types", ["full_attention", "chunked"], "unknown type"),
     ("vocab_size", 0, "vocab_size must be a positive integer"),
     ("rope_scaling", {"rope_type": "longrope", "factor": 2.0}, "rope_type 'longrope' is not supported"),
+    ("rope_scaling", [1, 2], "rope_scaling must be an object"),
+    ("rope_scaling", {"rope_type": "yarn", "factor": "8"}, "rope_scaling.factor must be a number"),
+    ("rope_scaling", {"rope_type": "yarn", "factor": 8, "original_max_position_embeddings": 6.5},
+     "rope_scaling.original_max_position_embeddings must be an integer"),
+    ("rope_theta", 1, "rope_theta must be greater than 1"),
+    ("rms_norm_eps", "1e-5", "rms_norm_eps must be a number"),
+    ("attention_bias", 1, "attention_bias must be true or false"),
+    ("layer_types", 2, "layer_types must be a list"),
+    ("eos_token_id", [200002, "x"], "eos_token_id must be a token id"),
 ])
 def test_config_validation_names_the_field(field, value, message):
     d = synthetic.config_dict("tiny", **{field: value})
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         GptOssConfig.from_dict(d)
+
+
+def test_config_nulls_take_the_defaults_and_sizes_stay_bounded():
+    c = GptOssConfig.from_dict({**synthetic.config_dict("tiny"), "swiglu_limit": None, "rms_norm_eps": None})
+    assert (c.swiglu_limit, c.rms_norm_eps) == (7.0, 1e-5)
+    d = synthetic.config_dict("tiny")
+    del d["layer_types"]  # made from num_hidden_layers, which must not make us build a list of 10**20
+    with pytest.raises(ConfigError, match="num_hidden_layers = 100000000000000000000 is more than"):
+        GptOssConfig.from_dict({**d, "num_hidden_layers": 10**20})
 
 
 def test_missing_config_field(tiny):
@@ -167,3 +185,24 @@ def test_tensors_stay_memory_mapped_and_packed(tiny):
 def test_copy_of_checkpoint_loads(tiny, tmp_path):
     copy = shutil.copytree(tiny, tmp_path / "copy")
     assert gptoss_np.load(copy).config == gptoss_np.load(tiny).config
+
+
+@pytest.mark.parametrize("header", [
+    [1, 2],
+    {"t": {"dtype": "U8", "shape": [2], "data_offsets": ["0", "2"]}},
+    {"t": {"dtype": "U8", "shape": [-2], "data_offsets": [2, 0]}},
+    {"t": {"dtype": "U8", "shape": [2.0], "data_offsets": [0, 2]}},
+    {"t": {"dtype": "U8", "shape": [True, 2], "data_offsets": [0, 2]}},
+    {"t": {"dtype": "U8", "shape": [2**64, 2**64], "data_offsets": [0, 2]}},
+    {"t": {"dtype": "U8", "shape": [2], "data_offsets": [0]}},
+    {"t": {"dtype": "U8", "shape": 2, "data_offsets": [0, 2]}},
+    {"t": "U8"},
+])
+def test_malformed_safetensors_header_is_a_clear_error(tmp_path, header):
+    """Whatever the header's JSON holds, reading it raises SafetensorsError naming the file."""
+    from gptoss_np.safetensors_io import SafetensorsError
+    blob = json.dumps(header).encode()
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(len(blob).to_bytes(8, "little") + blob + bytes(8))
+    with pytest.raises(SafetensorsError, match="bad.safetensors: "):
+        SafetensorsFile(path)
