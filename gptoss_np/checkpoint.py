@@ -104,6 +104,8 @@ class Checkpoint:
                 weight_map = json.loads(index.read_text())["weight_map"]
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 raise CheckpointError(f"{index}: not a valid safetensors index ({e!r})") from None
+            if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+                raise CheckpointError(f"{index}: weight_map must map tensor names to file names")
             files = {name: self.folder / fname for name, fname in weight_map.items()}
         else:
             paths = sorted(self.folder.glob("*.safetensors"))

@@ -163,6 +163,14 @@ def test_index_names_a_missing_shard(tmp_path):
         gptoss_np.load(folder)
 
 
+@pytest.mark.parametrize("weight_map", [["model-00001-of-00002.safetensors"], {"model.norm.weight": 1}])
+def test_malformed_index_is_a_clear_error(tmp_path, weight_map):
+    folder = synthetic.write_checkpoint(tmp_path / "sharded", "tiny", shards=2)
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(CheckpointError, match="index.json: weight_map must map tensor names to file names"):
+        gptoss_np.load(folder)
+
+
 def test_sharded_equals_single(tmp_path):
     single = gptoss_np.load(synthetic.write_checkpoint(tmp_path / "one", "tiny", seed=4))
     sharded = gptoss_np.load(synthetic.write_checkpoint(tmp_path / "three", "tiny", seed=4, shards=3))
