@@ -3,8 +3,8 @@
 Modes:
   chat (the default, or --chat): the prompt becomes a user message in the harmony format; the
       reply streams with the reasoning (`analysis` channel) dimmed on a terminal, or hidden with
-      --hide-reasoning, and the answer (`final` channel) plain. Without --prompt: a multi-turn conversation, one user message
-      per line of stdin, until end of input.
+      --hide-reasoning, and the answer (`final` channel) plain. Without --prompt: a multi-turn
+      conversation, one user message per line of stdin, until end of input.
   --raw: the prompt is plain text, and its continuation streams as it is.
 
 Without --model the embedded tiny model runs (see embedded.py): random weights, gibberish text.
@@ -30,7 +30,7 @@ from . import __version__, embedded, harmony, hub
 from .config import GptOssConfig
 from .generate import PromptCache
 from .model import GptOss, load
-from .tokenizer import VOCAB_SIZE, Tokenizer
+from .tokenizer import Tokenizer
 
 PROG = "gptoss-generate"
 DIM, RESET = "\x1b[2m", "\x1b[0m"
@@ -102,16 +102,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ---------------------------------------------------------------------------- model and tokenizer
-
-def load_tokenizer(folder: Path, config: GptOssConfig) -> Tokenizer:
-    """The checkpoint's tokenizer.json, else o200k_harmony when the vocabulary is gpt-oss's."""
-    if (folder / "tokenizer.json").is_file():
-        return Tokenizer.from_pretrained(folder)
-    if config.vocab_size != VOCAB_SIZE:
-        raise CliError(f"{folder} has no tokenizer.json, and its vocab_size {config.vocab_size} is not "
-                       f"o200k_harmony's {VOCAB_SIZE}: add the tokenizer.json that belongs to the checkpoint")
-    return Tokenizer.o200k_harmony()
-
 
 def stop_ids(folder: Path, config: GptOssConfig, tokenizer: Tokenizer, chat: bool) -> frozenset[int]:
     """Ids that end a reply: generation_config.json's eos_token_id, else config.json's, else
@@ -448,7 +438,7 @@ def _generate(args: argparse.Namespace) -> int:
         raise CliError("--hide-reasoning is for chat; --raw shows the continuation as it is")
     folder = _checkpoint_folder(args.model)
     config = GptOssConfig.from_file(folder / "config.json")
-    tokenizer = load_tokenizer(folder, config)
+    tokenizer = Tokenizer.from_pretrained(folder)
     chat = not args.raw
     if chat:
         _check_harmony(tokenizer, folder)

@@ -1,6 +1,7 @@
 """The o200k_harmony tokenizer of gpt-oss, on top of Hugging Face `tokenizers`.
 
-`Tokenizer.from_pretrained(folder)` loads the `tokenizer.json` that checkpoints ship (a hub id works too).
+`Tokenizer.from_pretrained(folder)` loads the `tokenizer.json` that checkpoints ship (a hub id works too;
+without one, a checkpoint with gpt-oss's vocabulary gets o200k_harmony).
 `Tokenizer.o200k_harmony()` builds the same vocabulary offline from the o200k_base ranks
 in the `bpe-openai` package (a byte-level BPE whose merges are derived from the ranks),
 adds the harmony special tokens and caches the result as a `tokenizer.json`.
@@ -21,6 +22,7 @@ import tokenizers
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 
 from . import hub
+from .config import GptOssConfig
 
 VOCAB_SIZE = 201088
 FIRST_SPECIAL_ID = 199998
@@ -166,10 +168,22 @@ class Tokenizer:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> "Tokenizer":
         """Load `path` itself if it names a .json file, else the `tokenizer.json` of the checkpoint that
-        `path` names: a folder, or a hub id (`openai/gpt-oss-20b`) in the local Hugging Face cache (hub.py)."""
+        `path` names: a folder, or a hub id (`openai/gpt-oss-20b`) in the local Hugging Face cache (hub.py).
+
+        A checkpoint without a tokenizer.json whose config.json has gpt-oss's vocabulary (201088 ids) gets
+        `o200k_harmony()`, the tokenizer that the gpt-oss checkpoints ship."""
         file = Path(path).expanduser()
-        if file.suffix != ".json":
-            file = hub.resolve(path) / "tokenizer.json"
+        if file.suffix == ".json":
+            return cls(_read_tokenizer_json(file))
+        folder = hub.resolve(path)
+        file = folder / "tokenizer.json"
+        if not file.is_file() and (folder / "config.json").is_file():
+            vocab_size = GptOssConfig.from_file(folder / "config.json").vocab_size
+            if vocab_size != VOCAB_SIZE:
+                raise FileNotFoundError(f"{folder} has no tokenizer.json, and its vocab_size {vocab_size} is not "
+                                        f"o200k_harmony's {VOCAB_SIZE}: add the tokenizer.json that belongs to "
+                                        f"the checkpoint")
+            return cls.o200k_harmony()
         return cls(_read_tokenizer_json(file))
 
     @classmethod

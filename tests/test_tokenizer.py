@@ -240,6 +240,19 @@ def test_from_pretrained_reads_a_saved_tokenizer_json(tok, oracle, tmp_path):
         assert loaded.decode(ids) == text
 
 
+def test_from_pretrained_without_tokenizer_json_takes_o200k_harmony_for_gpt_oss_vocabularies(tok, tmp_path):
+    """A checkpoint folder without tokenizer.json (weights downloaded alone) gets the built-in
+    o200k_harmony when its config.json has gpt-oss's 201088 ids; another vocabulary is an error that
+    names the folder and both sizes."""
+    from gptoss_np import synthetic
+    (tmp_path / "config.json").write_text(json.dumps(synthetic.config_dict("gpt-oss-20b")))
+    loaded = Tokenizer.from_pretrained(tmp_path)
+    assert loaded.hf.to_str() == tok.hf.to_str()
+    (tmp_path / "config.json").write_text(json.dumps(synthetic.config_dict("tiny")))
+    with pytest.raises(FileNotFoundError, match=rf"{tmp_path} has no tokenizer.json, .* 512 .* 201088"):
+        Tokenizer.from_pretrained(tmp_path)
+
+
 def test_from_pretrained_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="tokenizer.json"):
         Tokenizer.from_pretrained(tmp_path)
