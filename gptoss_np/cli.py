@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import math
 import os
@@ -26,7 +27,7 @@ from typing import Callable, Iterator, Sequence, TextIO
 
 from numba.core import event
 
-from . import __version__, embedded, harmony, hub
+from . import __version__, backend, embedded, harmony, hub
 from .config import GptOssConfig
 from .generate import PromptCache
 from .model import GptOss, load
@@ -143,15 +144,26 @@ def _checkpoint_folder(spec: str | None) -> Path:
 
 
 def _load_model(folder: Path, device: str) -> GptOss:
-    """The model on `device`; a progress bar (for big checkpoints) only on a terminal."""
+    """The model on `device`; a progress bar (for big checkpoints) only on a terminal. For --device auto,
+    a note names the GPU it chose, or says why it could not use one when CuPy is installed (without
+    CuPy, the CPU is what was asked for, and nothing is said)."""
     try:
-        return load(folder, device=device, progress=None if sys.stderr.isatty() else False)
+        model = load(folder, device=device, progress=None if sys.stderr.isatty() else False)
     except (RuntimeError, ImportError) as error:  # NotImplementedError, CUDA errors, no CuPy
         if device == "cpu":
             raise
         raise CliError(f"--device {device} is not available: {error}") from None
     except MemoryError as error:  # the weights do not fit (the CUDA backend checks before loading)
         raise CliError(f"--device {device}: {error}") from None
+    if device == "auto" and model.ops.name == "cuda":
+        _note(f"running on the GPU, {model.ops.device_name}")
+    elif device == "auto" and cupy_installed():
+        _note(f"running on the CPU: {backend.cuda_unusable_reason()}")
+    return model
+
+
+def cupy_installed() -> bool:
+    return importlib.util.find_spec("cupy") is not None
 
 
 def _note(text: str) -> None:

@@ -296,6 +296,22 @@ def test_harmony_printer_shows_non_harmony_output_raw(harmony_tokenizer, words):
 
 # ------------------------------------------------------------------------------ other checkpoints
 
+def test_device_auto_says_why_not_the_gpu_when_cupy_is_installed(capsys, small_checkpoint, monkeypatch):
+    """--device auto on the CPU says nothing when CuPy is absent (the CPU is what was installed for),
+    and says why not the GPU when CuPy is there but cannot run."""
+    args = ("--model", str(small_checkpoint), "--raw", "--prompt", "hi", "--max-new-tokens", "1")
+    monkeypatch.setattr(cli, "cupy_installed", lambda: False)
+    code, _, err = run_cli(capsys, *args)
+    assert code == 0 and "running on" not in err
+    monkeypatch.setattr(cli, "cupy_installed", lambda: True)
+    monkeypatch.setattr(backend, "cuda_unusable_reason", lambda: "no usable CUDA device (a test's reason)")
+    code, _, err = run_cli(capsys, *args)
+    assert code == 0
+    assert err.splitlines()[0] == "gptoss-generate: running on the CPU: no usable CUDA device (a test's reason)"
+    code, _, err = run_cli(capsys, *args, "--device", "cpu")
+    assert code == 0 and "running on" not in err
+
+
 def test_small_vocabulary_without_tokenizer_is_a_clear_error(capsys, bare_checkpoint):
     code, out, err = run_cli(capsys, "--model", str(bare_checkpoint), "--raw", "--prompt", "hi")
     assert_one_error_line(code, out, err, "tokenizer.json", "201088", "512")
