@@ -9,7 +9,8 @@ Modes:
 
 Without --model the embedded tiny model runs (see embedded.py): random weights, gibberish text.
 Generated text goes to stdout; notices and a one-line speed summary per reply go to stderr.
-Every error is one line on stderr and exit code 2; Ctrl-C stops a reply with exit code 130.
+Every error is one line on stderr and exit code 2; Ctrl-C stops a reply with exit code 130 (in an
+interactive chat on a terminal it stops the reply and the chat goes on).
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "in the local Hugging Face cache (never downloaded); default: the embedded "
                              "tiny random model")
     parser.add_argument("--prompt", help="the user message (chat) or the text to continue (--raw); "
-                                         "without it, chat reads one message per line of stdin")
+                                         "without it, chat reads one message per line of stdin "
+                                         "('\"\"\"' lines around one of several lines)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--chat", action="store_true", help="harmony chat format (the default)")
     mode.add_argument("--raw", action="store_true", help="no chat template: continue --prompt as plain text")
@@ -412,25 +414,52 @@ class Runner:
         return printer.messages, finished
 
     def conversation(self) -> int:
-        """Chat with one user message per line of stdin until its end; the exit code."""
+        """Chat with one user message per line of stdin (or per block of lines between two MULTILINE
+        lines) until its end; the exit code. On a terminal, Ctrl-C stops a reply and the conversation goes
+        on without it; elsewhere it ends the conversation."""
         interactive = sys.stdin.isatty()
         if interactive:
-            _note("type a message and press Enter; Ctrl-D ends the conversation")
+            _note(f"type a message and press Enter ({MULTILINE} on a line of its own starts and ends a message of "
+                  f"several lines); Ctrl-C stops a reply, Ctrl-D ends the conversation")
         history: list[dict] = []
         while True:
             try:
-                line = input(">>> " if interactive else "")
+                message = read_message(">>> " if interactive else "", "... " if interactive else "")
             except EOFError:
                 if interactive:
                     print(file=sys.stderr)
                 return 0
-            if not line.strip():
+            if not message.strip():
                 continue
-            history.append({"role": "user", "content": line})
+            history.append({"role": "user", "content": message})
             messages, finished = self.reply(history)
-            history += messages
-            if not finished:
+            if finished:
+                history += messages
+            elif interactive:
+                _note("reply stopped; it is left out of the conversation")
+            else:
                 return 130
+
+
+MULTILINE = '"""'
+
+
+def read_message(prompt: str, more: str) -> str:
+    """One user message from stdin: a line, or the lines between two lines that are MULTILINE (EOFError
+    at the end of input; an unclosed block ends there)."""
+    line = input(prompt)
+    if line.strip() != MULTILINE:
+        return line
+    lines = []
+    while True:
+        try:
+            line = input(more)
+        except EOFError:
+            break
+        if line.strip() == MULTILINE:
+            break
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def _check_harmony(tokenizer: Tokenizer, folder: Path) -> None:

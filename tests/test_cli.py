@@ -183,6 +183,54 @@ def test_chat_conversation_from_a_pipe_keeps_history(capsys, monkeypatch):
     assert re.findall(r"prompt (\d+) tokens \((\d+) cached\)", err) == [(str(turns[1][0]), str(turns[0][0] - 1))]
 
 
+def recorded_conversations(monkeypatch) -> list[list[dict]]:
+    """The user and assistant messages of each chat prompt the CLI renders."""
+    seen, render = [], harmony.render_conversation
+
+    def recording(messages, **kwargs):
+        seen.append([dict(m) for m in messages])
+        return render(messages, **kwargs)
+    monkeypatch.setattr(cli.harmony, "render_conversation", recording)
+    return seen
+
+
+def test_a_message_of_several_lines_goes_between_triple_quotes(capsys, monkeypatch):
+    seen = recorded_conversations(monkeypatch)
+    monkeypatch.setattr(sys, "stdin", io.StringIO('one line\n"""\nfirst\n\n  second\n"""\n"""\nunclosed\n'))
+    code, _, err = run_cli(capsys, "--chat", "--max-new-tokens", "2", "--seed", "0")
+    assert code == 0
+    assert [[m["content"] for m in turn if m["role"] == "user"] for turn in seen] == [
+        ["one line"], ["one line", "first\n\n  second"], ["one line", "first\n\n  second", "unclosed"]]
+
+
+def test_ctrl_c_on_a_terminal_stops_the_reply_and_the_conversation_goes_on(capsys, monkeypatch):
+    """Interactive chat: Ctrl-C during the first reply (here after two tokens) drops that reply; the
+    second prompt holds both user messages and no reply, and still reuses the KV cache."""
+    class TerminalInput(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+    seen = recorded_conversations(monkeypatch)
+    generate, calls = GptOss.generate, []
+
+    def interrupted_once(self, *args, **kwargs):
+        calls.append(1)
+        for n, token in enumerate(generate(self, *args, **kwargs)):
+            if len(calls) == 1 and n == 2:
+                raise KeyboardInterrupt
+            yield token
+    monkeypatch.setattr(GptOss, "generate", interrupted_once)
+    monkeypatch.setattr(sys, "stdin", TerminalInput("first\nsecond\n"))
+    code, _, err = run_cli(capsys, "--chat", "--max-new-tokens", "4", "--seed", "0")
+    assert code == 0
+    assert [s[2] for s in summaries(err)] == ["interrupted", "max-new-tokens"]
+    assert "reply stopped; it is left out of the conversation" in err
+    assert [[(m["role"], m["content"]) for m in turn] for turn in seen] == [
+        [("user", "first")], [("user", "first"), ("user", "second")]]
+    first = len(harmony.render_conversation(seen[0], conversation_start_date=datetime.date.today().isoformat(),
+                                            tokenizer=Tokenizer.o200k_harmony()))
+    assert re.findall(r"\((\d+) cached\)", err) == [str(first - 1)]
+
+
 def test_ctrl_c_prints_the_summary_and_exits_130(capsys, monkeypatch, harmony_tokenizer):
     ids = harmony_tokenizer.encode(" one two three")
 
