@@ -1,10 +1,13 @@
 """A Hugging Face gpt-oss checkpoint folder: config.json plus one or more safetensors files.
 
 This module owns every tensor name. `expected_tensors` is the one weight-name map: what the engine
-reads, with shapes and dtypes. `Checkpoint` opens a folder (single file, or sharded with
-`model.safetensors.index.json`), checks every expected tensor before anything is computed, and hands
-out tensors lazily from memory maps. MXFP4 experts stay packed: `*_blocks` uint8 [E, rows, K/32, 16]
-and `*_scales` uint8 [E, rows, K/32], rows being output features and K the input features.
+reads, with shapes and dtypes, in Hugging Face's names or in those of OpenAI's original format (a
+repository's `original/` folder: the same tensors renamed, q, k and v fused into one qkv tensor, the
+norms in float32), which `Checkpoint` tells apart by the name of the embedding. `Checkpoint` opens a
+folder (single file, or sharded with `model.safetensors.index.json`), checks every expected tensor
+before anything is computed, and hands out tensors lazily from memory maps. MXFP4 experts stay packed:
+`*_blocks` uint8 [E, rows, K/32, 16] and `*_scales` uint8 [E, rows, K/32], rows being output features
+and K the input features.
 """
 
 from __future__ import annotations
@@ -44,37 +47,54 @@ LAYER_TENSORS = {
 }
 EMBED, FINAL_NORM, LM_HEAD = "model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"
 
+# OpenAI's original format: short name -> name after "block.{i}."; q, k and v (and their biases) are
+# row ranges of one "qkv" tensor, in that order (as transformers' converter splits them)
+ORIGINAL_LAYER_TENSORS = {
+    "attn_norm": "attn.norm.scale", "qkv": "attn.qkv.weight", "qkv_bias": "attn.qkv.bias",
+    "o": "attn.out.weight", "o_bias": "attn.out.bias", "sinks": "attn.sinks",
+    "mlp_norm": "mlp.norm.scale", "router": "mlp.gate.weight", "router_bias": "mlp.gate.bias",
+    "gate_up_blocks": "mlp.mlp1_weight.blocks", "gate_up_scales": "mlp.mlp1_weight.scales",
+    "gate_up_bias": "mlp.mlp1_bias",
+    "down_blocks": "mlp.mlp2_weight.blocks", "down_scales": "mlp.mlp2_weight.scales", "down_bias": "mlp.mlp2_bias",
+}
+ORIGINAL_NAMES = {EMBED: "embedding.weight", FINAL_NORM: "norm.scale", LM_HEAD: "unembedding.weight"}
 
-def layer_tensor_name(layer: int, short: str) -> str:
-    return f"model.layers.{layer}.{LAYER_TENSORS[short]}"
+
+def layer_tensor_name(layer: int, short: str, original: bool = False) -> str:
+    return f"block.{layer}.{ORIGINAL_LAYER_TENSORS[short]}" if original else \
+        f"model.layers.{layer}.{LAYER_TENSORS[short]}"
 
 
-def _layer_shapes(c: GptOssConfig) -> dict[str, tuple[int, ...]]:
+def _layer_shapes(c: GptOssConfig, original: bool = False) -> dict[str, tuple[int, ...]]:
     D, Dh, E, I = c.hidden_size, c.head_dim, c.num_local_experts, c.intermediate_size
     q, kv = c.num_attention_heads * Dh, c.num_key_value_heads * Dh
+    attention = {"qkv": (q + 2 * kv, D), "qkv_bias": (q + 2 * kv,)} if original else \
+        {"q": (q, D), "q_bias": (q,), "k": (kv, D), "k_bias": (kv,), "v": (kv, D), "v_bias": (kv,)}
     shapes = {
-        "attn_norm": (D,), "q": (q, D), "q_bias": (q,), "k": (kv, D), "k_bias": (kv,),
-        "v": (kv, D), "v_bias": (kv,), "o": (D, q), "o_bias": (D,), "sinks": (c.num_attention_heads,),
+        "attn_norm": (D,), **attention, "o": (D, q), "o_bias": (D,), "sinks": (c.num_attention_heads,),
         "mlp_norm": (D,), "router": (E, D), "router_bias": (E,),
         "gate_up_blocks": (E, 2 * I, D // 32, 16), "gate_up_scales": (E, 2 * I, D // 32), "gate_up_bias": (E, 2 * I),
         "down_blocks": (E, D, I // 32, 16), "down_scales": (E, D, I // 32), "down_bias": (E, D),
     }
     if not c.attention_bias:
-        for short in ("q_bias", "k_bias", "v_bias", "o_bias"):
-            del shapes[short]
+        for short in ("q_bias", "k_bias", "v_bias", "qkv_bias", "o_bias"):
+            shapes.pop(short, None)
     return shapes
 
 
-def expected_tensors(c: GptOssConfig) -> dict[str, tuple[tuple[int, ...], tuple[str, ...]]]:
-    """Every tensor the engine reads: name -> (shape, accepted safetensors dtypes)."""
+def expected_tensors(c: GptOssConfig, original: bool = False) -> dict[str, tuple[tuple[int, ...], tuple[str, ...]]]:
+    """Every tensor the engine reads: name -> (shape, accepted safetensors dtypes), in Hugging Face's
+    names or (`original`) in those of OpenAI's original format."""
     V, D = c.vocab_size, c.hidden_size
     names = {EMBED: ((V, D), FLOAT), FINAL_NORM: ((D,), FLOAT)}
     if not c.tie_word_embeddings:
         names[LM_HEAD] = ((V, D), FLOAT)
+    if original:
+        names = {ORIGINAL_NAMES[name]: spec for name, spec in names.items()}
     for i in range(c.num_hidden_layers):
-        for short, shape in _layer_shapes(c).items():
+        for short, shape in _layer_shapes(c, original).items():
             packed = short.endswith(("_blocks", "_scales"))
-            names[layer_tensor_name(i, short)] = (shape, PACKED if packed else FLOAT)
+            names[layer_tensor_name(i, short, original)] = (shape, PACKED if packed else FLOAT)
     return names
 
 
@@ -91,6 +111,7 @@ class Checkpoint:
             raise FileNotFoundError(f"checkpoint folder {self.folder} does not exist")
         self.config = GptOssConfig.from_file(self.folder / "config.json")
         self._files = self._open_files()
+        self.original = ORIGINAL_NAMES[EMBED] in self._files and EMBED not in self._files  # OpenAI's format
         files = {id(f): f for f in self._files.values()}.values()
         self.nbytes = sum(info.end - info.begin for f in files for info in f.tensors.values())
         self._validate()
@@ -123,7 +144,7 @@ class Checkpoint:
         return where
 
     def _validate(self) -> None:
-        for name, (shape, dtypes) in expected_tensors(self.config).items():
+        for name, (shape, dtypes) in expected_tensors(self.config, self.original).items():
             f = self._files.get(name)
             if f is None:
                 raise CheckpointError(f"{self.folder}: tensor {name!r} is missing from the checkpoint")
@@ -136,13 +157,23 @@ class Checkpoint:
                                       f"expected {' or '.join(dtypes)}")
 
     def tensor(self, name: str) -> np.ndarray:
+        """The tensor `name` (in OpenAI's format, EMBED, FINAL_NORM and LM_HEAD read their own names)."""
+        name = ORIGINAL_NAMES.get(name, name) if self.original else name
         f = self._files[name]
         array = f.get(name)
         return array.astype(np.float32) if f.tensors[name].dtype == "F16" else array
 
     def layer(self, i: int) -> dict[str, np.ndarray]:
         """Layer i's tensors by short name (see LAYER_TENSORS)."""
-        return {short: self.tensor(layer_tensor_name(i, short)) for short in _layer_shapes(self.config)}
+        t = {short: self.tensor(layer_tensor_name(i, short, self.original))
+             for short in _layer_shapes(self.config, self.original)}
+        if self.original:  # q, k, v: row ranges of the fused tensor (views of its memory map)
+            c = self.config
+            q, kv = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
+            for suffix in ("", "_bias") if "qkv_bias" in t else ("",):
+                fused = t.pop("qkv" + suffix)
+                t["q" + suffix], t["k" + suffix], t["v" + suffix] = fused[:q], fused[q:q + kv], fused[q + kv:]
+        return t
 
 
 def _opened(path: Path, cache: dict[Path, SafetensorsFile]) -> SafetensorsFile:

@@ -5,7 +5,10 @@
 - RoPE comes either as `rope_theta` + `rope_scaling` (the released gpt-oss-20b file) or as
   `rope_parameters` with `rope_theta` inside (newer transformers);
 - a missing `layer_types` means alternating sliding / full attention, sliding first;
-- missing RoPE scaling means gpt-oss's YaRN (factor 32 over 4096 positions), as in transformers.
+- missing RoPE scaling means gpt-oss's YaRN (factor 32 over 4096 positions), as in transformers;
+- the config.json of OpenAI's original format (a Hugging Face repository's `original/` folder: `num_experts`,
+  `rope_scaling_factor`, `rope_ntk_alpha`, `rope_ntk_beta`, `initial_context_length`) is translated as
+  openai/gpt-oss's reference model reads it (`from_openai_format`).
 Unknown keys are ignored.
 """
 
@@ -88,7 +91,7 @@ class GptOssConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "GptOssConfig":
-        d = dict(d)
+        d = from_openai_format(d) if is_openai_format(d) else dict(d)
         if "num_experts_per_tok" not in d and "experts_per_token" in d:
             d["num_experts_per_tok"] = d["experts_per_token"]
         if d.get("head_dim") is None and "hidden_size" in d and "num_attention_heads" in d:
@@ -110,10 +113,7 @@ class GptOssConfig:
         fields = {f.name: f for f in dataclasses.fields(cls)}
         missing = [name for name, f in fields.items() if f.default is dataclasses.MISSING and d.get(name) is None]
         if missing:
-            hint = ("; this is the config of OpenAI's original format (a Hugging Face repository's original/ "
-                    "folder): give the folder that holds model.safetensors.index.json"
-                    if "num_experts" in d and "model_type" not in d else "")
-            raise ConfigError(f"missing field(s) {', '.join(missing)}{hint}")
+            raise ConfigError(f"missing field(s) {', '.join(missing)}")
         config = cls(**{k: v for k, v in d.items() if k in fields and v is not None})  # null: the default
         config._validate()
         return config
@@ -159,6 +159,32 @@ class GptOssConfig:
             raise ConfigError(f"rms_norm_eps must be positive, got {self.rms_norm_eps!r}")
         if not self.swiglu_limit > 0:
             raise ConfigError(f"swiglu_limit must be positive, got {self.swiglu_limit!r}")
+
+
+def is_openai_format(d: dict) -> bool:
+    """Whether config.json is OpenAI's original format rather than Hugging Face's."""
+    return "num_experts" in d and "num_local_experts" not in d and "model_type" not in d
+
+
+def from_openai_format(d: dict) -> dict:
+    """OpenAI's original config.json with Hugging Face names, read as openai/gpt-oss's reference model
+    reads it: YaRN from `rope_scaling_factor` (plain RoPE at 1 or less) over `initial_context_length`
+    positions, its beta_fast = `rope_ntk_beta` and beta_slow = `rope_ntk_alpha`, no truncation; sliding
+    attention on even layers. The file names no context length: `max_position_embeddings` is the
+    stretched one, initial_context_length x factor (131072 for gpt-oss, transformers' value)."""
+    d = dict(d)
+    d["num_local_experts"] = d.pop("num_experts")
+    initial = d.get("initial_context_length", 4096)
+    factor = _real(d.pop("rope_scaling_factor", 1.0), "rope_scaling_factor")
+    if factor > 1:
+        d["rope_scaling"] = {"rope_type": "yarn", "factor": factor, "truncate": False,
+                             "beta_fast": d.pop("rope_ntk_beta", 32.0), "beta_slow": d.pop("rope_ntk_alpha", 1.0),
+                             "original_max_position_embeddings": initial}
+    else:
+        d["rope_scaling"] = {"rope_type": "default"}
+    if d.get("max_position_embeddings") is None and isinstance(initial, int):
+        d["max_position_embeddings"] = round(initial * max(factor, 1.0))
+    return d
 
 
 def _int(d: dict, name: str, prefix: str = "") -> int:

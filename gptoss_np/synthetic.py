@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .checkpoint import EMBED, INDEX_FILE, LM_HEAD, expected_tensors
+from .checkpoint import (EMBED, FINAL_NORM, INDEX_FILE, LM_HEAD, ORIGINAL_NAMES, Checkpoint, expected_tensors,
+                         layer_tensor_name)
 from .config import GptOssConfig
-from .kernels.bf16 import f32_to_bf16
+from .kernels.bf16 import bf16_to_f32, f32_to_bf16
 from .safetensors_io import write
 
 _GPT_OSS_20B = {
@@ -119,6 +120,52 @@ def write_checkpoint(folder: str | Path, config: dict | str = "tiny", *, seed: i
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (folder / INDEX_FILE).write_text(json.dumps(index, indent=2))
     return folder
+
+
+def write_original(folder: str | Path, hf_folder: str | Path) -> Path:
+    """Write the checkpoint in `hf_folder` into `folder` in OpenAI's original format, as a Hugging Face
+    repository's `original/` folder holds it (transformers' converter read backwards): config.json in
+    OpenAI's names, one model.safetensors with q, k and v fused into qkv and the norms in float32.
+    The format has no field for what gpt-oss does not vary (ValueError)."""
+    source = Checkpoint(hf_folder)
+    c, r = source.config, source.config.rope_parameters
+    alternating = c.layer_types == tuple("sliding_attention" if i % 2 == 0 else "full_attention"
+                                         for i in range(c.num_hidden_layers))
+    if not (alternating and c.attention_bias and not c.tie_word_embeddings and r.rope_type == "yarn"
+            and not r.truncate and r.attention_factor is None):
+        raise ValueError("OpenAI's format holds only alternating layers, biases, an untied lm_head and "
+                         "untruncated YaRN")
+    config = {"num_hidden_layers": c.num_hidden_layers, "num_experts": c.num_local_experts,
+              "experts_per_token": c.num_experts_per_tok, "vocab_size": c.vocab_size, "hidden_size": c.hidden_size,
+              "intermediate_size": c.intermediate_size, "swiglu_limit": c.swiglu_limit, "head_dim": c.head_dim,
+              "num_attention_heads": c.num_attention_heads, "num_key_value_heads": c.num_key_value_heads,
+              "sliding_window": c.sliding_window, "initial_context_length": r.original_max_position_embeddings,
+              "rope_theta": r.rope_theta, "rope_scaling_factor": r.factor, "rope_ntk_alpha": r.beta_slow,
+              "rope_ntk_beta": r.beta_fast}
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    tensors = {}
+    for name in (EMBED, FINAL_NORM, LM_HEAD):
+        tensors[ORIGINAL_NAMES[name]] = _stored(source, name)
+    for i in range(c.num_hidden_layers):
+        t = {short: _stored(source, layer_tensor_name(i, short)) for short in source.layer(i)}
+        for suffix in ("", "_bias"):
+            t["qkv" + suffix] = ("BF16", np.concatenate([t.pop(part + suffix)[1] for part in "qkv"]))
+        for short, value in t.items():
+            tensors[layer_tensor_name(i, short, original=True)] = value
+    write(folder / "model.safetensors", tensors)
+    return folder
+
+
+def _stored(checkpoint: Checkpoint, name: str) -> tuple[str, np.ndarray]:
+    """(dtype, bits) of a tensor as OpenAI's format stores it: norms as float32, the rest as they are."""
+    array = checkpoint.tensor(name)
+    if array.dtype == np.uint8:
+        return "U8", array
+    if name.endswith("norm.weight"):
+        return "F32", bf16_to_f32(array) if array.dtype == np.uint16 else array
+    return "BF16", array if array.dtype == np.uint16 else f32_to_bf16(array)
 
 
 def _generation_config(c: GptOssConfig) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import mmap
 import shutil
@@ -12,7 +13,7 @@ import pytest
 import gptoss_np
 from gptoss_np import synthetic
 from gptoss_np.checkpoint import Checkpoint, CheckpointError
-from gptoss_np.config import ConfigError, GptOssConfig
+from gptoss_np.config import ConfigError, GptOssConfig, RopeParameters
 from gptoss_np.safetensors_io import SafetensorsFile, write
 
 
@@ -88,16 +89,36 @@ def test_missing_config_field(tiny):
         gptoss_np.load(tiny)
 
 
-def test_openais_original_format_is_named(tmp_path):
-    """The config.json of a repository's original/ folder (OpenAI's own format) says where to look."""
-    original = {"num_hidden_layers": 24, "num_experts": 32, "experts_per_token": 4, "vocab_size": 201088,
-                "hidden_size": 2880, "intermediate_size": 2880, "swiglu_limit": 7.0, "head_dim": 64,
-                "num_attention_heads": 64, "num_key_value_heads": 8, "sliding_window": 128,
-                "initial_context_length": 4096, "rope_theta": 150000, "rope_scaling_factor": 32.0,
-                "rope_ntk_alpha": 1, "rope_ntk_beta": 32}
-    (tmp_path / "config.json").write_text(json.dumps(original))
-    with pytest.raises(ConfigError, match="num_local_experts; this is the config of OpenAI's original format"):
-        gptoss_np.load(tmp_path)
+OPENAI_20B = {"num_hidden_layers": 24, "num_experts": 32, "experts_per_token": 4, "vocab_size": 201088,
+              "hidden_size": 2880, "intermediate_size": 2880, "swiglu_limit": 7.0, "head_dim": 64,
+              "num_attention_heads": 64, "num_key_value_heads": 8, "sliding_window": 128,
+              "initial_context_length": 4096, "rope_theta": 150000, "rope_scaling_factor": 32.0,
+              "rope_ntk_alpha": 1, "rope_ntk_beta": 32}  # gpt-oss-20b's original/config.json
+
+
+def test_openais_original_config_reads_as_the_hugging_face_one():
+    """original/config.json of gpt-oss-20b gives the model of its Hugging Face config.json (which names
+    the token ids the original leaves out); a scaling factor of 1 or less is plain RoPE."""
+    hf = GptOssConfig.from_dict(synthetic.config_dict("gpt-oss-20b"))
+    original = GptOssConfig.from_dict(OPENAI_20B)
+    assert original == dataclasses.replace(hf, eos_token_id=None, pad_token_id=None)
+    plain = GptOssConfig.from_dict({**OPENAI_20B, "rope_scaling_factor": 1.0})
+    assert plain.rope_parameters == RopeParameters(rope_theta=150000.0) and plain.max_position_embeddings == 4096
+
+
+def test_openais_original_format_errors_name_its_tensors(tiny, tmp_path):
+    folder = synthetic.write_original(tmp_path / "original", tiny)
+    f = SafetensorsFile(folder / "model.safetensors")
+    # copies, not views of the memory map: the file is rewritten
+    tensors = {name: (info.dtype, np.array(f.get(name))) for name, info in f.tensors.items()}
+    qkv = tensors.pop("block.1.attn.qkv.weight")
+    write(folder / "model.safetensors", {**tensors, "block.1.attn.qkv.weight": ("BF16", qkv[1][:-1])})
+    with pytest.raises(CheckpointError, match=r"'block.1.attn.qkv.weight' has shape \[127, 64\], config.json "
+                                              r"implies \[128, 64\]"):
+        gptoss_np.load(folder)
+    write(folder / "model.safetensors", tensors)
+    with pytest.raises(CheckpointError, match="'block.1.attn.qkv.weight' is missing"):
+        gptoss_np.load(folder)
 
 
 def test_missing_folder(tmp_path):

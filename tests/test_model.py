@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import gptoss_np
+from gptoss_np import synthetic
 from conftest import CHECKPOINTS, hf_logits, rel_err
 from gptoss_np.cache import KVCache
 
@@ -28,6 +29,21 @@ def test_logits_match_transformers(name, checkpoint_dir, hf_model, monkeypatch):
     ref = hf_logits(hf_model(folder), ids)
     assert rel_err(ours, ref) <= TOL
     assert ref.std() > 0.5  # the synthetic weights give logits with a real spread
+
+
+def test_openais_original_format_matches_transformers(checkpoint_dir, hf_model, tmp_path):
+    """The tiny checkpoint rewritten in OpenAI's original format (names, fused qkv, float32 norms, OpenAI's
+    config.json): its logits and greedy continuation are transformers' on the Hugging Face files."""
+    import torch
+    folder = checkpoint_dir("tiny")
+    model = gptoss_np.load(synthetic.write_original(tmp_path / "original", folder))
+    ids = prompt(model, 100, seed=5)
+    hf = hf_model(folder)
+    assert rel_err(model.logits(ids), hf_logits(hf, ids)) <= TOL
+    with torch.no_grad():
+        out = hf.generate(torch.tensor(ids[:30])[None], max_new_tokens=10, do_sample=False, eos_token_id=None,
+                          pad_token_id=0)
+    assert list(model.generate(ids[:30], 10)) == out[0, 30:].tolist()
 
 
 @pytest.mark.parametrize("name", ["tiny", "gqa4_sharded"])

@@ -248,6 +248,12 @@ def test_from_pretrained_without_tokenizer_json_takes_o200k_harmony_for_gpt_oss_
     (tmp_path / "config.json").write_text(json.dumps(synthetic.config_dict("gpt-oss-20b")))
     loaded = Tokenizer.from_pretrained(tmp_path)
     assert loaded.hf.to_str() == tok.hf.to_str()
+    original = {"num_hidden_layers": 24, "num_experts": 32, "experts_per_token": 4, "vocab_size": 201088,
+                "hidden_size": 2880, "intermediate_size": 2880, "head_dim": 64, "num_attention_heads": 64,
+                "num_key_value_heads": 8, "sliding_window": 128, "initial_context_length": 4096,
+                "rope_theta": 150000, "rope_scaling_factor": 32.0, "rope_ntk_alpha": 1, "rope_ntk_beta": 32}
+    (tmp_path / "config.json").write_text(json.dumps(original))  # OpenAI's original/ folder: no tokenizer.json
+    assert Tokenizer.from_pretrained(tmp_path).hf.to_str() == tok.hf.to_str()
     (tmp_path / "config.json").write_text(json.dumps(synthetic.config_dict("tiny")))
     with pytest.raises(FileNotFoundError, match=rf"{tmp_path} has no tokenizer.json, .* 512 .* 201088"):
         Tokenizer.from_pretrained(tmp_path)
