@@ -26,8 +26,17 @@ def cache_folder() -> Path:
 def resolve(spec: str | os.PathLike) -> Path:
     """The checkpoint folder that `spec` names: a folder as it is, or for a hub id `org/name` that
     is not a folder here, its snapshot in `cache_folder()`: `models--org--name/snapshots/<rev>`, `<rev>`
-    read from `refs/main` (or the only snapshot). FileNotFoundError, saying where it looked, if
-    neither exists; NotADirectoryError if `spec` is a file."""
+    read from `refs/main` (or the only snapshot). A folder that holds only OpenAI's original format in
+    `original/` (`hf download openai/gpt-oss-20b --include "original/*"`) resolves to that subfolder.
+    FileNotFoundError, saying where it looked, if neither exists; NotADirectoryError if `spec` is a file."""
+    folder = _folder(spec)
+    if not (folder / "config.json").is_file() and (folder / "original" / "config.json").is_file():
+        return folder / "original"
+    return folder
+
+
+def _folder(spec: str | os.PathLike) -> Path:
+    """The folder `spec` names: itself, or a hub id's snapshot (see resolve)."""
     path = Path(spec).expanduser()
     if path.is_dir():
         return path

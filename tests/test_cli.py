@@ -442,6 +442,21 @@ def test_hub_id_without_refs_main(monkeypatch, tmp_path, small_checkpoint):
     assert hub.resolve("org/model") == snapshot
 
 
+def test_a_download_of_only_the_original_folder_resolves_to_it(monkeypatch, tmp_path, small_checkpoint):
+    """`hf download openai/gpt-oss-20b --include "original/*"` leaves OpenAI's format in original/ alone:
+    the folder (or the hub id) resolves to that subfolder; a folder with its own config.json stays."""
+    download = tmp_path / "gpt-oss"
+    synthetic.write_original(download / "original", small_checkpoint)
+    assert hub.resolve(download) == download / "original"
+    assert gptoss_np.load(download).config.num_local_experts == 8
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub_cache"))
+    snapshot = fake_hub(tmp_path / "hub_cache", "org/only-original", download)
+    assert hub.resolve("org/only-original") == snapshot / "original"
+    both = shutil.copytree(small_checkpoint, tmp_path / "both")  # a full download: both formats
+    synthetic.write_original(both / "original", small_checkpoint)
+    assert hub.resolve(both) == both
+
+
 def test_unknown_hub_id_says_only_the_local_cache_was_searched(capsys):
     code, out, err = run_cli(capsys, "--model", "openai/gpt-oss-nonexistent", "--prompt", "hi")
     assert_one_error_line(code, out, err, "openai/gpt-oss-nonexistent", "local Hugging Face cache")
