@@ -403,11 +403,30 @@ class Runner:
             raise CliError("--prompt is empty: --raw needs text to continue")
         return 0 if self.complete(ids, RawPrinter(self.tokenizer, sys.stdout)) else 130
 
+    def prompt(self, history: list[dict]) -> list[int]:
+        """The chat prompt: the conversation `history` rendered in harmony, ready for the assistant."""
+        return harmony.render_conversation(history, reasoning_effort=self.args.reasoning_effort,
+                                           conversation_start_date=datetime.date.today().isoformat(),
+                                           developer_instructions=self.args.instructions, tokenizer=self.tokenizer)
+
+    def fitted(self, history: list[dict]) -> list[dict]:
+        """`history` without as many of its oldest turns as the prompt and a whole reply (--max-new-tokens)
+        need to fit the model's context, and a note saying so; the last user message always stays."""
+        context, dropped = self.model.config.max_position_embeddings, 0
+        while len(self.prompt(history)) + self.args.max_new_tokens > context:
+            later_turns = [i for i, m in enumerate(history) if i > 0 and m["role"] == "user"]
+            if not later_turns:
+                break
+            dropped += later_turns[0]
+            history = history[later_turns[0]:]
+        if dropped:
+            _note(f"the {dropped} oldest message(s) of the conversation are left out, to fit the model's context "
+                  f"of {context} tokens")
+        return history
+
     def reply(self, history: list[dict]) -> tuple[list[dict], bool]:
         """The assistant's messages after the conversation `history`, and False if interrupted."""
-        ids = harmony.render_conversation(history, reasoning_effort=self.args.reasoning_effort,
-                                          conversation_start_date=datetime.date.today().isoformat(),
-                                          developer_instructions=self.args.instructions, tokenizer=self.tokenizer)
+        ids = self.prompt(history)
         color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
         printer = HarmonyPrinter(self.tokenizer, sys.stdout, color, show_reasoning=not self.args.hide_reasoning)
         finished = self.complete(ids, printer)
@@ -431,7 +450,7 @@ class Runner:
                 return 0
             if not message.strip():
                 continue
-            history.append({"role": "user", "content": message})
+            history = self.fitted(history + [{"role": "user", "content": message}])
             messages, finished = self.reply(history)
             if finished:
                 history += messages

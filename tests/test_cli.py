@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import importlib.metadata
 import io
@@ -201,6 +202,34 @@ def test_a_message_of_several_lines_goes_between_triple_quotes(capsys, monkeypat
     assert code == 0
     assert [[m["content"] for m in turn if m["role"] == "user"] for turn in seen] == [
         ["one line"], ["one line", "first\n\n  second"], ["one line", "first\n\n  second", "unclosed"]]
+
+
+def test_a_long_conversation_leaves_out_its_oldest_turns_to_fit_the_context(capsys, monkeypatch):
+    """With a context of 150 tokens and replies of up to 8, each turn keeps as many of the latest turns as
+    fit, whole (from a user message on), and says how many messages it left out."""
+    load_model = cli._load_model
+
+    def small_context(*args):
+        model = load_model(*args)
+        model.config = dataclasses.replace(model.config, max_position_embeddings=150)
+        return model
+    monkeypatch.setattr(cli, "_load_model", small_context)
+    sent, reply = [], cli.Runner.reply
+    monkeypatch.setattr(cli.Runner, "reply", lambda self, history: sent.append(list(history)) or reply(self, history))
+    monkeypatch.setattr(sys, "stdin", io.StringIO("".join(f"message number {i}\n" for i in range(6))))
+    code, _, err = run_cli(capsys, "--chat", "--max-new-tokens", "8", "--seed", "0")
+    assert code == 0
+    turns = summaries(err)
+    assert len(turns) == 6 and all(prompt + 8 <= 150 for prompt, _, _ in turns)
+    assert "oldest message(s) of the conversation are left out, to fit the model's context of 150 tokens" in err
+    assert [turn[-1]["content"] for turn in sent] == [f"message number {i}" for i in range(6)]
+    assert all(turn[0]["role"] == "user" for turn in sent)
+    assert len(sent[-1]) < 2 * 6 - 1  # the last prompt lost turns
+    # each turn keeps the end of the previous prompt (and its reply) in order
+    for before, after in zip(sent, sent[1:]):
+        if len(after) > 1:
+            j = after.index(before[-1])
+            assert after[:j + 1] == before[len(before) - j - 1:]
 
 
 def test_ctrl_c_on_a_terminal_stops_the_reply_and_the_conversation_goes_on(capsys, monkeypatch):
