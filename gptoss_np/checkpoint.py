@@ -13,11 +13,13 @@ and K the input features.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 
 from .config import GptOssConfig
+from .kernels import bf16, mxfp4
 from .safetensors_io import SafetensorsError, SafetensorsFile
 
 FLOAT = ("BF16", "F32", "F16")  # dense weights: bf16 in the released checkpoints
@@ -60,9 +62,21 @@ ORIGINAL_LAYER_TENSORS = {
 ORIGINAL_NAMES = {EMBED: "embedding.weight", FINAL_NORM: "norm.scale", LM_HEAD: "unembedding.weight"}
 
 
+# Experts stored dense, as fine-tuned or dequantized checkpoints hold them (no quantization_config):
+# short name -> (Hugging Face name after "model.layers.{i}.", the packed tensors it stands for)
+DENSE_EXPERTS = {"gate_up": ("mlp.experts.gate_up_proj", ("gate_up_blocks", "gate_up_scales")),
+                 "down": ("mlp.experts.down_proj", ("down_blocks", "down_scales"))}
+
+
 def layer_tensor_name(layer: int, short: str, original: bool = False) -> str:
     return f"block.{layer}.{ORIGINAL_LAYER_TENSORS[short]}" if original else \
         f"model.layers.{layer}.{LAYER_TENSORS[short]}"
+
+
+def _dense_shapes(c: GptOssConfig) -> dict[str, tuple[int, ...]]:
+    """The dense experts' shapes: x @ W, so [E, inputs, outputs] (transformers' GptOssExperts)."""
+    D, E, I = c.hidden_size, c.num_local_experts, c.intermediate_size
+    return {"gate_up": (E, D, 2 * I), "down": (E, I, D)}
 
 
 def _layer_shapes(c: GptOssConfig, original: bool = False) -> dict[str, tuple[int, ...]]:
@@ -82,9 +96,10 @@ def _layer_shapes(c: GptOssConfig, original: bool = False) -> dict[str, tuple[in
     return shapes
 
 
-def expected_tensors(c: GptOssConfig, original: bool = False) -> dict[str, tuple[tuple[int, ...], tuple[str, ...]]]:
+def expected_tensors(c: GptOssConfig, original: bool = False,
+                     dense: bool = False) -> dict[str, tuple[tuple[int, ...], tuple[str, ...]]]:
     """Every tensor the engine reads: name -> (shape, accepted safetensors dtypes), in Hugging Face's
-    names or (`original`) in those of OpenAI's original format."""
+    names or (`original`) in those of OpenAI's original format; `dense`: the experts unquantized."""
     V, D = c.vocab_size, c.hidden_size
     names = {EMBED: ((V, D), FLOAT), FINAL_NORM: ((D,), FLOAT)}
     if not c.tie_word_embeddings:
@@ -94,7 +109,11 @@ def expected_tensors(c: GptOssConfig, original: bool = False) -> dict[str, tuple
     for i in range(c.num_hidden_layers):
         for short, shape in _layer_shapes(c, original).items():
             packed = short.endswith(("_blocks", "_scales"))
-            names[layer_tensor_name(i, short, original)] = (shape, PACKED if packed else FLOAT)
+            if not (dense and packed):
+                names[layer_tensor_name(i, short, original)] = (shape, PACKED if packed else FLOAT)
+        if dense:
+            for short, shape in _dense_shapes(c).items():
+                names[f"model.layers.{i}.{DENSE_EXPERTS[short][0]}"] = (shape, FLOAT)
     return names
 
 
@@ -103,17 +122,37 @@ class Checkpoint:
 
     Tensors come as memory-mapped arrays: BF16 as its uint16 bits, F32 as float32 (F16 is widened
     to float32), MXFP4 blocks and scales as uint8.
+
+    A checkpoint whose experts are dense (a fine-tuned or dequantized one: `gate_up_proj` and `down_proj`
+    in bf16, no quantization_config) is a CheckpointError unless `quantize_experts`: then `layer`
+    rounds them to MXFP4 (kernels/mxfp4.quantize_rows) as it reads them, which the engine runs. Not exact:
+    the model is then the MXFP4 rounding of the checkpoint, as the released checkpoints are of theirs.
+    `nbytes` counts the weights as they will be held: the experts packed.
     """
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, quantize_experts: bool = False):
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise FileNotFoundError(f"checkpoint folder {self.folder} does not exist")
         self.config = GptOssConfig.from_file(self.folder / "config.json")
         self._files = self._open_files()
         self.original = ORIGINAL_NAMES[EMBED] in self._files and EMBED not in self._files  # OpenAI's format
+        self.dense = f"model.layers.0.{DENSE_EXPERTS['gate_up'][0]}" in self._files and \
+            layer_tensor_name(0, "gate_up_blocks") not in self._files  # unquantized experts
+        if self.dense and not quantize_experts:
+            raise CheckpointError(
+                f"{self.folder}: the experts are stored dense (gate_up_proj and down_proj unquantized, as in "
+                f"a fine-tuned or dequantized checkpoint), and gptoss_np runs MXFP4 experts; load it with "
+                f"quantize_experts=True (gptoss-generate --quantize-experts) to round them to MXFP4 as they "
+                f"load (not exact: the MXFP4 rounding of this checkpoint)")
         files = {id(f): f for f in self._files.values()}.values()
         self.nbytes = sum(info.end - info.begin for f in files for info in f.tensors.values())
+        if self.dense:  # held as MXFP4: 17 bytes a block of 32 weights
+            suffixes = tuple(f".{name}" for name, _ in DENSE_EXPERTS.values())
+            stored = sum(info.end - info.begin for f in files for name, info in f.tensors.items()
+                         if name.endswith(suffixes))
+            weights = sum(math.prod(shape) for shape in _dense_shapes(self.config).values())
+            self.nbytes += weights * self.config.num_hidden_layers * 17 // 32 - stored
         self._validate()
 
     def _open_files(self) -> dict[str, SafetensorsFile]:
@@ -144,7 +183,7 @@ class Checkpoint:
         return where
 
     def _validate(self) -> None:
-        for name, (shape, dtypes) in expected_tensors(self.config, self.original).items():
+        for name, (shape, dtypes) in expected_tensors(self.config, self.original, self.dense).items():
             f = self._files.get(name)
             if f is None:
                 raise CheckpointError(f"{self.folder}: tensor {name!r} is missing from the checkpoint")
@@ -166,7 +205,13 @@ class Checkpoint:
     def layer(self, i: int) -> dict[str, np.ndarray]:
         """Layer i's tensors by short name (see LAYER_TENSORS)."""
         t = {short: self.tensor(layer_tensor_name(i, short, self.original))
-             for short in _layer_shapes(self.config, self.original)}
+             for short in _layer_shapes(self.config, self.original)
+             if not (self.dense and short.endswith(("_blocks", "_scales")))}
+        if self.dense:  # [E, inputs, outputs] -> MXFP4 of [E, outputs, inputs], an expert at a time
+            for name, (blocks, scales) in DENSE_EXPERTS.values():
+                w = self.tensor(f"model.layers.{i}.{name}")
+                packed = [mxfp4.quantize_rows(_float32(w[e]).T) for e in range(w.shape[0])]
+                t[blocks], t[scales] = (np.stack(part) for part in zip(*packed))
         if self.original:  # q, k, v: row ranges of the fused tensor (views of its memory map)
             c = self.config
             q, kv = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
@@ -174,6 +219,11 @@ class Checkpoint:
                 fused = t.pop("qkv" + suffix)
                 t["q" + suffix], t["k" + suffix], t["v" + suffix] = fused[:q], fused[q:q + kv], fused[q + kv:]
         return t
+
+
+def _float32(a: np.ndarray) -> np.ndarray:
+    """A dense tensor as float32: bf16 bits (uint16) widened, float32 as it is."""
+    return bf16.bf16_to_f32(a) if a.dtype == np.uint16 else a
 
 
 def _opened(path: Path, cache: dict[Path, SafetensorsFile]) -> SafetensorsFile:

@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="random seed, for reproducible sampling")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where the model runs (default: auto, the GPU when usable)")
+    parser.add_argument("--quantize-experts", action="store_true",
+                        help="round a checkpoint's dense (fine-tuned or dequantized) experts to MXFP4 as "
+                             "they load; without it such a checkpoint is an error")
     return parser
 
 
@@ -145,12 +148,13 @@ def _checkpoint_folder(spec: str | None) -> Path:
     return embedded.default_checkpoint()
 
 
-def _load_model(folder: Path, device: str) -> GptOss:
+def _load_model(folder: Path, device: str, quantize_experts: bool = False) -> GptOss:
     """The model on `device`; a progress bar (for big checkpoints) only on a terminal. For --device auto,
     a note names the GPU it chose, or says why it could not use one when CuPy is installed (without
     CuPy, the CPU is what was asked for, and nothing is said)."""
     try:
-        model = load(folder, device=device, progress=None if sys.stderr.isatty() else False)
+        model = load(folder, device=device, progress=None if sys.stderr.isatty() else False,
+                     quantize_experts=quantize_experts)
     except (RuntimeError, ImportError) as error:  # NotImplementedError, CUDA errors, no CuPy
         if device == "cpu":
             raise
@@ -502,7 +506,8 @@ def _generate(args: argparse.Namespace) -> int:
     chat = not args.raw
     if chat:
         _check_harmony(tokenizer, folder)
-    runner = Runner(_load_model(folder, args.device), tokenizer, stop_ids(folder, config, tokenizer, chat), args)
+    model = _load_model(folder, args.device, args.quantize_experts)
+    runner = Runner(model, tokenizer, stop_ids(folder, config, tokenizer, chat), args)
     if args.raw:
         return runner.raw(args.prompt)
     if args.prompt is not None:

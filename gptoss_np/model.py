@@ -189,7 +189,7 @@ class GptOss:
 
 
 def load(path: str | Path, device: str = "cpu", progress: bool | None = None, *, moe_dispatch: str = "exact",
-         tokens_per_expert_ratio: float = 2.0, cuda_graphs: bool = True) -> GptOss:
+         tokens_per_expert_ratio: float = 2.0, cuda_graphs: bool = True, quantize_experts: bool = False) -> GptOss:
     """Load a Hugging Face gpt-oss checkpoint on "cpu", "cuda" or "auto": its folder, or its hub id
     (`openai/gpt-oss-20b`) when it is in the local Hugging Face cache (see hub.py; nothing is downloaded).
 
@@ -204,7 +204,10 @@ def load(path: str | Path, device: str = "cpu", progress: bool | None = None, *,
     seed's rule).
     cuda_graphs: on a GPU, generate() replays each decode step from a CUDA graph (one launch instead
     of hundreds); False launches op by op (for debugging and comparison).
+    quantize_experts: a checkpoint whose experts are dense (fine-tuned or dequantized, in bf16) has them
+    rounded to MXFP4 as they load, which the engine runs; without it such a checkpoint is an error.
     """
     rule = DispatchRule(moe_dispatch, tokens_per_expert_ratio)
     ops = backend.select(device, cuda_graphs=cuda_graphs)
-    return GptOss(Checkpoint(hub.resolve(path)), ops, progress=progress, dispatch_rule=rule)
+    return GptOss(Checkpoint(hub.resolve(path), quantize_experts=quantize_experts), ops, progress=progress,
+                  dispatch_rule=rule)

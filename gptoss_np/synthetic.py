@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .checkpoint import (EMBED, FINAL_NORM, INDEX_FILE, LM_HEAD, ORIGINAL_NAMES, Checkpoint, expected_tensors,
-                         layer_tensor_name)
+from .checkpoint import (DENSE_EXPERTS, EMBED, FINAL_NORM, INDEX_FILE, LM_HEAD, ORIGINAL_NAMES, Checkpoint,
+                         expected_tensors, layer_tensor_name)
 from .config import GptOssConfig
 from .kernels.bf16 import bf16_to_f32, f32_to_bf16
+from .kernels.mxfp4 import dequantize
 from .safetensors_io import write
 
 _GPT_OSS_20B = {
@@ -158,12 +159,36 @@ def write_original(folder: str | Path, hf_folder: str | Path) -> Path:
     return folder
 
 
-def _stored(checkpoint: Checkpoint, name: str) -> tuple[str, np.ndarray]:
-    """(dtype, bits) of a tensor as OpenAI's format stores it: norms as float32, the rest as they are."""
+def write_dense(folder: str | Path, hf_folder: str | Path) -> Path:
+    """Write the checkpoint in `hf_folder` into `folder` with its experts dequantized to bf16, as
+    fine-tuned gpt-oss checkpoints hold them: `mlp.experts.gate_up_proj` [E, D, 2I] and `down_proj`
+    [E, I, D] (transformers' layout, x @ W), no quantization_config. MXFP4 values are exact in bf16."""
+    source = Checkpoint(hf_folder)
+    c = source.config
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = json.loads((Path(hf_folder) / "config.json").read_text())
+    config.pop("quantization_config", None)
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    tensors = {}
+    for name in expected_tensors(c):
+        if not name.endswith(("_blocks", "_scales")):
+            tensors[name] = _stored(source, name, norms_f32=False)
+    for i in range(c.num_hidden_layers):
+        for dense, (blocks, scales) in DENSE_EXPERTS.values():
+            w = dequantize(source.tensor(layer_tensor_name(i, blocks)), source.tensor(layer_tensor_name(i, scales)))
+            tensors[f"model.layers.{i}.{dense}"] = ("BF16", f32_to_bf16(np.ascontiguousarray(w.transpose(0, 2, 1))))
+    write(folder / "model.safetensors", tensors)
+    return folder
+
+
+def _stored(checkpoint: Checkpoint, name: str, norms_f32: bool = True) -> tuple[str, np.ndarray]:
+    """(dtype, bits) of a tensor as OpenAI's format stores it: norms as float32 (`norms_f32`), the rest
+    as they are."""
     array = checkpoint.tensor(name)
     if array.dtype == np.uint8:
         return "U8", array
-    if name.endswith("norm.weight"):
+    if norms_f32 and name.endswith("norm.weight"):
         return "F32", bf16_to_f32(array) if array.dtype == np.uint16 else array
     return "BF16", array if array.dtype == np.uint16 else f32_to_bf16(array)
 

@@ -73,7 +73,7 @@ def quantize(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     code = code + (tie & (code % 2 == 1))  # ... unless that code is odd: then up, to the even one
     nibbles = (code | (np.signbit(w) << 3)).astype(np.uint8)  # [..., G, 32]
     blocks = nibbles[..., 0::2] | (nibbles[..., 1::2] << 4)  # low nibble = even element
-    return blocks.astype(np.uint8), (e + 127).astype(np.uint8)
+    return np.ascontiguousarray(blocks, dtype=np.uint8), np.ascontiguousarray(e + 127, dtype=np.uint8)
 
 
 def matmul_ref(x: np.ndarray, blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
@@ -162,3 +162,64 @@ def _tiled(x: np.ndarray, blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
     _tiled_kernel(np.ascontiguousarray(padded[:, 0::2]), np.ascontiguousarray(padded[:, 1::2]),
                   np.ascontiguousarray(blocks), np.ascontiguousarray(scales), out)
     return np.ascontiguousarray(out[:, :T].T)
+
+
+# ---------------------------------------------------------------- quantizing (dense checkpoints)
+
+_MIDPOINTS = ((FP4_VALUES[1:8] + FP4_VALUES[:7]) / 2).astype(np.float32)  # .25, .75, ..., 5: where rounding turns
+
+
+@njit(inline="always")
+def _pow2(e):
+    """2**e as float32 from its bits, exact for -149 <= e <= 127 (a denormal below -126)."""
+    if e >= -126:
+        return np.uint32((e + 127) << 23).view(np.float32)
+    return np.uint32(1 << (e + 149)).view(np.float32)
+
+
+@njit(parallel=True, cache=True)
+def _quantize_kernel(w, midpoints, blocks, scales):
+    """quantize's blocks and scales of w [N, K] float32, rows in parallel, in float32 and integer
+    arithmetic: the scale exponent from amax's bits, and each |w| compared with midpoint * 2**e, which
+    is exact in float32 (or overflows to infinity, above every finite |w|), as |w| / 2**e is with
+    the midpoint in quantize."""
+    N, G = scales.shape
+    for n in prange(N):
+        for g in range(G):
+            amax = np.float32(0)
+            for j in range(BLOCK):
+                amax = max(amax, abs(w[n, g * BLOCK + j]))
+            bits = np.int32(np.float32(amax).view(np.uint32))
+            biased = bits >> 23  # amax = 1.m * 2**(biased - 127); 6 * 2**e >= amax from e = that - 2, or - 1
+            e = biased - 127 - 2 if (bits & 0x7FFFFF) <= 0x400000 else biased - 127 - 1
+            e = min(max(e, -127), 127) if biased > 0 else -127  # 0 or a denormal amax: the smallest scale
+            scales[n, g] = np.uint8(e + 127)
+            scale = _pow2(e)
+            for j in range(BLOCK // 2):
+                byte = 0
+                for half in range(2):
+                    v = w[n, g * BLOCK + 2 * j + half]
+                    a = abs(v)
+                    code = 0
+                    for m in range(7):
+                        code += np.int32(midpoints[m] * scale < a)
+                    if code < 7 and code % 2 == 1 and a == midpoints[code] * scale:
+                        code += 1  # a tie goes to the even code
+                    sign = np.int32(np.float32(v).view(np.uint32) >> 31)
+                    byte |= (code | sign << 3) << (4 * half)
+                blocks[n, g, j] = np.uint8(byte)
+
+
+def quantize_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`quantize` of a float32 matrix [N, K], on every core (a checkpoint's dense experts are billions
+    of weights; quantize takes seconds for one of gpt-oss-20b's matrices)."""
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    N, K = w.shape
+    if K % BLOCK:
+        raise ValueError(f"mxfp4 quantize: the last axis ({K}) must be a multiple of {BLOCK}")
+    if not np.isfinite(w).all():
+        raise ValueError("mxfp4 quantize: NaN or infinite values cannot be quantized")
+    blocks = np.empty((N, K // BLOCK, BLOCK // 2), np.uint8)
+    scales = np.empty((N, K // BLOCK), np.uint8)
+    _quantize_kernel(w, _MIDPOINTS, blocks, scales)
+    return blocks, scales

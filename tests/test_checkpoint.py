@@ -14,6 +14,7 @@ import gptoss_np
 from gptoss_np import synthetic
 from gptoss_np.checkpoint import Checkpoint, CheckpointError
 from gptoss_np.config import ConfigError, GptOssConfig, RopeParameters
+from gptoss_np.kernels import mxfp4
 from gptoss_np.safetensors_io import SafetensorsFile, write
 
 
@@ -119,6 +120,20 @@ def test_openais_original_format_errors_name_its_tensors(tiny, tmp_path):
     write(folder / "model.safetensors", tensors)
     with pytest.raises(CheckpointError, match="'block.1.attn.qkv.weight' is missing"):
         gptoss_np.load(folder)
+
+
+def test_dense_experts_are_held_packed(tiny, tmp_path):
+    """quantize_experts: a dense checkpoint's weights are counted as they will be held, experts packed
+    (what the GPU's room is checked against), and its experts come out as MXFP4 blocks and scales."""
+    folder = synthetic.write_dense(tmp_path / "dense", tiny)
+    dense = Checkpoint(folder, quantize_experts=True)
+    assert dense.nbytes == Checkpoint(tiny).nbytes
+    layer, packed = dense.layer(1), Checkpoint(tiny).layer(1)
+    for short in ("gate_up", "down"):
+        blocks, scales = layer[f"{short}_blocks"], layer[f"{short}_scales"]
+        assert blocks.shape == packed[f"{short}_blocks"].shape and blocks.flags.c_contiguous
+        np.testing.assert_array_equal(mxfp4.dequantize(blocks, scales),
+                                      mxfp4.dequantize(packed[f"{short}_blocks"], packed[f"{short}_scales"]))
 
 
 def test_missing_folder(tmp_path):

@@ -185,13 +185,13 @@ def test_chat_conversation_from_a_pipe_keeps_history(capsys, monkeypatch):
 
 
 def recorded_conversations(monkeypatch) -> list[list[dict]]:
-    """The user and assistant messages of each chat prompt the CLI renders."""
-    seen, render = [], harmony.render_conversation
+    """The user and assistant messages that each chat reply of the CLI is given."""
+    seen, reply = [], cli.Runner.reply
 
-    def recording(messages, **kwargs):
-        seen.append([dict(m) for m in messages])
-        return render(messages, **kwargs)
-    monkeypatch.setattr(cli.harmony, "render_conversation", recording)
+    def recording(self, history):
+        seen.append([dict(m) for m in history])
+        return reply(self, history)
+    monkeypatch.setattr(cli.Runner, "reply", recording)
     return seen
 
 
@@ -214,8 +214,7 @@ def test_a_long_conversation_leaves_out_its_oldest_turns_to_fit_the_context(caps
         model.config = dataclasses.replace(model.config, max_position_embeddings=150)
         return model
     monkeypatch.setattr(cli, "_load_model", small_context)
-    sent, reply = [], cli.Runner.reply
-    monkeypatch.setattr(cli.Runner, "reply", lambda self, history: sent.append(list(history)) or reply(self, history))
+    sent = recorded_conversations(monkeypatch)
     monkeypatch.setattr(sys, "stdin", io.StringIO("".join(f"message number {i}\n" for i in range(6))))
     code, _, err = run_cli(capsys, "--chat", "--max-new-tokens", "8", "--seed", "0")
     assert code == 0
@@ -387,6 +386,16 @@ def test_device_auto_says_why_not_the_gpu_when_cupy_is_installed(capsys, small_c
     assert err.splitlines()[0] == "gptoss-generate: running on the CPU: no usable CUDA device (a test's reason)"
     code, _, err = run_cli(capsys, *args, "--device", "cpu")
     assert code == 0 and "running on" not in err
+
+
+def test_dense_experts_need_quantize_experts(capsys, small_checkpoint, tmp_path):
+    folder = synthetic.write_dense(tmp_path / "dense", small_checkpoint)
+    shutil.copy(small_checkpoint / "tokenizer.json", folder)
+    args = ("--model", str(folder), "--raw", "--prompt", "blue", "--max-new-tokens", "2")
+    code, out, err = run_cli(capsys, *args)
+    assert_one_error_line(code, out, err, "experts are stored dense", "--quantize-experts")
+    code, out, err = run_cli(capsys, *args, "--quantize-experts")
+    assert code == 0 and summaries(err)
 
 
 def test_small_vocabulary_without_tokenizer_is_a_clear_error(capsys, bare_checkpoint):

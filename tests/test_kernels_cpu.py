@@ -37,6 +37,8 @@ def double_ops(folder: str) -> dict:
     model = gptoss_np.load(folder, device="cpu")
     model.logits(np.arange(300) % model.config.vocab_size)  # prefill: groups of experts large enough for BLAS
     list(model.generate(np.arange(24), 3))  # a short prefill (the tile kernel, the GEMV), then decode steps
+    from gptoss_np.kernels import mxfp4  # loading dense experts quantizes them (transposed float32 matrices)
+    mxfp4.quantize_rows(np.ones((64, 96), np.float32).T)
     found = {}
     for name in MODULES:
         module = importlib.import_module(f"gptoss_np.kernels.{name}")

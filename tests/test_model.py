@@ -46,6 +46,21 @@ def test_openais_original_format_matches_transformers(checkpoint_dir, hf_model, 
     assert list(model.generate(ids[:30], 10)) == out[0, 30:].tolist()
 
 
+def test_dense_experts_quantized_as_they_load_match_transformers(checkpoint_dir, tmp_path):
+    """A checkpoint with dense bf16 experts (as fine-tuned ones hold them; here the tiny checkpoint's
+    experts dequantized, so MXFP4 holds them exactly): with quantize_experts=True its logits are
+    transformers' on that dense checkpoint; without, it is a CheckpointError that names the option."""
+    import torch
+    import transformers
+    folder = synthetic.write_dense(tmp_path / "dense", checkpoint_dir("tiny"))
+    with pytest.raises(gptoss_np.CheckpointError, match="experts are stored dense.*quantize_experts=True"):
+        gptoss_np.load(folder)
+    model = gptoss_np.load(folder, quantize_experts=True)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager")
+    ids = prompt(model, 100, seed=6)
+    assert rel_err(model.logits(ids), hf_logits(hf.eval(), ids)) <= TOL
+
+
 @pytest.mark.parametrize("name", ["tiny", "gqa4_sharded"])
 def test_prefill_then_decode_equals_full_sequence(name, checkpoint_dir, hf_model):
     folder = checkpoint_dir(name)

@@ -112,3 +112,30 @@ def test_shapes_and_bad_input():
         mxfp4.quantize(np.zeros((4, 40)))
     with pytest.raises(ValueError, match="NaN"):
         mxfp4.quantize(np.full(32, np.nan))
+
+
+def test_quantize_rows_is_quantize_on_every_core():
+    """The Numba kernel that quantizes dense checkpoints gives quantize's bytes: random magnitudes from
+    denormal to near the float32 maximum, representable values, exact ties, zero blocks and -0."""
+    rng = np.random.default_rng(7)
+    mids = np.array([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0], np.float32)
+    for trial in range(40):
+        rows, cols = int(rng.integers(1, 40)), 32 * int(rng.integers(1, 5))
+        w = (rng.standard_normal((rows, cols)) * 2.0 ** rng.integers(-140, 120)).astype(np.float32)
+        if trial % 4 == 1:  # representable values, a third of them replaced by ties
+            w = mxfp4.dequantize(*random_packed(rng, rows, cols // 32, (0, 255)))
+            ties = rng.choice(mids, w[:, ::3].shape) * rng.choice([-1, 1], w[:, ::3].shape)
+            w[:, ::3] = (ties * 2.0 ** rng.integers(-120, 100)).astype(np.float32)
+        if trial % 4 == 2:
+            w[:, :32], w[0, 32 % cols] = 0.0, -0.0
+        if trial % 4 == 3:
+            w = np.clip(rng.standard_normal((rows, cols)) * 3e38, -3.4e38, 3.4e38).astype(np.float32)
+        if not np.isfinite(w).all():
+            continue
+        for a in (w, w.T.copy().T):  # C-ordered, and a transposed view (as dense experts are read)
+            blocks, scales = mxfp4.quantize_rows(a)
+            ref_blocks, ref_scales = mxfp4.quantize(a)
+            np.testing.assert_array_equal(scales, ref_scales)
+            np.testing.assert_array_equal(blocks, ref_blocks)
+    with pytest.raises(ValueError, match="NaN"):
+        mxfp4.quantize_rows(np.full((1, 32), np.nan, np.float32))
