@@ -123,15 +123,14 @@ def test_quantize_rows_is_quantize_on_every_core():
         rows, cols = int(rng.integers(1, 40)), 32 * int(rng.integers(1, 5))
         w = (rng.standard_normal((rows, cols)) * 2.0 ** rng.integers(-140, 120)).astype(np.float32)
         if trial % 4 == 1:  # representable values, a third of them replaced by ties
-            w = mxfp4.dequantize(*random_packed(rng, rows, cols // 32, (0, 255)))
+            w = mxfp4.dequantize(*random_packed(rng, rows, cols // 32, (0, 250)))
             ties = rng.choice(mids, w[:, ::3].shape) * rng.choice([-1, 1], w[:, ::3].shape)
             w[:, ::3] = (ties * 2.0 ** rng.integers(-120, 100)).astype(np.float32)
         if trial % 4 == 2:
             w[:, :32], w[0, 32 % cols] = 0.0, -0.0
         if trial % 4 == 3:
             w = np.clip(rng.standard_normal((rows, cols)) * 3e38, -3.4e38, 3.4e38).astype(np.float32)
-        if not np.isfinite(w).all():
-            continue
+        assert np.isfinite(w).all()
         for a in (w, w.T.copy().T):  # C-ordered, and a transposed view (as dense experts are read)
             blocks, scales = mxfp4.quantize_rows(a)
             ref_blocks, ref_scales = mxfp4.quantize(a)
