@@ -127,7 +127,7 @@ class Checkpoint:
     in bf16, no quantization_config) is a CheckpointError unless `quantize_experts`: then `layer`
     rounds them to MXFP4 (kernels/mxfp4.quantize_rows) as it reads them, which the engine runs. Not exact:
     the model is then the MXFP4 rounding of the checkpoint, as the released checkpoints are of theirs.
-    `nbytes` counts the weights as they will be held: the experts packed.
+    `nbytes` counts the weights as they will be held: the experts packed. quantize.py saves the rounding.
     """
 
     def __init__(self, folder: str | Path, quantize_experts: bool = False):
@@ -144,7 +144,8 @@ class Checkpoint:
                 f"{self.folder}: the experts are stored dense (gate_up_proj and down_proj unquantized, as in "
                 f"a fine-tuned or dequantized checkpoint), and gptoss_np runs MXFP4 experts; load it with "
                 f"quantize_experts=True (gptoss-generate --quantize-experts) to round them to MXFP4 as they "
-                f"load (not exact: the MXFP4 rounding of this checkpoint)")
+                f"load (not exact: the MXFP4 rounding of this checkpoint), or save that rounding once with "
+                f"python -m gptoss_np.quantize {self.folder} TARGET")
         files = {id(f): f for f in self._files.values()}.values()
         self.nbytes = sum(info.end - info.begin for f in files for info in f.tensors.values())
         if self.dense:  # held as MXFP4: 17 bytes a block of 32 weights

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -170,6 +171,8 @@ def write_dense(folder: str | Path, hf_folder: str | Path) -> Path:
     config = json.loads((Path(hf_folder) / "config.json").read_text())
     config.pop("quantization_config", None)
     (folder / "config.json").write_text(json.dumps(config, indent=2))
+    if (Path(hf_folder) / "generation_config.json").is_file():
+        shutil.copy2(Path(hf_folder) / "generation_config.json", folder)
     tensors = {}
     for name in expected_tensors(c):
         if not name.endswith(("_blocks", "_scales")):

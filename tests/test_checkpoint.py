@@ -136,6 +136,22 @@ def test_dense_experts_are_held_packed(tiny, tmp_path):
                                       mxfp4.dequantize(packed[f"{short}_blocks"], packed[f"{short}_scales"]))
 
 
+def test_quantize_command(tiny, tmp_path, capsys):
+    """python -m gptoss_np.quantize: the MXFP4 checkpoint of a dense one holds the same experts as
+    quantize_experts gives; an MXFP4 source, or the source as target, is a one-line error."""
+    from gptoss_np import quantize
+    dense = synthetic.write_dense(tmp_path / "dense", tiny)
+    assert quantize.main([str(dense), str(tmp_path / "out")]) == 0
+    saved, loaded = Checkpoint(tmp_path / "out"), Checkpoint(dense, quantize_experts=True)
+    assert saved.nbytes == loaded.nbytes
+    for short, array in loaded.layer(1).items():
+        np.testing.assert_array_equal(saved.layer(1)[short], array)
+    assert quantize.main([str(tiny), str(tmp_path / "again")]) == 2
+    assert quantize.main([str(dense), str(dense)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert "already MXFP4" in err[0] and "must not be the source" in err[1]
+
+
 def test_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         gptoss_np.load(tmp_path / "nowhere")

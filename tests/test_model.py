@@ -61,6 +61,19 @@ def test_dense_experts_quantized_as_they_load_match_transformers(checkpoint_dir,
     assert rel_err(model.logits(ids), hf_logits(hf.eval(), ids)) <= TOL
 
 
+def test_a_quantized_save_of_dense_experts_matches_transformers(checkpoint_dir, hf_model, tmp_path):
+    """quantize.quantize_checkpoint writes a dense checkpoint in the released MXFP4 layout (sharded by
+    layer, with an index): it loads without quantize_experts, and transformers reads it as it reads the
+    released files, to the same logits."""
+    from gptoss_np import quantize
+    dense = synthetic.write_dense(tmp_path / "dense", checkpoint_dir("gqa4_sharded"))
+    folder = quantize.quantize_checkpoint(dense, tmp_path / "mxfp4")
+    model = gptoss_np.load(folder)
+    ids = prompt(model, 80, seed=7)
+    assert rel_err(model.logits(ids), hf_logits(hf_model(folder), ids)) <= TOL
+    assert (folder / "generation_config.json").read_text() == (dense / "generation_config.json").read_text()
+
+
 @pytest.mark.parametrize("name", ["tiny", "gqa4_sharded"])
 def test_prefill_then_decode_equals_full_sequence(name, checkpoint_dir, hf_model):
     folder = checkpoint_dir(name)

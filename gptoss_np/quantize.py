@@ -1,0 +1,87 @@
+"""Save a checkpoint with dense experts (a fine-tuned gpt-oss) in the released MXFP4 layout, once.
+
+Loading dense experts with `quantize_experts=True` rounds them to MXFP4 at every load (about 1.5
+minutes for gpt-oss-20b on two cores). `quantize_checkpoint(source, target)`, or
+
+    python -m gptoss_np.quantize SOURCE TARGET
+
+does it once and writes what the released checkpoints hold: config.json with the released
+`quantization_config`, `*_blocks` and `*_scales` for the experts, every other tensor as it was, in one
+safetensors file a layer with `model.safetensors.index.json`; the source's other files (tokenizer.json,
+generation_config.json, ...) are copied. gptoss_np and transformers load the result as they load
+openai/gpt-oss-20b. The MXFP4 values are the same as `quantize_experts=True` gives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from . import hub
+from .checkpoint import EMBED, FINAL_NORM, INDEX_FILE, LM_HEAD, Checkpoint, CheckpointError, layer_tensor_name
+from .safetensors_io import write
+
+# what the released checkpoints' config.json says of their quantization
+QUANTIZATION_CONFIG = {"quant_method": "mxfp4", "modules_to_not_convert": [
+    "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]}
+_DTYPES = {"uint8": "U8", "uint16": "BF16", "float32": "F32"}  # Checkpoint's arrays -> safetensors dtypes
+
+
+def quantize_checkpoint(source: str | Path, target: str | Path, progress: bool | None = None) -> Path:
+    """Write the checkpoint `source` (a folder or hub id; experts dense) to the folder `target` with
+    its experts in MXFP4; returns `target`. progress: a bar over the layers (None: on a terminal)."""
+    checkpoint = Checkpoint(hub.resolve(source), quantize_experts=True)
+    if not checkpoint.dense:
+        raise CheckpointError(f"{checkpoint.folder}: the experts are already MXFP4; nothing to quantize")
+    target = Path(target)
+    if target.resolve() == checkpoint.folder.resolve():
+        raise ValueError("the target folder must not be the source folder")
+    target.mkdir(parents=True, exist_ok=True)
+    c = checkpoint.config
+    L = c.num_hidden_layers
+    files = [f"model-{i:05d}-of-{L + 1:05d}.safetensors" for i in range(1, L + 2)]
+    weight_map, total = {}, 0
+
+    def save(file: str, tensors: dict) -> None:
+        nonlocal total
+        stored = {name: (_DTYPES[a.dtype.name], a) for name, a in tensors.items()}
+        write(target / file, stored, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(stored, file))
+        total += sum(a.nbytes for a in tensors.values())
+
+    show = progress if progress is not None else sys.stderr.isatty()
+    for i in tqdm(range(L), desc=f"quantizing {checkpoint.folder.name}", unit="layer", disable=not show):
+        save(files[i], {layer_tensor_name(i, short): a for short, a in checkpoint.layer(i).items()})
+    names = [EMBED, FINAL_NORM] + ([] if c.tie_word_embeddings else [LM_HEAD])
+    save(files[L], {name: checkpoint.tensor(name) for name in names})
+    (target / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
+                                                indent=2))
+    config = json.loads((checkpoint.folder / "config.json").read_text())
+    config["quantization_config"] = QUANTIZATION_CONFIG
+    (target / "config.json").write_text(json.dumps(config, indent=2))
+    for path in checkpoint.folder.iterdir():  # tokenizer, generation config, chat template, ...
+        if path.is_file() and path.suffix != ".safetensors" and path.name not in ("config.json", INDEX_FILE):
+            shutil.copy2(path, target / path.name)
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gptoss_np.quantize", description=__doc__.split("\n")[0])
+    parser.add_argument("source", help="checkpoint folder (or hub id) whose experts are dense")
+    parser.add_argument("target", help="folder to write the MXFP4 checkpoint to")
+    args = parser.parse_args(argv)
+    try:
+        print(quantize_checkpoint(args.source, args.target))
+    except (OSError, ValueError) as error:  # CheckpointError and ConfigError are ValueErrors
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
