@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -72,6 +74,23 @@ def test_a_quantized_save_of_dense_experts_matches_transformers(checkpoint_dir, 
     ids = prompt(model, 80, seed=7)
     assert rel_err(model.logits(ids), hf_logits(hf_model(folder), ids)) <= TOL
     assert (folder / "generation_config.json").read_text() == (dense / "generation_config.json").read_text()
+
+
+def test_damaged_weights_are_an_error_not_gibberish(checkpoint_dir, tmp_path):
+    """A NaN in the weights (as a corrupted download leaves) makes NaN logits; generate says so instead of
+    sampling from them."""
+    from gptoss_np.checkpoint import LM_HEAD
+    from gptoss_np.safetensors_io import SafetensorsFile, write
+    folder = tmp_path / "damaged"
+    shutil.copytree(checkpoint_dir("tiny"), folder)
+    f = SafetensorsFile(folder / "model.safetensors")
+    tensors = {name: (info.dtype, np.array(f.get(name))) for name, info in f.tensors.items()}
+    del f
+    tensors[LM_HEAD][1][7, 3] = 0x7FC0  # a bf16 NaN in one weight of the lm_head
+    write(folder / "model.safetensors", tensors)
+    model = gptoss_np.load(folder)
+    with pytest.raises(ValueError, match="NaN or infinity.*damaged weights"):
+        next(model.generate(prompt(model, 10), 4))
 
 
 @pytest.mark.parametrize("name", ["tiny", "gqa4_sharded"])
