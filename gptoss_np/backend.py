@@ -51,8 +51,7 @@ class CpuOps:
 
     def vector(self, *parts: np.ndarray) -> np.ndarray:
         """A small tensor (norm weight, bias, sinks), or several joined, as float32."""
-        a = _joined(parts)
-        return bf16.bf16_to_f32(a) if a.dtype == np.uint16 else np.asarray(a, dtype=np.float32)
+        return bf16.as_f32(_joined(parts))
 
     def packed(self, a: np.ndarray) -> np.ndarray:
         """MXFP4 blocks or scales (uint8), memory-mapped as on disk."""

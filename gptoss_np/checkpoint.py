@@ -211,7 +211,7 @@ class Checkpoint:
         if self.dense:  # [E, inputs, outputs] -> MXFP4 of [E, outputs, inputs], an expert at a time
             for name, (blocks, scales) in DENSE_EXPERTS.values():
                 w = self.tensor(f"model.layers.{i}.{name}")
-                packed = [mxfp4.quantize_rows(_float32(w[e]).T) for e in range(w.shape[0])]
+                packed = [mxfp4.quantize_rows(bf16.as_f32(w[e]).T) for e in range(w.shape[0])]
                 t[blocks], t[scales] = (np.stack(part) for part in zip(*packed))
         if self.original:  # q, k, v: row ranges of the fused tensor (views of its memory map)
             c = self.config
@@ -220,11 +220,6 @@ class Checkpoint:
                 fused = t.pop("qkv" + suffix)
                 t["q" + suffix], t["k" + suffix], t["v" + suffix] = fused[:q], fused[q:q + kv], fused[q + kv:]
         return t
-
-
-def _float32(a: np.ndarray) -> np.ndarray:
-    """A dense tensor as float32: bf16 bits (uint16) widened, float32 as it is."""
-    return bf16.bf16_to_f32(a) if a.dtype == np.uint16 else a
 
 
 def _opened(path: Path, cache: dict[Path, SafetensorsFile]) -> SafetensorsFile:

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from .checkpoint import (DENSE_EXPERTS, EMBED, FINAL_NORM, INDEX_FILE, LM_HEAD, ORIGINAL_NAMES, Checkpoint,
                          expected_tensors, layer_tensor_name)
 from .config import GptOssConfig
-from .kernels.bf16 import bf16_to_f32, f32_to_bf16
+from .kernels.bf16 import as_f32, f32_to_bf16
 from .kernels.mxfp4 import dequantize
 from .safetensors_io import write
 
@@ -192,7 +192,7 @@ def _stored(checkpoint: Checkpoint, name: str, norms_f32: bool = True) -> tuple[
     if array.dtype == np.uint8:
         return "U8", array
     if norms_f32 and name.endswith("norm.weight"):
-        return "F32", bf16_to_f32(array) if array.dtype == np.uint16 else array
+        return "F32", as_f32(array)
     return "BF16", array if array.dtype == np.uint16 else f32_to_bf16(array)
 
 

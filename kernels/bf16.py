@@ -18,6 +18,11 @@ def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
     return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
+def as_f32(a: np.ndarray) -> np.ndarray:
+    """A NumPy weight as float32: bf16 bits (uint16) widened exactly, any other float converted."""
+    return bf16_to_f32(a) if a.dtype == np.uint16 else np.asarray(a, dtype=np.float32)
+
+
 def f32_to_bf16(x: np.ndarray) -> np.ndarray:
     """float32 -> bfloat16 bits (uint16), rounding to nearest even (as torch does). NumPy or CuPy."""
     u = x.astype(np.float32, copy=False).view(np.uint32)
