@@ -46,6 +46,9 @@ LAYER_TENSORS = {
     "gate_up_bias": "mlp.experts.gate_up_proj_bias",
     "down_blocks": "mlp.experts.down_proj_blocks", "down_scales": "mlp.experts.down_proj_scales",
     "down_bias": "mlp.experts.down_proj_bias",
+    # dense experts, as fine-tuned or dequantized checkpoints hold them (no quantization_config), in place
+    # of the packed "{short}_blocks" and "{short}_scales" (see DENSE_EXPERTS)
+    "gate_up": "mlp.experts.gate_up_proj", "down": "mlp.experts.down_proj",
 }
 EMBED, FINAL_NORM, LM_HEAD = "model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"
 
@@ -60,12 +63,7 @@ ORIGINAL_LAYER_TENSORS = {
     "down_blocks": "mlp.mlp2_weight.blocks", "down_scales": "mlp.mlp2_weight.scales", "down_bias": "mlp.mlp2_bias",
 }
 ORIGINAL_NAMES = {EMBED: "embedding.weight", FINAL_NORM: "norm.scale", LM_HEAD: "unembedding.weight"}
-
-
-# Experts stored dense, as fine-tuned or dequantized checkpoints hold them (no quantization_config):
-# short name -> (Hugging Face name after "model.layers.{i}.", the packed tensors it stands for)
-DENSE_EXPERTS = {"gate_up": ("mlp.experts.gate_up_proj", ("gate_up_blocks", "gate_up_scales")),
-                 "down": ("mlp.experts.down_proj", ("down_blocks", "down_scales"))}
+DENSE_EXPERTS = ("gate_up", "down")  # short names of the dense experts' tensors
 
 
 def layer_tensor_name(layer: int, short: str, original: bool = False) -> str:
@@ -113,7 +111,7 @@ def expected_tensors(c: GptOssConfig, original: bool = False,
                 names[layer_tensor_name(i, short, original)] = (shape, PACKED if packed else FLOAT)
         if dense:
             for short, shape in _dense_shapes(c).items():
-                names[f"model.layers.{i}.{DENSE_EXPERTS[short][0]}"] = (shape, FLOAT)
+                names[layer_tensor_name(i, short)] = (shape, FLOAT)
     return names
 
 
@@ -137,7 +135,7 @@ class Checkpoint:
         self.config = GptOssConfig.from_file(self.folder / "config.json")
         self._files = self._open_files()
         self.original = ORIGINAL_NAMES[EMBED] in self._files and EMBED not in self._files  # OpenAI's format
-        self.dense = f"model.layers.0.{DENSE_EXPERTS['gate_up'][0]}" in self._files and \
+        self.dense = layer_tensor_name(0, "gate_up") in self._files and \
             layer_tensor_name(0, "gate_up_blocks") not in self._files  # unquantized experts
         if self.dense and not quantize_experts:
             raise CheckpointError(
@@ -146,15 +144,14 @@ class Checkpoint:
                 f"quantize_experts=True (gptoss-generate --quantize-experts) to round them to MXFP4 as they "
                 f"load (not exact: the MXFP4 rounding of this checkpoint), or save that rounding once with "
                 f"python -m gptoss_np.quantize {self.folder} TARGET")
+        self._validate()
         files = {id(f): f for f in self._files.values()}.values()
         self.nbytes = sum(info.end - info.begin for f in files for info in f.tensors.values())
-        if self.dense:  # held as MXFP4: 17 bytes a block of 32 weights
-            suffixes = tuple(f".{name}" for name, _ in DENSE_EXPERTS.values())
-            stored = sum(info.end - info.begin for f in files for name, info in f.tensors.items()
-                         if name.endswith(suffixes))
-            weights = sum(math.prod(shape) for shape in _dense_shapes(self.config).values())
-            self.nbytes += weights * self.config.num_hidden_layers * 17 // 32 - stored
-        self._validate()
+        if self.dense:  # held as MXFP4: 17 bytes a block of 32 weights, not as stored
+            for i in range(self.config.num_hidden_layers):
+                for short in DENSE_EXPERTS:
+                    info = self._files[layer_tensor_name(i, short)].tensors[layer_tensor_name(i, short)]
+                    self.nbytes += math.prod(info.shape) * 17 // 32 - (info.end - info.begin)
 
     def _open_files(self) -> dict[str, SafetensorsFile]:
         """tensor name -> the file holding it."""
@@ -209,10 +206,10 @@ class Checkpoint:
              for short in _layer_shapes(self.config, self.original)
              if not (self.dense and short.endswith(("_blocks", "_scales")))}
         if self.dense:  # [E, inputs, outputs] -> MXFP4 of [E, outputs, inputs], an expert at a time
-            for name, (blocks, scales) in DENSE_EXPERTS.values():
-                w = self.tensor(f"model.layers.{i}.{name}")
+            for short in DENSE_EXPERTS:
+                w = self.tensor(layer_tensor_name(i, short))
                 packed = [mxfp4.quantize_rows(bf16.as_f32(w[e]).T) for e in range(w.shape[0])]
-                t[blocks], t[scales] = (np.stack(part) for part in zip(*packed))
+                t[f"{short}_blocks"], t[f"{short}_scales"] = (np.stack(part) for part in zip(*packed))
         if self.original:  # q, k, v: row ranges of the fused tensor (views of its memory map)
             c = self.config
             q, kv = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim

@@ -178,9 +178,10 @@ def write_dense(folder: str | Path, hf_folder: str | Path) -> Path:
         if not name.endswith(("_blocks", "_scales")):
             tensors[name] = _stored(source, name, norms_f32=False)
     for i in range(c.num_hidden_layers):
-        for dense, (blocks, scales) in DENSE_EXPERTS.values():
-            w = dequantize(source.tensor(layer_tensor_name(i, blocks)), source.tensor(layer_tensor_name(i, scales)))
-            tensors[f"model.layers.{i}.{dense}"] = ("BF16", f32_to_bf16(np.ascontiguousarray(w.transpose(0, 2, 1))))
+        for short in DENSE_EXPERTS:
+            w = dequantize(source.tensor(layer_tensor_name(i, f"{short}_blocks")),
+                           source.tensor(layer_tensor_name(i, f"{short}_scales")))
+            tensors[layer_tensor_name(i, short)] = ("BF16", f32_to_bf16(np.ascontiguousarray(w.transpose(0, 2, 1))))
     write(folder / "model.safetensors", tensors)
     return folder
 
