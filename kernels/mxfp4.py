@@ -19,6 +19,7 @@ FP4_VALUES = np.array([+0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
                        -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0], dtype=np.float32)
 
 BLOCK = 32
+_MIDPOINTS = (FP4_VALUES[1:8] + FP4_VALUES[:7]) / 2  # .25, .75, ..., 5 (exact): where rounding to FP4 turns
 # Token rows of one matrix: up to GEMV_MAX_ROWS one fused GEMV per row; up to TILED_MAX_ROWS the
 # fused tile kernel; above, dequantized tiles go to BLAS (bench/NOTES.md has the measurements).
 GEMV_MAX_ROWS = 4
@@ -67,7 +68,7 @@ def quantize(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     e = np.where(np.ldexp(6.0, e) < amax, e + 1, e)
     e = np.clip(np.where(amax > 0, e, -127), -127, 127)
     scaled = np.abs(np.ldexp(w, -e[..., None]))  # exact: a power-of-two scaling in float64
-    midpoints = (FP4_VALUES[1:8] + FP4_VALUES[:7]).astype(np.float64) / 2  # .25, .75, ..., 5
+    midpoints = _MIDPOINTS.astype(np.float64)
     code = np.searchsorted(midpoints, scaled, side="left")  # ties round down to the lower code ...
     tie = scaled == midpoints[np.minimum(code, 6)]
     code = code + (tie & (code % 2 == 1))  # ... unless that code is odd: then up, to the even one
@@ -165,8 +166,6 @@ def _tiled(x: np.ndarray, blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- quantizing (dense checkpoints)
-
-_MIDPOINTS = ((FP4_VALUES[1:8] + FP4_VALUES[:7]) / 2).astype(np.float32)  # .25, .75, ..., 5: where rounding turns
 
 
 @njit(inline="always")
