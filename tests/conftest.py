@@ -111,5 +111,16 @@ def model_like_weights(kind: str, rng, N: int, K: int) -> np.ndarray:
     return bf16.bf16_to_f32(bf16.f32_to_bf16(rng.standard_normal((N, K), dtype=np.float32)))
 
 
+def rewrite_tensors(folder, change) -> None:
+    """Rewrite `folder`'s model.safetensors with change(tensors) applied to {name: (dtype, array)} (the
+    arrays are copies, not views of the file being replaced)."""
+    from gptoss_np.safetensors_io import SafetensorsFile, write
+    f = SafetensorsFile(folder / "model.safetensors")
+    tensors = {name: (info.dtype, np.array(f.get(name))) for name, info in f.tensors.items()}
+    change(tensors)
+    (folder / "model.safetensors").unlink()
+    write(folder / "model.safetensors", tensors)
+
+
 def rel_err(a, b) -> float:
     return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(np.asarray(b, np.float64)))

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 import gptoss_np
+from conftest import rewrite_tensors
 from gptoss_np import synthetic
 from gptoss_np.checkpoint import Checkpoint, CheckpointError
 from gptoss_np.config import ConfigError, GptOssConfig, RopeParameters
 from gptoss_np.kernels import mxfp4
-from gptoss_np.safetensors_io import SafetensorsFile, write
+from gptoss_np.safetensors_io import SafetensorsFile
 
 
 @pytest.fixture
@@ -109,15 +110,12 @@ def test_openais_original_config_reads_as_the_hugging_face_one():
 
 def test_openais_original_format_errors_name_its_tensors(tiny, tmp_path):
     folder = synthetic.write_original(tmp_path / "original", tiny)
-    f = SafetensorsFile(folder / "model.safetensors")
-    # copies, not views of the memory map: the file is rewritten
-    tensors = {name: (info.dtype, np.array(f.get(name))) for name, info in f.tensors.items()}
-    qkv = tensors.pop("block.1.attn.qkv.weight")
-    write(folder / "model.safetensors", {**tensors, "block.1.attn.qkv.weight": ("BF16", qkv[1][:-1])})
+    qkv = "block.1.attn.qkv.weight"
+    rewrite_tensors(folder, lambda t: t.update({qkv: ("BF16", t[qkv][1][:-1])}))
     with pytest.raises(CheckpointError, match=r"'block.1.attn.qkv.weight' has shape \[127, 64\], config.json "
                                               r"implies \[128, 64\]"):
         gptoss_np.load(folder)
-    write(folder / "model.safetensors", tensors)
+    rewrite_tensors(folder, lambda t: t.pop(qkv))
     with pytest.raises(CheckpointError, match="'block.1.attn.qkv.weight' is missing"):
         gptoss_np.load(folder)
 
@@ -174,17 +172,8 @@ def test_truncated_safetensors(tiny):
         gptoss_np.load(tiny)
 
 
-def _rewrite(folder, change):
-    """Rewrite model.safetensors with change(tensors) applied to {name: (dtype, array)}."""
-    f = SafetensorsFile(folder / "model.safetensors")
-    tensors = {name: (info.dtype, np.array(f.get(name))) for name, info in f.tensors.items()}
-    change(tensors)
-    (folder / "model.safetensors").unlink()
-    write(folder / "model.safetensors", tensors)
-
-
 def test_missing_tensor(tiny):
-    _rewrite(tiny, lambda t: t.pop("model.layers.1.self_attn.sinks"))
+    rewrite_tensors(tiny, lambda t: t.pop("model.layers.1.self_attn.sinks"))
     with pytest.raises(CheckpointError, match="'model.layers.1.self_attn.sinks' is missing"):
         gptoss_np.load(tiny)
 
@@ -193,7 +182,7 @@ def test_wrong_shape(tiny):
     def change(t):
         dtype, a = t["model.layers.0.mlp.experts.down_proj_scales"]
         t["model.layers.0.mlp.experts.down_proj_scales"] = (dtype, a[:, :, :1].copy())
-    _rewrite(tiny, change)
+    rewrite_tensors(tiny, change)
     with pytest.raises(CheckpointError, match=r"model.safetensors: tensor 'model.layers.0.mlp.experts.down_proj_scales'"
                                               r" has shape \[8, 64, 1\], config.json implies \[8, 64, 2\]"):
         gptoss_np.load(tiny)
@@ -203,7 +192,7 @@ def test_wrong_dtype(tiny):
     def change(t):
         _, a = t["model.layers.0.mlp.experts.gate_up_proj_blocks"]
         t["model.layers.0.mlp.experts.gate_up_proj_blocks"] = ("I8", a.view(np.int8))
-    _rewrite(tiny, change)
+    rewrite_tensors(tiny, change)
     with pytest.raises(CheckpointError, match="gate_up_proj_blocks' has dtype I8, expected U8"):
         gptoss_np.load(tiny)
 

@@ -9,7 +9,7 @@ import pytest
 
 import gptoss_np
 from gptoss_np import synthetic
-from conftest import CHECKPOINTS, hf_logits, rel_err
+from conftest import CHECKPOINTS, hf_logits, rel_err, rewrite_tensors
 from gptoss_np.cache import KVCache
 
 TOL = 1e-4  # relative error on float32 logits
@@ -80,14 +80,12 @@ def test_damaged_weights_are_an_error_not_gibberish(checkpoint_dir, tmp_path):
     """A NaN in the weights (as a corrupted download leaves) makes NaN logits; generate says so instead of
     sampling from them."""
     from gptoss_np.checkpoint import LM_HEAD
-    from gptoss_np.safetensors_io import SafetensorsFile, write
     folder = tmp_path / "damaged"
     shutil.copytree(checkpoint_dir("tiny"), folder)
-    f = SafetensorsFile(folder / "model.safetensors")
-    tensors = {name: (info.dtype, np.array(f.get(name))) for name, info in f.tensors.items()}
-    del f
-    tensors[LM_HEAD][1][7, 3] = 0x7FC0  # a bf16 NaN in one weight of the lm_head
-    write(folder / "model.safetensors", tensors)
+
+    def damage(tensors):
+        tensors[LM_HEAD][1][7, 3] = 0x7FC0  # a bf16 NaN in one weight of the lm_head
+    rewrite_tensors(folder, damage)
     model = gptoss_np.load(folder)
     with pytest.raises(ValueError, match="NaN or infinity.*damaged weights"):
         next(model.generate(prompt(model, 10), 4))
