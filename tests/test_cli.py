@@ -234,9 +234,6 @@ def test_a_long_conversation_leaves_out_its_oldest_turns_to_fit_the_context(caps
 def test_ctrl_c_on_a_terminal_stops_the_reply_and_the_conversation_goes_on(capsys, monkeypatch):
     """Interactive chat: Ctrl-C during the first reply (here after two tokens) drops that reply; the
     second prompt holds both user messages and no reply, and still reuses the KV cache."""
-    class TerminalInput(io.StringIO):
-        def isatty(self) -> bool:
-            return True
     seen = recorded_conversations(monkeypatch)
     generate, calls = GptOss.generate, []
 
@@ -247,7 +244,7 @@ def test_ctrl_c_on_a_terminal_stops_the_reply_and_the_conversation_goes_on(capsy
                 raise KeyboardInterrupt
             yield token
     monkeypatch.setattr(GptOss, "generate", interrupted_once)
-    monkeypatch.setattr(sys, "stdin", TerminalInput("first\nsecond\n"))
+    monkeypatch.setattr(sys, "stdin", Terminal("first\nsecond\n"))
     code, _, err = run_cli(capsys, "--chat", "--max-new-tokens", "4", "--seed", "0")
     assert code == 0
     assert [s[2] for s in summaries(err)] == ["interrupted", "max-new-tokens"]
