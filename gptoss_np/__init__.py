@@ -9,7 +9,8 @@
 from .config import ConfigError, GptOssConfig
 from .checkpoint import CheckpointError
 from .generate import PromptCache
+from .chat import Chat
 from .model import GptOss, load
 
-__all__ = ["load", "GptOss", "GptOssConfig", "ConfigError", "CheckpointError", "PromptCache"]
+__all__ = ["load", "GptOss", "GptOssConfig", "ConfigError", "CheckpointError", "PromptCache", "Chat"]
 __version__ = "0.1.0"

@@ -16,7 +16,6 @@ interactive chat on a terminal it stops the reply and the chat goes on).
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib.util
 import json
 import math
@@ -29,6 +28,7 @@ from typing import Callable, Iterator, Sequence, TextIO
 from numba.core import event
 
 from . import __version__, backend, embedded, harmony, hub
+from .chat import Chat
 from .config import GptOssConfig
 from .generate import PromptCache
 from .model import GptOss, load
@@ -199,8 +199,7 @@ class HarmonyPrinter:
     status line on stderr until the rest comes); headers and control tokens are not shown.
 
     Output that leaves the harmony format (an untrained model's does) is shown as raw text
-    from the first token not yet shown. `messages` holds the reply's assistant messages after
-    `finish`, for the conversation history.
+    from the first token not yet shown.
     """
 
     def __init__(self, tokenizer: Tokenizer, out: TextIO, color: bool, show_reasoning: bool = True):
@@ -208,15 +207,12 @@ class HarmonyPrinter:
         self._show_reasoning = show_reasoning
         self._hiding: StatusLine | None = None  # while hidden reasoning streams before anything is shown
         self._parser = harmony.StreamParser(tokenizer)
-        self._ids: list[int] = []  # every id of the reply
         self._unshown: list[int] = []  # ids since the last text shown
         self._shown_message: int | None = None  # index of the message whose text was shown last
         self._dim = False
         self._raw: RawPrinter | None = None
-        self.messages: list[dict] = []
 
     def push(self, token_id: int) -> None:
-        self._ids.append(token_id)
         if self._raw is not None:
             self._raw.push(token_id)
             return
@@ -234,12 +230,11 @@ class HarmonyPrinter:
     def finish(self) -> None:
         if self._raw is None:
             try:
-                self.messages = [m for m in self._parser.finish() if m["role"] == "assistant"]
+                self._parser.finish()
             except ValueError:  # the reply ended inside a message header
                 self._go_raw()
         if self._raw is not None:
             self._raw.finish()
-            self.messages = [{"role": "assistant", "channel": "final", "content": self._tokenizer.decode(self._ids)}]
         self._stop_hiding()
         self._set_dim(False)
 
@@ -352,17 +347,19 @@ class StatusLine:
 
 
 class Runner:
-    """A loaded model with the command line's settings; each call streams one reply to stdout."""
+    """A loaded model with the command line's settings; each call streams one reply to stdout. `chat`
+    (None for --raw) holds the conversation."""
 
-    def __init__(self, model: GptOss, tokenizer: Tokenizer, stops: frozenset[int], args: argparse.Namespace):
-        self.model, self.tokenizer, self.stops, self.args = model, tokenizer, stops, args
+    def __init__(self, model: GptOss, tokenizer: Tokenizer, stops: frozenset[int], args: argparse.Namespace,
+                 chat: Chat | None = None):
+        self.model, self.tokenizer, self.stops, self.args, self.chat = model, tokenizer, stops, args, chat
         self.tokenizer_size = tokenizer.vocab_size
-        self.prompt_cache = PromptCache()  # a chat's next prompt extends the last: its start is not run again
+        self.prompt_cache = chat.prompt_cache if chat else PromptCache()
 
-    def complete(self, prompt_ids: list[int], printer: RawPrinter | HarmonyPrinter) -> bool:
+    def complete(self, prompt_ids: list[int], printer: RawPrinter | HarmonyPrinter) -> list[int] | None:
         """Generate after `prompt_ids`, show the tokens with `printer` (leaving out the stop token
-        and ids the tokenizer lacks), end stdout's line and write the summary to stderr.
-        False when interrupted (Ctrl-C)."""
+        and ids the tokenizer lacks), end stdout's line and write the summary to stderr. The ids shown,
+        or None when interrupted (Ctrl-C)."""
         a, context = self.args, self.model.config.max_position_embeddings
         room = context - len(prompt_ids)
         if room < 1:
@@ -373,7 +370,7 @@ class Runner:
                                      prompt_cache=self.prompt_cache)
         timed = TimedTokens(tokens, len(prompt_ids))
         ended = "max-new-tokens" if budget == a.max_new_tokens else "context full"
-        unknown = 0  # ids the model has but the tokenizer lacks (a vocabulary padded past the tokenizer)
+        shown, unknown = [], 0  # unknown: ids the model has but the tokenizer lacks (a vocabulary padded past it)
         # on a CPU a long prompt takes a while before anything shows
         notice = StatusLine(f"prefilling {len(prompt_ids) - self.prompt_cache.held(self.model, prompt_ids)} "
                             f"prompt tokens...")
@@ -388,6 +385,7 @@ class Runner:
                         unknown += 1
                     else:
                         printer.push(token)
+                        shown.append(token)
         except KeyboardInterrupt:
             ended = "interrupted"
         finally:
@@ -398,43 +396,29 @@ class Runner:
         if unknown:
             _note(f"{unknown} generated id(s) are beyond the tokenizer's {self.tokenizer_size} ids; not shown")
         print(timed.summary(ended, watch.compiled, self.prompt_cache.reused), file=sys.stderr)
-        return ended != "interrupted"
+        return None if ended == "interrupted" else shown
 
     def raw(self, text: str) -> int:
         """Continue plain `text`; the exit code."""
         ids = self.tokenizer.encode(text)
         if not ids:
             raise CliError("--prompt is empty: --raw needs text to continue")
-        return 0 if self.complete(ids, RawPrinter(self.tokenizer, sys.stdout)) else 130
+        return 0 if self.complete(ids, RawPrinter(self.tokenizer, sys.stdout)) is not None else 130
 
-    def prompt(self, history: list[dict]) -> list[int]:
-        """The chat prompt: the conversation `history` rendered in harmony, ready for the assistant."""
-        return harmony.render_conversation(history, reasoning_effort=self.args.reasoning_effort,
-                                           conversation_start_date=datetime.date.today().isoformat(),
-                                           developer_instructions=self.args.instructions, tokenizer=self.tokenizer)
-
-    def fitted(self, history: list[dict]) -> list[dict]:
-        """`history` without as many of its oldest turns as the prompt and a whole reply (--max-new-tokens)
-        need to fit the model's context, and a note saying so; the last user message always stays."""
-        context, dropped = self.model.config.max_position_embeddings, 0
-        while len(self.prompt(history)) + self.args.max_new_tokens > context:
-            later_turns = [i for i, m in enumerate(history) if i > 0 and m["role"] == "user"]
-            if not later_turns:
-                break
-            dropped += later_turns[0]
-            history = history[later_turns[0]:]
+    def reply(self, message: str) -> bool:
+        """Add the user's `message` to the chat and stream the assistant's reply, which joins the
+        conversation unless interrupted (then False). Turns that no longer fit the model's context
+        with a whole reply (--max-new-tokens) are left out, with a note."""
+        dropped = self.chat.add(message, room=self.args.max_new_tokens)
         if dropped:
             _note(f"the {dropped} oldest message(s) of the conversation are left out, to fit the model's context "
-                  f"of {context} tokens")
-        return history
-
-    def reply(self, history: list[dict]) -> tuple[list[dict], bool]:
-        """The assistant's messages after the conversation `history`, and False if interrupted."""
-        ids = self.prompt(history)
+                  f"of {self.model.config.max_position_embeddings} tokens")
         color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
         printer = HarmonyPrinter(self.tokenizer, sys.stdout, color, show_reasoning=not self.args.hide_reasoning)
-        finished = self.complete(ids, printer)
-        return printer.messages, finished
+        ids = self.complete(self.chat.prompt(), printer)
+        if ids is not None:
+            self.chat.add_reply(ids)
+        return ids is not None
 
     def conversation(self) -> int:
         """Chat with one user message per line of stdin (or per block of lines between two MULTILINE
@@ -444,7 +428,6 @@ class Runner:
         if interactive:
             _note(f"type a message and press Enter ({MULTILINE} on a line of its own starts and ends a message of "
                   f"several lines); Ctrl-C stops a reply, Ctrl-D ends the conversation")
-        history: list[dict] = []
         while True:
             try:
                 message = read_message(">>> " if interactive else "", "... " if interactive else "")
@@ -454,14 +437,11 @@ class Runner:
                 return 0
             if not message.strip():
                 continue
-            history = self.fitted(history + [{"role": "user", "content": message}])
-            messages, finished = self.reply(history)
-            if finished:
-                history += messages
-            elif interactive:
-                _note("reply stopped; it is left out of the conversation")
-            else:
+            if self.reply(message):
+                continue
+            if not interactive:
                 return 130
+            _note("reply stopped; it is left out of the conversation")
 
 
 MULTILINE = '"""'
@@ -507,11 +487,13 @@ def _generate(args: argparse.Namespace) -> int:
     if chat:
         _check_harmony(tokenizer, folder)
     model = _load_model(folder, args.device, args.quantize_experts)
-    runner = Runner(model, tokenizer, stop_ids(folder, config, tokenizer, chat), args)
+    conversation = Chat(model, tokenizer, reasoning_effort=args.reasoning_effort,
+                        instructions=args.instructions) if chat else None
+    runner = Runner(model, tokenizer, stop_ids(folder, config, tokenizer, chat), args, conversation)
     if args.raw:
         return runner.raw(args.prompt)
     if args.prompt is not None:
-        return 0 if runner.reply([{"role": "user", "content": args.prompt}])[1] else 130
+        return 0 if runner.reply(args.prompt) else 130
     return runner.conversation()
 
 

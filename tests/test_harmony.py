@@ -280,7 +280,7 @@ def test_render_rejects_bad_builtin_tools(tok):
 
 
 def test_a_parsed_tool_call_goes_back_into_the_conversation(tok, harmony):
-    """The loop the README shows: parse what the model wrote, append it and the tool's result, render."""
+    """The loop that Chat runs: parse what the model wrote, append it and the tool's result, render."""
     written = _ids(tok, "<|channel|>", "analysis", "<|message|>", "Need weather.", "<|end|>", "<|start|>",
                    "assistant", "<|channel|>", "commentary", " to=functions.get_current_weather", " ",
                    "<|constrain|>", "json", "<|message|>", '{"location": "SF"}', "<|call|>")

@@ -1,0 +1,106 @@
+"""A conversation with a model in the harmony chat format: the loop that the command line's chat and a
+Python program share. Each turn renders the whole conversation (harmony.render_conversation), leaves out
+its oldest turns if it outgrows the model's context, generates through one PromptCache (so only the new
+tokens are prefilled) and parses the reply back into messages."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Iterator, Sequence
+
+from . import harmony
+from .generate import PromptCache
+from .tokenizer import Tokenizer
+
+
+class Chat:
+    """A conversation with `model`; `messages` holds it (user, assistant and tool messages, as
+    harmony.render_conversation takes them).
+
+        chat = gptoss_np.Chat(model, tokenizer, reasoning_effort="low")
+        reply = chat.send("Why is the sky blue?", 512, temperature=1.0, seed=0)
+        print(reply[-1]["content"])                 # the answer, on the final channel
+
+    The settings are render_conversation's: `reasoning_effort`, `instructions` (the developer message),
+    `tools` and `builtin_tools`, and `conversation_start_date` (default: the day the Chat is made).
+    """
+
+    def __init__(self, model, tokenizer: Tokenizer, *, reasoning_effort: str = "medium",
+                 instructions: str | None = None, tools: list[dict] | None = None,
+                 builtin_tools: Sequence[str | dict] = (),
+                 conversation_start_date: str | datetime.date | None = None):
+        self.model, self.tokenizer = model, tokenizer
+        self.settings = dict(reasoning_effort=reasoning_effort, developer_instructions=instructions, tools=tools,
+                             builtin_tools=builtin_tools,
+                             conversation_start_date=conversation_start_date or datetime.date.today())
+        self.stop_ids = (tokenizer.return_, tokenizer.call)
+        self.messages: list[dict] = []
+        self.prompt_cache = PromptCache()  # each prompt extends the last: its start is not run again
+        self.prompt()  # bad settings fail here, not at the first message
+
+    def prompt(self) -> list[int]:
+        """The token ids asking the assistant to answer the conversation so far."""
+        return self._render(self.messages)
+
+    def _render(self, messages: list[dict]) -> list[int]:
+        return harmony.render_conversation(messages, tokenizer=self.tokenizer, **self.settings)
+
+    def add(self, message: str | dict, room: int = 0) -> int:
+        """Add `message` (a string is the user's) to the conversation, then leave out as many of its oldest
+        turns (whole: from a user message on) as the prompt and `room` new tokens need to fit the model's
+        context; the number of messages left out. The last user message always stays."""
+        message = {"role": "user", "content": message} if isinstance(message, str) else dict(message)
+        messages, context, dropped = self.messages + [message], self.model.config.max_position_embeddings, 0
+        while len(self._render(messages)) + room > context:
+            later_turns = [i for i, m in enumerate(messages) if i > 0 and m["role"] == "user"]
+            if not later_turns:
+                break
+            dropped += later_turns[0]
+            messages = messages[later_turns[0]:]
+        self.messages = messages
+        return dropped
+
+    def add_reply(self, token_ids: Sequence[int]) -> list[dict]:
+        """Add the assistant's messages that `token_ids` (a reply to `prompt()`) hold, and return them. A
+        reply that is not harmony (an untrained model's) becomes one final message holding its text."""
+        try:
+            reply = [m for m in harmony.parse_completion(token_ids, self.tokenizer) if m["role"] == "assistant"]
+        except ValueError:
+            reply = [{"role": "assistant", "channel": "final", "content": self.tokenizer.decode(list(token_ids))}]
+        self.messages += reply
+        return reply
+
+    def stream(self, message: str | dict, max_new_tokens: int = 256, **sampling) -> Iterator[int]:
+        """Add `message` (see `add`), then yield the reply's token ids as the model writes them, up to
+        `max_new_tokens` or the end of the context; once they are all taken, the reply joins the
+        conversation (a reply given up halfway does not). `sampling`: model.generate's temperature, top_k,
+        top_p, min_p and seed (greedy by default). harmony.StreamParser shows the text as it comes."""
+        before = self.messages
+        self.add(message, max_new_tokens)
+        prompt = self.prompt()
+        room = self.model.config.max_position_embeddings - len(prompt)
+        if room < 1:
+            self.messages = before
+            raise ValueError(f"the conversation's last turn ({len(prompt)} tokens) fills the model's context of "
+                             f"{self.model.config.max_position_embeddings} tokens")
+        tokens = self.model.generate(prompt, min(max_new_tokens, room), stop_ids=self.stop_ids,
+                                     prompt_cache=self.prompt_cache, **sampling)
+        return self._joined(tokens)
+
+    def _joined(self, tokens: Iterator[int]) -> Iterator[int]:
+        """`tokens` passed on; when they end, the reply they make joins the conversation."""
+        ids = []
+        for token in tokens:
+            ids.append(token)
+            yield token
+        self.add_reply(ids)
+
+    def send(self, message: str | dict, max_new_tokens: int = 256, **sampling) -> list[dict]:
+        """Add `message` and the assistant's reply to the conversation (see `stream`); the reply's
+        messages. When the last one has a `recipient` (a tool call), answer with the tool's result:
+        `chat.send({"role": "tool", "name": reply[-1]["recipient"], "content": result})`."""
+        tokens = self.stream(message, max_new_tokens, **sampling)  # adds the message
+        start = len(self.messages)
+        for _ in tokens:
+            pass
+        return self.messages[start:]

@@ -1,0 +1,149 @@
+"""gptoss_np.Chat: a conversation's prompts are harmony's rendering of it (tested against openai-harmony in
+test_harmony), its replies are model.generate's, parsed back into messages, and it fits the context."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+
+import pytest
+
+import gptoss_np
+from gptoss_np import embedded, harmony
+from gptoss_np.tokenizer import Tokenizer
+
+TOOLS = [{"name": "get_weather", "description": "Current weather in a city.",
+          "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
+
+
+@pytest.fixture(scope="module")
+def model(cache_dir):
+    """The embedded tiny model (random weights, gpt-oss's vocabulary): its replies are not harmony."""
+    return gptoss_np.load(embedded.default_checkpoint(cache_dir))
+
+
+def written(tok: Tokenizer, *messages: tuple[str, str | None, str], end: str = "<|return|>") -> list[int]:
+    """The ids an assistant writes after `<|start|>assistant`: (channel, recipient, text) messages."""
+    ids = []
+    for i, (channel, recipient, text) in enumerate(messages):
+        if i:
+            ids += [tok.start, *tok.encode("assistant")]
+        ids += [tok.channel, *tok.encode(channel)]
+        if recipient:
+            ids += tok.encode(f" to={recipient} ") + [tok.special_id("<|constrain|>"), *tok.encode("json")]
+        ids += [tok.message, *tok.encode(text), tok.end]
+    ids[-1] = tok.special_id(end)
+    return ids
+
+
+class Scripted:
+    """A stand-in model that writes the given replies in turn and records each generate call."""
+
+    def __init__(self, context: int, *replies: list[int]):
+        self.config = dataclasses.make_dataclass("Config", ["max_position_embeddings"])(context)
+        self.replies, self.calls = list(replies), []
+
+    def generate(self, prompt, max_new_tokens, **kwargs):
+        self.calls.append((list(prompt), max_new_tokens, kwargs))
+        yield from self.replies.pop(0)[:max_new_tokens]
+
+
+def test_greedy_turns_equal_generate_on_the_rendered_conversation(model, tok):
+    """Two turns: each prompt is the rendered conversation so far; each reply is generate's greedy
+    continuation of it (the untrained model's text is not harmony: one final message holds it)."""
+    chat = gptoss_np.Chat(model, tok, reasoning_effort="high", instructions="Be brief.")
+    expected = []
+    for text in ("Why is the sky blue?", "And at sunset?"):
+        expected.append({"role": "user", "content": text})
+        prompt = harmony.render_conversation(expected, reasoning_effort="high", developer_instructions="Be brief.",
+                                             conversation_start_date=datetime.date.today(), tokenizer=tok)
+        ids = list(model.generate(prompt, 12, stop_ids=[tok.return_, tok.call]))
+        reply = chat.send(text, 12)
+        expected.append({"role": "assistant", "channel": "final", "content": tok.decode(ids)})
+        assert reply == expected[-1:]
+        assert chat.messages == expected
+    assert chat.prompt_cache.reused > 0  # the second turn extended the first
+
+
+def test_sampling_settings_reach_generate(model, tok):
+    chat = gptoss_np.Chat(model, tok)
+    first = chat.send("Hi", 8, temperature=1.0, top_p=0.9, seed=3)
+    prompt = harmony.render_conversation([{"role": "user", "content": "Hi"}], tokenizer=tok,
+                                         conversation_start_date=datetime.date.today())
+    ids = list(model.generate(prompt, 8, temperature=1.0, top_p=0.9, seed=3, stop_ids=[tok.return_, tok.call]))
+    assert first[0]["content"] == tok.decode(ids)
+
+
+def test_a_tool_call_is_answered_with_the_tools_result(tok):
+    """The README's loop: the reply ends with a call; the tool's result goes back; the answer follows."""
+    call = written(tok, ("analysis", None, "Need the weather."), ("commentary", "functions.get_weather",
+                                                                   '{"city": "Paris"}'), end="<|call|>")
+    answer = written(tok, ("final", None, "Take an umbrella."))
+    model = Scripted(4096, call, answer)
+    chat = gptoss_np.Chat(model, tok, tools=TOOLS, conversation_start_date="2025-06-01")
+    reply = chat.send("Do I need an umbrella in Paris?", 64)
+    assert [(m["channel"], m.get("recipient")) for m in reply] == [("analysis", None),
+                                                                   ("commentary", "functions.get_weather")]
+    assert json.loads(reply[-1]["content"]) == {"city": "Paris"}
+    result = {"role": "tool", "name": reply[-1]["recipient"], "content": json.dumps({"rain": True})}
+    assert chat.send(result, 64) == [{"role": "assistant", "channel": "final", "content": "Take an umbrella."}]
+    conversation = [{"role": "user", "content": "Do I need an umbrella in Paris?"}, *reply, result]
+    assert model.calls[1][0] == harmony.render_conversation(conversation, tools=TOOLS, tokenizer=tok,
+                                                            conversation_start_date="2025-06-01")
+    assert all(kwargs["stop_ids"] == (tok.return_, tok.call) for _, _, kwargs in model.calls)
+
+
+def test_the_oldest_turns_are_left_out_to_fit_the_context(tok):
+    """Each prompt leaves room for a whole reply: the oldest turns go, whole, from a user message on."""
+    replies = [written(tok, ("final", None, f"answer {i}")) for i in range(8)]
+    model = Scripted(160, *replies)
+    chat = gptoss_np.Chat(model, tok)
+    for i in range(8):
+        chat.send(f"question {i}", 20)
+        prompt, budget, _ = model.calls[-1]
+        assert len(prompt) + budget <= 160 and budget == 20
+        assert chat.messages[0]["role"] == "user" and chat.messages[-2]["content"] == f"question {i}"
+        assert prompt == harmony.render_conversation(chat.messages[:-1], tokenizer=tok,
+                                                     conversation_start_date=datetime.date.today())
+    assert len(chat.messages) < 16  # turns were left out
+    held = len(chat.messages)
+    assert chat.add("one more", room=10**6) == held  # all but the new message
+    assert chat.messages == [{"role": "user", "content": "one more"}]
+
+
+def test_a_turn_that_cannot_fit_is_an_error_and_changes_nothing(tok):
+    chat = gptoss_np.Chat(Scripted(60, []), tok)
+    with pytest.raises(ValueError, match="fills the model's context of 60 tokens"):
+        chat.send("a question " * 40)
+    assert chat.messages == []
+    with pytest.raises(ValueError, match="role"):
+        chat.add({"role": "system", "content": "no"})
+    assert chat.messages == []
+    with pytest.raises(ValueError, match="reasoning_effort"):
+        gptoss_np.Chat(Scripted(60), tok, reasoning_effort="extreme")
+
+
+def test_a_stream_given_up_halfway_leaves_its_reply_out(tok):
+    """The message stays, the reply does not: the next prompt holds both user messages."""
+    model = Scripted(4096, written(tok, ("final", None, "a long answer that is never finished")),
+                     written(tok, ("final", None, "ok")))
+    chat = gptoss_np.Chat(model, tok)
+    parser = harmony.StreamParser(tok)
+    shown = ""
+    for token in chat.stream("first", 64):
+        shown += parser.push(token)
+        if shown:
+            break
+    assert chat.messages == [{"role": "user", "content": "first"}]
+    chat.send("second")
+    assert [m["content"] for m in chat.messages] == ["first", "second", "ok"]
+
+
+def test_a_reply_cut_at_max_new_tokens_keeps_what_was_written(tok):
+    model = Scripted(4096, written(tok, ("analysis", None, "thinking about it at length"),
+                                   ("final", None, "done")))
+    chat = gptoss_np.Chat(model, tok)
+    reply = chat.send("Hi", 6)
+    assert len(reply) == 1 and reply[0]["channel"] == "analysis"
+    assert "thinking about it at length".startswith(reply[0]["content"]) and reply[0]["content"]
