@@ -43,6 +43,37 @@ python3 -c "import importlib.util as u; print('notebook modules missing:', ' '.j
     ['nbclient', 'nbformat', 'ipykernel', 'matplotlib', 'bpe_openai', 'tokenizers'] if u.find_spec(m) is None) or 'none')" \
     2>&1 | tee -a "$OUT/versions.txt"
 
+# Every part launches Numba kernels on CuPy arrays: try one first. Should the image's numba-cuda fail
+# (older releases compile nothing with numba 0.68), the one CI tests, carried in .whl/fallback/, goes
+# first on PYTHONPATH. versions.txt says what happened.
+smoke_launch() {
+    timeout 120 python3 - <<'EOF'
+import cupy as cp
+from numba import cuda
+
+
+@cuda.jit
+def index_twice(x):
+    i = cuda.grid(1)
+    if i < x.size:
+        x[i] = 2 * i
+
+
+x = cp.zeros(100, cp.float32)
+index_twice[4, 32](x)
+assert float(x.sum()) == 99 * 100, float(x.sum())
+print("smoke launch: a Numba kernel ran on a CuPy array")
+EOF
+}
+if ! smoke_launch >> "$OUT/versions.txt" 2>&1 && compgen -G ".whl/fallback/*.whl" > /dev/null; then
+    echo "the image's numba-cuda failed the smoke launch: using $(cd .whl/fallback && ls)" | tee -a "$OUT/versions.txt"
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site-numba-cuda \
+        .whl/fallback/*.whl 2>&1 | tail -3
+    export PYTHONPATH=/tmp/site-numba-cuda${PYTHONPATH:+:$PYTHONPATH}
+    smoke_launch >> "$OUT/versions.txt" 2>&1 || echo "the carried numba-cuda failed it too" | tee -a "$OUT/versions.txt"
+fi
+tail -1 "$OUT/versions.txt"
+
 if wants tests; then
     timeout 240 python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider --durations=5 \
         --junitxml="$OUT/gpu_tests.xml" 2>&1 | tee "$OUT/gpu_tests.log" | tail -40
