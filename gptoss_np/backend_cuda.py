@@ -33,6 +33,7 @@ Kernel choices by size live here and nowhere else:
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import NamedTuple
 
 import cupy as cp
@@ -427,17 +428,23 @@ class CudaOps:
 
     def sample(self, logits, temperature=0.0, top_k=None, top_p=None, min_p=None, rng=None) -> int:
         """The next token id from logits [V], chosen on the GPU with sampling.py's semantics; a draw
-        takes one uniform number from `rng` (a NumPy Generator), as sampling.sample does."""
+        takes one uniform number from `rng` (a NumPy Generator), as sampling.sample does, and logits
+        holding NaN or infinity are a ValueError as there."""
         sampling.check_args(temperature, top_k, top_p, min_p)
         logits = _f32(logits)
-        out = cp.empty(1, cp.int32)
+        out = cp.empty(2, cp.int32)  # the id, and the largest logit's bits
         if temperature == 0:
-            return int(cp.asnumpy(sampling_cuda.argmax(logits, out))[0])
-        order = None  # without filters the draw needs no order (sampling_cuda.sample)
-        if sampling_cuda.filtered(top_k, top_p, min_p):
-            order = cp.argsort(-logits).astype(cp.int32)  # CuPy's sort is stable: ties keep the lower id first
-        u = (rng if rng is not None else np.random.default_rng()).random()
-        return int(cp.asnumpy(sampling_cuda.sample(logits, order, temperature, top_k, top_p, min_p, u, out))[0])
+            sampling_cuda.argmax(logits, out)
+        else:
+            order = None  # without filters the draw needs no order (sampling_cuda.sample)
+            if sampling_cuda.filtered(top_k, top_p, min_p):
+                order = cp.argsort(-logits).astype(cp.int32)  # CuPy's sort is stable: ties keep the lower id first
+            u = (rng if rng is not None else np.random.default_rng()).random()
+            sampling_cuda.sample(logits, order, temperature, top_k, top_p, min_p, u, out)
+        chosen = cp.asnumpy(out)  # one copy, as for the id alone
+        if not math.isfinite(sampling_cuda.largest(chosen)):
+            raise ValueError(sampling.NON_FINITE)
+        return int(chosen[0])
 
     def decoder(self, model, cache):
         """decode(token) -> the logits [1, V] after it: steps replayed from a CUDA graph when

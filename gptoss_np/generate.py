@@ -61,7 +61,8 @@ def generate(model, token_ids: Sequence[int], max_new_tokens: int, *, temperatur
     """Yield up to `max_new_tokens` new ids; stop after yielding one of `stop_ids`.
 
     Greedy at temperature 0; otherwise sampled (see sampling.py), reproducibly for a given seed.
-    The backend samples where the logits are, so on a GPU only the chosen id crosses to the host.
+    The backend samples where the logits are, so on a GPU only the chosen id (and the largest logit,
+    checked to be finite: damaged weights give NaN, a ValueError) crosses to the host.
     With a `prompt_cache`, the prompt's tokens already in it are not run again.
     """
     ids = model.check_ids(token_ids)
@@ -82,9 +83,6 @@ def generate(model, token_ids: Sequence[int], max_new_tokens: int, *, temperatur
         _prefill(model, ids[cache.length:-1], cache)
         prompt_cache.keep(model, ids[:-1], cache)
     logits = _prefill(model, ids[cache.length:], cache)
-    if not np.isfinite(model.ops.to_numpy(logits)).all():  # checked once: [1, V] to the host
-        raise ValueError("the logits after the prompt hold NaN or infinity, which damaged weights give: check the "
-                         "checkpoint's files (a download cut short or corrupted?)")
     decode = model.ops.decoder(model, cache)  # on a GPU, steps replayed from a CUDA graph
     for step in range(max_new_tokens):
         token = model.ops.sample(logits[0], temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,

@@ -16,6 +16,10 @@ import math
 
 import numpy as np
 
+# What sample (and the GPU's sampler) says of logits whose largest is NaN or infinity.
+NON_FINITE = ("the logits hold NaN or infinity, which damaged weights give: check the checkpoint's files "
+              "(a download cut short or corrupted?)")
+
 
 def check_args(temperature, top_k, top_p, min_p) -> None:
     if not (math.isfinite(temperature) and temperature >= 0):
@@ -96,12 +100,15 @@ def sample(logits, *, temperature: float = 0.0, top_k: int | None = None,
     """The next token id: the argmax when temperature is 0, else a draw from `filter_probs`.
 
     `rng` is a NumPy Generator (a seeded one makes draws reproducible); by default a fresh
-    unseeded one.
+    unseeded one. Logits holding NaN or +infinity are a ValueError: nothing can be drawn from them.
     """
     check_args(temperature, top_k, top_p, min_p)
+    x = _logits_vector(logits)
+    if not math.isfinite(x.max()):  # NaN if any is; one pass, next to the model's step
+        raise ValueError(NON_FINITE)
     if temperature == 0:
-        return int(np.argmax(_logits_vector(logits)))
-    probs = filter_probs(logits, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+        return int(np.argmax(x))
+    probs = filter_probs(x, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
     rng = rng if rng is not None else np.random.default_rng()
     return _draw(probs, rng.random())
 

@@ -1,7 +1,9 @@
 """Choosing the next token on the GPU, so that only its id crosses to the host.
 
   argmax  greedy: each block reduces a strided share of the logits to (value, index), then one
-          block reduces the blocks' results; ties go to the lower index (as np.argmax)
+          block reduces the blocks' results; NaN beats every number and ties go to the lower index
+          (as np.argmax). The largest value comes back with its index: the host refuses logits whose
+          largest is NaN or infinity (damaged weights) at no extra transfer
   sample  temperature, top-k, top-p, min-p and the draw, with sampling.py's semantics: given the
           ids sorted by descending logit (a stable sort, so ties rank the lower id first), every
           filter keeps a prefix of that order; one block finds the prefix length L with scans,
@@ -23,6 +25,15 @@ THREADS = 1024  # threads per block (a power of two)
 ARGMAX_BLOCKS = 128  # blocks of the first argmax pass
 
 
+@cuda.jit(device=True, inline=True)
+def _beats(v, i, best, best_i):
+    """Whether (value v, index i) comes before (best, best_i) in np.argmax's order: NaN first, then
+    larger values; the lower index at ties (among NaNs too)."""
+    if math.isnan(v):
+        return not math.isnan(best) or i < best_i
+    return not math.isnan(best) and (v > best or (v == best and i < best_i))
+
+
 @cuda.jit(cache=True)
 def _argmax_kernel(values, indices, out_values, out_indices):
     """Block b: the best (value, index) of values[i], i = b * nt + tid + j * grid * nt; index i is
@@ -33,7 +44,7 @@ def _argmax_kernel(values, indices, out_values, out_indices):
     best, best_i = np.float32(-math.inf), np.int32(2 ** 31 - 1)
     for i in range(cuda.blockIdx.x * nt + tid, values.shape[0], cuda.gridDim.x * nt):
         index = indices[i] if indices.shape[0] else np.int32(i)
-        if values[i] > best or (values[i] == best and index < best_i):
+        if _beats(values[i], index, best, best_i):
             best, best_i = values[i], index
     vbuf[tid], ibuf[tid] = best, best_i
     cuda.syncthreads()
@@ -41,7 +52,7 @@ def _argmax_kernel(values, indices, out_values, out_indices):
     while step > 0:
         if tid < step:
             v, j = vbuf[tid + step], ibuf[tid + step]
-            if v > vbuf[tid] or (v == vbuf[tid] and j < ibuf[tid]):
+            if _beats(v, j, vbuf[tid], ibuf[tid]):
                 vbuf[tid], ibuf[tid] = v, j
         cuda.syncthreads()
         step //= 2
@@ -64,18 +75,19 @@ def _exclusive_scan(buf, tid, nt):
 
 
 @cuda.jit(cache=True)
-def _sample_kernel(z, order, rank, inv_temperature, top_k, top_p, min_p, u, out):
+def _sample_kernel(z, order, rank, best, inv_temperature, top_k, top_p, min_p, u, out):
     """One block. Thread tid owns a contiguous chunk of positions. p_j = exp((z[order[j]] - z_max) / T)
-    in sorted order; L = min(top_k, top-p prefix, min-p prefix); then the first id (in id order)
-    whose cumulative kept probability exceeds u times their total. Without filters (top_k >= V,
-    top_p 1, min_p 0) order may hold only the largest logit's id, and rank be empty: every id is kept."""
+    in sorted order, z_max = z[best[0]] (best: argmax's out); L = min(top_k, top-p prefix, min-p
+    prefix); then the first id (in id order) whose cumulative kept probability exceeds u times their
+    total. Without filters (top_k >= V, top_p 1, min_p 0) order and rank may be empty: every id is
+    kept. out[1] = best[1] (the largest logit's bits, for the host's check)."""
     buf = cuda.shared.array(MAX_THREADS, np.float32)
     found = cuda.shared.array(2, np.int32)
     tid, nt = cuda.threadIdx.x, cuda.blockDim.x
     V = z.shape[0]
     chunk = (V + nt - 1) // nt
     lo, hi = min(V, tid * chunk), min(V, (tid + 1) * chunk)
-    z_max = z[order[0]]
+    z_max = z[best[0]]
     L = min(top_k, V)
     if top_p < 1:  # the top-p cut: the first sorted j < L whose cumulative sum reaches top_p of the top-k's
         mine = np.float32(0)
@@ -124,18 +136,25 @@ def _sample_kernel(z, order, rank, inv_temperature, top_k, top_p, min_p, u, out)
     cuda.syncthreads()
     if tid == 0:  # rounding can leave u * total just above the last running sum: take the last kept id
         out[0] = found[0] if found[0] < V else found[1]
+        out[1] = best[1]
 
 
 def argmax(logits, out):
-    """out [1] int32 = the index of the largest of logits [V] f32 (the lower index at ties)."""
-    check(logits.ndim == 1 and logits.dtype == np.float32 and out.shape == (1,) and out.dtype == np.int32,
+    """out [2] int32 = the index of the largest of logits [V] f32 (NaN the largest, the lower index at
+    ties: np.argmax's), and that value's float32 bits."""
+    check(logits.ndim == 1 and logits.dtype == np.float32 and out.shape == (2,) and out.dtype == np.int32,
           "argmax", logits=logits, out=out)
     xp = array_module(out)
     blocks = max(1, min(ARGMAX_BLOCKS, -(-logits.shape[0] // THREADS)))
     values, indices = xp.empty(blocks, np.float32), xp.empty(blocks, np.int32)
     _argmax_kernel[blocks, THREADS, stream_of(out)](logits, xp.empty(0, np.int32), values, indices)
-    _argmax_kernel[1, THREADS, stream_of(out)](values, indices, xp.empty(1, np.float32), out)
+    _argmax_kernel[1, THREADS, stream_of(out)](values, indices, out[1:].view(np.float32), out[:1])
     return out
+
+
+def largest(out) -> float:
+    """The largest logit that argmax or sample wrote into `out` (on the host, after the copy)."""
+    return float(np.asarray(out, np.int32)[1:].view(np.float32)[0])
 
 
 def filtered(top_k: int | None, top_p: float | None, min_p: float | None) -> bool:
@@ -145,21 +164,23 @@ def filtered(top_k: int | None, top_p: float | None, min_p: float | None) -> boo
 
 def sample(logits, order, temperature: float, top_k: int | None, top_p: float | None, min_p: float | None,
            u: float, out):
-    """out [1] int32 = the id drawn from logits [V] f32 after temperature (> 0), top-k, top-p and min-p,
-    with the uniform number u in [0, 1); order [V] int32 = ids by descending logit, ties lower id first,
-    or None when no filter applies (`filtered`): then nothing is sorted, the largest logit is found."""
+    """out [2] int32 = the id drawn from logits [V] f32 after temperature (> 0), top-k, top-p and min-p,
+    with the uniform number u in [0, 1), and the largest logit's float32 bits (as argmax); order [V]
+    int32 = ids by descending logit, ties lower id first, or None when no filter applies (`filtered`):
+    then nothing is sorted."""
     V = logits.shape[0]
     xp = array_module(out)
-    check(temperature > 0 and logits.ndim == 1 and logits.dtype == np.float32 and out.shape == (1,)
+    check(temperature > 0 and logits.ndim == 1 and logits.dtype == np.float32 and out.shape == (2,)
           and out.dtype == np.int32 and (order is None or (order.shape == (V,) and order.dtype == np.int32))
           and (order is not None or not filtered(top_k, top_p, min_p)),
           "sample (order [V] int32, needed by the filters)", logits=logits, order=order, out=out)
+    best = argmax(logits, xp.empty(2, np.int32))
     if order is None:
-        order, rank = argmax(logits, xp.empty(1, np.int32)), xp.empty(0, np.int32)
+        order = rank = xp.empty(0, np.int32)
     else:
         rank = xp.empty(V, np.int32)
         rank[order] = xp.arange(V, dtype=np.int32)
-    _sample_kernel[1, THREADS, stream_of(out)](logits, order, rank, np.float32(1 / temperature), int(top_k or V),
-                               np.float32(1.0 if top_p is None else top_p), np.float32(min_p or 0.0),
-                               np.float32(u), out)
+    _sample_kernel[1, THREADS, stream_of(out)](logits, order, rank, best, np.float32(1 / temperature),
+                                               int(top_k or V), np.float32(1.0 if top_p is None else top_p),
+                                               np.float32(min_p or 0.0), np.float32(u), out)
     return out

@@ -91,6 +91,26 @@ def test_damaged_weights_are_an_error_not_gibberish(checkpoint_dir, tmp_path):
         next(model.generate(prompt(model, 10), 4))
 
 
+def test_a_decode_step_with_nan_logits_is_an_error_too(checkpoint_dir, monkeypatch):
+    """Every step's logits are checked, not only the prompt's: the tokens before come, then the error."""
+    model = gptoss_np.load(checkpoint_dir("tiny"))
+    decoder = model.ops.decoder
+
+    def nan_at_the_third_step(model, cache):
+        decode, steps = decoder(model, cache), []
+
+        def step(token):
+            steps.append(token)
+            logits = decode(token)
+            return np.full_like(logits, np.nan) if len(steps) == 3 else logits
+        return step
+    monkeypatch.setattr(model.ops, "decoder", nan_at_the_third_step)
+    tokens = model.generate(prompt(model, 10), 8)
+    assert len([next(tokens) for _ in range(3)]) == 3
+    with pytest.raises(ValueError, match="NaN or infinity.*damaged weights"):
+        next(tokens)
+
+
 @pytest.mark.parametrize("name", ["tiny", "gqa4_sharded"])
 def test_prefill_then_decode_equals_full_sequence(name, checkpoint_dir, hf_model):
     folder = checkpoint_dir(name)

@@ -123,6 +123,16 @@ def test_greedy_is_the_argmax():
     np.testing.assert_array_equal(filter_probs(logits, temperature=0.0), [0, 1, 0, 0])
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("kwargs", [{}, {"temperature": 1.0}, {"temperature": 0.8, "top_k": 2, "top_p": 0.9}])
+def test_nan_or_infinity_in_the_logits_is_an_error(bad, kwargs):
+    """Nothing can be drawn from them (damaged weights give them): said, not a token made up."""
+    logits = np.array([0.5, 1.0, -1.0, bad, 2.0])
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        sample(logits, rng=np.random.default_rng(0), **kwargs)
+    assert sample([0.5, -np.inf, 2.0], rng=np.random.default_rng(0), **kwargs) != 1  # -inf: masked, no error
+
+
 def test_same_seed_same_tokens():
     logits = np.random.default_rng(0).standard_normal(1000)
 

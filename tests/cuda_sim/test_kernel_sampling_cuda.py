@@ -19,9 +19,23 @@ def test_argmax_takes_the_lower_index_at_ties(V, ties):
     rng = np.random.default_rng(0)
     logits = rng.standard_normal(V, dtype=np.float32)
     logits[ties] = 9.0
-    out = poisoned(1, np.int32)
+    out = poisoned(2, np.int32)
     sampling_cuda.argmax(logits, out)
-    assert out[0] == 13
+    assert out[0] == 13 and sampling_cuda.largest(out) == 9.0
+
+
+# np.argmax's order: NaN before any number (the first NaN), +inf before finite values; -inf alone
+@pytest.mark.parametrize("V, specials", [
+    (70, {40: np.nan, 9: np.inf, 65: np.nan}), (70, {20: np.inf, 3: np.inf}), (70, {"all": -np.inf}),
+    (70, {"all": np.nan}), pytest.param(1500, {1100: np.nan, 30: np.inf, 1400: np.nan}, marks=SHIPPED)])
+def test_argmax_orders_nan_and_infinity_as_numpy(V, specials):
+    logits = np.random.default_rng(2).standard_normal(V, dtype=np.float32)
+    for i, value in specials.items():
+        logits[slice(None) if i == "all" else i] = value
+    out = poisoned(2, np.int32)
+    sampling_cuda.argmax(logits, out)
+    assert out[0] == np.argmax(logits)
+    np.testing.assert_equal(sampling_cuda.largest(out), logits.max())
 
 
 @pytest.mark.parametrize("temperature, top_k, top_p, min_p", [
@@ -37,12 +51,13 @@ def test_sample_draws_as_the_cpu(temperature, top_k, top_p, min_p):
                                    rng=np.random.default_rng(seed))
         # the ids in order when a filter needs them; without filters with and without (nothing sorted)
         for given in (order, None) if not sampling_cuda.filtered(top_k, top_p, min_p) else (order,):
-            out = poisoned(1, np.int32)
+            out = poisoned(2, np.int32)
             sampling_cuda.sample(logits, given, temperature, top_k, top_p, min_p, u, out)
             assert out[0] == expected, (seed, u, given is None)
+            assert sampling_cuda.largest(out) == logits.max()
 
 
 def test_filters_need_the_order():
     logits = np.zeros(8, np.float32)
     with pytest.raises(ValueError, match="needed by the filters"):
-        sampling_cuda.sample(logits, None, 1.0, None, 0.9, None, 0.5, poisoned(1, np.int32))
+        sampling_cuda.sample(logits, None, 1.0, None, 0.9, None, 0.5, poisoned(2, np.int32))

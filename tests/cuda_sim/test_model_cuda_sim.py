@@ -69,6 +69,11 @@ def test_tiny_model_prefill_and_decode(cuda_ops, tmp_path, monkeypatch):
     kwargs = dict(temperature=0.9, top_k=40, top_p=0.95)
     assert (cuda_ops.sample(logits, rng=np.random.default_rng(3), **kwargs)
             == cpu.ops.sample(ref[0], rng=np.random.default_rng(3), **kwargs))
+    damaged = logits.copy()
+    damaged[5] = np.nan  # as damaged weights give: refused, as by the CPU's sampler
+    for settings in ({}, {"temperature": 0.9}, kwargs):
+        with pytest.raises(ValueError, match="NaN or infinity"):
+            cuda_ops.sample(damaged, rng=np.random.default_rng(3), **settings)
 
 
 def test_prompt_cache_rewinds_a_static_shape_cache(cuda_ops, tmp_path):
