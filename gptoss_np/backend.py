@@ -39,7 +39,8 @@ class CpuOps:
     name = "cpu"
     xp = np
 
-    def __init__(self):
+    def __init__(self, reason: str | None = None):
+        self.reason = reason  # why device="auto" runs on the CPU (None when the CPU was asked for)
         cpu_threads.shorten_blas_spin()  # BLAS's idle threads must not hold the cores Numba's kernels need
 
     # -- weights
@@ -150,11 +151,13 @@ def cuda_unusable_reason() -> str | None:
     return None
 
 
-def select(device: str, cuda_graphs: bool = True):
-    """The ops for "cpu", "cuda" or "auto" (the GPU when one is usable, else the CPU).
+def select(device: str, cuda_graphs: bool = True, weights_bytes: int = 0):
+    """The ops for "cpu", "cuda" or "auto" (the GPU when one is usable and `weights_bytes` of weights fit
+    in its free memory, else the CPU).
 
-    "auto" logs its choice and the reason; the returned ops' `name` says which it is. On the GPU,
-    `cuda_graphs` replays decode steps from a CUDA graph (cuda_graph.py) instead of launching each op."""
+    "auto" logs its choice and the reason; the returned ops' `name` says which it is, and a CPU's
+    `reason` why not the GPU. On the GPU, `cuda_graphs` replays decode steps from a CUDA graph
+    (cuda_graph.py) instead of launching each op."""
     if device == "cpu":
         return CpuOps()
     if device in ("cuda", "auto"):
@@ -162,10 +165,12 @@ def select(device: str, cuda_graphs: bool = True):
         if reason is None:
             from .backend_cuda import CudaOps
             ops = CudaOps(graphs=cuda_graphs)
-            log.info("device=%r: using the GPU, %s", device, ops.device_name)
-            return ops
+            reason = ops.room_shortage(weights_bytes) if device == "auto" else None
+            if reason is None:
+                log.info("device=%r: using the GPU, %s", device, ops.device_name)
+                return ops
         if device == "cuda":
             raise DeviceUnavailableError(f"device='cuda' cannot run: {reason}")
         log.info("device='auto': using the CPU (%s)", reason)
-        return CpuOps()
+        return CpuOps(reason)
     raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {device!r}")

@@ -161,14 +161,21 @@ class CudaOps:
     def to_numpy(self, a) -> np.ndarray:
         return cp.asnumpy(a.computed() if isinstance(a, Routed) else a)
 
-    def check_room(self, nbytes: int) -> None:
-        """MemoryError saying what is needed and what is free, unless `nbytes` of weights fit in the
-        GPU's free memory (with the blocks CuPy's memory pool holds unused)."""
+    def room_shortage(self, nbytes: int) -> str | None:
+        """What is needed and what is free when `nbytes` of weights do not fit in the GPU's free memory
+        (with the blocks CuPy's memory pool holds unused); None when they do."""
         free, total = cp.cuda.runtime.memGetInfo()
         free += cp.get_default_memory_pool().free_bytes()
-        if nbytes > free:
-            raise MemoryError(f"the checkpoint's weights need {nbytes / 1e9:.2f} GB of GPU memory; {self.device_name} "
-                              f"has {free / 1e9:.2f} GB free of {total / 1e9:.2f} GB")
+        if nbytes <= free:
+            return None
+        return (f"the checkpoint's weights need {nbytes / 1e9:.2f} GB of GPU memory; {self.device_name} has "
+                f"{free / 1e9:.2f} GB free of {total / 1e9:.2f} GB")
+
+    def check_room(self, nbytes: int) -> None:
+        """MemoryError saying what is needed and what is free, unless `nbytes` of weights fit."""
+        shortage = self.room_shortage(nbytes)
+        if shortage:
+            raise MemoryError(shortage)
 
     # -- ops
     def embed(self, table, ids):

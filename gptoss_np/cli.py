@@ -27,7 +27,7 @@ from typing import Callable, Iterator, Sequence, TextIO
 
 from numba.core import event
 
-from . import __version__, backend, embedded, harmony, hub
+from . import __version__, embedded, harmony, hub
 from .chat import Chat
 from .config import GptOssConfig
 from .generate import PromptCache
@@ -150,8 +150,9 @@ def _checkpoint_folder(spec: str | None) -> Path:
 
 def _load_model(folder: Path, device: str, quantize_experts: bool = False) -> GptOss:
     """The model on `device`; a progress bar (for big checkpoints) only on a terminal. For --device auto,
-    a note names the GPU it chose, or says why it could not use one when CuPy is installed (without
-    CuPy, the CPU is what was asked for, and nothing is said)."""
+    a note names the GPU it chose, or says why it did not use one (none usable, or too little free
+    memory for the weights) when CuPy is installed (without CuPy, the CPU is what was asked for, and
+    nothing is said)."""
     try:
         model = load(folder, device=device, progress=None if sys.stderr.isatty() else False,
                      quantize_experts=quantize_experts)
@@ -164,7 +165,7 @@ def _load_model(folder: Path, device: str, quantize_experts: bool = False) -> Gp
     if device == "auto" and model.ops.name == "cuda":
         _note(f"running on the GPU, {model.ops.device_name}")
     elif device == "auto" and cupy_installed():
-        _note(f"running on the CPU: {backend.cuda_unusable_reason()}")
+        _note(f"running on the CPU: {model.ops.reason}")
     return model
 
 

@@ -6,6 +6,7 @@ graph) and must give the CPU engine's logits and sampled tokens."""
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 
 import numpy as np
@@ -14,7 +15,8 @@ import pytest
 from conftest import rel_err
 from cuda_sim import sim
 from cuda_sim.sim import numpy_as_cupy
-from gptoss_np import GptOss, PromptCache, synthetic
+import gptoss_np
+from gptoss_np import GptOss, PromptCache, backend, synthetic
 from gptoss_np.backend import CpuOps
 from gptoss_np.checkpoint import Checkpoint
 from gptoss_np.dispatch import DispatchRule
@@ -226,3 +228,18 @@ def test_weights_that_cannot_fit_are_refused_before_loading(cuda_ops, monkeypatc
         GptOss(checkpoint, cuda_ops)
     monkeypatch.setattr(sim, "FREE_BYTES", checkpoint.nbytes)
     GptOss(checkpoint, cuda_ops)
+
+
+def test_auto_takes_the_cpu_when_the_weights_do_not_fit_the_gpu(cuda_ops, monkeypatch, tmp_path):
+    """device="auto" with a usable GPU too small for the weights: the CPU, saying why; "cuda" refuses."""
+    folder = synthetic.write_checkpoint(tmp_path, synthetic.config_dict("tiny", **SMALL))
+    monkeypatch.setattr(backend, "cuda_unusable_reason", lambda: None)  # the simulator stands in for a GPU
+    monkeypatch.setattr(sim, "FREE_BYTES", Checkpoint(folder).nbytes - 1)
+    model = gptoss_np.load(folder, device="auto")
+    assert model.ops.name == "cpu"
+    assert re.fullmatch(r"the checkpoint's weights need \d+\.\d\d GB of GPU memory; Numba CUDA simulator has "
+                        r"\d+\.\d\d GB free of \d+\.\d\d GB", model.ops.reason)
+    with pytest.raises(MemoryError, match="weights need"):
+        gptoss_np.load(folder, device="cuda")
+    monkeypatch.setattr(sim, "FREE_BYTES", Checkpoint(folder).nbytes)
+    assert gptoss_np.load(folder, device="auto").ops.name == "cuda"
