@@ -124,3 +124,18 @@ def rewrite_tensors(folder, change) -> None:
 
 def rel_err(a, b) -> float:
     return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(np.asarray(b, np.float64)))
+
+
+def completion_ids(tok, *messages: tuple[str, str | None, str], end: str = "<|return|>") -> list[int]:
+    """The ids an assistant writes after `<|start|>assistant`: (channel, recipient or None, text) messages,
+    the last ended by `end`."""
+    ids = []
+    for i, (channel, recipient, text) in enumerate(messages):
+        if i:
+            ids += [tok.start, *tok.encode("assistant")]
+        ids += [tok.channel, *tok.encode(channel)]
+        if recipient:
+            ids += tok.encode(f" to={recipient} ") + [tok.special_id("<|constrain|>"), *tok.encode("json")]
+        ids += [tok.message, *tok.encode(text), tok.end]
+    ids[-1] = tok.special_id(end)
+    return ids

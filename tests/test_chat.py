@@ -10,8 +10,8 @@ import json
 import pytest
 
 import gptoss_np
+from conftest import completion_ids
 from gptoss_np import embedded, harmony
-from gptoss_np.tokenizer import Tokenizer
 
 TOOLS = [{"name": "get_weather", "description": "Current weather in a city.",
           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
@@ -21,20 +21,6 @@ TOOLS = [{"name": "get_weather", "description": "Current weather in a city.",
 def model(cache_dir):
     """The embedded tiny model (random weights, gpt-oss's vocabulary): its replies are not harmony."""
     return gptoss_np.load(embedded.default_checkpoint(cache_dir))
-
-
-def written(tok: Tokenizer, *messages: tuple[str, str | None, str], end: str = "<|return|>") -> list[int]:
-    """The ids an assistant writes after `<|start|>assistant`: (channel, recipient, text) messages."""
-    ids = []
-    for i, (channel, recipient, text) in enumerate(messages):
-        if i:
-            ids += [tok.start, *tok.encode("assistant")]
-        ids += [tok.channel, *tok.encode(channel)]
-        if recipient:
-            ids += tok.encode(f" to={recipient} ") + [tok.special_id("<|constrain|>"), *tok.encode("json")]
-        ids += [tok.message, *tok.encode(text), tok.end]
-    ids[-1] = tok.special_id(end)
-    return ids
 
 
 class Scripted:
@@ -77,9 +63,9 @@ def test_sampling_settings_reach_generate(model, tok):
 
 def test_a_tool_call_is_answered_with_the_tools_result(tok):
     """The README's loop: the reply ends with a call; the tool's result goes back; the answer follows."""
-    call = written(tok, ("analysis", None, "Need the weather."), ("commentary", "functions.get_weather",
+    call = completion_ids(tok, ("analysis", None, "Need the weather."), ("commentary", "functions.get_weather",
                                                                    '{"city": "Paris"}'), end="<|call|>")
-    answer = written(tok, ("final", None, "Take an umbrella."))
+    answer = completion_ids(tok, ("final", None, "Take an umbrella."))
     model = Scripted(4096, call, answer)
     chat = gptoss_np.Chat(model, tok, tools=TOOLS, conversation_start_date="2025-06-01")
     reply = chat.send("Do I need an umbrella in Paris?", 64)
@@ -96,7 +82,7 @@ def test_a_tool_call_is_answered_with_the_tools_result(tok):
 
 def test_the_oldest_turns_are_left_out_to_fit_the_context(tok):
     """Each prompt leaves room for a whole reply: the oldest turns go, whole, from a user message on."""
-    replies = [written(tok, ("final", None, f"answer {i}")) for i in range(8)]
+    replies = [completion_ids(tok, ("final", None, f"answer {i}")) for i in range(8)]
     model = Scripted(160, *replies)
     chat = gptoss_np.Chat(model, tok)
     for i in range(8):
@@ -126,8 +112,8 @@ def test_a_turn_that_cannot_fit_is_an_error_and_changes_nothing(tok):
 
 def test_a_stream_given_up_halfway_leaves_its_reply_out(tok):
     """The message stays, the reply does not: the next prompt holds both user messages."""
-    model = Scripted(4096, written(tok, ("final", None, "a long answer that is never finished")),
-                     written(tok, ("final", None, "ok")))
+    model = Scripted(4096, completion_ids(tok, ("final", None, "a long answer that is never finished")),
+                     completion_ids(tok, ("final", None, "ok")))
     chat = gptoss_np.Chat(model, tok)
     parser = harmony.StreamParser(tok)
     shown = ""
@@ -140,8 +126,8 @@ def test_a_stream_given_up_halfway_leaves_its_reply_out(tok):
     assert [m["content"] for m in chat.messages] == ["first", "second", "ok"]
 
 
-def test_a_reply_cut_at_max_new_tokens_keeps_what_was_written(tok):
-    model = Scripted(4096, written(tok, ("analysis", None, "thinking about it at length"),
+def test_a_reply_cut_at_max_new_tokens_keeps_what_was_completion_ids(tok):
+    model = Scripted(4096, completion_ids(tok, ("analysis", None, "thinking about it at length"),
                                    ("final", None, "done")))
     chat = gptoss_np.Chat(model, tok)
     reply = chat.send("Hi", 6)

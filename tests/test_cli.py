@@ -18,6 +18,7 @@ import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 import gptoss_np
+from conftest import completion_ids
 from gptoss_np import Chat, PromptCache, backend, cli, embedded, harmony, hub, synthetic
 from gptoss_np.model import GptOss
 from gptoss_np.tokenizer import Tokenizer
@@ -304,22 +305,12 @@ def test_a_terminal_sees_the_prefill_until_the_first_token(capsys, monkeypatch, 
 
 # ------------------------------------------------------------------------------ harmony display
 
-def completion(tok: Tokenizer, *messages: tuple[str, str]) -> list[int]:
-    """The ids an assistant writes after `<|start|>assistant`: (channel, text) messages, then <|return|>."""
-    ids = []
-    for i, (channel, text) in enumerate(messages):
-        if i:
-            ids += [tok.start, *tok.encode("assistant")]
-        ids += [tok.channel, *tok.encode(channel), tok.message, *tok.encode(text), tok.end]
-    ids[-1] = tok.return_
-    return ids
-
-
 @pytest.mark.parametrize("color", [True, False])
 def test_harmony_printer_dims_analysis_and_shows_final_plainly(harmony_tokenizer, color):
     out = io.StringIO()
     printer = cli.HarmonyPrinter(harmony_tokenizer, out, color=color)
-    for token in completion(harmony_tokenizer, ("analysis", "Rayleigh. ✓"), ("final", "Light scatters."))[:-1]:
+    ids = completion_ids(harmony_tokenizer, ("analysis", None, "Rayleigh. ✓"), ("final", None, "Light scatters."))
+    for token in ids[:-1]:
         printer.push(token)
     printer.finish()
     dim, reset = (cli.DIM, cli.RESET) if color else ("", "")
@@ -334,7 +325,7 @@ def test_harmony_printer_can_hide_the_reasoning(harmony_tokenizer, monkeypatch, 
     out = io.StringIO()
     printer = cli.HarmonyPrinter(harmony_tokenizer, out, color=True, show_reasoning=False)
     shown = []  # (stdout, stderr) after each token
-    ids = completion(harmony_tokenizer, ("analysis", "Rayleigh."), ("final", "Light scatters."))
+    ids = completion_ids(harmony_tokenizer, ("analysis", None, "Rayleigh."), ("final", None, "Light scatters."))
     for token in ids[:-1]:
         printer.push(token)
         shown.append((out.getvalue(), sys.stderr.getvalue()))
