@@ -9,7 +9,7 @@ import datetime
 from typing import Iterator, Sequence
 
 from . import harmony
-from .generate import PromptCache
+from .generate import PromptCache, new_token_room
 from .tokenizer import Tokenizer
 
 
@@ -78,13 +78,13 @@ class Chat:
         before = self.messages
         self.add(message, max_new_tokens)
         prompt = self.prompt()
-        room = self.model.config.max_position_embeddings - len(prompt)
-        if room < 1:
+        try:
+            budget = new_token_room(self.model, len(prompt), max_new_tokens)
+        except ValueError:  # the last turn alone fills the context: the conversation stays as it was
             self.messages = before
-            raise ValueError(f"the conversation's last turn ({len(prompt)} tokens) fills the model's context of "
-                             f"{self.model.config.max_position_embeddings} tokens")
-        tokens = self.model.generate(prompt, min(max_new_tokens, room), stop_ids=self.stop_ids,
-                                     prompt_cache=self.prompt_cache, **sampling)
+            raise
+        tokens = self.model.generate(prompt, budget, stop_ids=self.stop_ids, prompt_cache=self.prompt_cache,
+                                     **sampling)
         return self._joined(tokens)
 
     def _joined(self, tokens: Iterator[int]) -> Iterator[int]:

@@ -30,7 +30,7 @@ from numba.core import event
 from . import __version__, embedded, harmony, hub
 from .chat import Chat
 from .config import GptOssConfig
-from .generate import PromptCache
+from .generate import PromptCache, new_token_room
 from .model import GptOss, load
 from .tokenizer import Tokenizer
 
@@ -361,11 +361,8 @@ class Runner:
         """Generate after `prompt_ids`, show the tokens with `printer` (leaving out the stop token
         and ids the tokenizer lacks), end stdout's line and write the summary to stderr. The ids shown,
         or None when interrupted (Ctrl-C)."""
-        a, context = self.args, self.model.config.max_position_embeddings
-        room = context - len(prompt_ids)
-        if room < 1:
-            raise CliError(f"the prompt ({len(prompt_ids)} tokens) fills the model's context of {context} tokens")
-        budget = min(a.max_new_tokens, room)
+        a = self.args
+        budget = new_token_room(self.model, len(prompt_ids), a.max_new_tokens)  # ValueError: the prompt fills it
         tokens = self.model.generate(prompt_ids, budget, a.temperature, top_k=a.top_k, top_p=a.top_p,
                                      min_p=a.min_p, seed=a.seed, stop_ids=sorted(self.stops),
                                      prompt_cache=self.prompt_cache)

@@ -54,6 +54,15 @@ class PromptCache:
         self._model, self._prefix, self._cache, self._snapshot = model, prefix.copy(), cache, cache.snapshot()
 
 
+def new_token_room(model, prompt_tokens: int, max_new_tokens: int) -> int:
+    """How many tokens to generate after a prompt of `prompt_tokens`: max_new_tokens, or fewer where the
+    model's context ends; ValueError when the prompt fills the context."""
+    context = model.config.max_position_embeddings
+    if prompt_tokens >= context:
+        raise ValueError(f"the prompt ({prompt_tokens} tokens) fills the model's context of {context} tokens")
+    return min(max_new_tokens, context - prompt_tokens)
+
+
 def generate(model, token_ids: Sequence[int], max_new_tokens: int, *, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
              seed: int | None = None, stop_ids: Sequence[int] = (),
