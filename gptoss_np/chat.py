@@ -33,10 +33,18 @@ class Chat:
         self.settings = dict(reasoning_effort=reasoning_effort, developer_instructions=instructions, tools=tools,
                              builtin_tools=builtin_tools,
                              conversation_start_date=conversation_start_date or datetime.date.today())
-        self.stop_ids = (tokenizer.return_, tokenizer.call)
+        # harmony's ends of a reply, and the end of the text where the tokenizer has it (gpt-oss's
+        # generation_config.json stops there too)
+        self.stop_ids = (tokenizer.return_, tokenizer.call, *self._endoftext())
         self.messages: list[dict] = []
         self.prompt_cache = PromptCache()  # each prompt extends the last: its start is not run again
         self.prompt()  # bad settings fail here, not at the first message
+
+    def _endoftext(self) -> list[int]:
+        try:
+            return [self.tokenizer.endoftext]
+        except KeyError:  # a small test vocabulary
+            return []
 
     def prompt(self) -> list[int]:
         """The token ids asking the assistant to answer the conversation so far."""
@@ -93,6 +101,8 @@ class Chat:
         for token in tokens:
             ids.append(token)
             yield token
+        if ids[-1:] == self._endoftext():  # not harmony: the reply ends before it
+            ids.pop()
         self.add_reply(ids)
 
     def send(self, message: str | dict, max_new_tokens: int = 256, **sampling) -> list[dict]:

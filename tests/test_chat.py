@@ -23,8 +23,14 @@ def model(cache_dir):
     return gptoss_np.load(embedded.default_checkpoint(cache_dir))
 
 
+
+def stops(tok):
+    """Where a reply ends: harmony's <|return|> and <|call|>, and <|endoftext|> (gpt-oss's generation_config)."""
+    return [tok.return_, tok.call, tok.special_id("<|endoftext|>")]
+
+
 class Scripted:
-    """A stand-in model that writes the given replies in turn and records each generate call."""
+    """A stand-in model that writes the given replies in turn (each up to a stop id) and records each generate call."""
 
     def __init__(self, context: int, *replies: list[int]):
         self.config = dataclasses.make_dataclass("Config", ["max_position_embeddings"])(context)
@@ -32,7 +38,10 @@ class Scripted:
 
     def generate(self, prompt, max_new_tokens, **kwargs):
         self.calls.append((list(prompt), max_new_tokens, kwargs))
-        yield from self.replies.pop(0)[:max_new_tokens]
+        for token in self.replies.pop(0)[:max_new_tokens]:
+            yield token
+            if token in kwargs["stop_ids"]:
+                break
 
 
 def test_greedy_turns_equal_generate_on_the_rendered_conversation(model, tok):
@@ -44,7 +53,7 @@ def test_greedy_turns_equal_generate_on_the_rendered_conversation(model, tok):
         expected.append({"role": "user", "content": text})
         prompt = harmony.render_conversation(expected, reasoning_effort="high", developer_instructions="Be brief.",
                                              conversation_start_date=datetime.date.today(), tokenizer=tok)
-        ids = list(model.generate(prompt, 12, stop_ids=[tok.return_, tok.call]))
+        ids = list(model.generate(prompt, 12, stop_ids=stops(tok)))
         reply = chat.send(text, 12)
         expected.append({"role": "assistant", "channel": "final", "content": tok.decode(ids)})
         assert reply == expected[-1:]
@@ -57,7 +66,7 @@ def test_sampling_settings_reach_generate(model, tok):
     first = chat.send("Hi", 8, temperature=1.0, top_p=0.9, seed=3)
     prompt = harmony.render_conversation([{"role": "user", "content": "Hi"}], tokenizer=tok,
                                          conversation_start_date=datetime.date.today())
-    ids = list(model.generate(prompt, 8, temperature=1.0, top_p=0.9, seed=3, stop_ids=[tok.return_, tok.call]))
+    ids = list(model.generate(prompt, 8, temperature=1.0, top_p=0.9, seed=3, stop_ids=stops(tok)))
     assert first[0]["content"] == tok.decode(ids)
 
 
@@ -77,7 +86,7 @@ def test_a_tool_call_is_answered_with_the_tools_result(tok):
     conversation = [{"role": "user", "content": "Do I need an umbrella in Paris?"}, *reply, result]
     assert model.calls[1][0] == harmony.render_conversation(conversation, tools=TOOLS, tokenizer=tok,
                                                             conversation_start_date="2025-06-01")
-    assert all(kwargs["stop_ids"] == (tok.return_, tok.call) for _, _, kwargs in model.calls)
+    assert all(list(kwargs["stop_ids"]) == stops(tok) for _, _, kwargs in model.calls)
 
 
 def test_the_oldest_turns_are_left_out_to_fit_the_context(tok):
@@ -126,10 +135,22 @@ def test_a_stream_given_up_halfway_leaves_its_reply_out(tok):
     assert [m["content"] for m in chat.messages] == ["first", "second", "ok"]
 
 
-def test_a_reply_cut_at_max_new_tokens_keeps_what_was_completion_ids(tok):
+def test_a_reply_cut_at_max_new_tokens_keeps_what_was_written(tok):
     model = Scripted(4096, completion_ids(tok, ("analysis", None, "thinking about it at length"),
                                    ("final", None, "done")))
     chat = gptoss_np.Chat(model, tok)
     reply = chat.send("Hi", 6)
     assert len(reply) == 1 and reply[0]["channel"] == "analysis"
     assert "thinking about it at length".startswith(reply[0]["content"]) and reply[0]["content"]
+
+
+def test_a_reply_ends_at_endoftext_which_it_does_not_hold(tok):
+    """<|endoftext|> ends a reply (harmony or not) and is not part of its text."""
+    endoftext = tok.special_id("<|endoftext|>")
+    harmony_reply = completion_ids(tok, ("final", None, "Done."))[:-1] + [endoftext, *tok.encode("never seen")]
+    plain_reply = tok.encode("not harmony") + [endoftext]
+    chat = gptoss_np.Chat(Scripted(4096, harmony_reply, plain_reply), tok)
+    shown = list(chat.stream("Hi", 64))
+    assert shown == harmony_reply[:harmony_reply.index(endoftext) + 1]  # generate stopped after it
+    assert chat.messages[-1] == {"role": "assistant", "channel": "final", "content": "Done."}
+    assert chat.send("Again", 64) == [{"role": "assistant", "channel": "final", "content": "not harmony"}]
