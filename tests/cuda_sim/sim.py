@@ -586,6 +586,7 @@ def numpy_as_cupy(device_arrays: bool = True) -> types.ModuleType:
     device = types.SimpleNamespace(id=0, synchronize=lambda: None)
     shim.cuda = types.SimpleNamespace(
         Device=lambda: device, Stream=_Stream, using_allocator=lambda allocator: contextlib.nullcontext(),
+        set_allocator=lambda allocator=None: None,
         get_current_stream=lambda: types.SimpleNamespace(ptr=0),  # the default stream
         cublas=_Cublas(), device=types.SimpleNamespace(get_cublas_handle=lambda: 0),
         runtime=types.SimpleNamespace(getDeviceProperties=lambda i: {"name": b"Numba CUDA simulator", "major": 9},

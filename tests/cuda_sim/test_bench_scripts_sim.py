@@ -1,0 +1,71 @@
+"""The other scripts of bench/gpu_check.sh's device call, end to end in the simulator on toy models, so
+that the one GPU call does not find them broken: bench/moe_dispatch.py --device cuda (issue 5's table)
+and bench/sanitize.py (run under compute-sanitizer)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from cuda_sim import sim
+from gptoss_np import backend
+from gptoss_np.kernels import bf16_cuda
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def script(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def on_simulated_gpu(monkeypatch):
+    """device="cuda" takes CudaOps on the simulator (NumPy standing in for CuPy)."""
+    monkeypatch.setitem(sys.modules, "cupy", sim.numpy_as_cupy())
+    sim.device_arrays_only(monkeypatch)
+    for name in ("gptoss_np.backend_cuda", "gptoss_np.cuda_graph"):  # imported again with the shim
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.setattr(backend, "cuda_unusable_reason", lambda: None)
+
+
+# as small as the simulator wants, every feature kept
+TOY = dict(hidden_size=32, intermediate_size=32, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+           head_dim=8, num_local_experts=4, num_experts_per_tok=2, vocab_size=32, sliding_window=4)
+
+
+def test_moe_dispatch_table_on_the_gpu(on_simulated_gpu, monkeypatch, tmp_path):
+    bench = script("moe_dispatch")
+    monkeypatch.setattr(bench, "CONFIG", {**bench.CONFIG, **TOY})
+    # 24 tokens, 2 experts each of 4: 12 an expert on average; at ratio 0.25 each takes at most 8 (the
+    # budget is rounded up to a multiple of 8), at ratio 4 all it is given
+    monkeypatch.setattr(sys, "argv", ["moe_dispatch.py", "--device", "cuda", "--tokens", "24", "--ratios", "0.25", "4",
+                                      "--checkpoint", str(tmp_path / "checkpoint"), "--out", str(tmp_path)])
+    bench.main()
+    (path,) = tmp_path.glob("moe-dispatch-*-cuda.json")
+    result = json.loads(path.read_text())
+    assert result["device"] == "cuda"
+    tight, roomy = result["rows"]
+    assert tight["dropped_pairs"] > 0 and tight["logits_rel_err"] > 1e-3
+    assert roomy["dropped_pairs"] == 0 and roomy["logits_rel_err"] < 1e-5  # room for all: exact routing
+    assert all(row["seconds"] > 0 and row["exact_seconds"] > 0 for row in result["rows"])
+    sim.assert_launched_as_checked()
+
+
+def test_sanitize_run_agrees_with_the_cpu_engine(on_simulated_gpu, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "gpu", script("gpu"))  # sanitize.py imports the benchmark's paths
+    sanitize = script("sanitize")
+    monkeypatch.setattr(sanitize, "CONFIG", TOY)
+    monkeypatch.setattr(sanitize, "PROMPT", 7)  # past the window; above MAX_ROWS: cuBLAS for the projections
+    monkeypatch.setattr(bf16_cuda, "MAX_ROWS", 4)
+    assert sanitize.main() == 0
+    out = capsys.readouterr().out
+    assert out.count("prefill 7 tokens, experts") == 4 and out.count("generate, graphs") == 4
+    assert out.splitlines()[-1] == "as the CPU engine"
+    sim.assert_launched_as_checked(own_module="bench_gpu")
