@@ -120,6 +120,22 @@ def test_trace_of_one_token(cuda_ops, tmp_path):
         np.testing.assert_array_equal(a.tokens_per_expert, b.tokens_per_expert)
 
 
+def test_trace_of_a_prompt_with_attention(cuda_ops, tmp_path):
+    """What the notebooks show, on the GPU (gpu_check.sh runs them there): per layer, a sliding and a
+    full one, the attention maps, sink shares and routing of a prompt longer than the window."""
+    cpu, gpu = engines(cuda_ops, tmp_path, vocab_size=64, num_hidden_layers=2, sliding_window=4)
+    ids = [5, 9, 2, 40, 7, 7, 1]
+    ours, ref = gpu.trace(ids), cpu.trace(ids)
+    assert [layer.window for layer in ours] == [layer.window for layer in ref] == [4, None]
+    for a, b in zip(ours, ref):
+        assert a.attention.shape == b.attention.shape == (4, 7, 7)
+        assert rel_err(a.attention, b.attention) < 1e-5 and rel_err(a.sink, b.sink) < 1e-5
+        np.testing.assert_array_equal(a.key_positions, b.key_positions)
+        assert rel_err(a.router_logits, b.router_logits) < 1e-5
+        np.testing.assert_array_equal(a.experts, b.experts)
+        np.testing.assert_array_equal(a.tokens_per_expert, b.tokens_per_expert)
+
+
 @pytest.mark.parametrize("tokens", [1, 5])
 @pytest.mark.parametrize("swiglu", [None, (7.0, 1.702)])
 def test_expert_paths(cuda_ops, monkeypatch, tokens, swiglu):
