@@ -124,7 +124,8 @@ def main() -> None:
               "median": med, "ratio": ratio, "runs": runs, "versions": versions}
     args.out.mkdir(parents=True, exist_ok=True)
     name = "cpu" if args.preset == "bench-cpu" else f"cpu-{args.preset}"
-    path = args.out / f"{name}-{result['date']}.json"
+    prompt = "" if args.prompt == 128 else f"-prompt{args.prompt}"  # runs of one day keep their own files
+    path = args.out / f"{name}-{result['date']}{prompt}.json"
     path.write_text(json.dumps(result, indent=2))
     print(f"wrote {path}")
 
