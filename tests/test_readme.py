@@ -63,3 +63,12 @@ def test_the_python_examples_run(monkeypatch, capsys, cache_dir, tok):
     assert namespace["arguments"] == {"city": "Paris"}
     assert json.loads(namespace["chat"].messages[-2]["content"]) == {"rain": True}  # the tool's answer went back
     assert replies == []
+
+
+def test_the_flag_table_lists_the_command_lines_options():
+    """Each option of gptoss-generate is in the README's table, and each flag there is an option."""
+    from gptoss_np import cli
+    rows = [line for line in README.read_text().splitlines() if line.startswith("| `--")]
+    documented = {flag for row in rows for flag in re.findall(r"`(--[a-z-]+)", row.split("|")[1])}
+    options = {s for action in cli.build_parser()._actions for s in action.option_strings if s.startswith("--")}
+    assert documented == options - {"--help"}
