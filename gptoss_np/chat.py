@@ -13,6 +13,11 @@ from .generate import PromptCache, new_token_room
 from .tokenizer import Tokenizer
 
 
+# tokens a reply may take by default: gpt-oss reasons (the analysis channel) before it answers, which
+# at reasoning effort low takes tens to hundreds of tokens, at high thousands
+MAX_NEW_TOKENS = 2048
+
+
 class Chat:
     """A conversation with `model`; `messages` holds it (user, assistant and tool messages, as
     harmony.render_conversation takes them).
@@ -56,9 +61,11 @@ class Chat:
     def add(self, message: str | dict, room: int = 0) -> int:
         """Add `message` (a string is the user's) to the conversation, then leave out as many of its oldest
         turns (whole: from a user message on) as the prompt and `room` new tokens need to fit the model's
-        context; the number of messages left out. The last user message always stays."""
+        context; the number of messages left out. The last user message always stays, and the room
+        asked for is at most half the context: a long reply does not cost the whole conversation."""
         message = {"role": "user", "content": message} if isinstance(message, str) else dict(message)
         messages, context, dropped = self.messages + [message], self.model.config.max_position_embeddings, 0
+        room = min(room, context // 2)
         while len(self._render(messages)) + room > context:
             later_turns = [i for i, m in enumerate(messages) if i > 0 and m["role"] == "user"]
             if not later_turns:
@@ -78,7 +85,7 @@ class Chat:
         self.messages += reply
         return reply
 
-    def stream(self, message: str | dict, max_new_tokens: int = 256, **sampling) -> Iterator[int]:
+    def stream(self, message: str | dict, max_new_tokens: int = MAX_NEW_TOKENS, **sampling) -> Iterator[int]:
         """Add `message` (see `add`), then yield the reply's token ids as the model writes them, up to
         `max_new_tokens` or the end of the context; once they are all taken, the reply joins the
         conversation (a reply given up halfway does not). `sampling`: model.generate's temperature, top_k,
@@ -105,7 +112,7 @@ class Chat:
             ids.pop()
         self.add_reply(ids)
 
-    def send(self, message: str | dict, max_new_tokens: int = 256, **sampling) -> list[dict]:
+    def send(self, message: str | dict, max_new_tokens: int = MAX_NEW_TOKENS, **sampling) -> list[dict]:
         """Add `message` and the assistant's reply to the conversation (see `stream`); the reply's
         messages. When the last one has a `recipient` (a tool call), answer with the tool's result:
         `chat.send({"role": "tool", "name": reply[-1]["recipient"], "content": result})`."""

@@ -28,7 +28,7 @@ from typing import Callable, Iterator, Sequence, TextIO
 from numba.core import event
 
 from . import __version__, embedded, harmony, hub
-from .chat import Chat
+from .chat import MAX_NEW_TOKENS, Chat
 from .config import GptOssConfig
 from .generate import PromptCache, new_token_room
 from .model import GptOss, load
@@ -37,6 +37,7 @@ from .tokenizer import Tokenizer
 PROG = "gptoss-generate"
 DIM, RESET = "\x1b[2m", "\x1b[0m"
 HARMONY_STOPS = ("<|return|>", "<|call|>")
+EMBEDDED_MAX_NEW_TOKENS = 256  # the untrained embedded model never ends a reply: a sample of its text
 # Tokens a well-formed message header can take; past this many, the output is not harmony.
 MAX_HEADER_TOKENS = 64
 
@@ -87,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hide-reasoning", action="store_true",
                         help="show only the answer, not the model's reasoning (its analysis channel; chat only)")
     parser.add_argument("--max-new-tokens", type=_number(int, lambda n: n >= 1, "an integer >= 1"),
-                        default=256, metavar="N", help="most tokens per reply (default: 256)")
+                        metavar="N", help=f"most tokens per reply (default: {MAX_NEW_TOKENS}; "
+                                          f"{EMBEDDED_MAX_NEW_TOKENS} for the embedded model)")
     parser.add_argument("--temperature", type=_number(float, lambda t: math.isfinite(t) and t >= 0, "a number >= 0"),
                         default=1.0, help="sampling temperature; 0 = greedy (default: 1.0, OpenAI's "
                                           "recommendation for gpt-oss)")
@@ -479,6 +481,8 @@ def _generate(args: argparse.Namespace) -> int:
     if args.raw and args.hide_reasoning:
         raise CliError("--hide-reasoning is for chat; --raw shows the continuation as it is")
     folder = _checkpoint_folder(args.model)
+    if args.max_new_tokens is None:
+        args.max_new_tokens = MAX_NEW_TOKENS if args.model else EMBEDDED_MAX_NEW_TOKENS
     config = GptOssConfig.from_file(folder / "config.json")
     tokenizer = Tokenizer.from_pretrained(folder)
     chat = not args.raw

@@ -154,3 +154,19 @@ def test_a_reply_ends_at_endoftext_which_it_does_not_hold(tok):
     assert shown == harmony_reply[:harmony_reply.index(endoftext) + 1]  # generate stopped after it
     assert chat.messages[-1] == {"role": "assistant", "channel": "final", "content": "Done."}
     assert chat.send("Again", 64) == [{"role": "assistant", "channel": "final", "content": "not harmony"}]
+
+
+def test_a_reply_has_room_to_reason_but_not_at_the_conversations_cost(tok):
+    """By default a reply may take 2048 tokens; where the context is too small for that, the reply
+    asks for at most half of it, so earlier turns stay, and ends where the context does."""
+    model = Scripted(8192, completion_ids(tok, ("final", None, "ok")))
+    gptoss_np.Chat(model, tok).send("Hi")
+    assert model.calls[0][1] == 2048
+    replies = [completion_ids(tok, ("final", None, f"answer {i}")) for i in range(6)]
+    model = Scripted(300, *replies)
+    chat = gptoss_np.Chat(model, tok)
+    for i in range(6):
+        chat.send(f"question {i}")
+        prompt, budget, _ = model.calls[-1]
+        assert len(prompt) <= 150 and budget == 300 - len(prompt)
+    assert chat.messages[0]["content"] != "question 5" and len(chat.messages) >= 4  # earlier turns stayed

@@ -122,6 +122,18 @@ def test_embedded_checkpoint_is_built_once_and_atomically(cache_root, default_fo
     assert config["vocab_size"] == 201088 and config["hidden_size"] == 64
 
 
+
+@pytest.mark.parametrize("with_model, expected", [(False, 256), (True, 2048)])
+def test_default_max_new_tokens(capsys, monkeypatch, default_folder, small_checkpoint, with_model, expected):
+    """A real checkpoint's reply has room to reason and answer; the embedded model, which never ends a
+    reply, shows a short sample. Both in chat and --raw."""
+    asked = []
+    monkeypatch.setattr(cli.Runner, "complete", lambda self, ids, printer: asked.append(self.args.max_new_tokens) or [])
+    model = ["--model", str(small_checkpoint)] if with_model else []
+    for mode in ("--chat", "--raw"):
+        assert run_cli(capsys, *model, mode, "--prompt", "Why is the sky blue?")[0] == 0
+    assert asked == [expected, expected]
+
 def test_default_run_is_chat_with_the_untrained_notice(capsys, default_folder, harmony_tokenizer):
     code, out, err = run_cli(capsys, "--prompt", "Why is the sky blue?", "--max-new-tokens", "12", "--seed", "1")
     assert code == 0
