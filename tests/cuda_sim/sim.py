@@ -560,6 +560,15 @@ _MAKERS = ("empty", "zeros", "ones", "full", "arange", "empty_like", "zeros_like
            "concatenate", "stack", "ascontiguousarray")
 
 
+def cupy_on_the_simulator(monkeypatch):
+    """Within the test, `import cupy` gives numpy_as_cupy(), the CUDA backend is imported anew with it,
+    and kernels refuse host arrays (device_arrays_only)."""
+    monkeypatch.setitem(sys.modules, "cupy", numpy_as_cupy())
+    for module in ("gptoss_np.backend_cuda", "gptoss_np.cuda_graph"):
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    device_arrays_only(monkeypatch)
+
+
 def numpy_as_cupy(device_arrays: bool = True) -> types.ModuleType:
     """A `cupy` module made of NumPy, its arrays DeviceArray (the simulator's kernels take NumPy arrays);
     with device_arrays=False, plain NumPy arrays, for the CPU backend standing in for the GPU's."""

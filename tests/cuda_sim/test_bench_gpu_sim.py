@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +21,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "gpu.py"
 
 @pytest.fixture
 def bench(monkeypatch):
-    monkeypatch.setitem(sys.modules, "cupy", sim.numpy_as_cupy())
-    sim.device_arrays_only(monkeypatch)
-    for name in ("gptoss_np.backend_cuda", "gptoss_np.cuda_graph"):  # imported again with the shim
-        monkeypatch.delitem(sys.modules, name, raising=False)
+    sim.cupy_on_the_simulator(monkeypatch)
     spec = importlib.util.spec_from_file_location("bench_gpu", BENCH)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

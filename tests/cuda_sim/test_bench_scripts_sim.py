@@ -28,10 +28,7 @@ def script(name: str):
 @pytest.fixture
 def on_simulated_gpu(monkeypatch):
     """device="cuda" takes CudaOps on the simulator (NumPy standing in for CuPy)."""
-    monkeypatch.setitem(sys.modules, "cupy", sim.numpy_as_cupy())
-    sim.device_arrays_only(monkeypatch)
-    for name in ("gptoss_np.backend_cuda", "gptoss_np.cuda_graph"):  # imported again with the shim
-        monkeypatch.delitem(sys.modules, name, raising=False)
+    sim.cupy_on_the_simulator(monkeypatch)
     monkeypatch.setattr(backend, "cuda_unusable_reason", lambda: None)
 
 

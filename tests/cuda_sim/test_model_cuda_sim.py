@@ -14,7 +14,6 @@ import pytest
 
 from conftest import rel_err
 from cuda_sim import sim
-from cuda_sim.sim import numpy_as_cupy
 import gptoss_np
 from gptoss_np import GptOss, PromptCache, backend, synthetic
 from gptoss_np.backend import CpuOps
@@ -25,10 +24,7 @@ from gptoss_np.kernels import bf16, bf16_cuda, moe, moe_cuda, mxfp4, norm_rope_c
 
 @pytest.fixture
 def cuda_ops(monkeypatch):
-    monkeypatch.setitem(sys.modules, "cupy", numpy_as_cupy())
-    for module in ("gptoss_np.backend_cuda", "gptoss_np.cuda_graph"):  # imported again with the shim
-        monkeypatch.delitem(sys.modules, module, raising=False)
-    sim.device_arrays_only(monkeypatch)
+    sim.cupy_on_the_simulator(monkeypatch)
     monkeypatch.setattr(bf16_cuda, "MAX_ROWS", 4)  # a 6-token prefill takes the widen + matmul path
     return importlib.import_module("gptoss_np.backend_cuda").CudaOps()
 
