@@ -91,6 +91,9 @@ class GptOssConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "GptOssConfig":
+        if d.get("model_type", "gpt_oss") != "gpt_oss":  # another model's checkpoint: say so, not what it lacks
+            raise ConfigError(f"model_type is {d['model_type']!r}: gptoss_np runs gpt-oss checkpoints "
+                              f"(model_type 'gpt_oss')")
         d = from_openai_format(d) if is_openai_format(d) else dict(d)
         if "num_experts_per_tok" not in d and "experts_per_token" in d:
             d["num_experts_per_tok"] = d["experts_per_token"]

@@ -91,6 +91,13 @@ def test_missing_config_field(tiny):
         gptoss_np.load(tiny)
 
 
+
+def test_another_models_config_says_it_is_not_gpt_oss(tiny):
+    """A Llama or Qwen checkpoint is named as such, not listed as missing gpt-oss's fields."""
+    (tiny / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 4096}))
+    with pytest.raises(ConfigError, match="config.json: model_type is 'llama': gptoss_np runs gpt-oss checkpoints"):
+        gptoss_np.load(tiny)
+
 OPENAI_20B = {"num_hidden_layers": 24, "num_experts": 32, "experts_per_token": 4, "vocab_size": 201088,
               "hidden_size": 2880, "intermediate_size": 2880, "swiglu_limit": 7.0, "head_dim": 64,
               "num_attention_heads": 64, "num_key_value_heads": 8, "sliding_window": 128,
