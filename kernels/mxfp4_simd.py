@@ -4,7 +4,8 @@ Numba compiles integer arithmetic on 64-bit lanes, so a nibble decode written in
 one element a cycle (bench/NOTES.md). These intrinsics spell the decode with explicit vector types:
   row_dot(blocks, scales, x_even, x_odd) -> float32   one row of W times x
         blocks uint8 [K/32, 16] and scales uint8 [K/32] (one row, as on disk), x_even / x_odd float32
-        [K/2]: x's even and odd elements, so a byte's low and high nibbles meet contiguous x;
+        [K/2]: x's even and odd elements, so a byte's low and high nibbles meet contiguous x. It keeps
+        ROW_SUMS independent sums and asks for the blocks PREFETCH_BYTES ahead of the one it decodes;
   dequantize_row(blocks, scales, out)                 the row as float32 out [K];
   tile_dot(blocks, scales, x_even, x_odd, out, n0, t0)  a tile of W [N, K/32, 16] times x [Tp, K]:
         out [N, Tp] at rows n0 .. n0 + TILE_ROWS, tokens t0 .. t0 + TILE_TOKENS. Each block of a
@@ -113,6 +114,17 @@ class _Packed:
         return b.shuffle_vector(one, one, ir.Constant(ir.VectorType(_I32, count), [0] * count))
 
 
+_BYTE_POINTER = _I8.as_pointer()
+
+
+def _prefetch(builder, address):
+    """A hint to load `address`'s cache line (for reading, into every cache level); never faults, so
+    it may point past an array's end."""
+    function = builder.module.declare_intrinsic(
+        "llvm.prefetch", [_BYTE_POINTER], ir.FunctionType(ir.VoidType(), [_BYTE_POINTER, _I32, _I32, _I32]))
+    builder.call(function, [address, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+
+
 def _horizontal_sum(builder, v):
     n = v.type.count
     while n > 1:
@@ -132,17 +144,31 @@ def _intrinsics(decode, rows: int, tokens: int):
         _check_args("row_dot", args, [(types.uint8, 2), (types.uint8, 1), (types.float32, 1), (types.float32, 1)])
 
         def codegen(context, builder, signature, llvm_args):
+            b = builder
             row = _Packed(context, builder, signature, llvm_args, decode)
-            acc = cgutils.alloca_once_value(builder, ir.Constant(_FLOATS, None))  # 16 lane sums
-            with cgutils.for_range(builder, row.blocks_per_row) as loop:
-                g = loop.index
+            G = row.blocks_per_row
+            const = lambda v: ir.Constant(G.type, v)  # noqa: E731
+            sums = [cgutils.alloca_once_value(b, ir.Constant(_FLOATS, None)) for _ in range(ROW_SUMS)]  # 16 lanes
+
+            def add_block(g, acc):  # acc += the block's 32 weights times x's, by lane
                 low, high, scale = row.block(g)
-                g16 = builder.mul(g, ir.Constant(g.type, 16))
-                part = builder.fadd(builder.fmul(low, row.load(row.data[2], g16, _FLOATS), flags=_FAST),
-                                    builder.fmul(high, row.load(row.data[3], g16, _FLOATS), flags=_FAST), flags=_FAST)
-                scaled = builder.fmul(part, row.splat(scale), flags=_FAST)
-                builder.store(builder.fadd(builder.load(acc), scaled, flags=_FAST), acc)
-            return _horizontal_sum(builder, builder.load(acc))
+                g16 = b.mul(g, const(16))
+                part = b.fadd(b.fmul(low, row.load(row.data[2], g16, _FLOATS), flags=_FAST),
+                              b.fmul(high, row.load(row.data[3], g16, _FLOATS), flags=_FAST), flags=_FAST)
+                b.store(b.fadd(b.load(acc), b.fmul(part, row.splat(scale), flags=_FAST), flags=_FAST), acc)
+
+            rounds = b.udiv(G, const(ROW_SUMS))
+            blocks = b.bitcast(row.data[0], _BYTE_POINTER)
+            with cgutils.for_range(b, rounds) as loop:  # block ROW_SUMS * i + j goes to sum j
+                _prefetch(b, b.gep(blocks, [b.add(b.mul(loop.index, const(16 * ROW_SUMS)), const(PREFETCH_BYTES))]))
+                for j, acc in enumerate(sums):
+                    add_block(b.add(b.mul(loop.index, const(ROW_SUMS)), const(j)), acc)
+            with cgutils.for_range_slice(b, b.mul(rounds, const(ROW_SUMS)), G, const(1)) as (g, _):
+                add_block(g, sums[0])
+            total = b.load(sums[0])
+            for acc in sums[1:]:
+                total = b.fadd(total, b.load(acc), flags=_FAST)
+            return _horizontal_sum(b, total)
 
         return types.float32(*args), codegen
 
@@ -206,6 +232,12 @@ def _intrinsics(decode, rows: int, tokens: int):
     return row_dot, dequantize_row, tile_dot
 
 
+# independent sums a row_dot keeps: with one, each block's FMA waited for the previous block's, and on
+# an Intel Xeon the GEMV ran 6.6 GB/s of cold weights instead of 8.2 with four (bench/NOTES.md)
+ROW_SUMS = 4
+# how far ahead of a row_dot's blocks to ask for the cache lines, once a round of ROW_SUMS blocks (one
+# 64-byte line): the hardware prefetcher alone left the decode GEMV waiting for memory (bench/NOTES.md)
+PREFETCH_BYTES = 2048
 DECODER = _decode_by_shuffle if _compiles_for("ssse3") else _decode_by_arithmetic
 # a 2 x 8 tile's 16 accumulators fit AVX-512's 32 vector registers; with 16 registers 1 x 4 ran best
 TILE_ROWS, TILE_TOKENS = (2, 8) if _compiles_for("avx512f") else (1, 4)
