@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import platform
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,3 +108,10 @@ def test_wrong_array_types_fail_to_compile():
         call(blocks, scales, np.zeros(64, np.float64))
     with pytest.raises(TypingError, match="argument 2 must be a C-contiguous"):
         call(blocks, scales, np.zeros(64, np.float32)[::2])
+
+
+def test_the_cached_kernels_know_this_version_of_the_intrinsics():
+    """mxfp4.py's kernels inline these intrinsics, but Numba's cache of them is keyed on mxfp4.py's text:
+    a change here must change mxfp4.py too (its MXFP4_SIMD_SHA256), or a cache from before it is used."""
+    sha = hashlib.sha256(Path(mxfp4_simd.__file__).read_bytes()).hexdigest()
+    assert mxfp4.MXFP4_SIMD_SHA256 == sha, f"set MXFP4_SIMD_SHA256 in kernels/mxfp4.py to {sha!r}"
