@@ -17,7 +17,7 @@ from .mxfp4_simd import TILE_ROWS, TILE_TOKENS, dequantize_row, row_dot, tile_do
 # Numba caches the kernels below keyed on this file's text alone, and they inline mxfp4_simd's code: this
 # line changes with that file (tests/test_kernel_mxfp4_simd.py checks it), so a cache made from an older
 # mxfp4_simd.py is not used
-MXFP4_SIMD_SHA256 = "08df958f525d2c28706a0aafd4c5983cb00afd914d7eb71f3108d3611829358b"
+MXFP4_SIMD_SHA256 = "2f02fd32287af95cb4791cdd34344e7e6db6ca394b95122b3c436920fae48f99"
 
 # FP4 e2m1 value of each nibble: sign bit 3, exponent bits 2-1, mantissa bit 0
 FP4_VALUES = np.array([+0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,

@@ -13,12 +13,14 @@ one element a cycle (bench/NOTES.md). These intrinsics spell the decode with exp
         TILE_TOKENS vectors of 16): prefill's matmul for a few dozen tokens, where BLAS on
         dequantized tiles is slow.
 A 32-value block is 16 bytes: their low nibbles become 16 lanes, their high nibbles 16 more. A nibble
-becomes twice its FP4 value, an integer (0, +-1, 2, 3, 4, 6, 8, 12), by one of two decoders:
-  _decode_by_shuffle     a 16-entry byte table looked up by the x86 byte shuffle (SSSE3 pshufb):
-                         one instruction for 16 nibbles;
+becomes twice its FP4 value (0, +-1, 2, 3, 4, 6, 8, 12) times the block's scale 2**(s - 127) and the
+1/2 (from a 256-entry table), by one of three decoders:
+  _decode_by_permute     AVX-512: the 16 values times the scale in one vector, each lane's value picked
+                         by the float permute (vpermps): one multiply a block, one permute a half;
+  _decode_by_shuffle     a 16-entry byte table looked up by the x86 byte shuffle (SSSE3 pshufb), one
+                         instruction for 16 nibbles, then converted to float and scaled;
   _decode_by_arithmetic  portable IR: the magnitudes are the 4-bit fields of one 32-bit constant,
                          shifted by 4 * (nibble & 7); the sign bit is OR'ed into the float.
-The block's scale 2**(s - 127) times the 1/2 comes from a 256-entry table.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ _FAST = ("fast",)  # fast-math flags: sums may be reassociated (vector lanes, th
 
 _TWICE_FP4 = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12]  # by nibble
 _TWICE_FP4_FIELDS = 0xC8643210  # magnitude m's value in bits 4m .. 4m+3
-# 2**(s - 128) for every e8m0 byte s: the block scale times the 1/2 the decoders leave out
+# 2**(s - 128) for every e8m0 byte s: the block scale times 1/2 (the decoders' tables hold twice FP4)
 HALF_SCALE = np.ldexp(np.float32(1.0), np.arange(256) - 128).astype(np.float32)
 
 
@@ -46,21 +48,52 @@ def _splat(value, vector_type):
     return ir.Constant(vector_type, [value] * vector_type.count)
 
 
-def _decode_by_shuffle(builder, nibbles):
-    """<16 x i8> nibbles (0..15) -> <16 x float> twice their FP4 values."""
+# The decoders: (builder, <16 x i8> a block's bytes, float scale) -> (<16 x float> the low nibbles'
+# weights, the high nibbles'), each twice its FP4 value times scale.
+
+def _decode_by_permute(builder, packed, scale):
+    """The 16 values times the scale in one vector, each lane's picked by the AVX-512 float permute
+    (vpermps), which reads only the low 4 bits of each 32-bit index."""
+    vpermps = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(_FLOATS, [_FLOATS, _INTS]), "llvm.x86.avx512.permvar.sf.512")
+    table = builder.fmul(ir.Constant(_FLOATS, [float(v) for v in _TWICE_FP4]), _splat_value(builder, scale),
+                         flags=_FAST)
+    indices = builder.zext(packed, _INTS)  # low nibble in bits 0-3, high in 4-7
+    return (builder.call(vpermps, [table, indices]),
+            builder.call(vpermps, [table, builder.lshr(indices, _splat(4, _INTS))]))
+
+
+def _decode_by_shuffle(builder, packed, scale):
+    """The SSSE3 byte shuffle (pshufb) looks the nibbles up in a 16-byte table."""
     pshufb = cgutils.get_or_insert_function(
         builder.module, ir.FunctionType(_BYTES, [_BYTES, _BYTES]), "llvm.x86.ssse3.pshuf.b.128")
-    return builder.sitofp(builder.call(pshufb, [ir.Constant(_BYTES, _TWICE_FP4), nibbles]), _FLOATS)
+    table, scale = ir.Constant(_BYTES, _TWICE_FP4), _splat_value(builder, scale)
+    return tuple(builder.fmul(builder.sitofp(builder.call(pshufb, [table, nibbles]), _FLOATS), scale, flags=_FAST)
+                 for nibbles in _nibbles(builder, packed))
 
 
-def _decode_by_arithmetic(builder, nibbles):
-    """<16 x i8> nibbles (0..15) -> <16 x float> twice their FP4 values."""
-    n = builder.zext(nibbles, _INTS)
-    shift = builder.shl(builder.and_(n, _splat(7, _INTS)), _splat(2, _INTS))
-    magnitude = builder.and_(builder.lshr(_splat(_TWICE_FP4_FIELDS, _INTS), shift), _splat(15, _INTS))
-    sign = builder.shl(builder.and_(n, _splat(8, _INTS)), _splat(28, _INTS))
-    value = builder.bitcast(builder.uitofp(magnitude, _FLOATS), _INTS)
-    return builder.bitcast(builder.or_(value, sign), _FLOATS)
+def _decode_by_arithmetic(builder, packed, scale):
+    """Portable IR: a magnitude is a 4-bit field of one 32-bit constant; the sign bit is OR'ed in."""
+    decoded, scale = [], _splat_value(builder, scale)
+    for nibbles in _nibbles(builder, packed):
+        n = builder.zext(nibbles, _INTS)
+        shift = builder.shl(builder.and_(n, _splat(7, _INTS)), _splat(2, _INTS))
+        magnitude = builder.and_(builder.lshr(_splat(_TWICE_FP4_FIELDS, _INTS), shift), _splat(15, _INTS))
+        sign = builder.shl(builder.and_(n, _splat(8, _INTS)), _splat(28, _INTS))
+        value = builder.bitcast(builder.uitofp(magnitude, _FLOATS), _INTS)
+        decoded.append(builder.fmul(builder.bitcast(builder.or_(value, sign), _FLOATS), scale, flags=_FAST))
+    return tuple(decoded)
+
+
+def _nibbles(builder, packed):
+    """<16 x i8> bytes -> (their low nibbles, their high nibbles)."""
+    return builder.and_(packed, _splat(15, _BYTES)), builder.lshr(packed, _splat(4, _BYTES))
+
+
+def _splat_value(builder, scalar):
+    """<16 x float> of one float value."""
+    one = builder.insert_element(ir.Constant(_FLOATS, ir.Undefined), scalar, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(one, one, ir.Constant(_INTS, [0] * 16))
 
 
 def _compiles_for(feature: str) -> bool:
@@ -99,19 +132,11 @@ class _Packed:
         return self.builder.load(self.builder.bitcast(address, vector_type.as_pointer()), align=1)
 
     def block(self, index):
-        """Block `index` (row * G + g) -> (<16 x float> low-nibble values, high-nibble values, scalar
-        scale); the values are twice FP4, the scale carries the 1/2."""
+        """Block `index` (row * G + g) -> <16 x float> (low nibbles' weights, high nibbles')."""
         b = self.builder
         packed = self.load(self.data[0], b.mul(index, ir.Constant(index.type, 16)), _BYTES)
-        low = self.decode(b, b.and_(packed, _splat(15, _BYTES)))
-        high = self.decode(b, b.lshr(packed, _splat(4, _BYTES)))
         s = b.zext(b.load(b.gep(self.data[1], [index])), index.type)
-        return low, high, b.load(b.gep(self.half_scale, [s]))
-
-    def splat(self, scalar, count=16):
-        b = self.builder
-        one = b.insert_element(ir.Constant(_FLOATS, ir.Undefined), scalar, ir.Constant(_I32, 0))
-        return b.shuffle_vector(one, one, ir.Constant(ir.VectorType(_I32, count), [0] * count))
+        return self.decode(b, packed, b.load(b.gep(self.half_scale, [s])))
 
 
 _BYTE_POINTER = _I8.as_pointer()
@@ -151,11 +176,10 @@ def _intrinsics(decode, rows: int, tokens: int):
             sums = [cgutils.alloca_once_value(b, ir.Constant(_FLOATS, None)) for _ in range(ROW_SUMS)]  # 16 lanes
 
             def add_block(g, acc):  # acc += the block's 32 weights times x's, by lane
-                low, high, scale = row.block(g)
+                low, high = row.block(g)
                 g16 = b.mul(g, const(16))
-                part = b.fadd(b.fmul(low, row.load(row.data[2], g16, _FLOATS), flags=_FAST),
-                              b.fmul(high, row.load(row.data[3], g16, _FLOATS), flags=_FAST), flags=_FAST)
-                b.store(b.fadd(b.load(acc), b.fmul(part, row.splat(scale), flags=_FAST), flags=_FAST), acc)
+                a = b.fadd(b.load(acc), b.fmul(low, row.load(row.data[2], g16, _FLOATS), flags=_FAST), flags=_FAST)
+                b.store(b.fadd(a, b.fmul(high, row.load(row.data[3], g16, _FLOATS), flags=_FAST), flags=_FAST), acc)
 
             rounds = b.udiv(G, const(ROW_SUMS))
             blocks = b.bitcast(row.data[0], _BYTE_POINTER)
@@ -182,9 +206,8 @@ def _intrinsics(decode, rows: int, tokens: int):
             interleave = ir.Constant(ir.VectorType(_I32, 32), [i // 2 + 16 * (i % 2) for i in range(32)])
             with cgutils.for_range(builder, row.blocks_per_row) as loop:
                 g = loop.index
-                low, high, scale = row.block(g)
+                low, high = row.block(g)
                 values = builder.shuffle_vector(low, high, interleave)  # element 2j low nibble j, 2j+1 high
-                values = builder.fmul(values, row.splat(scale, 32))
                 address = builder.gep(row.data[2], [builder.mul(g, ir.Constant(g.type, 32))])
                 builder.store(values, builder.bitcast(address, values.type.as_pointer()), align=1)
             return context.get_dummy_value()
@@ -210,11 +233,7 @@ def _intrinsics(decode, rows: int, tokens: int):
             const = lambda v: ir.Constant(n0.type, v)  # noqa: E731
             with cgutils.for_range(b, G) as loop:
                 g = loop.index
-                weights = []  # per row: (low, high) values times the block scale
-                for r in range(rows):
-                    low, high, scale = m.block(b.add(b.mul(b.add(n0, const(r)), G), g))
-                    scale = m.splat(scale)
-                    weights.append((b.fmul(low, scale, flags=_FAST), b.fmul(high, scale, flags=_FAST)))
+                weights = [m.block(b.add(b.mul(b.add(n0, const(r)), G), g)) for r in range(rows)]  # (low, high)
                 for t in range(tokens):
                     offset = b.add(b.mul(b.add(t0, const(t)), half_k), b.mul(g, const(16)))
                     x_lo, x_hi = m.load(m.data[2], offset, _FLOATS), m.load(m.data[3], offset, _FLOATS)
@@ -238,7 +257,9 @@ ROW_SUMS = 4
 # how far ahead of a row_dot's blocks to ask for the cache lines, once a round of ROW_SUMS blocks (one
 # 64-byte line): the hardware prefetcher alone left the decode GEMV waiting for memory (bench/NOTES.md)
 PREFETCH_BYTES = 2048
-DECODER = _decode_by_shuffle if _compiles_for("ssse3") else _decode_by_arithmetic
-# a 2 x 8 tile's 16 accumulators fit AVX-512's 32 vector registers; with 16 registers 1 x 4 ran best
-TILE_ROWS, TILE_TOKENS = (2, 8) if _compiles_for("avx512f") else (1, 4)
+DECODER = (_decode_by_permute if _compiles_for("avx512f") else
+           _decode_by_shuffle if _compiles_for("ssse3") else _decode_by_arithmetic)
+# with AVX-512's 32 vector registers, a 4 x 4 tile (16 sums, 8 decoded vectors) ran best: each x vector
+# loaded serves 4 rows; with 16 registers 1 x 4 did (bench/NOTES.md)
+TILE_ROWS, TILE_TOKENS = (4, 4) if _compiles_for("avx512f") else (1, 4)
 row_dot, dequantize_row, tile_dot = _intrinsics(DECODER, TILE_ROWS, TILE_TOKENS)

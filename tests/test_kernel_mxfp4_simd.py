@@ -13,7 +13,10 @@ from numba.core.errors import TypingError
 
 from gptoss_np.kernels import mxfp4, mxfp4_simd
 
-DECODERS = {"shuffle": mxfp4_simd._decode_by_shuffle, "arithmetic": mxfp4_simd._decode_by_arithmetic}
+DECODERS = {"permute": mxfp4_simd._decode_by_permute, "shuffle": mxfp4_simd._decode_by_shuffle,
+            "arithmetic": mxfp4_simd._decode_by_arithmetic}
+if not mxfp4_simd._compiles_for("avx512f"):
+    del DECODERS["permute"]  # an x86 instruction this CPU lacks
 if platform.machine() not in ("x86_64", "AMD64"):
     del DECODERS["shuffle"]  # the x86 instruction cannot be compiled here
 
@@ -61,7 +64,7 @@ def test_row_dot_matches_reference(kernels, N, groups):
 
 
 @pytest.mark.parametrize("decoder", list(DECODERS))
-@pytest.mark.parametrize("rows, tokens", [(2, 8), (2, 4), (3, 2)])
+@pytest.mark.parametrize("rows, tokens", [(4, 4), (2, 8), (3, 2)])
 def test_tile_dot_writes_its_tile_and_nothing_else(decoder, rows, tokens):
     *_, tile_dot = mxfp4_simd._intrinsics(DECODERS[decoder], rows, tokens)
 
@@ -84,9 +87,11 @@ def test_tile_dot_writes_its_tile_and_nothing_else(decoder, rows, tokens):
     assert np.isnan(out).all()  # nothing outside the tile was written
 
 
-def test_the_byte_shuffle_is_used_where_numba_compiles_for_it(monkeypatch):
+def test_the_x86_decoders_are_used_where_numba_compiles_for_them(monkeypatch):
     x86 = platform.machine() in ("x86_64", "AMD64")
-    expected = mxfp4_simd._decode_by_shuffle if mxfp4_simd._compiles_for("ssse3") else mxfp4_simd._decode_by_arithmetic
+    expected = (mxfp4_simd._decode_by_permute if mxfp4_simd._compiles_for("avx512f") else
+                mxfp4_simd._decode_by_shuffle if mxfp4_simd._compiles_for("ssse3") else
+                mxfp4_simd._decode_by_arithmetic)
     assert mxfp4_simd.DECODER is expected
     config = mxfp4_simd.config
     monkeypatch.setattr(config, "CPU_NAME", None)
