@@ -17,7 +17,7 @@ from .mxfp4_simd import TILE_ROWS, TILE_TOKENS, dequantize_row, row_dot, tile_do
 # Numba caches the kernels below keyed on this file's text alone, and they inline mxfp4_simd's code: this
 # line changes with that file (tests/test_kernel_mxfp4_simd.py checks it), so a cache made from an older
 # mxfp4_simd.py is not used
-MXFP4_SIMD_SHA256 = "2f02fd32287af95cb4791cdd34344e7e6db6ca394b95122b3c436920fae48f99"
+MXFP4_SIMD_SHA256 = "5dd1009b5feceb4b756527b9fec7b7b37cf57cf62fa372df28c820e366af6e42"
 
 # FP4 e2m1 value of each nibble: sign bit 3, exponent bits 2-1, mantissa bit 0
 FP4_VALUES = np.array([+0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
@@ -104,10 +104,10 @@ def _gemv_pairs_kernel(x_even, x_odd, blocks, scales, experts, out):
 
 @njit(parallel=True, cache=True)
 def _tiled_kernel(x_even, x_odd, blocks, scales, out):
-    """out [N, Tp] = W x^T, tiles of TILE_ROWS rows x TILE_TOKENS tokens in parallel (each row tile
-    with all token tiles in turn, so its bytes stay in cache). x_even / x_odd [Tp, K/2]; N and Tp
-    are multiples of the tile."""
-    token_tiles = x_even.shape[0] // TILE_TOKENS
+    """out [N, T] = W x^T, tiles of TILE_ROWS rows x TILE_TOKENS tokens in parallel (each row tile
+    with all token tiles in turn, so its bytes stay in cache; the last token tile may be partial).
+    x_even / x_odd [T, K/2]; N is a multiple of TILE_ROWS."""
+    token_tiles = -(-x_even.shape[0] // TILE_TOKENS)
     for i in prange(blocks.shape[0] // TILE_ROWS * token_tiles):
         tile_dot(blocks, scales, x_even, x_odd, out, i // token_tiles * TILE_ROWS, i % token_tiles * TILE_TOKENS)
 
@@ -161,14 +161,12 @@ def matmul(x: np.ndarray, blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
 
 
 def _tiled(x: np.ndarray, blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """matmul through the tile kernel: x's rows padded with zeros to whole token tiles."""
-    T, K = x.shape
-    padded = np.zeros((-(-T // TILE_TOKENS) * TILE_TOKENS, K), np.float32)
-    padded[:T] = x
-    out = np.empty((blocks.shape[0], padded.shape[0]), np.float32)  # [N, Tp]
-    _tiled_kernel(np.ascontiguousarray(padded[:, 0::2]), np.ascontiguousarray(padded[:, 1::2]),
+    """matmul through the tile kernel."""
+    x = np.asarray(x, dtype=np.float32)
+    out = np.empty((blocks.shape[0], x.shape[0]), np.float32)  # [N, T]
+    _tiled_kernel(np.ascontiguousarray(x[:, 0::2]), np.ascontiguousarray(x[:, 1::2]),
                   np.ascontiguousarray(blocks), np.ascontiguousarray(scales), out)
-    return np.ascontiguousarray(out[:, :T].T)
+    return np.ascontiguousarray(out.T)
 
 
 # ---------------------------------------------------------------- quantizing (dense checkpoints)

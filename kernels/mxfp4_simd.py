@@ -7,11 +7,11 @@ one element a cycle (bench/NOTES.md). These intrinsics spell the decode with exp
         [K/2]: x's even and odd elements, so a byte's low and high nibbles meet contiguous x. It keeps
         ROW_SUMS independent sums and asks for the blocks PREFETCH_BYTES ahead of the one it decodes;
   dequantize_row(blocks, scales, out)                 the row as float32 out [K];
-  tile_dot(blocks, scales, x_even, x_odd, out, n0, t0)  a tile of W [N, K/32, 16] times x [Tp, K]:
-        out [N, Tp] at rows n0 .. n0 + TILE_ROWS, tokens t0 .. t0 + TILE_TOKENS. Each block of a
-        row is decoded once for all the tile's tokens, the sums stay in registers (TILE_ROWS x
-        TILE_TOKENS vectors of 16): prefill's matmul for a few dozen tokens, where BLAS on
-        dequantized tiles is slow.
+  tile_dot(blocks, scales, x_even, x_odd, out, n0, t0)  a tile of W [N, K/32, 16] times x [T, K]:
+        out [N, T] at rows n0 .. n0 + TILE_ROWS, tokens t0 .. t0 + TILE_TOKENS (fewer at x's end).
+        Each block of a row is decoded once for all the tile's tokens, the sums stay in registers
+        (TILE_ROWS x TILE_TOKENS vectors of 16): prefill's matmul for a few dozen tokens, where BLAS
+        on dequantized tiles is slow.
 A 32-value block is 16 bytes: their low nibbles become 16 lanes, their high nibbles 16 more. A nibble
 becomes twice its FP4 value (0, +-1, 2, 3, 4, 6, 8, 12) times the block's scale 2**(s - 127) and the
 1/2 (from a 256-entry table), by one of three decoders:
@@ -226,24 +226,40 @@ def _intrinsics(decode, rows: int, tokens: int):
             b = builder
             m = _Packed(context, builder, signature, llvm_args, decode)
             n0, t0 = (context.cast(b, v, t, types.intp) for v, t in zip(llvm_args[5:], signature.args[5:]))
-            half_k, width = m.shapes[2][1], m.shapes[4][1]  # x_even [Tp, K/2], out [N, Tp]
+            half_k, width = m.shapes[2][1], m.shapes[4][1]  # x_even [T, K/2], out [N, T]
             G = m.blocks_per_row
-            zero = ir.Constant(_FLOATS, None)
-            acc = [[cgutils.alloca_once_value(b, zero) for _ in range(tokens)] for _ in range(rows)]
             const = lambda v: ir.Constant(n0.type, v)  # noqa: E731
-            with cgutils.for_range(b, G) as loop:
-                g = loop.index
-                weights = [m.block(b.add(b.mul(b.add(n0, const(r)), G), g)) for r in range(rows)]  # (low, high)
-                for t in range(tokens):
-                    offset = b.add(b.mul(b.add(t0, const(t)), half_k), b.mul(g, const(16)))
-                    x_lo, x_hi = m.load(m.data[2], offset, _FLOATS), m.load(m.data[3], offset, _FLOATS)
-                    for r, (w_lo, w_hi) in enumerate(weights):
-                        a = b.fadd(b.load(acc[r][t]), b.fmul(w_lo, x_lo, flags=_FAST), flags=_FAST)
-                        b.store(b.fadd(a, b.fmul(w_hi, x_hi, flags=_FAST), flags=_FAST), acc[r][t])
-            for r in range(rows):
-                for t in range(tokens):
-                    index = b.add(b.mul(b.add(n0, const(r)), width), b.add(t0, const(t)))
-                    b.store(_horizontal_sum(b, b.load(acc[r][t])), b.gep(m.data[4], [index]))
+
+            def tile(count):  # the code for a tile of `count` tokens
+                acc = [[cgutils.alloca_once_value(b, ir.Constant(_FLOATS, None)) for _ in range(count)]
+                       for _ in range(rows)]
+                with cgutils.for_range(b, G) as loop:
+                    g = loop.index
+                    weights = [m.block(b.add(b.mul(b.add(n0, const(r)), G), g)) for r in range(rows)]  # (low, high)
+                    for t in range(count):
+                        offset = b.add(b.mul(b.add(t0, const(t)), half_k), b.mul(g, const(16)))
+                        x_lo, x_hi = m.load(m.data[2], offset, _FLOATS), m.load(m.data[3], offset, _FLOATS)
+                        for r, (w_lo, w_hi) in enumerate(weights):
+                            a = b.fadd(b.load(acc[r][t]), b.fmul(w_lo, x_lo, flags=_FAST), flags=_FAST)
+                            b.store(b.fadd(a, b.fmul(w_hi, x_hi, flags=_FAST), flags=_FAST), acc[r][t])
+                for r in range(rows):
+                    for t in range(count):
+                        index = b.add(b.mul(b.add(n0, const(r)), width), b.add(t0, const(t)))
+                        b.store(_horizontal_sum(b, b.load(acc[r][t])), b.gep(m.data[4], [index]))
+
+            # the last tile of x's rows may hold fewer tokens: code for each count, chosen by a switch
+            whole, done = b.append_basic_block("whole_tile"), b.append_basic_block("tile_done")
+            switch = b.switch(b.sub(width, t0), whole)
+            for count in range(1, tokens):
+                case = b.append_basic_block(f"tile_of_{count}")
+                switch.add_case(const(count), case)
+                b.position_at_end(case)
+                tile(count)
+                b.branch(done)
+            b.position_at_end(whole)
+            tile(tokens)
+            b.branch(done)
+            b.position_at_end(done)
             return context.get_dummy_value()
 
         return types.none(*args, n0, t0), codegen

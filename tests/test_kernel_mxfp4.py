@@ -52,11 +52,12 @@ def test_gemv_pairs_matches_reference(P, N, groups):
         np.testing.assert_allclose(out[p], ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
-@pytest.mark.parametrize("T, N", [(1, 600), (4, 600), (5, 600), (9, 600), (40, 600), (64, 600), (65, 600),
-                                  (40, 601)])
+@pytest.mark.parametrize("T, N", [(1, 600), (2, 600), (3, 600), (6, 600), (9, 600), (40, 600), (96, 600),
+                                  (97, 600), (40, 601)])
 def test_matmul_paths(T, N):
-    """GEMV up to GEMV_MAX_ROWS, the tile kernel up to TILED_MAX_ROWS (N a multiple of its rows),
-    else BLAS on dequantized tiles (600 rows: a full tile of 512 and a partial one)."""
+    """GEMV up to GEMV_MAX_ROWS (2), the tile kernel up to TILED_MAX_ROWS (96; N a multiple of its rows,
+    the last token tile partial or whole), else BLAS on dequantized tiles (600 rows: a full tile of 512
+    and a partial one)."""
     rng = np.random.default_rng(T + N)
     groups = 3
     blocks, scales = random_packed(rng, (N,), groups)

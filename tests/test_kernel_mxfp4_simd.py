@@ -64,24 +64,25 @@ def test_row_dot_matches_reference(kernels, N, groups):
 
 
 @pytest.mark.parametrize("decoder", list(DECODERS))
-@pytest.mark.parametrize("rows, tokens", [(4, 4), (2, 8), (3, 2)])
-def test_tile_dot_writes_its_tile_and_nothing_else(decoder, rows, tokens):
+@pytest.mark.parametrize("rows, tokens, rest", [(4, 4, 0), (4, 4, 1), (4, 4, 3), (2, 8, 5), (3, 2, 0)])
+def test_tile_dot_writes_its_tile_and_nothing_else(decoder, rows, tokens, rest):
+    """The middle row tile, the second token tile: whole, or the last one of `rest` tokens."""
     *_, tile_dot = mxfp4_simd._intrinsics(DECODERS[decoder], rows, tokens)
 
     @njit
     def one_tile(blocks, scales, x_even, x_odd, out, n0, t0):
         tile_dot(blocks, scales, x_even, x_odd, out, n0, t0)
 
-    rng = np.random.default_rng(rows * 10 + tokens)
-    N, T, groups = rows * 3, tokens * 2, 5
+    rng = np.random.default_rng(rows * 10 + tokens + rest)
+    N, T, groups = rows * 3, tokens + (rest or 2 * tokens), 5
     blocks = rng.integers(0, 256, (N, groups, 16), dtype=np.uint8)
     scales = rng.integers(100, 150, (N, groups), dtype=np.uint8)
     x = rng.standard_normal((T, groups * 32)).astype(np.float32)
     ref = mxfp4.matmul_ref(x.astype(np.float64), blocks, scales).T  # [N, T]
     out = np.full((N, T), np.nan, np.float32)
-    n0, t0 = rows, tokens  # the middle row tile, the second token tile
+    n0, t0 = rows, tokens
     one_tile(blocks, scales, np.ascontiguousarray(x[:, 0::2]), np.ascontiguousarray(x[:, 1::2]), out, n0, t0)
-    tile = (slice(n0, n0 + rows), slice(t0, t0 + tokens))
+    tile = (slice(n0, n0 + rows), slice(t0, t0 + (rest or tokens)))
     np.testing.assert_allclose(out[tile], ref[tile], rtol=1e-5, atol=1e-5 * np.abs(ref).max())
     out[tile] = np.nan
     assert np.isnan(out).all()  # nothing outside the tile was written
