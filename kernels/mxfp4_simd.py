@@ -14,11 +14,13 @@ one element a cycle (bench/NOTES.md). These intrinsics spell the decode with exp
         on dequantized tiles is slow.
 A 32-value block is 16 bytes: their low nibbles become 16 lanes, their high nibbles 16 more. A nibble
 becomes twice its FP4 value (0, +-1, 2, 3, 4, 6, 8, 12) times the block's scale 2**(s - 127) and the
-1/2 (from a 256-entry table), by one of three decoders:
+1/2 (from a 256-entry table), by one of four decoders:
   _decode_by_permute     AVX-512: the 16 values times the scale in one vector, each lane's value picked
                          by the float permute (vpermps): one multiply a block, one permute a half;
   _decode_by_shuffle     a 16-entry byte table looked up by the x86 byte shuffle (SSSE3 pshufb), one
                          instruction for 16 nibbles, then converted to float and scaled;
+  _decode_by_tbl         the same by AArch64's table lookup (NEON tbl); compiled in CI, run only on
+                         an ARM machine;
   _decode_by_arithmetic  portable IR: the magnitudes are the 4-bit fields of one 32-bit constant,
                          shifted by 4 * (nibble & 7); the sign bit is OR'ed into the float.
 """
@@ -63,13 +65,21 @@ def _decode_by_permute(builder, packed, scale):
             builder.call(vpermps, [table, builder.lshr(indices, _splat(4, _INTS))]))
 
 
-def _decode_by_shuffle(builder, packed, scale):
-    """The SSSE3 byte shuffle (pshufb) looks the nibbles up in a 16-byte table."""
-    pshufb = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(_BYTES, [_BYTES, _BYTES]), "llvm.x86.ssse3.pshuf.b.128")
-    table, scale = ir.Constant(_BYTES, _TWICE_FP4), _splat_value(builder, scale)
-    return tuple(builder.fmul(builder.sitofp(builder.call(pshufb, [table, nibbles]), _FLOATS), scale, flags=_FAST)
-                 for nibbles in _nibbles(builder, packed))
+def _byte_table_decoder(lookup: str):
+    """A decoder that looks the nibbles up in a 16-byte table by the instruction behind the LLVM
+    intrinsic `lookup` (table, indices) -> bytes, then converts and scales them."""
+
+    def decode(builder, packed, scale):
+        function = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_BYTES, [_BYTES, _BYTES]), lookup)
+        table, scale = ir.Constant(_BYTES, _TWICE_FP4), _splat_value(builder, scale)
+        return tuple(builder.fmul(builder.sitofp(builder.call(function, [table, nibbles]), _FLOATS), scale,
+                                  flags=_FAST) for nibbles in _nibbles(builder, packed))
+
+    return decode
+
+
+_decode_by_shuffle = _byte_table_decoder("llvm.x86.ssse3.pshuf.b.128")  # x86's byte shuffle, SSSE3 pshufb
+_decode_by_tbl = _byte_table_decoder("llvm.aarch64.neon.tbl1.v16i8")  # AArch64's table lookup, NEON tbl
 
 
 def _decode_by_arithmetic(builder, packed, scale):
@@ -97,9 +107,13 @@ def _splat_value(builder, scalar):
 
 
 def _compiles_for(feature: str) -> bool:
-    """Whether Numba generates code for an x86 CPU with `feature` ("ssse3", "avx512f"). A
-    NUMBA_CPU_NAME without a NUMBA_CPU_FEATURES list that names the feature counts as without it."""
-    if not llvm.get_process_triple().startswith(("x86_64", "i686")):
+    """Whether Numba generates code for a CPU with `feature`: "ssse3" or "avx512f" (x86), "neon" (every
+    AArch64 CPU has it). A NUMBA_CPU_NAME without a NUMBA_CPU_FEATURES list that names an x86 feature
+    counts as without it."""
+    triple = llvm.get_process_triple()
+    if feature == "neon":
+        return triple.startswith(("aarch64", "arm64"))
+    if not triple.startswith(("x86_64", "i686")):
         return False
     if config.CPU_NAME or config.CPU_FEATURES:
         return f"+{feature}" in (config.CPU_FEATURES or "")
@@ -273,8 +287,8 @@ ROW_SUMS = 4
 # how far ahead of a row_dot's blocks to ask for the cache lines, once a round of ROW_SUMS blocks (one
 # 64-byte line): the hardware prefetcher alone left the decode GEMV waiting for memory (bench/NOTES.md)
 PREFETCH_BYTES = 2048
-DECODER = (_decode_by_permute if _compiles_for("avx512f") else
-           _decode_by_shuffle if _compiles_for("ssse3") else _decode_by_arithmetic)
+DECODER = (_decode_by_permute if _compiles_for("avx512f") else _decode_by_shuffle if _compiles_for("ssse3") else
+           _decode_by_tbl if _compiles_for("neon") else _decode_by_arithmetic)
 # with AVX-512's 32 vector registers, a 4 x 4 tile (16 sums, 8 decoded vectors) ran best: each x vector
 # loaded serves 4 rows; with 16 registers 1 x 4 did (bench/NOTES.md)
 TILE_ROWS, TILE_TOKENS = (4, 4) if _compiles_for("avx512f") else (1, 4)

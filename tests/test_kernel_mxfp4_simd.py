@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import platform
+import re
 from pathlib import Path
 
+import llvmlite.binding as llvm
 import numpy as np
 import pytest
+from llvmlite import ir
 from numba import njit
 from numba.core.errors import TypingError
 
 from gptoss_np.kernels import mxfp4, mxfp4_simd
 
 DECODERS = {"permute": mxfp4_simd._decode_by_permute, "shuffle": mxfp4_simd._decode_by_shuffle,
-            "arithmetic": mxfp4_simd._decode_by_arithmetic}
-if not mxfp4_simd._compiles_for("avx512f"):
-    del DECODERS["permute"]  # an x86 instruction this CPU lacks
-if platform.machine() not in ("x86_64", "AMD64"):
-    del DECODERS["shuffle"]  # the x86 instruction cannot be compiled here
+            "tbl": mxfp4_simd._decode_by_tbl, "arithmetic": mxfp4_simd._decode_by_arithmetic}
+for name, feature in (("permute", "avx512f"), ("shuffle", "ssse3"), ("tbl", "neon")):
+    if not mxfp4_simd._compiles_for(feature):
+        del DECODERS[name]  # an instruction this CPU lacks
 
 
 @pytest.fixture(scope="module", params=list(DECODERS))
@@ -88,10 +90,12 @@ def test_tile_dot_writes_its_tile_and_nothing_else(decoder, rows, tokens, rest):
     assert np.isnan(out).all()  # nothing outside the tile was written
 
 
-def test_the_x86_decoders_are_used_where_numba_compiles_for_them(monkeypatch):
+def test_the_cpu_decoders_are_used_where_numba_compiles_for_them(monkeypatch):
     x86 = platform.machine() in ("x86_64", "AMD64")
+    assert mxfp4_simd._compiles_for("neon") == (platform.machine() in ("aarch64", "arm64"))
     expected = (mxfp4_simd._decode_by_permute if mxfp4_simd._compiles_for("avx512f") else
                 mxfp4_simd._decode_by_shuffle if mxfp4_simd._compiles_for("ssse3") else
+                mxfp4_simd._decode_by_tbl if mxfp4_simd._compiles_for("neon") else
                 mxfp4_simd._decode_by_arithmetic)
     assert mxfp4_simd.DECODER is expected
     config = mxfp4_simd.config
@@ -102,6 +106,34 @@ def test_the_x86_decoders_are_used_where_numba_compiles_for_them(monkeypatch):
     assert not mxfp4_simd._compiles_for("ssse3")
     monkeypatch.setattr(config, "CPU_FEATURES", "+sse2,+ssse3")
     assert mxfp4_simd._compiles_for("ssse3") == x86
+
+
+@pytest.mark.parametrize("decoder, triple, features, instruction", [
+    ("permute", "x86_64-unknown-linux-gnu", "+avx512f", "vperm[ds]"),  # vpermd where the result is stored
+    ("shuffle", "x86_64-unknown-linux-gnu", "+ssse3", "pshufb"),
+    ("tbl", "aarch64-unknown-linux-gnu", "+neon", "tbl"),
+    ("tbl", "arm64-apple-darwin", "+neon", "tbl"),
+    ("arithmetic", "aarch64-unknown-linux-gnu", "+neon", "ushl"),
+])
+def test_each_decoder_compiles_for_its_cpu(decoder, triple, features, instruction):
+    """Machine code for every decoder's CPU, whatever CPU runs the tests (NEON's tbl runs only on an
+    ARM machine; the tests above run it there): a block's bytes and scale -> its 32 weights."""
+    llvm.initialize_all_targets()
+    llvm.initialize_all_asmprinters()
+    module = ir.Module(name="decode")
+    module.triple = triple
+    signature = ir.FunctionType(ir.VoidType(), [mxfp4_simd._BYTES.as_pointer(), mxfp4_simd._F32,
+                                                mxfp4_simd._FLOATS.as_pointer()])
+    function = ir.Function(module, signature, name="decode")
+    packed, scale, out = function.args
+    builder = ir.IRBuilder(function.append_basic_block())
+    low, high = getattr(mxfp4_simd, f"_decode_by_{decoder}")(builder, builder.load(packed), scale)
+    builder.store(low, out)
+    builder.store(high, builder.gep(out, [ir.Constant(ir.IntType(64), 1)]))
+    builder.ret_void()
+    machine = llvm.Target.from_triple(triple).create_target_machine(features=features, opt=2)
+    assembly = machine.emit_assembly(llvm.parse_assembly(str(module)))
+    assert re.search(rf"\b{instruction}\b", assembly), assembly
 
 
 def test_wrong_array_types_fail_to_compile():
