@@ -10,8 +10,8 @@ one element a cycle (bench/NOTES.md). These intrinsics spell the decode with exp
   tile_dot(blocks, scales, x_even, x_odd, out, n0, t0)  a tile of W [N, K/32, 16] times x [T, K]:
         out [N, T] at rows n0 .. n0 + TILE_ROWS, tokens t0 .. t0 + TILE_TOKENS (fewer at x's end).
         Each block of a row is decoded once for all the tile's tokens, the sums stay in registers
-        (TILE_ROWS x TILE_TOKENS vectors of 16): prefill's matmul for a few dozen tokens, where BLAS
-        on dequantized tiles is slow.
+        (TILE_ROWS x TILE_TOKENS vectors of 16), and the blocks PREFETCH_BYTES ahead are asked for:
+        prefill's matmul for a few dozen tokens, where BLAS on dequantized tiles is slow.
 A 32-value block is 16 bytes: their low nibbles become 16 lanes, their high nibbles 16 more. A nibble
 becomes twice its FP4 value (0, +-1, 2, 3, 4, 6, 8, 12) times the block's scale 2**(s - 127) and the
 1/2 (from a 256-entry table), by one of four decoders:
@@ -247,9 +247,14 @@ def _intrinsics(decode, rows: int, tokens: int):
             def tile(count):  # the code for a tile of `count` tokens
                 acc = [[cgutils.alloca_once_value(b, ir.Constant(_FLOATS, None)) for _ in range(count)]
                        for _ in range(rows)]
+                blocks = b.bitcast(m.data[0], _BYTE_POINTER)
                 with cgutils.for_range(b, G) as loop:
                     g = loop.index
-                    weights = [m.block(b.add(b.mul(b.add(n0, const(r)), G), g)) for r in range(rows)]  # (low, high)
+                    weights = []  # per row: (low, high)
+                    for r in range(rows):
+                        index = b.add(b.mul(b.add(n0, const(r)), G), g)
+                        _prefetch(b, b.gep(blocks, [b.add(b.mul(index, const(16)), const(PREFETCH_BYTES))]))
+                        weights.append(m.block(index))
                     for t in range(count):
                         offset = b.add(b.mul(b.add(t0, const(t)), half_k), b.mul(g, const(16)))
                         x_lo, x_hi = m.load(m.data[2], offset, _FLOATS), m.load(m.data[3], offset, _FLOATS)
@@ -284,8 +289,9 @@ def _intrinsics(decode, rows: int, tokens: int):
 # independent sums a row_dot keeps: with one, each block's FMA waited for the previous block's, and on
 # an Intel Xeon the GEMV ran 6.6 GB/s of cold weights instead of 8.2 with four (bench/NOTES.md)
 ROW_SUMS = 4
-# how far ahead of a row_dot's blocks to ask for the cache lines, once a round of ROW_SUMS blocks (one
-# 64-byte line): the hardware prefetcher alone left the decode GEMV waiting for memory (bench/NOTES.md)
+# how far ahead of the blocks it decodes a row_dot asks for the cache lines, once a round of ROW_SUMS
+# blocks (one 64-byte line), and a tile_dot each block of a row: the hardware prefetcher alone left the
+# decode GEMV, and tiles of a few tokens, waiting for memory (bench/NOTES.md)
 PREFETCH_BYTES = 2048
 DECODER = (_decode_by_permute if _compiles_for("avx512f") else _decode_by_shuffle if _compiles_for("ssse3") else
            _decode_by_tbl if _compiles_for("neon") else _decode_by_arithmetic)
