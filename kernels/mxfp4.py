@@ -27,8 +27,8 @@ BLOCK = 32
 _MIDPOINTS = (FP4_VALUES[1:8] + FP4_VALUES[:7]) / 2  # .25, .75, ..., 5 (exact): where rounding to FP4 turns
 # Token rows of one matrix: up to GEMV_MAX_ROWS one fused GEMV per row; up to TILED_MAX_ROWS the
 # fused tile kernel; above, dequantized tiles go to BLAS (bench/NOTES.md has the measurements: on an
-# Intel Xeon with 4 x 4 tiles, the tile kernel won from 3 rows, and over BLAS up to 96).
-GEMV_MAX_ROWS = 2
+# Intel Xeon with 4 x 4 tiles, the tile kernel won from 2 rows, and over BLAS up to 96).
+GEMV_MAX_ROWS = 1
 TILED_MAX_ROWS = 96
 _DEQUANT_ROWS = 512  # rows of W dequantized at a time for BLAS
 

@@ -55,7 +55,7 @@ def test_gemv_pairs_matches_reference(P, N, groups):
 @pytest.mark.parametrize("T, N", [(1, 600), (2, 600), (3, 600), (6, 600), (9, 600), (40, 600), (96, 600),
                                   (97, 600), (40, 601)])
 def test_matmul_paths(T, N):
-    """GEMV up to GEMV_MAX_ROWS (2), the tile kernel up to TILED_MAX_ROWS (96; N a multiple of its rows,
+    """GEMV up to GEMV_MAX_ROWS (1), the tile kernel up to TILED_MAX_ROWS (96; N a multiple of its rows,
     the last token tile partial or whole), else BLAS on dequantized tiles (600 rows: a full tile of 512
     and a partial one)."""
     rng = np.random.default_rng(T + N)
