@@ -35,15 +35,15 @@ def _beats(v, i, best, best_i):
 
 
 @cuda.jit(cache=True)
-def _argmax_kernel(values, indices, out_values, out_indices):
+def _argmax_kernel(values, indices, indexed, out_values, out_indices):
     """Block b: the best (value, index) of values[i], i = b * nt + tid + j * grid * nt; index i is
-    indices[i] when indices is not empty (second pass), else i itself."""
+    indices[i] when `indexed` (second pass), else i itself (and indices is not read)."""
     vbuf = cuda.shared.array(MAX_THREADS, np.float32)
     ibuf = cuda.shared.array(MAX_THREADS, np.int32)
     tid, nt = cuda.threadIdx.x, cuda.blockDim.x
     best, best_i = np.float32(-math.inf), np.int32(2 ** 31 - 1)
     for i in range(cuda.blockIdx.x * nt + tid, values.shape[0], cuda.gridDim.x * nt):
-        index = indices[i] if indices.shape[0] else np.int32(i)
+        index = indices[i] if indexed else np.int32(i)
         if _beats(values[i], index, best, best_i):
             best, best_i = values[i], index
     vbuf[tid], ibuf[tid] = best, best_i
@@ -75,12 +75,12 @@ def _exclusive_scan(buf, tid, nt):
 
 
 @cuda.jit(cache=True)
-def _sample_kernel(z, order, rank, best, inv_temperature, top_k, top_p, min_p, u, out):
+def _sample_kernel(z, order, rank, every, best, inv_temperature, top_k, top_p, min_p, u, out):
     """One block. Thread tid owns a contiguous chunk of positions. p_j = exp((z[order[j]] - z_max) / T)
     in sorted order, z_max = z[best[0]] (best: argmax's out); L = min(top_k, top-p prefix, min-p
     prefix); then the first id (in id order) whose cumulative kept probability exceeds u times their
-    total. Without filters (top_k >= V, top_p 1, min_p 0) order and rank may be empty: every id is
-    kept. out[1] = best[1] (the largest logit's bits, for the host's check)."""
+    total. `every`: no filter applies (top_k >= V, top_p 1, min_p 0), every id is kept, and order and
+    rank are not read. out[1] = best[1] (the largest logit's bits, for the host's check)."""
     buf = cuda.shared.array(MAX_THREADS, np.float32)
     found = cuda.shared.array(2, np.int32)
     tid, nt = cuda.threadIdx.x, cuda.blockDim.x
@@ -113,7 +113,6 @@ def _sample_kernel(z, order, rank, best, inv_temperature, top_k, top_p, min_p, u
                 count += 1
         L = min(L, int(block_sum(buf, count, tid, nt)))
     # the draw, in id order over the kept ids
-    every = rank.shape[0] == 0
     mine = np.float32(0)
     for i in range(lo, hi):
         if every or rank[i] < L:
@@ -147,8 +146,9 @@ def argmax(logits, out):
     xp = array_module(out)
     blocks = max(1, min(ARGMAX_BLOCKS, -(-logits.shape[0] // THREADS)))
     values, indices = xp.empty(blocks, np.float32), xp.empty(blocks, np.int32)
-    _argmax_kernel[blocks, THREADS, stream_of(out)](logits, xp.empty(0, np.int32), values, indices)
-    _argmax_kernel[1, THREADS, stream_of(out)](values, indices, out[1:].view(np.float32), out[:1])
+    # (never an empty array as an argument: its null pointer is not a device pointer to CUDA's queries)
+    _argmax_kernel[blocks, THREADS, stream_of(out)](logits, indices, False, values, indices)  # indices unread
+    _argmax_kernel[1, THREADS, stream_of(out)](values, indices, True, out[1:].view(np.float32), out[:1])
     return out
 
 
@@ -175,12 +175,13 @@ def sample(logits, order, temperature: float, top_k: int | None, top_p: float | 
           and (order is not None or not filtered(top_k, top_p, min_p)),
           "sample (order [V] int32, needed by the filters)", logits=logits, order=order, out=out)
     best = argmax(logits, xp.empty(2, np.int32))
-    if order is None:
-        order = rank = xp.empty(0, np.int32)
+    every = order is None
+    if every:  # order and rank are not read: any int32 arrays do (not empty ones, as in argmax)
+        order = rank = best
     else:
         rank = xp.empty(V, np.int32)
         rank[order] = xp.arange(V, dtype=np.int32)
-    _sample_kernel[1, THREADS, stream_of(out)](logits, order, rank, best, np.float32(1 / temperature),
+    _sample_kernel[1, THREADS, stream_of(out)](logits, order, rank, every, best, np.float32(1 / temperature),
                                                int(top_k or V), np.float32(1.0 if top_p is None else top_p),
                                                np.float32(min_p or 0.0), np.float32(u), out)
     return out

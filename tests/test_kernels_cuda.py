@@ -54,9 +54,9 @@ SIGNATURES = {
     "moe_cuda._sort_pairs_kernel": (f"{I32}{C1}", f"{I32}{C1}", f"{I32}{C1}"),
     "moe_cuda._swiglu_kernel": (f"{F32}{C2}", F32, F32, f"{F32}{C2}"),
     "moe_cuda._combine_kernel": (f"{F32}{C2}", f"{F32}{C2}", f"{F32}{C2}", "boolean", f"{F32}{C2}"),
-    "sampling_cuda._argmax_kernel": (f"{F32}{C1}", f"{I32}{C1}", f"{F32}{C1}", f"{I32}{C1}"),
-    "sampling_cuda._sample_kernel": (f"{F32}{C1}", f"{I32}{C1}", f"{I32}{C1}", f"{I32}{C1}", F32, I64, F32, F32, F32,
-                                     f"{I32}{C1}"),
+    "sampling_cuda._argmax_kernel": (f"{F32}{C1}", f"{I32}{C1}", "boolean", f"{F32}{C1}", f"{I32}{C1}"),
+    "sampling_cuda._sample_kernel": (f"{F32}{C1}", f"{I32}{C1}", f"{I32}{C1}", "boolean", f"{I32}{C1}", F32, I64, F32,
+                                     F32, F32, f"{I32}{C1}"),
 }
 
 # kernel -> the most threads per block its launcher asks for, from its module's constants
