@@ -174,8 +174,8 @@ def assert_launched_as_checked(own_module: str | None = None):
 
 def launch_as_a_gpu(monkeypatch):
     """Within the test, the simulator refuses a launch that a GPU would refuse: a grid with no blocks
-    or past CUDA's limits (MAX_GRID), a block of more than MAX_BLOCK_THREADS threads (and host
-    arrays, under device_arrays_only); and records each launch's argument types (launched()).
+    or past CUDA's limits (MAX_GRID), a block of more than MAX_BLOCK_THREADS threads, an empty array
+    (and host arrays, under device_arrays_only); and records each launch's argument types (launched()).
     Kernels see device arrays as plain NumPy views, or under race_checked() as RaceCheckedArrays of one
     _Accesses a launch."""
     from numba.cuda.errors import normalize_kernel_dimensions
@@ -195,6 +195,9 @@ def launch_as_a_gpu(monkeypatch):
             host = [i for i, a in enumerate(args) if _is_host_array(a)]
             if host and _State.device_arrays_only:
                 raise TypeError(f"{name}: arguments {host} are host (NumPy) arrays")
+            empty = [i for i, a in enumerate(args) if isinstance(a, np.ndarray) and a.size == 0]
+            if empty:  # CuPy's pointer to nothing is null, which CUDA's pointer queries refuse
+                raise ValueError(f"{name}: arguments {empty} are empty arrays (a null pointer on a GPU)")
             module = self.fn.__module__.rsplit(".", 1)[-1]
             _State.launched.setdefault(f"{module}.{name}", set()).add(numba_types(args))
             if _State.race_checked:
