@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +59,7 @@ def test_benchmark_runs_and_writes_its_json(bench, tmp_path, monkeypatch, capsys
            "num_key_value_heads=1", "num_local_experts=4", "num_experts_per_tok=2", "sliding_window=4"]
     out = tmp_path / "gpu.json"
     argv = ["--json", str(out), "--preset", "tiny", "--contexts", "9", "--prompts", "3,6", "--decode", "1", "--profile", "--variants",
-            "--prefill-budget", "0", "--transformers"]
+            "--prefill-budget", "0", "--transformers", "--tests", str(junit_xml(tmp_path))]
     # the 3-token prefill runs, the 6-token one is predicted over budget
     report = bench.main(argv + [arg for kv in toy for arg in ("--set", kv)])
     saved = json.loads(out.read_text())
@@ -88,8 +90,33 @@ def test_benchmark_runs_and_writes_its_json(bench, tmp_path, monkeypatch, capsys
     prefill = saved["prefill_profile"]
     assert prefill["tokens"] == 3 and prefill["calls"]["linear"] == 3 + 1 and "sample" not in prefill["calls"]
     assert saved["transformers"] == {"error": "RuntimeError: no transformers here"}
-    assert "transformers failed: RuntimeError: no transformers here" in capsys.readouterr().out  # in the table
+    table = capsys.readouterr().out
+    assert "transformers failed: RuntimeError: no transformers here" in table
+    assert saved["gpu_tests"] == {"passed": 1, "failed": 1, "skipped": 1, "rel_errors": {"test_close:rel_err_hf": 2.5e-06}}
+    assert "gpu tests: 1 passed, 1 failed, 1 skipped" in table and "rel_err_hf" in table
     sim.assert_launched_as_checked(own_module="bench_gpu")  # the kernels it times are the ones the engine runs
+
+
+def junit_xml(folder: Path) -> Path:
+    """The JUnit XML that pytest writes (as gpu_check.sh has it do for the gpu tests) of a passed test
+    that records a relative error, a skipped one and a failed one."""
+    (folder / "test_three.py").write_text(
+        "import pytest\n\n"
+        "def test_close(record_property):\n    record_property('rel_err_hf', 2.5e-6)\n\n"
+        "def test_skipped():\n    pytest.skip('no GPU')\n\n"
+        "def test_failed():\n    assert False\n")
+    xml = folder / "tests.xml"
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore", str(folder / "test_three.py"),
+                    f"--junitxml={xml}"], cwd=folder, capture_output=True, check=False)
+    return xml
+
+
+def test_transformers_baseline_runs(bench):
+    """The baseline of the issue's "decode at least 10x transformers", on the CPU here (the device
+    call runs it on the GPU: only where the model is made differs)."""
+    config = synthetic.config_dict("tiny", num_hidden_layers=2)
+    result = bench.transformers_decode(config, np.arange(5), 2, device="cpu")
+    assert result["decode_tok_s"] > 0 and result["version"]
 
 
 def test_filled_cache_holds_what_a_prefill_would(bench):
