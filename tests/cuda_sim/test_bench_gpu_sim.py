@@ -92,7 +92,8 @@ def test_benchmark_runs_and_writes_its_json(bench, tmp_path, monkeypatch, capsys
     assert saved["transformers"] == {"error": "RuntimeError: no transformers here"}
     table = capsys.readouterr().out
     assert "transformers failed: RuntimeError: no transformers here" in table
-    assert saved["gpu_tests"] == {"passed": 1, "failed": 1, "skipped": 1, "rel_errors": {"test_close:rel_err_hf": 2.5e-06}}
+    assert saved["gpu_tests"] == {"passed": 1, "failed": 1, "skipped": 1,
+                                  "rel_errors": {"test_close:rel_err_hf": 2.5e-06}}
     assert "gpu tests: 1 passed, 1 failed, 1 skipped" in table and "rel_err_hf" in table
     sim.assert_launched_as_checked(own_module="bench_gpu")  # the kernels it times are the ones the engine runs
 
@@ -106,8 +107,8 @@ def junit_xml(folder: Path) -> Path:
         "def test_skipped():\n    pytest.skip('no GPU')\n\n"
         "def test_failed():\n    assert False\n")
     xml = folder / "tests.xml"
-    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore", str(folder / "test_three.py"),
-                    f"--junitxml={xml}"], cwd=folder, capture_output=True, check=False)
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore",
+                    str(folder / "test_three.py"), f"--junitxml={xml}"], cwd=folder, capture_output=True, check=False)
     return xml
 
 
