@@ -46,3 +46,17 @@ def test_empty_slots_are_ignored():
     attention_cuda.attention(q, k, v, np.array([7]), k_pos, sinks, 4, 0.25, out)
     kept = k_pos >= 0
     assert_close(out, attention.attention_ref(q, k[kept], v[kept], np.array([7]), k_pos[kept], sinks, 4, 0.25))
+
+
+@pytest.mark.parametrize("T, S, window", [(1, 19, None), (3, 21, 6)])  # decode over splits; a sliding prefill chunk
+def test_without_sinks(T, S, window):
+    """Sinks of -inf, as the attention-sinks walkthrough sets them: the softmax over the keys alone."""
+    rng = np.random.default_rng(S + 1)
+    q, k, v, _ = inputs(rng, T, S, 4, 2, 16)
+    sinks = np.full(4, -np.inf, np.float32)
+    q_pos, k_pos = np.arange(S - T, S), np.arange(S)
+    out = poisoned((T, 4, 16))
+    attention_cuda.attention(q, k, v, q_pos, k_pos, sinks, window, 0.25, out)
+    ref = attention.attention_ref(q, k, v, q_pos, k_pos, sinks, window, 0.25)
+    assert np.isfinite(ref).all()
+    assert_close(out, ref, rtol=1e-5)
