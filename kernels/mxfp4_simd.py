@@ -152,16 +152,15 @@ class _Packed:
         s = b.zext(b.load(b.gep(self.data[1], [index])), index.type)
         return self.decode(b, packed, b.load(b.gep(self.half_scale, [s])))
 
-
-_BYTE_POINTER = _I8.as_pointer()
-
-
-def _prefetch(builder, address):
-    """A hint to load `address`'s cache line (for reading, into every cache level); never faults, so
-    it may point past an array's end."""
-    function = builder.module.declare_intrinsic(
-        "llvm.prefetch", [_BYTE_POINTER], ir.FunctionType(ir.VoidType(), [_BYTE_POINTER, _I32, _I32, _I32]))
-    builder.call(function, [address, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+    def prefetch(self, index):
+        """A hint to load the cache line PREFETCH_BYTES past block `index` (for reading, into every cache
+        level); never faults, so it may point past the blocks' end."""
+        b, pointer = self.builder, _I8.as_pointer()
+        function = b.module.declare_intrinsic(
+            "llvm.prefetch", [pointer], ir.FunctionType(ir.VoidType(), [pointer, _I32, _I32, _I32]))
+        offset = b.add(b.mul(index, ir.Constant(index.type, 16)), ir.Constant(index.type, PREFETCH_BYTES))
+        address = b.gep(b.bitcast(self.data[0], pointer), [offset])
+        b.call(function, [address, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
 
 
 def _horizontal_sum(builder, v):
@@ -196,9 +195,8 @@ def _intrinsics(decode, rows: int, tokens: int):
                 b.store(b.fadd(a, b.fmul(high, row.load(row.data[3], g16, _FLOATS), flags=_FAST), flags=_FAST), acc)
 
             rounds = b.udiv(G, const(ROW_SUMS))
-            blocks = b.bitcast(row.data[0], _BYTE_POINTER)
             with cgutils.for_range(b, rounds) as loop:  # block ROW_SUMS * i + j goes to sum j
-                _prefetch(b, b.gep(blocks, [b.add(b.mul(loop.index, const(16 * ROW_SUMS)), const(PREFETCH_BYTES))]))
+                row.prefetch(b.mul(loop.index, const(ROW_SUMS)))  # a round's blocks are one cache line
                 for j, acc in enumerate(sums):
                     add_block(b.add(b.mul(loop.index, const(ROW_SUMS)), const(j)), acc)
             with cgutils.for_range_slice(b, b.mul(rounds, const(ROW_SUMS)), G, const(1)) as (g, _):
@@ -247,13 +245,12 @@ def _intrinsics(decode, rows: int, tokens: int):
             def tile(count):  # the code for a tile of `count` tokens
                 acc = [[cgutils.alloca_once_value(b, ir.Constant(_FLOATS, None)) for _ in range(count)]
                        for _ in range(rows)]
-                blocks = b.bitcast(m.data[0], _BYTE_POINTER)
                 with cgutils.for_range(b, G) as loop:
                     g = loop.index
                     weights = []  # per row: (low, high)
                     for r in range(rows):
                         index = b.add(b.mul(b.add(n0, const(r)), G), g)
-                        _prefetch(b, b.gep(blocks, [b.add(b.mul(index, const(16)), const(PREFETCH_BYTES))]))
+                        m.prefetch(index)
                         weights.append(m.block(index))
                     for t in range(count):
                         offset = b.add(b.mul(b.add(t0, const(t)), half_k), b.mul(g, const(16)))
