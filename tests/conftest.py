@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from gptoss_np import synthetic
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 # Checkpoints that differ in what the engine must get right. Each is (config.json overrides,
 # rope style, shards); all derive from the "tiny" preset.
@@ -49,6 +54,17 @@ def checkpoint_dir(tmp_path_factory):
             made[name] = write(tmp_path_factory.mktemp(name), name)
         return made[name]
     return get
+
+
+@pytest.fixture(scope="session")
+def bench_script():
+    """bench_script(name) -> the script bench/<name>.py, loaded as a module (bench/ is not a package)."""
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return load
 
 
 @pytest.fixture(scope="session")

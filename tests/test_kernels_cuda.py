@@ -9,7 +9,6 @@ fail `test_simulator` here, with the subprocess's report in the message.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 import re
 import subprocess
@@ -182,12 +181,10 @@ def test_simulator():
     assert " passed" in run.stdout and "skipped" not in run.stdout, run.stdout[-2000:]
 
 
-def test_sass_report_finds_innermost_loops():
+def test_sass_report_finds_innermost_loops(bench_script):
     """bench/sass.py's loop finder on a disassembly shaped as nvdisasm prints it: a loop nested in
     another is reported alone, with its instructions by opcode; forward branches are not loops."""
-    spec = importlib.util.spec_from_file_location("bench_sass", ROOT / "bench" / "sass.py")
-    sass = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sass)
+    sass = bench_script("sass")
     text = """
         /*0000*/                   MOV R1, c[0x0][0x28] ;
 .L_x_0:

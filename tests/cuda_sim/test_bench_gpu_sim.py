@@ -4,7 +4,7 @@ issue's."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import subprocess
 import sys
@@ -18,15 +18,10 @@ from gptoss_np import synthetic
 from gptoss_np.config import GptOssConfig
 from gptoss_np.kernels import bf16_cuda, mxfp4_cuda
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "gpu.py"
-
-
 @pytest.fixture
-def bench(monkeypatch):
+def bench(monkeypatch, bench_script):
     sim.cupy_on_the_simulator(monkeypatch)
-    spec = importlib.util.spec_from_file_location("bench_gpu", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = bench_script("gpu")
     monkeypatch.setattr(module, "COPY_BYTES", 1 << 20)
     monkeypatch.setattr(module, "PROFILE_STEPS", 1)
     monkeypatch.setattr(module, "KERNEL_LAUNCHES", 1)

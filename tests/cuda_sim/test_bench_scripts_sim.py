@@ -4,26 +4,14 @@ and bench/sanitize.py (run under compute-sanitizer)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
 from cuda_sim import sim
 from gptoss_np import backend
 from gptoss_np.kernels import bf16_cuda
-
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-
-
-def script(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture
 def on_simulated_gpu(monkeypatch):
@@ -37,8 +25,8 @@ TOY = dict(hidden_size=32, intermediate_size=32, num_hidden_layers=1, num_attent
            head_dim=8, num_local_experts=4, num_experts_per_tok=2, vocab_size=32, sliding_window=4)
 
 
-def test_moe_dispatch_table_on_the_gpu(on_simulated_gpu, monkeypatch, tmp_path):
-    bench = script("moe_dispatch")
+def test_moe_dispatch_table_on_the_gpu(on_simulated_gpu, monkeypatch, tmp_path, bench_script):
+    bench = bench_script("moe_dispatch")
     monkeypatch.setattr(bench, "CONFIG", {**bench.CONFIG, **TOY})
     # 24 tokens, 2 experts each of 4: 12 an expert on average; at ratio 0.25 each takes at most 8 (the
     # budget is rounded up to a multiple of 8), at ratio 4 all it is given
@@ -55,9 +43,9 @@ def test_moe_dispatch_table_on_the_gpu(on_simulated_gpu, monkeypatch, tmp_path):
     sim.assert_launched_as_checked()
 
 
-def test_sanitize_run_agrees_with_the_cpu_engine(on_simulated_gpu, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "gpu", script("gpu"))  # sanitize.py imports the benchmark's paths
-    sanitize = script("sanitize")
+def test_sanitize_run_agrees_with_the_cpu_engine(on_simulated_gpu, monkeypatch, capsys, bench_script):
+    monkeypatch.setitem(sys.modules, "gpu", bench_script("gpu"))  # sanitize.py imports the benchmark's paths
+    sanitize = bench_script("sanitize")
     monkeypatch.setattr(sanitize, "CONFIG", TOY)
     monkeypatch.setattr(sanitize, "PROMPT", 7)  # past the window; above MAX_ROWS: cuBLAS for the projections
     monkeypatch.setattr(bf16_cuda, "MAX_ROWS", 4)
