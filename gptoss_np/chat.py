@@ -77,7 +77,10 @@ class Chat:
 
     def add_reply(self, token_ids: Sequence[int]) -> list[dict]:
         """Add the assistant's messages that `token_ids` (a reply to `prompt()`) hold, and return them. A
-        reply that is not harmony (an untrained model's) becomes one final message holding its text."""
+        reply that is not harmony (an untrained model's) becomes one final message holding its text; an
+        empty one (max_new_tokens=0) adds nothing."""
+        if len(token_ids) == 0:
+            return []
         try:
             reply = [m for m in harmony.parse_completion(token_ids, self.tokenizer) if m["role"] == "assistant"]
         except ValueError:
@@ -93,13 +96,13 @@ class Chat:
         before = self.messages
         self.add(message, max_new_tokens)
         prompt = self.prompt()
-        try:
+        try:  # ValueError: the last turn alone fills the context, or a bad argument
             budget = new_token_room(self.model, len(prompt), max_new_tokens)
-        except ValueError:  # the last turn alone fills the context: the conversation stays as it was
+            tokens = self.model.generate(prompt, budget, stop_ids=self.stop_ids, prompt_cache=self.prompt_cache,
+                                         **sampling)
+        except (ValueError, TypeError):  # the conversation stays as it was
             self.messages = before
             raise
-        tokens = self.model.generate(prompt, budget, stop_ids=self.stop_ids, prompt_cache=self.prompt_cache,
-                                     **sampling)
         return self._joined(tokens)
 
     def _joined(self, tokens: Iterator[int]) -> Iterator[int]:
@@ -108,7 +111,7 @@ class Chat:
         for token in tokens:
             ids.append(token)
             yield token
-        if ids[-1:] == self._endoftext():  # not harmony: the reply ends before it
+        if ids and ids[-1:] == self._endoftext():  # not harmony: the reply ends before it
             ids.pop()
         self.add_reply(ids)
 

@@ -7,6 +7,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .cache import KVCache
+from .sampling import check_args
 
 # Prompt tokens one forward pass takes at most: a longer prompt is prefilled in chunks through the KV
 # cache, so its activations and the experts' scratch stay bounded (on a GPU, a 32k-token prompt in one
@@ -73,6 +74,7 @@ def generate(model, token_ids: Sequence[int], max_new_tokens: int, *, temperatur
     The backend samples where the logits are, so on a GPU only the chosen id (and the largest logit,
     checked to be finite: damaged weights give NaN, a ValueError) crosses to the host.
     With a `prompt_cache`, the prompt's tokens already in it are not run again.
+    Bad arguments raise ValueError here, at the call; the model runs as the tokens are taken.
     """
     ids = model.check_ids(token_ids)
     if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
@@ -81,8 +83,14 @@ def generate(model, token_ids: Sequence[int], max_new_tokens: int, *, temperatur
     if len(ids) + max_new_tokens > limit:
         raise ValueError(f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
                          f"context of {limit} tokens (max_position_embeddings)")
-    rng = np.random.default_rng(seed)
-    stops = {int(s) for s in stop_ids}
+    check_args(temperature, top_k, top_p, min_p)
+    draw = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, rng=np.random.default_rng(seed))
+    return _tokens(model, ids, max_new_tokens, draw, {int(s) for s in stop_ids}, prompt_cache)
+
+
+def _tokens(model, ids: np.ndarray, max_new_tokens: int, draw: dict, stops: set[int],
+            prompt_cache: PromptCache | None) -> Iterator[int]:
+    """generate's tokens, its arguments checked; `draw`: the sampler's arguments."""
     if max_new_tokens == 0:
         return
     if prompt_cache is None:
@@ -94,8 +102,7 @@ def generate(model, token_ids: Sequence[int], max_new_tokens: int, *, temperatur
     logits = _prefill(model, ids[cache.length:], cache)
     decode = model.ops.decoder(model, cache)  # on a GPU, steps replayed from a CUDA graph
     for step in range(max_new_tokens):
-        token = model.ops.sample(logits[0], temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                                 rng=rng)
+        token = model.ops.sample(logits[0], **draw)
         yield token
         if token in stops or step == max_new_tokens - 1:
             return

@@ -119,6 +119,28 @@ def test_a_turn_that_cannot_fit_is_an_error_and_changes_nothing(tok):
         gptoss_np.Chat(Scripted(60), tok, reasoning_effort="extreme")
 
 
+def test_a_bad_argument_is_an_error_at_the_call_and_changes_nothing(model, tok):
+    chat = gptoss_np.Chat(model, tok)
+    with pytest.raises(ValueError, match="temperature"):
+        chat.send("hello", 5, temperature=-1.0)
+    with pytest.raises(ValueError, match="top_k"):
+        chat.stream("hello", 5, temperature=1.0, top_k=0)  # before its first token is asked for
+    with pytest.raises(TypeError, match="temprature"):
+        chat.send("hello", 5, temprature=1.0)
+    assert chat.messages == []
+    chat.send("hello", 2)
+    assert [m["role"] for m in chat.messages] == ["user", "assistant"]
+
+
+@pytest.mark.parametrize("endoftext", [True, False])  # False: a small vocabulary without <|endoftext|>
+def test_an_empty_reply_adds_no_message(tok, endoftext, monkeypatch):
+    chat = gptoss_np.Chat(Scripted(4096, []), tok)
+    if not endoftext:
+        monkeypatch.setattr(chat, "_endoftext", lambda: [])
+    assert chat.send("Hi", 0) == []
+    assert chat.messages == [{"role": "user", "content": "Hi"}]
+
+
 def test_a_stream_given_up_halfway_leaves_its_reply_out(tok):
     """The message stays, the reply does not: the next prompt holds both user messages."""
     model = Scripted(4096, completion_ids(tok, ("final", None, "a long answer that is never finished")),

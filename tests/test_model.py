@@ -215,12 +215,19 @@ def test_bad_token_ids_name_the_problem(checkpoint_dir):
         model.logits([-1])
     with pytest.raises(ValueError, match="empty"):
         model.logits([])
-    with pytest.raises(ValueError, match="empty"):
-        next(model.generate([], max_new_tokens=3))
     with pytest.raises(ValueError, match="1-D"):
         model.logits([[1, 2]])
+    # generate checks its arguments at the call, before any token is asked for
+    with pytest.raises(ValueError, match="empty"):
+        model.generate([], max_new_tokens=3)
     with pytest.raises(ValueError, match="max_new_tokens"):
-        next(model.generate([1], max_new_tokens=-1))
+        model.generate([1], max_new_tokens=-1)
+    with pytest.raises(ValueError, match="exceeds the model's context"):
+        model.generate([1], max_new_tokens=model.config.max_position_embeddings)
+    with pytest.raises(ValueError, match="temperature"):
+        model.generate([1], 3, temperature=-1.0)
+    with pytest.raises(ValueError, match="top_k"):
+        model.generate([1], 3, 1.0, top_k=0)
 
 
 def test_a_slow_prompt_shows_its_progress_through_the_layers(checkpoint_dir, monkeypatch, capsys):
