@@ -75,12 +75,14 @@ def filter_probs(logits, *, temperature: float = 1.0, top_k: int | None = None,
         probs = np.zeros_like(x)
         probs[np.argmax(x)] = 1.0
         return probs
-    z = x / temperature
+    # the largest first taken out, so that a tiny temperature makes the others -inf, never inf - inf
+    z = x - x.max()
+    with np.errstate(over="ignore"):
+        z /= temperature  # in place: a vocabulary-sized array costs more to allocate than to compute
     if top_k is not None and top_k < z.size:
         top = _top_ids(z, int(top_k))
         z_top, z = z[top], np.full_like(z, -np.inf)
         z[top] = z_top
-    z -= z.max()  # in place: a vocabulary-sized array costs more to allocate than to compute
     probs = np.exp(z, out=z)
     probs /= probs.sum()
     if top_p is not None and top_p < 1:

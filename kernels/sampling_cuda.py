@@ -157,6 +157,12 @@ def largest(out) -> float:
     return float(np.asarray(out, np.int32)[1:].view(np.float32)[0])
 
 
+def inverse(temperature: float) -> np.float32:
+    """1 / temperature in float32, at most its largest finite value: a tiny temperature's inf would
+    make the largest logit's (z - z_max) * inv_temperature 0 * inf, NaN."""
+    return np.float32(min(1 / temperature, np.finfo(np.float32).max))
+
+
 def filtered(top_k: int | None, top_p: float | None, min_p: float | None) -> bool:
     """Whether a draw filters the vocabulary, so that sample needs the ids in order."""
     return top_k is not None or (top_p is not None and top_p < 1) or bool(min_p)
@@ -181,7 +187,7 @@ def sample(logits, order, temperature: float, top_k: int | None, top_p: float | 
     else:
         rank = xp.empty(V, np.int32)
         rank[order] = xp.arange(V, dtype=np.int32)
-    _sample_kernel[1, THREADS, stream_of(out)](logits, order, rank, every, best, np.float32(1 / temperature),
+    _sample_kernel[1, THREADS, stream_of(out)](logits, order, rank, every, best, inverse(temperature),
                                                int(top_k or V), np.float32(1.0 if top_p is None else top_p),
                                                np.float32(min_p or 0.0), np.float32(u), out)
     return out

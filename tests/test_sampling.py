@@ -2,6 +2,7 @@
 
 import itertools
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -166,6 +167,19 @@ def test_draws_follow_the_filtered_distribution():
     assert counts[2] == counts[3] == 0
     sigma = np.sqrt(n * expected * (1 - expected))
     assert np.all(np.abs(counts - n * expected) <= 5 * sigma + 1e-9)
+
+
+@pytest.mark.parametrize("temperature", [1e-30, 1e-308, 5e-324])
+@pytest.mark.parametrize("top_k", [None, 2])
+def test_a_tiny_temperature_is_greedy_not_nan(temperature, top_k):
+    """As the temperature goes to 0 the distribution goes to the argmax's one-hot; logits / temperature
+    alone would overflow to inf, and inf - inf is NaN."""
+    logits = [1.0, 3.0, 2.0, -1.0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow warning either
+        probs = filter_probs(logits, temperature=temperature, top_k=top_k)
+        np.testing.assert_array_equal(probs, [0.0, 1.0, 0.0, 0.0])
+        assert sample(logits, temperature=temperature, top_k=top_k, rng=np.random.default_rng(0)) == 1
 
 
 @pytest.mark.parametrize("kwargs, name", [

@@ -57,6 +57,17 @@ def test_sample_draws_as_the_cpu(temperature, top_k, top_p, min_p):
             assert sampling_cuda.largest(out) == logits.max()
 
 
+@pytest.mark.parametrize("temperature", [1e-20, 1e-39, 1e-300])  # 1 / 1e-39 is over float32's largest
+@pytest.mark.parametrize("top_k", [None, 5])
+def test_a_tiny_temperature_draws_the_argmax(temperature, top_k):
+    logits = 2 * np.random.default_rng(3).standard_normal(37, dtype=np.float32)
+    order = np.argsort(-logits, kind="stable").astype(np.int32)
+    for u in (0.0, 0.5, 0.999):
+        out = poisoned(2, np.int32)
+        sampling_cuda.sample(logits, order if top_k else None, temperature, top_k, None, None, u, out)
+        assert out[0] == np.argmax(logits), u
+
+
 def test_filters_need_the_order():
     logits = np.zeros(8, np.float32)
     with pytest.raises(ValueError, match="needed by the filters"):
