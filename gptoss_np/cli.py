@@ -37,6 +37,7 @@ from .tokenizer import Tokenizer
 PROG = "gptoss-generate"
 DIM, RESET = "\x1b[2m", "\x1b[0m"
 HARMONY_STOPS = ("<|return|>", "<|call|>")
+REASONING_EFFORT = "low"  # a chat's default: a quick answer
 EMBEDDED_MAX_NEW_TOKENS = 256  # the untrained embedded model never ends a reply: a sample of its text
 # Tokens a well-formed message header can take; past this many, the output is not harmony.
 MAX_HEADER_TOKENS = 64
@@ -81,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--chat", action="store_true", help="harmony chat format (the default)")
     mode.add_argument("--raw", action="store_true", help="no chat template: continue --prompt as plain text")
-    parser.add_argument("--reasoning-effort", choices=harmony.REASONING_EFFORTS, default="low",
-                        help="reasoning effort named in the system message (chat only; default: low)")
+    parser.add_argument("--reasoning-effort", choices=harmony.REASONING_EFFORTS,
+                        help=f"reasoning effort named in the system message (chat only; default: {REASONING_EFFORT})")
     parser.add_argument("--instructions", metavar="TEXT",
                         help="instructions for the model, in harmony's developer message (chat only)")
     parser.add_argument("--hide-reasoning", action="store_true",
@@ -408,14 +409,20 @@ class Runner:
     def reply(self, message: str) -> bool:
         """Add the user's `message` to the chat and stream the assistant's reply, which joins the
         conversation unless interrupted (then False). Turns that no longer fit the model's context
-        with a whole reply (--max-new-tokens) are left out, with a note."""
+        with a whole reply (--max-new-tokens) are left out, with a note. A message that cannot be sent (a
+        ValueError: it fills the context alone, or is not UTF-8) leaves the conversation as it was."""
+        before = self.chat.messages
         dropped = self.chat.add(message, room=self.args.max_new_tokens)
         if dropped:
             _note(f"the {dropped} oldest message(s) of the conversation are left out, to fit the model's context "
                   f"of {self.model.config.max_position_embeddings} tokens")
         color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
         printer = HarmonyPrinter(self.tokenizer, sys.stdout, color, show_reasoning=not self.args.hide_reasoning)
-        ids = self.complete(self.chat.prompt(), printer)
+        try:
+            ids = self.complete(self.chat.prompt(), printer)
+        except ValueError:
+            self.chat.messages = before
+            raise
         if ids is not None:
             self.chat.add_reply(ids)
         return ids is not None
@@ -423,7 +430,8 @@ class Runner:
     def conversation(self) -> int:
         """Chat with one user message per line of stdin (or per block of lines between two MULTILINE
         lines) until its end; the exit code. On a terminal, Ctrl-C stops a reply and the conversation goes
-        on without it; elsewhere it ends the conversation."""
+        on without it, and a message that cannot be sent is an error for that message alone; elsewhere
+        each ends the conversation."""
         interactive = sys.stdin.isatty()
         if interactive:
             _note(f"type a message and press Enter ({MULTILINE} on a line of its own starts and ends a message of "
@@ -437,7 +445,13 @@ class Runner:
                 return 0
             if not message.strip():
                 continue
-            if self.reply(message):
+            try:
+                if self.reply(message):
+                    continue
+            except ValueError as error:
+                if not interactive:
+                    raise
+                _note(f"error: {' '.join(str(error).split())}; the conversation goes on without that message")
                 continue
             if not interactive:
                 return 130
@@ -476,11 +490,11 @@ def _check_harmony(tokenizer: Tokenizer, folder: Path) -> None:
 def _generate(args: argparse.Namespace) -> int:
     if args.raw and args.prompt is None:
         raise CliError("--raw needs --prompt TEXT")
-    if args.raw and args.instructions is not None:
-        raise CliError("--instructions is for chat; --raw continues --prompt as plain text")
-    if args.raw and args.hide_reasoning:
-        raise CliError("--hide-reasoning is for chat; --raw shows the continuation as it is")
+    for name in ("reasoning_effort", "instructions", "hide_reasoning") if args.raw else ():
+        if getattr(args, name) not in (None, False):
+            raise CliError(f"--{name.replace('_', '-')} is for chat; --raw continues --prompt as plain text")
     folder = _checkpoint_folder(args.model)
+    args.reasoning_effort = args.reasoning_effort or REASONING_EFFORT
     if args.max_new_tokens is None:
         args.max_new_tokens = MAX_NEW_TOKENS if args.model else EMBEDDED_MAX_NEW_TOKENS
     config = GptOssConfig.from_file(folder / "config.json")

@@ -213,7 +213,15 @@ class Tokenizer:
         return token_id in self._special_ids
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of `text`; special-token text in it is encoded as ordinary text."""
+        """Token ids of `text`; special-token text in it is encoded as ordinary text. ValueError for text
+        that is not Unicode: a lone surrogate, as Python decodes bytes that are not UTF-8 (a command line's)."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise ValueError(f"the text is not valid UTF-8: {text[error.start]!r} at character {error.start} stands "
+                             f"for a byte that is not UTF-8 (text in another encoding?)") from None
         return self.hf.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids) -> str:

@@ -218,9 +218,9 @@ def test_a_message_of_several_lines_goes_between_triple_quotes(capsys, monkeypat
         ["one line"], ["one line", "first\n\n  second"], ["one line", "first\n\n  second", "unclosed"]]
 
 
-def test_a_long_conversation_leaves_out_its_oldest_turns_to_fit_the_context(capsys, monkeypatch):
-    """With a context of 150 tokens and replies of up to 8, each turn keeps as many of the latest turns as
-    fit, whole (from a user message on), and says how many messages it left out."""
+@pytest.fixture
+def context_of_150(monkeypatch):
+    """The command line's model, with a context of 150 tokens."""
     load_model = cli._load_model
 
     def small_context(*args):
@@ -228,6 +228,11 @@ def test_a_long_conversation_leaves_out_its_oldest_turns_to_fit_the_context(caps
         model.config = dataclasses.replace(model.config, max_position_embeddings=150)
         return model
     monkeypatch.setattr(cli, "_load_model", small_context)
+
+
+def test_a_long_conversation_leaves_out_its_oldest_turns_to_fit_the_context(capsys, monkeypatch, context_of_150):
+    """With a context of 150 tokens and replies of up to 8, each turn keeps as many of the latest turns as
+    fit, whole (from a user message on), and says how many messages it left out."""
     sent = recorded_conversations(monkeypatch)
     monkeypatch.setattr(sys, "stdin", io.StringIO("".join(f"message number {i}\n" for i in range(6))))
     code, _, err = run_cli(capsys, "--chat", "--max-new-tokens", "8", "--seed", "0")
@@ -243,6 +248,25 @@ def test_a_long_conversation_leaves_out_its_oldest_turns_to_fit_the_context(caps
         if len(after) > 1:
             j = after.index(before[-1])
             assert after[:j + 1] == before[len(before) - j - 1:]
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_a_message_that_cannot_be_sent_is_an_error_for_it_alone_on_a_terminal(capsys, monkeypatch, context_of_150,
+                                                                              terminal):
+    """A message that fills the context alone, or is not UTF-8: on a terminal an error line, and the
+    conversation goes on as if it had not been typed; from a pipe, the one error line and exit code 2."""
+    sent = recorded_conversations(monkeypatch)
+    lines = "first\n" + "far too long " * 60 + "\ncaf\udce9\nsecond\n"
+    monkeypatch.setattr(sys, "stdin", (Terminal if terminal else io.StringIO)(lines))
+    code, _, err = run_cli(capsys, "--chat", "--max-new-tokens", "4", "--seed", "0")
+    if not terminal:
+        assert code == 2 and "error: the prompt" in err.splitlines()[-1] and len(summaries(err)) == 1
+        return
+    assert code == 0 and len(summaries(err)) == 2
+    assert re.search(r"error: the prompt \(\d+ tokens\) fills the model's context of 150 tokens; the conversation "
+                     r"goes on without that message", err)
+    assert "error: the text is not valid UTF-8" in err
+    assert [m["content"] for m in sent[-1] if m["role"] == "user"] == ["first", "second"]
 
 
 def test_ctrl_c_on_a_terminal_stops_the_reply_and_the_conversation_goes_on(capsys, monkeypatch):
@@ -517,6 +541,7 @@ def test_unknown_hub_id_says_only_the_local_cache_was_searched(capsys):
     (["--raw"], ["--raw needs --prompt"]),
     (["--raw", "--prompt", "x", "--instructions", "Be brief."], ["--instructions", "chat"]),
     (["--raw", "--prompt", "x", "--hide-reasoning"], ["--hide-reasoning", "chat"]),
+    (["--raw", "--prompt", "x", "--reasoning-effort", "high"], ["--reasoning-effort", "chat"]),
     (["--bogus"], ["--bogus"]),
     (["--model", "{tmp}/missing"], ["does not exist"]),
     (["--model", "{tmp}/file.txt"], ["not a folder"]),
@@ -525,6 +550,13 @@ def test_bad_input_is_one_error_line(capsys, tmp_path, argv, words):
     (tmp_path / "file.txt").write_text("x")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     assert_one_error_line(*run_cli(capsys, *argv), *words)
+
+
+@pytest.mark.parametrize("mode", ["--raw", "--chat"])
+def test_a_prompt_that_is_not_utf8_is_one_error_line(capsys, small_checkpoint, mode):
+    """Python decodes a command line's bytes that are not UTF-8 (here 0xe9, Latin-1's e-acute) as lone surrogates."""
+    code, out, err = run_cli(capsys, "--model", str(small_checkpoint), mode, "--prompt", "caf\udce9")
+    assert_one_error_line(code, out, err, "not valid UTF-8", "'\\udce9' at character 3")
 
 
 @pytest.mark.parametrize("damage", ["config_json", "config_field", "weights", "shape"])
