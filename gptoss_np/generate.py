@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -24,11 +24,12 @@ class PromptCache:
     allocated, and a copy of the sliding layers' windows as they were before the prompt's last token.
     The next prompt reuses the cache (grown if it needs more room) if it starts with the previous prompt
     up to that token and is longer than that; otherwise it gets a new one. `reused` says how many
-    prompt tokens the last call took from the cache."""
+    prompt tokens the last call took from the cache. A call's tokens must all be taken (or the generator
+    dropped) before the next call's: once that one starts, the earlier one raises RuntimeError."""
 
     def __init__(self):
         self._model = self._prefix = self._cache = self._snapshot = None
-        self.reused = 0
+        self.reused = self._calls = 0
 
     def held(self, model, ids: Sequence[int]) -> int:
         """How many tokens of the prompt `ids` a call with `model` would take from the cache."""
@@ -40,6 +41,7 @@ class PromptCache:
 
     def take(self, model, ids: np.ndarray, capacity: int) -> KVCache:
         """A cache for `ids` with room for `capacity` tokens, holding what it can of ids[:-1]."""
+        self._calls += 1
         if self.held(model, ids):
             cache = self._cache
             cache.restore(self._snapshot)
@@ -49,6 +51,17 @@ class PromptCache:
             cache = model.new_cache(capacity)
         self.reused = cache.length
         return cache
+
+    def guard(self, decode: Callable[[int], object]) -> Callable[[int], object]:
+        """`decode` for the call that took the cache last, refusing once a later call has taken it."""
+        call = self._calls
+
+        def guarded(token: int):
+            if self._calls != call:
+                raise RuntimeError("a later generate call took this PromptCache over, so this one cannot go on: "
+                                   "take all of a call's tokens (or drop its generator) before the next call")
+            return decode(token)
+        return guarded
 
     def keep(self, model, prefix: np.ndarray, cache: KVCache) -> None:
         """Remember `cache`, which holds exactly the tokens `prefix`, for the next call."""
@@ -101,6 +114,8 @@ def _tokens(model, ids: np.ndarray, max_new_tokens: int, draw: dict, stops: set[
         prompt_cache.keep(model, ids[:-1], cache)
     logits = _prefill(model, ids[cache.length:], cache)
     decode = model.ops.decoder(model, cache)  # on a GPU, steps replayed from a CUDA graph
+    if prompt_cache is not None:
+        decode = prompt_cache.guard(decode)
     for step in range(max_new_tokens):
         token = model.ops.sample(logits[0], **draw)
         yield token

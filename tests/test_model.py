@@ -294,3 +294,17 @@ def test_prompt_cache_runs_only_new_tokens_and_matches_transformers(name, checkp
     runs.clear()
     list(model.generate(ids[30:40], 2, prompt_cache=cache))
     assert cache.reused == 0 and runs[0][:2] == (0, 9)
+
+
+def test_a_generator_whose_prompt_cache_a_later_call_took_cannot_go_on(checkpoint_dir):
+    """The later call rewinds the KV cache under the earlier one's feet: the earlier one raises rather
+    than decode from it; the later one is as without the earlier."""
+    model = gptoss_np.load(checkpoint_dir("tiny"))
+    ids = prompt(model, 20, seed=2).tolist()
+    cache = gptoss_np.PromptCache()
+    first = model.generate(ids, 8, prompt_cache=cache)
+    taken = [next(first), next(first)]
+    assert taken == list(model.generate(ids, 8))[:2]
+    assert list(model.generate(ids + taken, 5, prompt_cache=cache)) == list(model.generate(ids + taken, 5))
+    with pytest.raises(RuntimeError, match="a later generate call took this PromptCache over"):
+        next(first)
