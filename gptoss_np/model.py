@@ -172,7 +172,8 @@ class GptOss:
                                    prompt_cache=prompt_cache)
 
     def check_ids(self, token_ids: Sequence[int]) -> np.ndarray:
-        """token_ids as an int64 array [T]; ValueError if empty, not 1-D or out of the vocabulary."""
+        """token_ids as an int64 array [T]; ValueError if empty, not 1-D, out of the vocabulary or longer than
+        the model's context."""
         ids = np.asarray(token_ids)
         if ids.ndim != 1:
             raise ValueError(f"token_ids must be one sequence (1-D), got shape {ids.shape}")
@@ -185,6 +186,9 @@ class GptOss:
         if bad.size:
             raise ValueError(f"token id {ids[bad[0]]} at position {bad[0]} is outside the vocabulary "
                              f"(vocab_size {V}: ids 0..{V - 1})")
+        if ids.size > self.config.max_position_embeddings:
+            raise ValueError(f"the sequence ({ids.size} tokens) is longer than the model's context of "
+                             f"{self.config.max_position_embeddings} tokens (max_position_embeddings)")
         return ids.astype(np.int64)
 
 
