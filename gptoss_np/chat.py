@@ -63,7 +63,9 @@ class Chat:
         turns (whole: from a user message on) as the prompt and `room` new tokens need to fit the model's
         context; the number of messages left out. The last user message always stays, and the room
         asked for is at most half the context: a long reply does not cost the whole conversation."""
-        message = {"role": "user", "content": message} if isinstance(message, str) else dict(message)
+        message = {"role": "user", "content": message} if isinstance(message, str) else message
+        if isinstance(message, dict):
+            message = dict(message)  # render_conversation checks it
         messages, context, dropped = self.messages + [message], self.model.config.max_position_embeddings, 0
         room = min(room, context // 2)
         while len(self._render(messages)) + room > context:

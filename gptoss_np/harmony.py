@@ -115,8 +115,10 @@ def render_conversation(messages: list[dict], *, reasoning_effort: str = "medium
     """
     tokenizer = tokenizer or Tokenizer.o200k_harmony()
     for message in messages:
-        if message["role"] not in ("user", "assistant", "tool"):
-            raise ValueError(f"message role must be 'user', 'assistant' or 'tool', got {message['role']!r}")
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            raise ValueError(f"a message is a dict with a 'role' and a str 'content', got {message!r:.80}")
+        if message.get("role") not in ("user", "assistant", "tool"):
+            raise ValueError(f"message role must be 'user', 'assistant' or 'tool', got {message.get('role')!r}")
         if message["role"] == "tool" and not isinstance(message.get("name"), str):
             raise ValueError("a tool's message needs the tool's name, e.g. \"name\": \"functions.get_weather\"")
     system = system_text(reasoning_effort, conversation_start_date, bool(tools), builtin_tools)

@@ -40,12 +40,19 @@ CHANNEL_RULE = f"Calls to these tools must go to the commentary channel: '{NAMES
 
 def tools_section(tools: list[dict]) -> str:
     """The developer message's `# Tools` section declaring `tools` in the functions namespace."""
+    _check_list("tools", tools, "[{'name': 'get_weather', 'description': ..., 'parameters': ...}]")
     return "# Tools\n\n" + namespace_section(NAMESPACE, "", tools)
+
+
+def _check_list(argument: str, value, example: str) -> None:
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{argument} is a list, e.g. {example}, got {value!r:.80}")
 
 
 def builtin_tools_section(builtin_tools) -> str:
     """The system message's `# Tools` section: each of `builtin_tools` ("browser", "python", or a
     namespace dict) in the order of their names, as openai-harmony keeps them."""
+    _check_list("builtin_tools", builtin_tools, "['python']")
     namespaces = {}
     for tool in builtin_tools:
         namespace = BUILTIN[tool] if isinstance(tool, str) and tool in BUILTIN else tool
@@ -80,6 +87,8 @@ def namespace_section(namespace: str, description: str, tools) -> str:
 
 
 def _function(tool: dict) -> tuple[str, str, dict | None]:
+    if not isinstance(tool, dict):
+        raise ValueError(f"a tool is a dict {{'name', 'description', 'parameters'}}, got {tool!r:.80}")
     if tool.get("type") == "function" and isinstance(tool.get("function"), dict):
         tool = tool["function"]
     name, description, parameters = tool.get("name"), tool.get("description", ""), tool.get("parameters")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import re
 
 import pytest
 
@@ -139,6 +140,27 @@ def test_an_empty_reply_adds_no_message(tok, endoftext, monkeypatch):
         monkeypatch.setattr(chat, "_endoftext", lambda: [])
     assert chat.send("Hi", 0) == []
     assert chat.messages == [{"role": "user", "content": "Hi"}]
+
+
+@pytest.mark.parametrize("message, words", [
+    (None, "a message is a dict with a 'role' and a str 'content', got None"),
+    (42, "got 42"), ({"role": "user"}, "got {'role': 'user'}"), ({"role": "user", "content": 5}, "str 'content'"),
+    ({"content": "hi"}, "message role must be 'user', 'assistant' or 'tool', got None")])
+def test_a_malformed_message_is_named(tok, message, words):
+    chat = gptoss_np.Chat(Scripted(4096), tok)
+    with pytest.raises(ValueError, match=re.escape(words)):
+        chat.send(message)
+    assert chat.messages == []
+
+
+@pytest.mark.parametrize("settings, words", [
+    (dict(tools="get_weather"), "tools is a list, e.g. [{'name': 'get_weather'"),
+    (dict(tools=TOOLS[0]), "tools is a list"),
+    (dict(tools=["get_weather"]), "a tool is a dict {'name', 'description', 'parameters'}, got 'get_weather'"),
+    (dict(builtin_tools="python"), "builtin_tools is a list, e.g. ['python'], got 'python'")])
+def test_malformed_tools_are_named(tok, settings, words):
+    with pytest.raises(ValueError, match=re.escape(words)):
+        gptoss_np.Chat(Scripted(4096), tok, **settings)
 
 
 def test_a_stream_given_up_halfway_leaves_its_reply_out(tok):
