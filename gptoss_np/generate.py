@@ -79,7 +79,7 @@ def new_token_room(model, prompt_tokens: int, max_new_tokens: int) -> int:
 
 def generate(model, token_ids: Sequence[int], max_new_tokens: int, *, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
-             seed: int | None = None, stop_ids: Sequence[int] = (),
+             seed: int | None = None, stop_ids: Sequence[int] | None = (),
              prompt_cache: PromptCache | None = None) -> Iterator[int]:
     """Yield up to `max_new_tokens` new ids; stop after yielding one of `stop_ids`.
 
@@ -97,8 +97,11 @@ def generate(model, token_ids: Sequence[int], max_new_tokens: int, *, temperatur
         raise ValueError(f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
                          f"context of {limit} tokens (max_position_embeddings)")
     check_args(temperature, top_k, top_p, min_p)
+    if seed is not None and not (isinstance(seed, (int, np.integer)) and seed >= 0):
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
     draw = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, rng=np.random.default_rng(seed))
-    return _tokens(model, ids, max_new_tokens, draw, {int(s) for s in stop_ids}, prompt_cache)
+    stops = set() if stop_ids is None else {int(s) for s in stop_ids}
+    return _tokens(model, ids, max_new_tokens, draw, stops, prompt_cache)
 
 
 def _tokens(model, ids: np.ndarray, max_new_tokens: int, draw: dict, stops: set[int],

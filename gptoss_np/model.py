@@ -161,7 +161,7 @@ class GptOss:
 
     def generate(self, token_ids: Sequence[int], max_new_tokens: int, temperature: float = 0.0, *,
                  top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
-                 seed: int | None = None, stop_ids: Sequence[int] = (),
+                 seed: int | None = None, stop_ids: Sequence[int] | None = (),
                  prompt_cache: generation.PromptCache | None = None) -> Iterator[int]:
         """Yield up to `max_new_tokens` new token ids (greedy at temperature 0), using the KV cache.
         Stops after yielding a token in `stop_ids`. A `prompt_cache` (gptoss_np.PromptCache) given to

@@ -230,6 +230,8 @@ def test_bad_token_ids_name_the_problem(checkpoint_dir):
         model.generate([1], 3, temperature=-1.0)
     with pytest.raises(ValueError, match="top_k"):
         model.generate([1], 3, 1.0, top_k=0)
+    with pytest.raises(ValueError, match="seed must be an integer >= 0, got -1"):
+        model.generate([1], 3, 1.0, seed=-1)
 
 
 def test_a_slow_prompt_shows_its_progress_through_the_layers(checkpoint_dir, monkeypatch, capsys):
@@ -259,6 +261,7 @@ def test_generate_stops_and_is_reproducible(checkpoint_dir):
     b = list(model.generate(ids, max_new_tokens=10, temperature=1.0, top_p=0.9, seed=7))
     assert a == b
     assert list(model.generate(ids, max_new_tokens=0)) == []
+    assert list(model.generate(ids, max_new_tokens=10, stop_ids=None)) == greedy  # None: no stop
 
 
 @pytest.mark.parametrize("name", ["tiny", "top1_sliding", "mha_tied"])
