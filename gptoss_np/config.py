@@ -81,7 +81,7 @@ class GptOssConfig:
         try:
             data = json.loads(path.read_text())
         except FileNotFoundError:
-            raise ConfigError(f"{path}: config.json not found") from None
+            raise ConfigError(f"{path.parent} holds no {path.name}: it is not a checkpoint folder") from None
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path}: not valid JSON ({e})") from None
         try:

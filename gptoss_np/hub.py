@@ -37,6 +37,8 @@ def resolve(spec: str | os.PathLike) -> Path:
 
 def _folder(spec: str | os.PathLike) -> Path:
     """The folder `spec` names: itself, or a hub id's snapshot (see resolve)."""
+    if not str(spec):
+        raise FileNotFoundError("the checkpoint folder is an empty path")
     path = Path(spec).expanduser()
     if path.is_dir():
         return path
@@ -49,6 +51,9 @@ def _folder(spec: str | os.PathLike) -> Path:
     refs_main = repo / "refs" / "main"
     if refs_main.is_file():
         candidates = [repo / "snapshots" / refs_main.read_text().strip()]
+        if not candidates[0].is_dir():
+            raise FileNotFoundError(f"{refs_main} names the snapshot {candidates[0].name}, which is not in "
+                                    f"{repo / 'snapshots'}: download the model again, or give a snapshot folder")
     else:
         candidates = sorted((repo / "snapshots").glob("*/"))
     found = [folder for folder in candidates if folder.is_dir()]

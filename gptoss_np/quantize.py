@@ -41,6 +41,9 @@ def quantize_checkpoint(source: str | Path, target: str | Path, progress: bool |
     target = Path(target)
     if target.resolve() == checkpoint.folder.resolve():
         raise ValueError("the target folder must not be the source folder")
+    if any(target.glob("*.safetensors")):
+        raise ValueError(f"{target} holds a checkpoint already: give a new or empty folder (its old weights "
+                         f"would lie beside the new ones)")
     target.mkdir(parents=True, exist_ok=True)
     c = checkpoint.config
     L = c.num_hidden_layers

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import mmap
+import re
 import shutil
 
 import numpy as np
@@ -143,7 +144,8 @@ def test_dense_experts_are_held_packed(tiny, tmp_path):
 
 def test_quantize_command(tiny, tmp_path, capsys):
     """python -m gptoss_np.quantize: the MXFP4 checkpoint of a dense one holds the same experts as
-    quantize_experts gives; an MXFP4 source, or the source as target, is a one-line error."""
+    quantize_experts gives; an MXFP4 source, the source as target, or a target holding a checkpoint
+    is a one-line error."""
     from gptoss_np import quantize
     dense = synthetic.write_dense(tmp_path / "dense", tiny)
     assert quantize.main([str(dense), str(tmp_path / "out")]) == 0
@@ -153,8 +155,10 @@ def test_quantize_command(tiny, tmp_path, capsys):
         np.testing.assert_array_equal(saved.layer(1)[short], array)
     assert quantize.main([str(tiny), str(tmp_path / "again")]) == 2
     assert quantize.main([str(dense), str(dense)]) == 2
+    assert quantize.main([str(dense), str(tiny)]) == 2
     err = capsys.readouterr().err.splitlines()
     assert "already MXFP4" in err[0] and "must not be the source" in err[1]
+    assert f"{tiny} holds a checkpoint already: give a new or empty folder" in err[2]
 
 
 def test_missing_folder(tmp_path):
@@ -164,7 +168,8 @@ def test_missing_folder(tmp_path):
 
 def test_missing_config(tiny):
     (tiny / "config.json").unlink()
-    with pytest.raises(ConfigError, match="config.json not found"):
+    message = f"{tiny} holds no config.json: it is not a checkpoint folder"
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
         gptoss_np.load(tiny)
 
 

@@ -501,6 +501,14 @@ def test_hub_id_without_refs_main(monkeypatch, tmp_path, small_checkpoint):
     assert hub.resolve("org/model") == snapshot
 
 
+def test_a_refs_main_naming_a_missing_snapshot_says_so(monkeypatch, tmp_path, small_checkpoint):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    snapshot = fake_hub(tmp_path, "org/model", small_checkpoint)
+    (snapshot.parent.parent / "refs" / "main").write_text("fedcba98")
+    with pytest.raises(FileNotFoundError, match="refs/main names the snapshot fedcba98, which is not in"):
+        hub.resolve("org/model")
+
+
 def test_a_download_of_only_the_original_folder_resolves_to_it(monkeypatch, tmp_path, small_checkpoint):
     """`hf download openai/gpt-oss-20b --include "original/*"` leaves OpenAI's format in original/ alone:
     the folder (or the hub id) resolves to that subfolder; a folder with its own config.json stays."""
@@ -545,6 +553,8 @@ def test_unknown_hub_id_says_only_the_local_cache_was_searched(capsys):
     (["--bogus"], ["--bogus"]),
     (["--model", "{tmp}/missing"], ["does not exist"]),
     (["--model", "{tmp}/file.txt"], ["not a folder"]),
+    (["--model", "{tmp}"], ["holds no config.json: it is not a checkpoint folder"]),
+    (["--model", ""], ["the checkpoint folder is an empty path"]),
 ])
 def test_bad_input_is_one_error_line(capsys, tmp_path, argv, words):
     (tmp_path / "file.txt").write_text("x")
