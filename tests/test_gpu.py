@@ -16,7 +16,7 @@ from gptoss_np import backend, fp16x2, sampling, synthetic
 from gptoss_np.kernels import attention, bf16, moe, mxfp4, norm_rope
 
 pytestmark = pytest.mark.gpu
-TOL = 1e-3  # relative error on float32 logits (measured values are far below it)
+TOL = 1e-4  # relative error on float32 logits: the project's target for float32 paths (every GPU path is one)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -221,7 +221,7 @@ def test_device_sampling_draws_as_the_cpu():
     rng = np.random.default_rng(0)
     logits = (3 * rng.standard_normal(201088)).astype(np.float32)
     assert ops.sample(ops.xp.asarray(logits)) == int(np.argmax(logits))
-    for seed in range(8):
+    for seed in range(64):
         kwargs = dict(temperature=0.8, top_k=50 if seed % 2 else None, top_p=0.9, min_p=0.01 if seed % 3 else None)
         ours = ops.sample(ops.xp.asarray(logits), rng=np.random.default_rng(seed), **kwargs)
         assert ours == sampling.sample(logits, rng=np.random.default_rng(seed), **kwargs)

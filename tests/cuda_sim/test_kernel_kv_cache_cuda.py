@@ -9,8 +9,8 @@ from gptoss_np.kernels import kv_cache, kv_cache_cuda
 
 
 # a ring that wrapped, then a slot = the position: 2 x 8 values, two blocks of the simulator's 8 threads;
-# shipped: gpt-oss's 8 x 64 values, two blocks of 256 threads
-@pytest.mark.parametrize("position, S, G, Dh", [(13, 5, 2, 8), (2, 40, 2, 8),
+# 3 x 6 values, the last of three blocks partial; shipped: gpt-oss's 8 x 64 values, two blocks of 256 threads
+@pytest.mark.parametrize("position, S, G, Dh", [(13, 5, 2, 8), (2, 40, 2, 8), (13, 5, 3, 6),
                                                 pytest.param(70, 128, 8, 64, marks=pytest.mark.shipped_launches)])
 def test_write_one(position, S, G, Dh):
     rng = np.random.default_rng(S)
@@ -23,3 +23,4 @@ def test_write_one(position, S, G, Dh):
     for ours, theirs in zip(out, ref):
         np.testing.assert_array_equal(ours, theirs)
     assert stored[position % S] == position and (keys[position % S] == k[0]).all()
+    assert (values[position % S] == v[0]).all()

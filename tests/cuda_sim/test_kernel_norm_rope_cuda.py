@@ -20,16 +20,20 @@ def test_rmsnorm(D):
     assert_close(out, norm_rope.rmsnorm_ref(x, w, 1e-5))
 
 
-def test_rope_tables_and_rotation_in_place():
+# 4 x 8 table entries and 4 x 3 x 8 rotations fill the simulator's 16-thread blocks; 5 x 5 and 5 x 3 x 5 end
+# in partial ones
+@pytest.mark.parametrize("positions, heads, Dh", [([0, 5, 6, 4000], 3, 16), ([0, 5, 6, 4000, 131071], 3, 10)])
+def test_rope_tables_and_rotation_in_place(positions, heads, Dh):
     rng = np.random.default_rng(1)
-    inv_freq = (1.0 / 150000 ** (np.arange(0, 16, 2) / 16)).astype(np.float32)
-    positions = np.array([0, 5, 6, 4000], np.int64)
-    cos, sin = poisoned((4, 8)), poisoned((4, 8))
+    inv_freq = (1.0 / 150000 ** (np.arange(0, Dh, 2) / Dh)).astype(np.float32)
+    positions = np.array(positions, np.int64)
+    T = len(positions)
+    cos, sin = poisoned((T, Dh // 2)), poisoned((T, Dh // 2))
     norm_rope_cuda.rope_tables(inv_freq, 1.3466, positions, cos, sin)
     ref_cos, ref_sin = norm_rope.rope_tables(inv_freq, 1.3466, positions)
     assert_close(cos, ref_cos)
     assert_close(sin, ref_sin)
-    x = rng.standard_normal((4, 3, 16), dtype=np.float32)
+    x = rng.standard_normal((T, heads, Dh), dtype=np.float32)
     ref = norm_rope.rope_ref(x, ref_cos, ref_sin)
     norm_rope_cuda.rope(x, cos, sin, x)
     assert_close(x, ref)

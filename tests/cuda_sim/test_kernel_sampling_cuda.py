@@ -41,20 +41,34 @@ def test_argmax_orders_nan_and_infinity_as_numpy(V, specials):
 @pytest.mark.parametrize("temperature, top_k, top_p, min_p", [
     (1.0, None, None, None), (0.6, None, 1.0, 0.0), (0.7, 5, None, None), (1.3, None, 0.8, None), (1.0, 12, 0.9, 0.05),
     (0.5, None, None, 0.2), pytest.param(1.0, 12, 0.9, 0.05, marks=SHIPPED, id="shipped")])  # shipped: 1024 threads
-def test_sample_draws_as_the_cpu(temperature, top_k, top_p, min_p):
+def test_sample_draws_as_the_cpu(temperature, top_k, top_p, min_p, request):
+    """Uniform numbers from seeded generators, and (at the simulator's small launches) a grid over [0, 1)
+    that meets every kept id's interval, so that a token kept too many or too few is drawn."""
     rng = np.random.default_rng(1)
     logits = 2 * rng.standard_normal(50, dtype=np.float32)
     order = np.argsort(-logits, kind="stable").astype(np.int32)
-    for seed in range(6):
-        u = np.random.default_rng(seed).random()
+    us = [np.random.default_rng(seed).random() for seed in range(6)]
+    if not request.node.get_closest_marker("shipped_launches"):  # 1024 simulated threads a launch: slow
+        us += [*np.linspace(0, 1, 41)[:-1], 1 - 1e-6]
+    for u in us:
         expected = sampling.sample(logits, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                                   rng=np.random.default_rng(seed))
+                                   rng=Uniform(u))
         # the ids in order when a filter needs them; without filters with and without (nothing sorted)
         for given in (order, None) if not sampling_cuda.filtered(top_k, top_p, min_p) else (order,):
             out = poisoned(2, np.int32)
             sampling_cuda.sample(logits, given, temperature, top_k, top_p, min_p, u, out)
-            assert out[0] == expected, (seed, u, given is None)
+            assert out[0] == expected, (u, given is None)
             assert sampling_cuda.largest(out) == logits.max()
+
+
+class Uniform:
+    """A stand-in for a NumPy Generator whose one draw is u."""
+
+    def __init__(self, u: float):
+        self.u = u
+
+    def random(self) -> float:
+        return self.u
 
 
 @pytest.mark.parametrize("temperature", [1e-20, 1e-39, 1e-300])  # 1 / 1e-39 is over float32's largest
