@@ -490,6 +490,8 @@ def _check_harmony(tokenizer: Tokenizer, folder: Path) -> None:
 def _generate(args: argparse.Namespace) -> int:
     if args.raw and args.prompt is None:
         raise CliError("--raw needs --prompt TEXT")
+    if args.prompt == "":
+        raise CliError("--prompt is empty: give it the text (or leave it out to chat from stdin)")
     for name in ("reasoning_effort", "instructions", "hide_reasoning") if args.raw else ():
         if getattr(args, name) not in (None, False):
             raise CliError(f"--{name.replace('_', '-')} is for chat; --raw continues --prompt as plain text")

@@ -547,6 +547,8 @@ def test_unknown_hub_id_says_only_the_local_cache_was_searched(capsys):
     (["--device", "tpu"], ["--device"]),
     (["--chat", "--raw", "--prompt", "x"], ["--raw", "--chat"]),
     (["--raw"], ["--raw needs --prompt"]),
+    (["--prompt", ""], ["--prompt is empty"]),
+    (["--raw", "--prompt", ""], ["--prompt is empty"]),
     (["--raw", "--prompt", "x", "--instructions", "Be brief."], ["--instructions", "chat"]),
     (["--raw", "--prompt", "x", "--hide-reasoning"], ["--hide-reasoning", "chat"]),
     (["--raw", "--prompt", "x", "--reasoning-effort", "high"], ["--reasoning-effort", "chat"]),
