@@ -76,6 +76,26 @@ def test_a_quantized_save_of_dense_experts_matches_transformers(checkpoint_dir, 
     assert (folder / "generation_config.json").read_text() == (dense / "generation_config.json").read_text()
 
 
+@pytest.mark.parametrize("name", ["tiny", "gqa4_sharded"])
+def test_trace_matches_transformers(name, checkpoint_dir, hf_model):
+    """What model.trace shows (the notebooks' attention maps, sink shares and router logits) against
+    transformers' output_attentions (its eager softmax over the keys and the sink, the sink's column
+    dropped) and output_router_logits, past the sliding window."""
+    import torch
+    folder = checkpoint_dir(name)
+    model, hf = gptoss_np.load(folder), hf_model(folder)
+    ids = prompt(model, 40, seed=5)
+    layers = model.trace(ids)
+    with torch.no_grad():
+        out = hf(torch.tensor(ids)[None], output_attentions=True, output_router_logits=True)
+    assert len(layers) == len(out.attentions) == len(out.router_logits) == model.config.num_hidden_layers
+    for layer, attention, router_logits in zip(layers, out.attentions, out.router_logits):
+        theirs = attention[0].numpy()[:, :, layer.key_positions]  # [H, T, S]: the keys the layer kept
+        assert rel_err(layer.attention, theirs) <= TOL
+        assert rel_err(layer.sink, 1 - attention[0].numpy().sum(-1, dtype=np.float64)) <= TOL
+        assert rel_err(layer.router_logits, router_logits.numpy()) <= TOL
+
+
 def test_damaged_weights_are_an_error_not_gibberish(checkpoint_dir, tmp_path):
     """A NaN in the weights (as a corrupted download leaves) makes NaN logits; generate says so instead of
     sampling from them."""
