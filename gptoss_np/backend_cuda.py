@@ -132,6 +132,7 @@ class CudaOps:
 
     name = "cuda"
     xp = cp
+    reason = None  # as CpuOps.reason: the GPU was used
 
     def __init__(self, graphs: bool = True):
         self.graphs = graphs  # decode from CUDA graphs (turned off if a capture fails)

@@ -254,4 +254,5 @@ def test_auto_takes_the_cpu_when_the_weights_do_not_fit_the_gpu(cuda_ops, monkey
     with pytest.raises(MemoryError, match="weights need"):
         gptoss_np.load(folder, device="cuda")
     monkeypatch.setattr(sim, "FREE_BYTES", Checkpoint(folder).nbytes)
-    assert gptoss_np.load(folder, device="auto").ops.name == "cuda"
+    model = gptoss_np.load(folder, device="auto")
+    assert model.ops.name == "cuda" and model.ops.reason is None
