@@ -401,9 +401,7 @@ class Runner:
 
     def raw(self, text: str) -> int:
         """Continue plain `text`; the exit code."""
-        ids = self.tokenizer.encode(text)
-        if not ids:
-            raise CliError("--prompt is empty: --raw needs text to continue")
+        ids = self.tokenizer.encode(text)  # not empty: _generate refuses an empty --prompt
         return 0 if self.complete(ids, RawPrinter(self.tokenizer, sys.stdout)) is not None else 130
 
     def reply(self, message: str) -> bool:
