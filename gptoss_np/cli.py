@@ -389,6 +389,11 @@ class Runner:
                         shown.append(token)
         except KeyboardInterrupt:
             ended = "interrupted"
+        except (ValueError, MemoryError):  # mid-reply (NaN logits, no memory): the error line goes below the text
+            if shown:
+                printer.finish()
+                sys.stdout.write("\n")
+            raise
         finally:
             notice.done()
         printer.finish()

@@ -307,6 +307,18 @@ def test_ctrl_c_prints_the_summary_and_exits_130(capsys, monkeypatch, harmony_to
     assert summaries(err)[0][1:] == (len(ids), "interrupted")
 
 
+def test_an_error_mid_reply_ends_the_line_of_text_first(capsys, monkeypatch, harmony_tokenizer):
+    ids = harmony_tokenizer.encode(" one two")
+
+    def failing(self, *args, **kwargs):
+        yield from ids
+        raise ValueError("the logits hold NaN or infinity")
+    monkeypatch.setattr(GptOss, "generate", failing)
+    code, out, err = run_cli(capsys, "--raw", "--prompt", "Count:")
+    assert code == 2 and out == " one two\n"
+    assert err.splitlines()[-1] == "gptoss-generate: error: the logits hold NaN or infinity"
+
+
 def test_the_summary_says_when_its_times_include_compiling(capsys, monkeypatch, harmony_tokenizer):
     ids = harmony_tokenizer.encode(" one two")
 
