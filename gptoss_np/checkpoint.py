@@ -2,9 +2,9 @@
 
 This module owns every tensor name. `expected_tensors` is the one weight-name map: what the engine
 reads, with shapes and dtypes, in Hugging Face's names or in those of OpenAI's original format (a
-repository's `original/` folder: the same tensors renamed, q, k and v fused into one qkv tensor, the
-norms in float32), which `Checkpoint` tells apart by the name of the embedding. `Checkpoint` opens a
-folder (single file, or sharded with `model.safetensors.index.json`), checks every expected tensor
+repository's `original/` folder: the same tensors renamed, q, k and v fused into one qkv tensor),
+which `Checkpoint` tells apart by the name of the embedding. `Checkpoint` opens a folder (single
+file, or sharded with `model.safetensors.index.json`), checks every expected tensor
 before anything is computed, and hands out tensors lazily from memory maps. MXFP4 experts stay packed:
 `*_blocks` uint8 [E, rows, K/32, 16] and `*_scales` uint8 [E, rows, K/32], rows being output features
 and K the input features.

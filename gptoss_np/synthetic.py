@@ -23,7 +23,7 @@ from tqdm import tqdm
 from .checkpoint import (DENSE_EXPERTS, EMBED, FINAL_NORM, INDEX_FILE, LM_HEAD, ORIGINAL_NAMES, Checkpoint,
                          expected_tensors, layer_tensor_name)
 from .config import GptOssConfig
-from .kernels.bf16 import as_f32, f32_to_bf16
+from .kernels.bf16 import f32_to_bf16
 from .kernels.mxfp4 import dequantize
 from .safetensors_io import write
 
@@ -101,34 +101,41 @@ def write_checkpoint(folder: str | Path, config: dict | str = "tiny", *, seed: i
     (folder / "generation_config.json").write_text(json.dumps(_generation_config(c), indent=2))
 
     expected = expected_tensors(c)
-    names = list(expected)
-    groups = np.array_split(np.arange(len(names)), shards)
-    files = [f"model-{i + 1:05d}-of-{shards:05d}.safetensors" if shards > 1 else "model.safetensors"
-             for i in range(shards)]
     rng = np.random.default_rng(seed)
-    weight_map, total = {}, 0
     show = progress if progress is not None else c.num_hidden_layers * c.hidden_size > 4096
-    with tqdm(total=len(names), desc=f"writing {folder.name}", unit="tensor", disable=not show) as bar:
-        for fname, group in zip(files, groups):
-            tensors = {}
-            for i in group:
-                name = names[i]
-                tensors[name] = _random_tensor(name, expected[name][0], c, rng)
-                weight_map[name] = fname
-                total += tensors[name][1].nbytes
-                bar.update()
-            write(folder / fname, tensors, metadata={"format": "pt"})
-    if shards > 1:
-        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        (folder / INDEX_FILE).write_text(json.dumps(index, indent=2))
+    with tqdm(total=len(expected), desc=f"writing {folder.name}", unit="tensor", disable=not show) as bar:
+        def tensor(name: str) -> tuple[str, np.ndarray]:
+            bar.update()
+            return _random_tensor(name, expected[name][0], c, rng)
+        # numbered from 0, as the released checkpoints' shards are (gpt-oss-20b: model-00000-of-00002 to -00002)
+        _write_shards(folder, list(expected), tensor, [f"model-{i:05d}-of-{shards - 1:05d}.safetensors"
+                                                       for i in range(shards)], metadata={"format": "pt"})
     return folder
 
 
-def write_original(folder: str | Path, hf_folder: str | Path) -> Path:
+def _write_shards(folder: Path, names: list[str], tensor, files: list[str], metadata: dict | None = None) -> None:
+    """Write tensor(name) -> (dtype, bits) for `names`, in order, into `files` (consecutive groups, each
+    file's tensors made only when it is written); with several files, the index that maps names to them.
+    One file is model.safetensors."""
+    if len(files) == 1:
+        files = ["model.safetensors"]
+    weight_map, total = {}, 0
+    for fname, group in zip(files, np.array_split(np.arange(len(names)), len(files))):
+        tensors = {names[i]: tensor(names[i]) for i in group}
+        write(folder / fname, tensors, metadata=metadata)
+        weight_map.update(dict.fromkeys(tensors, fname))
+        total += sum(array.nbytes for _, array in tensors.values())
+    if len(files) > 1:
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (folder / INDEX_FILE).write_text(json.dumps(index, indent=2))
+
+
+def write_original(folder: str | Path, hf_folder: str | Path, shards: int = 1) -> Path:
     """Write the checkpoint in `hf_folder` into `folder` in OpenAI's original format, as a Hugging Face
     repository's `original/` folder holds it (transformers' converter read backwards): config.json in
-    OpenAI's names, one model.safetensors with q, k and v fused into qkv and the norms in float32.
-    The format has no field for what gpt-oss does not vary (ValueError)."""
+    OpenAI's names, dtypes.json, and model.safetensors with q, k and v fused into qkv, everything bf16
+    but the MXFP4 experts (or, as gpt-oss-120b's, `shards` files model--00001-of-0000N.safetensors and
+    their index). The format has no field for what gpt-oss does not vary (ValueError)."""
     source = Checkpoint(hf_folder)
     c, r = source.config, source.config.rope_parameters
     alternating = c.layer_types == tuple("sliding_attention" if i % 2 == 0 else "full_attention"
@@ -156,7 +163,11 @@ def write_original(folder: str | Path, hf_folder: str | Path) -> Path:
             t["qkv" + suffix] = ("BF16", np.concatenate([t.pop(part + suffix)[1] for part in "qkv"]))
         for short, value in t.items():
             tensors[layer_tensor_name(i, short, original=True)] = value
-    write(folder / "model.safetensors", tensors)
+    dtypes = {name: {"U8": "UE8" if name.endswith(".scales") else "FP4"}.get(dtype, dtype)
+              for name, (dtype, _) in tensors.items()}
+    (folder / "dtypes.json").write_text(json.dumps(dtypes, indent=2))
+    _write_shards(folder, list(tensors), tensors.get,
+                  [f"model--{i + 1:05d}-of-{shards:05d}.safetensors" for i in range(shards)])
     return folder
 
 
@@ -176,7 +187,7 @@ def write_dense(folder: str | Path, hf_folder: str | Path) -> Path:
     tensors = {}
     for name in expected_tensors(c):
         if not name.endswith(("_blocks", "_scales")):
-            tensors[name] = _stored(source, name, norms_f32=False)
+            tensors[name] = _stored(source, name)
     for i in range(c.num_hidden_layers):
         for short in DENSE_EXPERTS:
             w = dequantize(source.tensor(layer_tensor_name(i, f"{short}_blocks")),
@@ -186,14 +197,12 @@ def write_dense(folder: str | Path, hf_folder: str | Path) -> Path:
     return folder
 
 
-def _stored(checkpoint: Checkpoint, name: str, norms_f32: bool = True) -> tuple[str, np.ndarray]:
-    """(dtype, bits) of a tensor as OpenAI's format stores it: norms as float32 (`norms_f32`), the rest
-    as they are."""
+def _stored(checkpoint: Checkpoint, name: str) -> tuple[str, np.ndarray]:
+    """(dtype, bits) of a tensor as the released checkpoints store it: MXFP4 bytes as they are, the rest
+    in bf16 (the norms too, whatever transformers' converter says of them)."""
     array = checkpoint.tensor(name)
     if array.dtype == np.uint8:
         return "U8", array
-    if norms_f32 and name.endswith("norm.weight"):
-        return "F32", as_f32(array)
     return "BF16", array if array.dtype == np.uint16 else f32_to_bf16(array)
 
 

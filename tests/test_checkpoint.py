@@ -211,8 +211,8 @@ def test_wrong_dtype(tiny):
 
 def test_index_names_a_missing_shard(tmp_path):
     folder = synthetic.write_checkpoint(tmp_path / "sharded", "tiny", shards=2)
-    (folder / "model-00002-of-00002.safetensors").unlink()
-    with pytest.raises(CheckpointError, match="model-00002-of-00002.safetensors: safetensors file not found"):
+    (folder / "model-00001-of-00001.safetensors").unlink()  # numbered from 0, as the released shards are
+    with pytest.raises(CheckpointError, match="model-00001-of-00001.safetensors: safetensors file not found"):
         gptoss_np.load(folder)
 
 
@@ -230,6 +230,19 @@ def test_sharded_equals_single(tmp_path):
     assert (tmp_path / "three" / "model.safetensors.index.json").exists()
     ids = [1, 2, 3, 4, 5]
     np.testing.assert_array_equal(single.logits(ids), sharded.logits(ids))
+
+
+def test_openais_original_format_sharded_equals_single(tiny, tmp_path):
+    """gpt-oss-120b's original/ folder is sharded (model--00001-of-00007.safetensors ..., and an index);
+    every tensor is bf16 but the experts' bytes, as dtypes.json says."""
+    single = synthetic.write_original(tmp_path / "one", tiny)
+    sharded = synthetic.write_original(tmp_path / "three", tiny, shards=3)
+    assert sorted(p.name for p in sharded.glob("*.safetensors")) == [
+        f"model--0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
+    dtypes = json.loads((sharded / "dtypes.json").read_text())
+    assert set(dtypes.values()) == {"BF16", "FP4", "UE8"} and dtypes["norm.scale"] == "BF16"
+    ids = [1, 2, 3, 4, 5]
+    np.testing.assert_array_equal(gptoss_np.load(single).logits(ids), gptoss_np.load(sharded).logits(ids))
 
 
 def test_tensors_stay_memory_mapped_and_packed(tiny):

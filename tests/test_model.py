@@ -34,8 +34,8 @@ def test_logits_match_transformers(name, checkpoint_dir, hf_model, monkeypatch):
 
 
 def test_openais_original_format_matches_transformers(checkpoint_dir, hf_model, tmp_path):
-    """The tiny checkpoint rewritten in OpenAI's original format (names, fused qkv, float32 norms, OpenAI's
-    config.json): its logits and greedy continuation are transformers' on the Hugging Face files."""
+    """The tiny checkpoint rewritten in OpenAI's original format (names, fused qkv, OpenAI's config.json):
+    its logits and greedy continuation are transformers' on the Hugging Face files."""
     import torch
     folder = checkpoint_dir("tiny")
     model = gptoss_np.load(synthetic.write_original(tmp_path / "original", folder))
