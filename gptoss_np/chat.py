@@ -5,6 +5,7 @@ tokens are prefilled) and parses the reply back into messages."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 from typing import Iterator, Sequence
 
@@ -77,6 +78,18 @@ class Chat:
         self.messages = messages
         return dropped
 
+    @contextlib.contextmanager
+    def adding(self, message: str | dict, room: int = 0) -> Iterator[int]:
+        """`add(message, room)` for the block it yields to (the number of messages left out); if the block
+        raises ValueError or TypeError (the turn cannot be sent: it fills the context alone, or a bad
+        argument), the conversation is put back as it was."""
+        before = self.messages
+        try:
+            yield self.add(message, room)
+        except (ValueError, TypeError):
+            self.messages = before
+            raise
+
     def add_reply(self, token_ids: Sequence[int]) -> list[dict]:
         """Add the assistant's messages that `token_ids` (a reply to `prompt()`) hold, and return them. A
         reply that is not harmony (an untrained model's) becomes one final message holding its text; an
@@ -95,16 +108,11 @@ class Chat:
         `max_new_tokens` or the end of the context; once they are all taken, the reply joins the
         conversation (a reply given up halfway does not). `sampling`: model.generate's temperature, top_k,
         top_p, min_p and seed (greedy by default). harmony.StreamParser shows the text as it comes."""
-        before = self.messages
-        self.add(message, max_new_tokens)
-        prompt = self.prompt()
-        try:  # ValueError: the last turn alone fills the context, or a bad argument
+        with self.adding(message, max_new_tokens):
+            prompt = self.prompt()
             budget = new_token_room(self.model, len(prompt), max_new_tokens)
             tokens = self.model.generate(prompt, budget, stop_ids=self.stop_ids, prompt_cache=self.prompt_cache,
                                          **sampling)
-        except (ValueError, TypeError):  # the conversation stays as it was
-            self.messages = before
-            raise
         return self._joined(tokens)
 
     def _joined(self, tokens: Iterator[int]) -> Iterator[int]:

@@ -414,18 +414,13 @@ class Runner:
         conversation unless interrupted (then False). Turns that no longer fit the model's context
         with a whole reply (--max-new-tokens) are left out, with a note. A message that cannot be sent (a
         ValueError: it fills the context alone, or is not UTF-8) leaves the conversation as it was."""
-        before = self.chat.messages
-        dropped = self.chat.add(message, room=self.args.max_new_tokens)
-        if dropped:
-            _note(f"the {dropped} oldest message(s) of the conversation are left out, to fit the model's context "
-                  f"of {self.model.config.max_position_embeddings} tokens")
-        color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
-        printer = HarmonyPrinter(self.tokenizer, sys.stdout, color, show_reasoning=not self.args.hide_reasoning)
-        try:
+        with self.chat.adding(message, room=self.args.max_new_tokens) as dropped:
+            if dropped:
+                _note(f"the {dropped} oldest message(s) of the conversation are left out, to fit the model's "
+                      f"context of {self.model.config.max_position_embeddings} tokens")
+            color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+            printer = HarmonyPrinter(self.tokenizer, sys.stdout, color, show_reasoning=not self.args.hide_reasoning)
             ids = self.complete(self.chat.prompt(), printer)
-        except ValueError:
-            self.chat.messages = before
-            raise
         if ids is not None:
             self.chat.add_reply(ids)
         return ids is not None
