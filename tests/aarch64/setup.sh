@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# An AArch64 Python with the engine's dependencies, run by qemu-user on this x86-64 machine, for
+# tests/test_aarch64.py: the CPU engine's ARM code (the MXFP4 decode by NEON's table lookup) runs
+# nowhere else here. Needs root and Debian's package registry (apt-get), and PyPI (pip download).
+#
+#   bash tests/aarch64/setup.sh DIR          # ~1-2 minutes; writes DIR/python
+#   GPTOSS_AARCH64_PYTHON=DIR/python python -m pytest tests/test_aarch64.py
+#
+# DIR/python is a wrapper: qemu-aarch64-static runs Debian's arm64 python3 on DIR/root, with the
+# dependencies' aarch64 wheels in DIR/site. The emulated CPU is a Neoverse N1 (Graviton2's: NEON, no
+# SVE): under qemu 7.2's default CPU, which has SME, OpenBLAS's float32 matrix products returned NaNs
+# at random, a fault of the emulation that no real ARM CPU shows.
+set -euo pipefail
+dir=$(mkdir -p "$1" && cd "$1" && pwd)
+export DEBIAN_FRONTEND=noninteractive
+
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+    dpkg --add-architecture arm64
+fi
+apt-get update -qq -o Acquire::Retries=3
+apt-get install -y -qq -o Acquire::Retries=3 --no-install-recommends qemu-user-static > /dev/null
+
+# Debian's python3 for arm64 and the libraries it and the wheels load, unpacked (nothing is installed)
+version=$(apt-cache depends python3-minimal:arm64 | sed -n 's/.*Depends: python\(3\.[0-9]*\)-minimal.*/\1/p' | head -1)
+packages=(python"$version"-minimal libpython"$version"-minimal libpython"$version"-stdlib libc6 libexpat1 zlib1g
+          libssl3 libffi8 libbz2-1.0 liblzma5 libsqlite3-0 libgcc-s1 libstdc++6 libncursesw6 libtinfo6 libreadline8
+          libuuid1 libcrypt1 libnsl2 libtirpc3)
+rm -rf "$dir/debs" "$dir/root" "$dir/site" && mkdir -p "$dir/debs" "$dir/root"
+(cd "$dir/debs" && apt-get download -qq "${packages[@]/%/:arm64}" media-types 2>&1 | grep -v "unsandboxed" || true)
+for deb in "$dir"/debs/*.deb; do
+    dpkg-deb -x "$deb" "$dir/root"
+done
+rm -rf "$dir/debs"
+
+platforms=()
+for p in manylinux_2_34 manylinux_2_28 manylinux_2_17 manylinux2014; do
+    platforms+=(--platform "${p}_aarch64")
+done
+python3 -m pip install -q --only-binary=:all: --python-version "$version" --implementation cp "${platforms[@]}" \
+    --target "$dir/site" numpy numba tokenizers tqdm bpe-openai pytest 2>&1 | grep -v "is ignored\|as the 'root' user" || true
+
+cat > "$dir/root/usr/bin/python" <<EOF
+#!/usr/bin/env bash
+# python$version for AArch64 under qemu-user (tests/aarch64/setup.sh); as sys.executable it runs
+# subprocesses under qemu too
+export PYTHONPATH=$dir/site\${PYTHONPATH:+:\$PYTHONPATH}
+export QEMU_CPU=neoverse-n1
+exec qemu-aarch64-static -L $dir/root -0 "\$0" $dir/root/usr/bin/python$version "\$@"
+EOF
+chmod +x "$dir/root/usr/bin/python"
+ln -sf root/usr/bin/python "$dir/python"
+"$dir/python" -c "import platform, numba; print('tests/aarch64/setup.sh:', platform.machine(), 'Python',
+    platform.python_version(), 'numba', numba.__version__, 'in $dir')"
