@@ -52,8 +52,8 @@ def test_dense_experts_quantized_as_they_load_match_transformers(checkpoint_dir,
     """A checkpoint with dense bf16 experts (as fine-tuned ones hold them; here the tiny checkpoint's
     experts dequantized, so MXFP4 holds them exactly): with quantize_experts=True its logits are
     transformers' on that dense checkpoint; without, it is a CheckpointError that names the option."""
-    import torch
-    import transformers
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
     folder = synthetic.write_dense(tmp_path / "dense", checkpoint_dir("tiny"))
     with pytest.raises(gptoss_np.CheckpointError, match="experts are stored dense.*quantize_experts=True"):
         gptoss_np.load(folder)
