@@ -17,7 +17,7 @@ from .mxfp4_simd import TILE_ROWS, TILE_TOKENS, dequantize_row, row_dot, tile_do
 # Numba caches the kernels below keyed on this file's text alone, and they inline mxfp4_simd's code: this
 # line changes with that file (tests/test_kernel_mxfp4_simd.py checks it), so a cache made from an older
 # mxfp4_simd.py is not used
-MXFP4_SIMD_SHA256 = "4e79042d25d5f4148b79f3f72b832ebed814c264f62526713f7ff302100278d2"
+MXFP4_SIMD_SHA256 = "f75c4043a83b638091946e3363cd40530cf38229198b13c85e2084c4f02e9a8c"
 
 # FP4 e2m1 value of each nibble: sign bit 3, exponent bits 2-1, mantissa bit 0
 FP4_VALUES = np.array([+0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,

@@ -19,8 +19,8 @@ becomes twice its FP4 value (0, +-1, 2, 3, 4, 6, 8, 12) times the block's scale 
                          by the float permute (vpermps): one multiply a block, one permute a half;
   _decode_by_shuffle     a 16-entry byte table looked up by the x86 byte shuffle (SSSE3 pshufb), one
                          instruction for 16 nibbles, then converted to float and scaled;
-  _decode_by_tbl         the same by AArch64's table lookup (NEON tbl); compiled in CI, run only on
-                         an ARM machine;
+  _decode_by_tbl         the same by AArch64's table lookup (NEON tbl); run in CI by an emulated
+                         AArch64 CPU (tests/test_aarch64.py);
   _decode_by_arithmetic  portable IR: the magnitudes are the 4-bit fields of one 32-bit constant,
                          shifted by 4 * (nibble & 7); the sign bit is OR'ed into the float.
 """

@@ -1,4 +1,5 @@
-"""The LLVM-IR MXFP4 decoders (both: the x86 byte shuffle and the portable arithmetic), against the reference."""
+"""The LLVM-IR MXFP4 decoders (AVX-512 permute, x86 byte shuffle, NEON tbl, portable arithmetic: those this CPU
+runs), against the reference."""
 
 from __future__ import annotations
 
@@ -117,7 +118,8 @@ def test_the_cpu_decoders_are_used_where_numba_compiles_for_them(monkeypatch):
 ])
 def test_each_decoder_compiles_for_its_cpu(decoder, triple, features, instruction):
     """Machine code for every decoder's CPU, whatever CPU runs the tests (NEON's tbl runs only on an
-    ARM machine; the tests above run it there): a block's bytes and scale -> its 32 weights."""
+    ARM CPU, real or emulated, as in tests/test_aarch64.py; the tests above run it there): a block's
+    bytes and scale -> its 32 weights."""
     llvm.initialize_all_targets()
     llvm.initialize_all_asmprinters()
     module = ir.Module(name="decode")
