@@ -28,5 +28,6 @@ done
 mkdir .whl/fallback
 python3 -m pip download -q --only-binary=:all: --no-deps --python-version 3.12 --implementation cp "${platforms[@]}" \
     -d .whl/fallback "numba-cuda>=0.30" 2>&1 | grep -v "is ignored" || true
+git describe --always --dirty > .whl/commit  # the device machine's copy of the tree has no .git
 ls .whl | grep -q '^bpe_openai-' || { echo "device_wheels.sh: bpe-openai was not downloaded" >&2; exit 1; }
 echo "device_wheels.sh: $(ls .whl/*.whl | wc -l) wheels and $(ls .whl/fallback) as fallback, $(du -sh .whl | cut -f1) in .whl/"

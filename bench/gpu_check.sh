@@ -26,6 +26,9 @@ export PYTHONUNBUFFERED=1
 # take them through the CUDA Array Interface and synchronize their stream at every launch, which a
 # stream capturing a CUDA graph refuses. versions.txt says which ran.
 export NUMBA_CUDA_ARRAY_INTERFACE_SYNC=0
+# the commit measured: the device machine's copy of the tree has no .git, so device_wheels.sh notes it
+# in .whl/commit (or set GPTOSS_COMMIT in the call)
+[ -z "${GPTOSS_COMMIT:-}" ] && [ -s .whl/commit ] && export GPTOSS_COMMIT=$(cat .whl/commit)
 parts=" ${*:-tests bench moe notebooks} "
 wants() { [[ "$parts" == *" $1 "* ]]; }
 LIMIT=510  # seconds for the whole script; the benchmark and then the optional parts use what is left

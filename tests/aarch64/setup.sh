@@ -20,13 +20,14 @@ fi
 apt-get update -qq -o Acquire::Retries=3
 apt-get install -y -qq -o Acquire::Retries=3 --no-install-recommends qemu-user-static > /dev/null
 
-# Debian's python3 for arm64 and the libraries it and the wheels load, unpacked (nothing is installed)
+# Debian's python3 for arm64 and what it and the wheels load (its dependencies, found by apt), unpacked:
+# nothing is installed
 version=$(apt-cache depends python3-minimal:arm64 | sed -n 's/.*Depends: python\(3\.[0-9]*\)-minimal.*/\1/p' | head -1)
-packages=(python"$version"-minimal libpython"$version"-minimal libpython"$version"-stdlib libc6 libexpat1 zlib1g
-          libssl3 libffi8 libbz2-1.0 liblzma5 libsqlite3-0 libgcc-s1 libstdc++6 libncursesw6 libtinfo6 libreadline8
-          libuuid1 libcrypt1 libnsl2 libtirpc3)
+mapfile -t packages < <(apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts --no-breaks \
+    --no-replaces --no-enhances "python$version-minimal:arm64" "libpython$version-stdlib:arm64" libstdc++6:arm64 \
+    | grep -x '[^ <].*:arm64' | sort -u)
 rm -rf "$dir/debs" "$dir/root" "$dir/site" && mkdir -p "$dir/debs" "$dir/root"
-(cd "$dir/debs" && apt-get download -qq "${packages[@]/%/:arm64}" media-types 2>&1 | grep -v "unsandboxed" || true)
+(cd "$dir/debs" && apt-get download -qq "${packages[@]}" 2>&1 | grep -v "unsandboxed" || true)
 for deb in "$dir"/debs/*.deb; do
     dpkg-deb -x "$deb" "$dir/root"
 done

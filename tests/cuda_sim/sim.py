@@ -8,6 +8,7 @@ import contextlib
 import ctypes
 import sys
 import threading
+import time
 import types
 
 import numpy as np
@@ -470,6 +471,21 @@ def stand_in_graphs(monkeypatch, cuda_graph, cache) -> list:
     return graphs
 
 
+class _Event:
+    """A CUDA event, as bench/gpu.py times with them: the host's clock when recorded (the simulator
+    runs each kernel as it is launched)."""
+
+    def record(self, stream=None):
+        self.time = time.perf_counter()
+
+    def synchronize(self):
+        pass
+
+
+def _elapsed_ms(start: _Event, end: _Event) -> float:
+    return (end.time - start.time) * 1e3
+
+
 class _Stream:
     """A CUDA stream that cannot capture: the simulator has no CUDA graphs (StandInGraph stands in)."""
 
@@ -597,7 +613,8 @@ def numpy_as_cupy(device_arrays: bool = True) -> types.ModuleType:
                                        _routines_linalg=types.SimpleNamespace(COMPUTE_TYPE_TF32=compute.TF32))
     device = types.SimpleNamespace(id=0, synchronize=lambda: None)
     shim.cuda = types.SimpleNamespace(
-        Device=lambda: device, Stream=_Stream, using_allocator=lambda allocator: contextlib.nullcontext(),
+        Device=lambda: device, Stream=_Stream, Event=_Event, get_elapsed_time=_elapsed_ms,
+        using_allocator=lambda allocator: contextlib.nullcontext(),
         set_allocator=lambda allocator=None: None,
         get_current_stream=lambda: types.SimpleNamespace(ptr=0),  # the default stream
         cublas=_Cublas(), device=types.SimpleNamespace(get_cublas_handle=lambda: 0),

@@ -24,6 +24,8 @@ def bench(monkeypatch, bench_script):
     module = bench_script("gpu")
     monkeypatch.setattr(module, "COPY_BYTES", 1 << 20)
     monkeypatch.setattr(module, "PROFILE_STEPS", 1)
+    monkeypatch.setattr(module, "DECODE_RUNS", 2)
+    monkeypatch.setattr(module, "PREFILL_RUNS", 1)
     monkeypatch.setattr(module, "KERNEL_LAUNCHES", 1)
     monkeypatch.setattr(module, "select", lambda device: importlib.import_module("gptoss_np.backend_cuda").CudaOps())
     # the GEMVs in fewer, larger blocks (the simulator runs blocks one by one; tests/cuda_sim's kernel
@@ -55,15 +57,26 @@ def test_benchmark_runs_and_writes_its_json(bench, tmp_path, monkeypatch, capsys
     out = tmp_path / "gpu.json"
     argv = ["--json", str(out), "--preset", "tiny", "--contexts", "9", "--prompts", "3,6", "--decode", "1", "--profile", "--variants",
             "--prefill-budget", "0", "--transformers", "--tests", str(junit_xml(tmp_path))]
-    # the 3-token prefill runs, the 6-token one is predicted over budget
+    monkeypatch.setenv("GPTOSS_COMMIT", "f00d")
+    profiled, profile_ops = [], bench.profile_ops
+    monkeypatch.setattr(bench, "profile_ops", lambda *args: profiled.append(args) or profile_ops(*args))
+    # every path of the 3-token prefill runs; of the 6-token one, predicted over budget, only the backend's
     report = bench.main(argv + [arg for kv in toy for arg in ("--set", kv)])
     saved = json.loads(out.read_text())
     assert saved["device"] == "Numba CUDA simulator" and saved["layers"] == 1 and "skipped" in saved["launch"]
+    assert saved["commit"] == "f00d"
     assert set(saved["decode"]) == {"9"} and saved["prefill"]["3"]["tok_s"] > 0
-    assert all(saved["prefill"]["3"][path + "_tok_s"] > 0 for path in ("tiled", "blas", "blas_bf16x3", "blas_tf32x2"))
-    assert "over the --prefill-budget" in saved["prefill"]["6"]["skipped"]
+    paths = ("tiled", "blas", "blas_bf16x3", "blas_tf32x2")
+    assert all(saved["prefill"]["3"][path + "_tok_s"] > 0 for path in paths)
+    six = saved["prefill"]["6"]
+    assert six["experts_by"] == "tiled" and six["tok_s"] == six["tiled_tok_s"] > 0
+    assert len(six["tok_s_runs"]) == bench.PREFILL_RUNS
+    assert all("over --prefill-budget" in six[path]["skipped"] for path in paths if path != "tiled")
+    assert set(saved["gpu_used_gb"]) == {"weights_loaded", "decoded"} and six["gpu_used_gb"] > 0
+    assert saved["peak_gpu_gb"] == max(*saved["gpu_used_gb"].values(), six["gpu_used_gb"],
+                                       saved["prefill"]["3"]["gpu_used_gb"])
     assert all(r["tok_s"] > 0 and r["eager_tok_s"] > 0 and r["bytes_per_token"]["total"] > 0 and "pct_of_floor" in r
-               for r in saved["decode"].values())
+               and len(r["tok_s_runs"]) == bench.DECODE_RUNS for r in saved["decode"].values())
     assert saved["decode"]["9"]["graph_replayed"] is False  # the simulator cannot capture
     assert saved["decode"]["9"]["sampled_tok_s"] > 0 and saved["decode"]["9"]["sampled_top_p_tok_s"] > 0
     assert {"mxfp4_gate_up", "mxfp4_down", "bf16_qkv", "bf16_lm_head"} < set(saved["kernels"])
@@ -77,13 +90,15 @@ def test_benchmark_runs_and_writes_its_json(bench, tmp_path, monkeypatch, capsys
     from gptoss_np.kernels import bf16_cuda
     assert bf16_cuda.UNROLL == 2 and bf16_cuda._gemv_kernel.py_func.__name__ == "_gemv_kernel"  # put back
     profile = report["profile"]
+    # profiled once, on the eager path (the sampled paths' caches have no room for more steps), and a prefill
+    assert len(profiled) == 2 and "error" not in profile and profile["step"].startswith("eager")
     assert profile["calls"]["mxfp4_experts"] == 2  # gate_up and down
     assert profile["calls"]["linear"] == 3 + 1  # qkv, o, router; lm_head
     assert profile["calls"]["rope"] == 1  # q and k together
     assert set(profile["ops_ms"]) >= {"attention", "mxfp4_experts", "sample"}
     assert all(0 < profile["host_ms"][op] <= profile["ops_ms"][op] for op in profile["ops_ms"])
     prefill = saved["prefill_profile"]
-    assert prefill["tokens"] == 3 and prefill["calls"]["linear"] == 3 + 1 and "sample" not in prefill["calls"]
+    assert prefill["tokens"] == 6 and prefill["calls"]["linear"] == 3 + 1 and "sample" not in prefill["calls"]
     assert saved["transformers"] == {"error": "RuntimeError: no transformers here"}
     table = capsys.readouterr().out
     assert "transformers failed: RuntimeError: no transformers here" in table
@@ -151,3 +166,50 @@ def test_kernel_variants_keep_the_bf16_words_array_large_enough(bench):
         if module == "bf16_cuda":
             unroll = constants.get("UNROLL", bf16_cuda.UNROLL)
             assert constants.get("_WORDS", bf16_cuda._WORDS) >= bf16_cuda.WARP_ROWS * unroll, name
+
+
+def test_kernel_cases_take_the_next_layers_weights_each_call(bench, monkeypatch):
+    """Calls replayed back to back read other layers' weights (and other experts), as a decode step
+    does, so that a case's GB/s is of weights streamed from memory, not left in the L2 cache by the
+    call before."""
+    from gptoss_np import GptOss
+    config = GptOssConfig.from_dict(synthetic.config_dict("tiny", num_hidden_layers=2, num_local_experts=4,
+                                                          num_experts_per_tok=2))
+    model = GptOss(bench.DeviceCheckpoint(config), bench.select("cuda"), progress=False)
+    read = []  # (the weights, the experts) of each call
+    linear, experts = model.ops.linear, model.ops.mxfp4_experts
+
+    def recorded_linear(x, w, *args, **kwargs):
+        read.append((id(w), None))
+        return linear(x, w, *args, **kwargs)
+
+    def recorded_experts(x, rows_per_x, blocks, scales, bias, plan, **kwargs):
+        read.append((id(blocks), model.ops.to_numpy(plan.experts).tolist()))
+        return experts(x, rows_per_x, blocks, scales, bias, plan, **kwargs)
+
+    monkeypatch.setattr(model.ops, "linear", recorded_linear)
+    monkeypatch.setattr(model.ops, "mxfp4_experts", recorded_experts)
+    cases = bench.kernel_cases(model, context=4)
+    for name, weights in (("bf16_qkv", "attn.qkv"), ("mxfp4_gate_up", "moe.gate_up_blocks"),
+                          ("mxfp4_down", "moe.down_blocks")):
+        read.clear()
+        call, _ = cases[name]
+        call(), call(), call()
+        group, attribute = weights.split(".")
+        layers = [id(getattr(getattr(layer, group), attribute)) for layer in model.layers]
+        assert [w for w, _ in read] == [layers[0], layers[1], layers[0]], name
+        if name.startswith("mxfp4"):
+            assert read[0][1] != read[1][1], name  # and other experts
+
+
+def test_commit_without_git(bench, monkeypatch):
+    """The device machine's copy of the tree has no .git, and its image may have no git at all."""
+    monkeypatch.setenv("GPTOSS_COMMIT", "abc1234")
+    assert bench.commit() == "abc1234"
+    monkeypatch.delenv("GPTOSS_COMMIT")
+
+    def no_git(*args, **kwargs):
+        raise FileNotFoundError("git")
+
+    monkeypatch.setattr(bench.subprocess, "run", no_git)
+    assert bench.commit() == "unknown"
