@@ -429,9 +429,6 @@ class _MemoryPool:
     def used_bytes(self):
         return 0
 
-    def total_bytes(self):
-        return 0
-
     def free_bytes(self):
         return 0
 
