@@ -6,10 +6,10 @@
 #   bash tests/aarch64/setup.sh DIR          # ~1-2 minutes; writes DIR/python
 #   GPTOSS_AARCH64_PYTHON=DIR/python python -m pytest tests/test_aarch64.py
 #
-# DIR/python is a wrapper: qemu-aarch64-static runs Debian's arm64 python3 on DIR/root, with the
-# dependencies' aarch64 wheels in DIR/site. The emulated CPU is a Neoverse N1 (Graviton2's: NEON, no
-# SVE): under qemu 7.2's default CPU, which has SME, OpenBLAS's float32 matrix products returned NaNs
-# at random, a fault of the emulation that no real ARM CPU shows.
+# DIR/python is a wrapper: qemu-user runs Debian's arm64 python3 on DIR/root, with the dependencies'
+# aarch64 wheels in DIR/site. The emulated CPU is a Neoverse N1 (Graviton2's: NEON, no SVE): under
+# qemu 7.2's default CPU, which has SME, OpenBLAS's float32 matrix products returned NaNs at random, a
+# fault of the emulation that no real ARM CPU shows.
 set -euo pipefail
 dir=$(mkdir -p "$1" && cd "$1" && pwd)
 export DEBIAN_FRONTEND=noninteractive
@@ -19,6 +19,7 @@ if ! dpkg --print-foreign-architectures | grep -qx arm64; then
 fi
 apt-get update -qq -o Acquire::Retries=3
 apt-get install -y -qq -o Acquire::Retries=3 --no-install-recommends qemu-user-static > /dev/null
+qemu=$(command -v qemu-aarch64-static || command -v qemu-aarch64)  # (newer Debian: one qemu-user, static)
 
 # Debian's python3 for arm64 and what it and the wheels load (its dependencies, found by apt), unpacked:
 # nothing is installed
@@ -46,7 +47,7 @@ cat > "$dir/root/usr/bin/python" <<EOF
 # subprocesses under qemu too
 export PYTHONPATH=$dir/site\${PYTHONPATH:+:\$PYTHONPATH}
 export QEMU_CPU=neoverse-n1
-exec qemu-aarch64-static -L $dir/root -0 "\$0" $dir/root/usr/bin/python$version "\$@"
+exec $qemu -L $dir/root -0 "\$0" $dir/root/usr/bin/python$version "\$@"
 EOF
 chmod +x "$dir/root/usr/bin/python"
 ln -sf root/usr/bin/python "$dir/python"
