@@ -8,8 +8,8 @@
 #
 # DIR/python is a wrapper: qemu-user runs Debian's arm64 python3 on DIR/root, with the dependencies'
 # aarch64 wheels in DIR/site. The emulated CPU is a Neoverse N1 (Graviton2's: NEON, no SVE): under
-# qemu 7.2's default CPU, which has SME, OpenBLAS's float32 matrix products returned NaNs at random, a
-# fault of the emulation that no real ARM CPU shows.
+# qemu 7.2's default CPU, which has SME, OpenBLAS's float32 matrix products returned NaNs at random
+# (taken for a fault of the emulation: float64, and the same products on other emulated CPUs, were clean).
 set -euo pipefail
 dir=$(mkdir -p "$1" && cd "$1" && pwd)
 export DEBIAN_FRONTEND=noninteractive
