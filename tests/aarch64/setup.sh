@@ -7,9 +7,9 @@
 #   GPTOSS_AARCH64_PYTHON=DIR/python python -m pytest tests/test_aarch64.py
 #
 # DIR/python is a wrapper: qemu-user runs Debian's arm64 python3 on DIR/root, with the dependencies'
-# aarch64 wheels in DIR/site. The emulated CPU is a Neoverse N1 (Graviton2's: NEON, no SVE): under
-# qemu 7.2's default CPU, which has SME, OpenBLAS's float32 matrix products returned NaNs at random
-# (taken for a fault of the emulation: float64, and the same products on other emulated CPUs, were clean).
+# aarch64 wheels in DIR/site. The emulated CPU is a Neoverse N1 (Graviton2's: NEON, no SVE): qemu 7.2's
+# default CPU has SME, and there OpenBLAS's SME kernels returned NaNs in float32 matrix products (with
+# its Neoverse N1 kernels forced, the same emulated CPU gave none: bench/NOTES.md).
 set -euo pipefail
 dir=$(mkdir -p "$1" && cd "$1" && pwd)
 export DEBIAN_FRONTEND=noninteractive
