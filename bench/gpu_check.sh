@@ -27,7 +27,7 @@ export PYTHONUNBUFFERED=1
 # stream capturing a CUDA graph refuses. versions.txt says which ran.
 export NUMBA_CUDA_ARRAY_INTERFACE_SYNC=0
 # the commit measured: the device machine's copy of the tree has no .git, so device_wheels.sh notes it
-# in .whl/commit (or set GPTOSS_COMMIT in the call)
+# in .whl/commit (run it after the last commit) or GPTOSS_COMMIT is set in the call
 [ -z "${GPTOSS_COMMIT:-}" ] && [ -s .whl/commit ] && export GPTOSS_COMMIT=$(cat .whl/commit)
 parts=" ${*:-tests bench moe notebooks} "
 wants() { [[ "$parts" == *" $1 "* ]]; }

@@ -28,6 +28,7 @@ TOL = 1e-4  # relative error on float32 logits
 def aarch64(tmp_path_factory):
     """aarch64(args, cwd) -> the AArch64 Python's completed run, with this checkout's gptoss_np importable
     (a tree of links laid out as pip installs it: kernels/ as gptoss_np.kernels) and a fresh Numba cache."""
+    assert Path(PYTHON).exists(), f"GPTOSS_AARCH64_PYTHON={PYTHON} is not there (tests/aarch64/setup.sh builds it)"
     where = tmp_path_factory.mktemp("aarch64")
     package = where / "src" / "gptoss_np"
     package.mkdir(parents=True)

@@ -58,6 +58,8 @@ def test_benchmark_runs_and_writes_its_json(bench, tmp_path, monkeypatch, capsys
     argv = ["--json", str(out), "--preset", "tiny", "--contexts", "9", "--prompts", "3,6", "--decode", "1", "--profile", "--variants",
             "--prefill-budget", "0", "--transformers", "--tests", str(junit_xml(tmp_path))]
     monkeypatch.setenv("GPTOSS_COMMIT", "f00d")
+    readings = iter(range(1, 100))  # the driver's count of memory in use, growing with each reading
+    monkeypatch.setattr(bench, "gpu_used_gb", lambda: float(next(readings)))
     profiled, profile_ops = [], bench.profile_ops
     monkeypatch.setattr(bench, "profile_ops", lambda *args: profiled.append(args) or profile_ops(*args))
     # every path of the 3-token prefill runs; of the 6-token one, predicted over budget, only the backend's
@@ -72,9 +74,8 @@ def test_benchmark_runs_and_writes_its_json(bench, tmp_path, monkeypatch, capsys
     assert six["experts_by"] == "tiled" and six["tok_s"] == six["tiled_tok_s"] > 0
     assert len(six["tok_s_runs"]) == bench.PREFILL_RUNS
     assert all("over --prefill-budget" in six[path]["skipped"] for path in paths if path != "tiled")
-    assert set(saved["gpu_used_gb"]) == {"weights_loaded", "decoded"} and six["gpu_used_gb"] > 0
-    assert saved["peak_gpu_gb"] == max(*saved["gpu_used_gb"].values(), six["gpu_used_gb"],
-                                       saved["prefill"]["3"]["gpu_used_gb"])
+    assert saved["gpu_used_gb"] == {"weights_loaded": 1, "decoded": 2}
+    assert (saved["prefill"]["3"]["gpu_used_gb"], six["gpu_used_gb"]) == (3, 4) and saved["peak_gpu_gb"] == 4
     assert all(r["tok_s"] > 0 and r["eager_tok_s"] > 0 and r["bytes_per_token"]["total"] > 0 and "pct_of_floor" in r
                and len(r["tok_s_runs"]) == bench.DECODE_RUNS for r in saved["decode"].values())
     assert saved["decode"]["9"]["graph_replayed"] is False  # the simulator cannot capture
@@ -106,6 +107,8 @@ def test_benchmark_runs_and_writes_its_json(bench, tmp_path, monkeypatch, capsys
                                   "rel_errors": {"test_close:rel_err_hf": 2.5e-06}}
     assert "gpu tests: 1 passed, 1 failed, 1 skipped" in table and "rel_err_hf" in table
     sim.assert_launched_as_checked(own_module="bench_gpu")  # the kernels it times are the ones the engine runs
+    bench.print_table({**report, "gpu_tests": {"error": "ParseError: no element found"}})  # an unreadable XML
+    assert "gpu tests: their JUnit XML could not be read: ParseError" in capsys.readouterr().out
 
 
 def junit_xml(folder: Path) -> Path:
