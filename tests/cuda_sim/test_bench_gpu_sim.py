@@ -24,7 +24,7 @@ def bench(monkeypatch, bench_script):
     module = bench_script("gpu")
     monkeypatch.setattr(module, "COPY_BYTES", 1 << 20)
     monkeypatch.setattr(module, "PROFILE_STEPS", 1)
-    monkeypatch.setattr(module, "DECODE_RUNS", 2)
+    monkeypatch.setattr(module, "DECODE_RUNS", 1)
     monkeypatch.setattr(module, "PREFILL_RUNS", 1)
     monkeypatch.setattr(module, "KERNEL_LAUNCHES", 1)
     monkeypatch.setattr(module, "select", lambda device: importlib.import_module("gptoss_np.backend_cuda").CudaOps())
@@ -179,16 +179,13 @@ def test_kernel_cases_take_the_next_layers_weights_each_call(bench, monkeypatch)
     config = GptOssConfig.from_dict(synthetic.config_dict("tiny", num_hidden_layers=2, num_local_experts=4,
                                                           num_experts_per_tok=2))
     model = GptOss(bench.DeviceCheckpoint(config), bench.select("cuda"), progress=False)
-    read = []  # (the weights, the experts) of each call
-    linear, experts = model.ops.linear, model.ops.mxfp4_experts
+    read = []  # (the weights, the experts) of each call, which need not run for that
 
     def recorded_linear(x, w, *args, **kwargs):
         read.append((id(w), None))
-        return linear(x, w, *args, **kwargs)
 
     def recorded_experts(x, rows_per_x, blocks, scales, bias, plan, **kwargs):
         read.append((id(blocks), model.ops.to_numpy(plan.experts).tolist()))
-        return experts(x, rows_per_x, blocks, scales, bias, plan, **kwargs)
 
     monkeypatch.setattr(model.ops, "linear", recorded_linear)
     monkeypatch.setattr(model.ops, "mxfp4_experts", recorded_experts)
