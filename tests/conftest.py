@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +15,8 @@ import pytest
 
 from gptoss_np import synthetic
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
 
 # Checkpoints that differ in what the engine must get right. Each is (config.json overrides,
 # rope style, shards); all derive from the "tiny" preset.
@@ -155,3 +161,65 @@ def completion_ids(tok, *messages: tuple[str, str | None, str], end: str = "<|re
         ids += [tok.message, *tok.encode(text), tok.end]
     ids[-1] = tok.special_id(end)
     return ids
+
+
+# tests/cuda_sim in Numba's CUDA simulator: about two thirds of the suite's time, on one core (the
+# simulator's threads take turns under the GIL). tests/test_kernels_cuda.py's test_simulator reports
+# it; it starts as soon as that test is collected and runs in the background while the rest of the
+# suite runs on the other core, and the test is moved to the end to wait for it.
+SIMULATOR_TEST = "tests/test_kernels_cuda.py::test_simulator"
+SIMULATOR_TIMEOUT_S = 900
+simulator_key = pytest.StashKey["SimulatorRun"]()
+
+
+class SimulatorRun:
+    """`pytest tests/cuda_sim` with NUMBA_ENABLE_CUDASIM=1 (set before numba is imported, hence a
+    subprocess), started now; its output goes to temporary files, which no pipe can fill."""
+
+    def __init__(self):
+        self.out, self.err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        self.deadline = time.monotonic() + SIMULATOR_TIMEOUT_S
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/cuda_sim"], cwd=ROOT,
+            env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}, stdout=self.out, stderr=self.err, text=True)
+
+    def result(self) -> subprocess.CompletedProcess:
+        """The finished run, waited for up to SIMULATOR_TIMEOUT_S from its start (then stopped: TimeoutExpired)."""
+        try:
+            self.process.wait(max(0.0, self.deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise
+        self.out.seek(0)
+        self.err.seek(0)
+        return subprocess.CompletedProcess(self.process.args, self.process.returncode, self.out.read(), self.err.read())
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.hookimpl(trylast=True)  # after -k and -m have deselected
+def pytest_collection_modifyitems(config, items):
+    found = [item for item in items if item.nodeid.endswith(SIMULATOR_TEST)]
+    if found and not config.option.collectonly and importlib.util.find_spec("numba.cuda") is not None:
+        items.remove(found[0])
+        items.append(found[0])
+        config.stash[simulator_key] = SimulatorRun()
+
+
+def pytest_unconfigure(config):
+    """A run cut short (-x, Ctrl-C) does not leave the simulator running."""
+    run = config.stash.get(simulator_key, None)
+    if run is not None:
+        run.stop()
+
+
+@pytest.fixture
+def simulator_run(request) -> subprocess.CompletedProcess:
+    """The finished run of tests/cuda_sim in the simulator (started when the session was collected)."""
+    pytest.importorskip("numba.cuda", reason="numba-cuda is not installed (pip install -e '.[cudasim]')")
+    if simulator_key not in request.config.stash:
+        request.config.stash[simulator_key] = SimulatorRun()
+    return request.config.stash[simulator_key].result()

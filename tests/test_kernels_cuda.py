@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -176,13 +173,10 @@ def test_kernel_compiles_to_ptx_for_sm90(name, compile_ptx, record_property):
     assert usage["smem"] <= STATIC_SMEM, usage
 
 
-def test_simulator():
+def test_simulator(simulator_run):
     """tests/cuda_sim in Numba's CUDA simulator (a subprocess: NUMBA_ENABLE_CUDASIM must be set
-    before numba is imported)."""
-    pytest.importorskip("numba.cuda", reason="numba-cuda is not installed (pip install -e '.[cudasim]')")
-    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/cuda_sim"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    before numba is imported), run in the background while the rest of the suite runs (conftest)."""
+    run = simulator_run
     assert run.returncode == 0, f"simulator tests failed:\n{run.stdout[-20000:]}\n{run.stderr[-5000:]}"
     assert " passed" in run.stdout and "skipped" not in run.stdout, run.stdout[-2000:]
 
