@@ -54,6 +54,8 @@ smoke_launch() {
 import cupy as cp
 from numba import cuda
 
+import gptoss_np.kernels.common_cuda  # noqa: F401 (numba-cuda 0.30 compiles nothing with NumPy 2.5 without it)
+
 
 @cuda.jit
 def index_twice(x):

@@ -13,6 +13,13 @@ import warnings
 import numpy as np
 from numba import cuda
 
+# numba-cuda 0.30 (its last release; the project is in maintenance) registers an overload of
+# np.row_stack when it compiles its first kernel, and NumPy 2.5 removed row_stack, an alias of vstack:
+# there every compile failed with AttributeError (NVIDIA/numba-cuda#907, not to be fixed). The alias
+# is given back to NumPy where it is missing, before any kernel of this package compiles.
+if not hasattr(np, "row_stack"):
+    np.row_stack = np.vstack
+
 # Upper bound of threads per block: shared-memory scratch arrays are sized by it.
 MAX_THREADS = 1024
 # Bytes the rows of shared tiles are aligned to (`alignment=` of cuda.shared.array), so that 4

@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -110,6 +112,8 @@ def compile_ptx():
     cuda = pytest.importorskip("numba.cuda", reason="numba-cuda is not installed (pip install -e '.[cudasim]')")
     import numba.cuda.dispatcher as dispatcher
 
+    from gptoss_np.kernels import common_cuda  # noqa: F401 (with NumPy 2.5, numba-cuda compiles after it)
+
     class Sm90:
         compute_capability = (9, 0)
 
@@ -171,6 +175,22 @@ def test_kernel_compiles_to_ptx_for_sm90(name, compile_ptx, record_property):
     assert usage["lmem"] == 0 and (usage["stack"] == 0 or name in STACK_ALLOWED), usage
     assert threads * usage["registers"] <= REGISTERS_PER_BLOCK, (threads, usage)
     assert usage["smem"] <= STATIC_SMEM, usage
+
+
+def test_kernels_compile_where_numpy_has_no_row_stack(compile_ptx):
+    """NumPy 2.5 (the GPU machine's) removed np.row_stack, which numba-cuda 0.30 overloads as it compiles
+    its first kernel: importing the kernels gives NumPy the alias back (here a NumPy made to lack it, in
+    a fresh Python that has compiled nothing yet)."""
+    code = """if True:
+        import numpy as np
+        if hasattr(np, "row_stack"):
+            del np.row_stack
+        from numba import cuda
+        from gptoss_np.kernels import kv_cache_cuda
+        print(".entry" in cuda.compile_ptx(kv_cache_cuda._write_one_kernel, {!r}, cc=(9, 0))[0])
+        """.format("(" + ", ".join(SIGNATURES["kv_cache_cuda._write_one_kernel"]) + ",)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.split() == ["True"], run.stderr[-3000:]
 
 
 def test_simulator(simulator_run):
