@@ -18,10 +18,10 @@ import time
 from datetime import date
 from pathlib import Path
 
-import numpy as np
-
-import gptoss_np
+import gptoss_np  # first: NumPy then loads with its BLAS threads set not to spin (gptoss_np/cpu_threads.py)
 from gptoss_np import synthetic
+
+import numpy as np
 
 HERE = Path(__file__).resolve().parent
 CONFIG = dict(hidden_size=512, intermediate_size=512, num_hidden_layers=4, num_attention_heads=8,

@@ -6,11 +6,15 @@
     new_ids = list(model.generate(prompt_ids, max_new_tokens=32))
 """
 
-from .config import ConfigError, GptOssConfig
-from .checkpoint import CheckpointError
-from .generate import PromptCache
-from .chat import Chat
-from .model import GptOss, load
+from . import cpu_threads
+
+cpu_threads.load_numpy_with_short_blas_spin()  # first: NumPy's OpenBLAS reads its threads' spin as it loads
+
+from .config import ConfigError, GptOssConfig  # noqa: E402
+from .checkpoint import CheckpointError  # noqa: E402
+from .generate import PromptCache  # noqa: E402
+from .chat import Chat  # noqa: E402
+from .model import GptOss, load  # noqa: E402
 
 __all__ = ["load", "GptOss", "GptOssConfig", "ConfigError", "CheckpointError", "PromptCache", "Chat"]
 __version__ = "0.1.0"

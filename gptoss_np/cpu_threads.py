@@ -8,10 +8,16 @@ kernel that starts meanwhile shares cores with the spinners and runs at the pace
 about half speed. On a 2-core box, with workers that sleep at once, a 128-token prefill ran 1.6x
 faster and the decode steps right after a prefill 1.3-1.4x (bench/NOTES.md, "CPU: threads").
 
-OpenBLAS reads how long its workers spin (OPENBLAS_THREAD_TIMEOUT, log2 of the cycles, 4 to 30) when it
-starts them. `shorten_blas_spin` sets the shortest, has OpenBLAS read its environment again and stops
-the workers; the next BLAS call starts them again, with the short spin. (OpenBLAS stops and restarts
-them the same way around a fork.) A user who sets OPENBLAS_THREAD_TIMEOUT keeps that setting.
+OpenBLAS reads how long its workers spin (OPENBLAS_THREAD_TIMEOUT, log2 of the cycles, 4 to 30) as it
+loads. Two ways to the shortest spin:
+  - `load_numpy_with_short_blas_spin`, when gptoss_np is imported before NumPy: NumPy is imported
+    then, with the variable set while its OpenBLAS loads;
+  - `shorten_blas_spin`, when a model is loaded on the CPU: for an OpenBLAS loaded earlier, it sets
+    the variable, has OpenBLAS read its environment again and stops the workers; the next BLAS call
+    starts them again, with the short spin. (OpenBLAS stops and restarts them the same way around a
+    fork.) Newer builds (NumPy 2.5's OpenBLAS 0.3.34) hide the entry points this takes; there it
+    warns, once, that NumPy was imported first.
+The environment is left as it was, and a user who sets OPENBLAS_THREAD_TIMEOUT keeps that setting.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import sys
 import threading
 from pathlib import Path
 
@@ -28,26 +35,49 @@ TIMEOUT_VARIABLE = "OPENBLAS_THREAD_TIMEOUT"
 SHORTEST_SPIN = 4  # log2 of the cycles an idle OpenBLAS worker spins: 16 cycles, then it sleeps
 PTHREADS = 1  # openblas_get_parallel() of a build with its own threads (an OpenMP build's spin is OpenMP's)
 _lock = threading.Lock()  # two models loaded at once in two threads change OpenBLAS once
+_short_from_the_start: set[str] = set()  # the OpenBLAS libraries that loaded with the short spin
+_warned = False  # that an OpenBLAS loaded before gptoss_np cannot be changed
+
+
+def load_numpy_with_short_blas_spin() -> None:
+    """Import NumPy, whose OpenBLAS reads OPENBLAS_THREAD_TIMEOUT as it loads, with the variable set to
+    the shortest spin; nothing happens where NumPy is imported already or the user set the variable.
+    gptoss_np's __init__ calls this before anything imports NumPy."""
+    if "numpy" in sys.modules or TIMEOUT_VARIABLE in os.environ:
+        return
+    os.environ[TIMEOUT_VARIABLE] = str(SHORTEST_SPIN)
+    try:
+        import numpy  # noqa: F401
+    finally:
+        del os.environ[TIMEOUT_VARIABLE]  # OpenBLAS keeps what it read; the environment is as it was
+    _short_from_the_start.update(_loaded_openblas())
 
 
 def shorten_blas_spin() -> list[str]:
     """Have every loaded OpenBLAS put its idle worker threads to sleep at once; returns the libraries
     changed. Nothing changes where no OpenBLAS with its own threads is loaded (another BLAS, or one on
-    OpenMP's threads; macOS and Windows are not looked at), where OPENBLAS_THREAD_TIMEOUT is set, or a
-    second time. Stopping the workers is safe while no other thread is inside a BLAS call
-    (gptoss_np.load calls this)."""
-    changed = []
+    OpenMP's threads; macOS and Windows are not looked at), where OPENBLAS_THREAD_TIMEOUT is set, where
+    OpenBLAS loaded with the short spin, or a second time; an OpenBLAS that hides the entry points
+    this takes is left as it is, with a warning. Stopping the workers is safe while no other thread is
+    inside a BLAS call (gptoss_np.load calls this)."""
+    changed, unchangeable = [], []
     with _lock:
         if TIMEOUT_VARIABLE in os.environ:
             return changed
-        for path in _loaded_openblas():
+        for path in sorted(set(_loaded_openblas()) - _short_from_the_start):
             try:
                 lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD)
+            except OSError:
+                continue
+            if _threading(lib) != PTHREADS:  # OpenMP's threads, or not an OpenBLAS
+                continue
+            try:
                 timeout, read_env, stop_workers = lib.openblas_thread_timeout, lib.openblas_read_env, \
                     lib.blas_thread_shutdown_
-            except (OSError, AttributeError):  # not an OpenBLAS with these entry points
+            except AttributeError:
+                unchangeable.append(path)
                 continue
-            if _threading(lib) != PTHREADS or timeout() != 0:  # OpenMP's threads; set at start, or done already
+            if timeout() != 0:  # set at start, or done already
                 continue
             os.environ[TIMEOUT_VARIABLE] = str(SHORTEST_SPIN)
             try:
@@ -58,7 +88,18 @@ def shorten_blas_spin() -> list[str]:
             changed.append(path)
             log.info("%s: idle BLAS threads now sleep at once instead of spinning ~0.1 s beside Numba's",
                      Path(path).name)
+        _warn_once(unchangeable)
         return changed
+
+
+def _warn_once(unchangeable: list[str]) -> None:
+    global _warned
+    if unchangeable and not _warned:
+        _warned = True
+        log.warning("NumPy was imported before gptoss_np, and its OpenBLAS (%s) cannot be told now to put its "
+                    "idle threads to sleep: they spin beside the engine's CPU kernels, which slows a prompt's "
+                    "prefill (1.6x on 2 cores). Import gptoss_np before NumPy, or set %s=%d before starting "
+                    "Python.", ", ".join(Path(p).name for p in unchangeable), TIMEOUT_VARIABLE, SHORTEST_SPIN)
 
 
 def _threading(lib) -> int | None:
