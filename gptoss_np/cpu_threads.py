@@ -16,7 +16,7 @@ loads. Two ways to the shortest spin:
     the variable, has OpenBLAS read its environment again and stops the workers; the next BLAS call
     starts them again, with the short spin. (OpenBLAS stops and restarts them the same way around a
     fork.) Newer builds (NumPy 2.5's OpenBLAS 0.3.34) hide the entry points this takes; there it
-    warns, once, that NumPy was imported first.
+    warns, once, saying to import gptoss_np first.
 The environment is left as it was, and a user who sets OPENBLAS_THREAD_TIMEOUT keeps that setting.
 """
 
@@ -36,7 +36,7 @@ SHORTEST_SPIN = 4  # log2 of the cycles an idle OpenBLAS worker spins: 16 cycles
 PTHREADS = 1  # openblas_get_parallel() of a build with its own threads (an OpenMP build's spin is OpenMP's)
 _lock = threading.Lock()  # two models loaded at once in two threads change OpenBLAS once
 _short_from_the_start: set[str] = set()  # the OpenBLAS libraries that loaded with the short spin
-_warned = False  # that an OpenBLAS loaded before gptoss_np cannot be changed
+_warned = False  # that an OpenBLAS loaded earlier cannot be changed
 
 
 def load_numpy_with_short_blas_spin() -> None:
@@ -96,10 +96,11 @@ def _warn_once(unchangeable: list[str]) -> None:
     global _warned
     if unchangeable and not _warned:
         _warned = True
-        log.warning("NumPy was imported before gptoss_np, and its OpenBLAS (%s) cannot be told now to put its "
-                    "idle threads to sleep: they spin beside the engine's CPU kernels, which slows a prompt's "
-                    "prefill (1.6x on 2 cores). Import gptoss_np before NumPy, or set %s=%d before starting "
-                    "Python.", ", ".join(Path(p).name for p in unchangeable), TIMEOUT_VARIABLE, SHORTEST_SPIN)
+        log.warning("%s loaded before gptoss_np was imported, and this OpenBLAS offers no way to shorten its idle "
+                    "threads' spin afterwards: they spin after each BLAS call beside the engine's CPU kernels, "
+                    "which slows a prompt's prefill (1.6x on 2 cores). Import gptoss_np before NumPy, or set "
+                    "%s=%d before starting Python.", ", ".join(Path(p).name for p in unchangeable),
+                    TIMEOUT_VARIABLE, SHORTEST_SPIN)
 
 
 def _threading(lib) -> int | None:
