@@ -30,8 +30,10 @@ import gptoss_np
 from gptoss_np import cpu_threads, embedded
 
 warnings = []
-logging.getLogger("gptoss_np.cpu_threads").addHandler(logging.Handler())
-logging.getLogger("gptoss_np.cpu_threads").handlers[-1].emit = lambda record: warnings.append(record.getMessage())
+class Kept(logging.Handler):
+    def emit(self, record):
+        warnings.append(record.getMessage())
+logging.getLogger("gptoss_np.cpu_threads").addHandler(Kept())
 
 def running_threads():
     a = np.ones((512, 512), np.float32)
