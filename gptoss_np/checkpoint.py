@@ -20,12 +20,10 @@ import numpy as np
 
 from .config import GptOssConfig
 from .kernels import bf16, mxfp4
-from .safetensors_io import SafetensorsError, SafetensorsFile
+from .safetensors_io import INDEX_FILE, SafetensorsError, SafetensorsFile
 
 FLOAT = ("BF16", "F32", "F16")  # dense weights: bf16 in the released checkpoints
 PACKED = ("U8",)  # MXFP4 nibbles and e8m0 scales
-
-INDEX_FILE = "model.safetensors.index.json"
 
 
 class CheckpointError(ValueError):

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from . import hub
 from .checkpoint import EMBED, FINAL_NORM, INDEX_FILE, LM_HEAD, Checkpoint, CheckpointError, layer_tensor_name
-from .safetensors_io import write
+from .safetensors_io import write_shards
 
 # what the released checkpoints' config.json says of their quantization
 QUANTIZATION_CONFIG = {"quant_method": "mxfp4", "modules_to_not_convert": [
@@ -48,22 +48,18 @@ def quantize_checkpoint(source: str | Path, target: str | Path, progress: bool |
     c = checkpoint.config
     L = c.num_hidden_layers
     files = [f"model-{i:05d}-of-{L + 1:05d}.safetensors" for i in range(1, L + 2)]
-    weight_map, total = {}, 0
 
-    def save(file: str, tensors: dict) -> None:
-        nonlocal total
-        stored = {name: (_DTYPES[a.dtype.name], a) for name, a in tensors.items()}
-        write(target / file, stored, metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(stored, file))
-        total += sum(a.nbytes for a in tensors.values())
+    def stored(tensors: dict) -> dict:
+        return {name: (_DTYPES[a.dtype.name], a) for name, a in tensors.items()}
 
-    show = progress if progress is not None else sys.stderr.isatty()
-    for i in tqdm(range(L), desc=f"quantizing {checkpoint.folder.name}", unit="layer", disable=not show):
-        save(files[i], {layer_tensor_name(i, short): a for short, a in checkpoint.layer(i).items()})
-    names = [EMBED, FINAL_NORM] + ([] if c.tie_word_embeddings else [LM_HEAD])
-    save(files[L], {name: checkpoint.tensor(name) for name in names})
-    (target / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
-                                                indent=2))
+    def shards():  # one file a layer (read, quantized and written in turn), then the embedding, norm and head
+        show = progress if progress is not None else sys.stderr.isatty()
+        for i in tqdm(range(L), desc=f"quantizing {checkpoint.folder.name}", unit="layer", disable=not show):
+            yield files[i], stored({layer_tensor_name(i, short): a for short, a in checkpoint.layer(i).items()})
+        names = [EMBED, FINAL_NORM] + ([] if c.tie_word_embeddings else [LM_HEAD])
+        yield files[L], stored({name: checkpoint.tensor(name) for name in names})
+
+    write_shards(target, shards(), metadata={"format": "pt"})
     config = json.loads((checkpoint.folder / "config.json").read_text())
     config["quantization_config"] = QUANTIZATION_CONFIG
     (target / "config.json").write_text(json.dumps(config, indent=2))

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+INDEX_FILE = "model.safetensors.index.json"  # a checkpoint in several files: which file holds each tensor
+
 # safetensors dtype name -> NumPy dtype of the stored bits
 DTYPES = {
     "BF16": np.dtype("<u2"), "F16": np.dtype("<f2"), "F32": np.dtype("<f4"), "F64": np.dtype("<f8"),
@@ -122,3 +124,18 @@ def write(path: str | Path, tensors: dict[str, tuple[str, np.ndarray]], metadata
         f.write(blob)
         for _, array in tensors.values():
             np.ascontiguousarray(array).tofile(f)
+
+
+def write_shards(folder: Path, shards, metadata: dict | None = None) -> None:
+    """Write each `(file name, {name: (safetensors dtype, bits)})` of the iterable `shards` into `folder`,
+    in turn (a generator makes each file's tensors only when it is written), then, when there was more
+    than one file, the index that maps every name to its file (INDEX_FILE), as the released checkpoints have."""
+    weight_map, total, files = {}, 0, 0
+    for file, tensors in shards:
+        write(folder / file, tensors, metadata=metadata)
+        files += 1
+        weight_map.update(dict.fromkeys(tensors, file))
+        total += sum(array.nbytes for _, array in tensors.values())
+    if files > 1:
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (folder / INDEX_FILE).write_text(json.dumps(index, indent=2))

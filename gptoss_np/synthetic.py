@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .checkpoint import (DENSE_EXPERTS, EMBED, FINAL_NORM, INDEX_FILE, LM_HEAD, ORIGINAL_NAMES, Checkpoint,
+from .checkpoint import (DENSE_EXPERTS, EMBED, FINAL_NORM, LM_HEAD, ORIGINAL_NAMES, Checkpoint,
                          expected_tensors, layer_tensor_name)
 from .config import GptOssConfig
 from .kernels.bf16 import f32_to_bf16
 from .kernels.mxfp4 import dequantize
-from .safetensors_io import write
+from .safetensors_io import write, write_shards
 
 _GPT_OSS_20B = {
     "architectures": ["GptOssForCausalLM"], "model_type": "gpt_oss",
@@ -115,19 +115,13 @@ def write_checkpoint(folder: str | Path, config: dict | str = "tiny", *, seed: i
 
 def _write_shards(folder: Path, names: list[str], tensor, files: list[str], metadata: dict | None = None) -> None:
     """Write tensor(name) -> (dtype, bits) for `names`, in order, into `files` (consecutive groups, each
-    file's tensors made only when it is written); with several files, the index that maps names to them.
-    One file is model.safetensors."""
+    file's tensors made only when it is written), with the index when there are several. One file is
+    model.safetensors."""
     if len(files) == 1:
         files = ["model.safetensors"]
-    weight_map, total = {}, 0
-    for fname, group in zip(files, np.array_split(np.arange(len(names)), len(files))):
-        tensors = {names[i]: tensor(names[i]) for i in group}
-        write(folder / fname, tensors, metadata=metadata)
-        weight_map.update(dict.fromkeys(tensors, fname))
-        total += sum(array.nbytes for _, array in tensors.values())
-    if len(files) > 1:
-        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        (folder / INDEX_FILE).write_text(json.dumps(index, indent=2))
+    groups = np.array_split(np.arange(len(names)), len(files))
+    write_shards(folder, ((fname, {names[i]: tensor(names[i]) for i in group}) for fname, group in zip(files, groups)),
+                 metadata=metadata)
 
 
 def write_original(folder: str | Path, hf_folder: str | Path, shards: int = 1) -> Path:
