@@ -6,6 +6,7 @@ tokens are prefilled) and parses the reply back into messages."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime
 from typing import Iterator, Sequence
 
@@ -44,6 +45,7 @@ class Chat:
         self.stop_ids = (tokenizer.return_, tokenizer.call, *self._endoftext())
         self.messages: list[dict] = []
         self.prompt_cache = PromptCache()  # each prompt extends the last: its start is not run again
+        self._last_render = None  # ((messages, settings), their token ids): see _render
         self.prompt()  # bad settings fail here, not at the first message
 
     def _endoftext(self) -> list[int]:
@@ -57,7 +59,13 @@ class Chat:
         return self._render(self.messages)
 
     def _render(self, messages: list[dict]) -> list[int]:
-        return harmony.render_conversation(messages, tokenizer=self.tokenizer, **self.settings)
+        """The conversation `messages` rendered. The last rendering is kept, with a copy of what it
+        rendered (so changes made in place show), since a turn renders the same conversation to fit it
+        into the context (add) and again to send it (prompt): 30 ms at 28k tokens."""
+        if self._last_render is None or self._last_render[0] != (messages, self.settings):
+            ids = harmony.render_conversation(messages, tokenizer=self.tokenizer, **self.settings)
+            self._last_render = copy.deepcopy((messages, self.settings)), ids
+        return list(self._last_render[1])
 
     def add(self, message: str | dict, room: int = 0) -> int:
         """Add `message` (a string is the user's) to the conversation, then leave out as many of its oldest

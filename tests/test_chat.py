@@ -108,6 +108,24 @@ def test_the_oldest_turns_are_left_out_to_fit_the_context(tok):
     assert chat.messages == [{"role": "user", "content": "one more"}]
 
 
+def test_a_turn_renders_the_conversation_once_and_sees_changes_made_in_place(tok, monkeypatch):
+    """Fitting a turn into the context and sending it take one rendering (30 ms at 28k tokens); a message
+    or setting changed in place after it is rendered anew."""
+    renders = []
+    render = harmony.render_conversation
+    monkeypatch.setattr(harmony, "render_conversation", lambda *a, **k: renders.append(1) or render(*a, **k))
+    model = Scripted(4096, completion_ids(tok, ("final", None, "one")), completion_ids(tok, ("final", None, "two")))
+    chat = gptoss_np.Chat(model, tok)
+    for i in range(2):
+        renders.clear()
+        chat.send(f"question {i}", 20)
+        assert len(renders) == 1
+    chat.messages[0]["content"] = "question zero"
+    chat.settings["reasoning_effort"] = "high"
+    assert chat.prompt() == render(chat.messages, tokenizer=tok, reasoning_effort="high",
+                                   conversation_start_date=datetime.date.today())
+
+
 def test_a_turn_that_cannot_fit_is_an_error_and_changes_nothing(tok):
     chat = gptoss_np.Chat(Scripted(60, []), tok)
     with pytest.raises(ValueError, match="fills the model's context of 60 tokens"):
