@@ -237,6 +237,8 @@ def test_bad_token_ids_name_the_problem(checkpoint_dir):
         model.logits([])
     with pytest.raises(ValueError, match="1-D"):
         model.logits([[1, 2]])
+    with pytest.raises(ValueError, match="integers, got float64"):
+        model.logits([1.0, 2.5])
     with pytest.raises(ValueError, match="longer than the model's context of 2048 tokens"):
         model.logits(np.ones(2049, np.int64))
     # generate checks its arguments at the call, before any token is asked for
