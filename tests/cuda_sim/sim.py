@@ -175,8 +175,9 @@ def assert_launched_as_checked(own_module: str | None = None):
 
 def launch_as_a_gpu(monkeypatch):
     """Within the test, the simulator refuses a launch that a GPU would refuse: a grid with no blocks
-    or past CUDA's limits (MAX_GRID), a block of more than MAX_BLOCK_THREADS threads, an empty array
-    (and host arrays, under device_arrays_only); and records each launch's argument types (launched()).
+    or past CUDA's limits (MAX_GRID), a block of more than MAX_BLOCK_THREADS threads, an empty array,
+    an array whose address or strides are not multiples of its item size (and host arrays, under
+    device_arrays_only); and records each launch's argument types (launched()).
     Kernels see device arrays as plain NumPy views, or under race_checked() as RaceCheckedArrays of one
     _Accesses a launch."""
     from numba.cuda.errors import normalize_kernel_dimensions
@@ -199,6 +200,10 @@ def launch_as_a_gpu(monkeypatch):
             empty = [i for i, a in enumerate(args) if isinstance(a, np.ndarray) and a.size == 0]
             if empty:  # CuPy's pointer to nothing is null, which CUDA's pointer queries refuse
                 raise ValueError(f"{name}: arguments {empty} are empty arrays (a null pointer on a GPU)")
+            misaligned = [i for i, a in enumerate(args) if isinstance(a, np.ndarray) and not a.flags.aligned]
+            if misaligned:  # as a wider view (.view(np.uint64)) of a slice can be: a GPU loads only whole items
+                raise ValueError(f"{name}: arguments {misaligned} are not aligned to their item size "
+                                 f"(cudaErrorMisalignedAddress on a GPU)")
             module = self.fn.__module__.rsplit(".", 1)[-1]
             _State.launched.setdefault(f"{module}.{name}", set()).add(numba_types(args))
             if _State.race_checked:

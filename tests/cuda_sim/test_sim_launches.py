@@ -1,0 +1,35 @@
+"""The simulator's launch checks (sim.launch_as_a_gpu, on in every simulator test): a launch that a GPU
+would refuse, or fault in, fails here too, and one it would run runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numba import cuda
+
+
+@cuda.jit
+def _copy_words(words, out):
+    i = cuda.grid(1)
+    if i < words.shape[0]:
+        out[i] = words[i]
+
+
+def test_a_wide_view_must_be_aligned_to_its_items():
+    """A uint64 view of bytes starting 4 bytes into a buffer: a GPU faults at its first load."""
+    data = np.arange(5, dtype=np.uint64).view(np.uint8)  # 8-byte aligned, as CuPy's (256) are
+    out = np.zeros(4, np.uint64)
+    _copy_words[1, 32](data[8:40].view(np.uint64), out)
+    np.testing.assert_array_equal(out, data[8:40].view(np.uint64))
+    with pytest.raises(ValueError, match=r"arguments \[0\] are not aligned.*cudaErrorMisalignedAddress"):
+        _copy_words[1, 32](data[4:36].view(np.uint64), out)
+
+
+def test_launches_past_cudas_limits_or_on_empty_arrays_are_refused():
+    words, out = np.zeros(4, np.uint64), np.zeros(4, np.uint64)
+    with pytest.raises(ValueError, match="block .* threads"):
+        _copy_words[1, 2048](words, out)
+    with pytest.raises(ValueError, match="cudaErrorInvalidConfiguration"):
+        _copy_words[(1, 70000), 32](words, out)
+    with pytest.raises(ValueError, match="empty arrays"):
+        _copy_words[1, 32](words[:0], out)
