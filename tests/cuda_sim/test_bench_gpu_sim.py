@@ -128,6 +128,7 @@ def junit_xml(folder: Path) -> Path:
 def test_transformers_baseline_runs(bench):
     """The baseline of the issue's "decode at least 10x transformers", on the CPU here (the device
     call runs it on the GPU: only where the model is made differs)."""
+    pytest.importorskip("transformers")  # and torch: the [test] extra's, as every comparison with transformers
     config = synthetic.config_dict("tiny", num_hidden_layers=2)
     result = bench.transformers_decode(config, np.arange(5), 2, device="cpu")
     assert result["decode_tok_s"] > 0 and result["version"]
