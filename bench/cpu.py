@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import time
 from datetime import date
 from pathlib import Path
@@ -26,6 +24,7 @@ import gptoss_np  # first: NumPy then loads with its BLAS threads set not to spi
 from gptoss_np import synthetic
 
 import numpy as np
+from provenance import commit, cpu_name
 
 HERE = Path(__file__).resolve().parent
 
@@ -54,16 +53,6 @@ def hf_run(model, ids, n_decode):
             out = model(token, cache=cache, use_cache=True)
         t2 = time.perf_counter()
     return len(ids) / (t1 - t0), n_decode / (t2 - t1)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -112,12 +101,7 @@ def main() -> None:
     if ratio:
         print(f"{'ratio':<14}{ratio['prefill_tok_s']:>14.2f}x{ratio['decode_tok_s']:>14.2f}x")
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=HERE).stdout.strip()
-    except OSError:
-        commit = ""
-    result = {"benchmark": "cpu", "date": date.today().isoformat(), "commit": commit,
+    result = {"benchmark": "cpu", "date": date.today().isoformat(), "commit": commit(),
               "machine": {"cpu": cpu_name(), "threads": os.cpu_count()},
               "config": {"preset": args.preset, "prompt_tokens": args.prompt, "decode_tokens": args.decode,
                          "repeats": args.repeats},

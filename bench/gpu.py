@@ -61,8 +61,6 @@ import datetime
 import importlib
 import itertools
 import json
-import os
-import subprocess
 import time
 import traceback
 import xml.etree.ElementTree as ET
@@ -79,6 +77,7 @@ from gptoss_np.checkpoint import FINAL_NORM, _layer_shapes, layer_tensor_name
 from gptoss_np.config import GptOssConfig
 from gptoss_np.cuda_graph import capture
 from gptoss_np.kernels.bf16 import f32_to_bf16
+from provenance import commit
 
 PROFILED_OPS = ["embed", "linear", "rmsnorm", "rope_tables", "rope", "cache_write_one", "attention", "route", "swiglu",
                 "pair_plan", "mxfp4_experts", "combine", "sample"]
@@ -148,18 +147,6 @@ def gpu_used_gb() -> float:
     workspace, the kernels' modules and all that CuPy's pool holds, its cached blocks too."""
     free, total = cp.cuda.runtime.memGetInfo()
     return round((total - free) / 1e9, 3)
-
-
-def commit() -> str:
-    """The commit measured: GPTOSS_COMMIT (gpu_check.sh sets it: the device machine's copy of the tree
-    has no .git), else git's word, else "unknown"."""
-    if os.environ.get("GPTOSS_COMMIT"):
-        return os.environ["GPTOSS_COMMIT"]
-    try:
-        done = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True)
-    except OSError:  # no git
-        return "unknown"
-    return done.stdout.strip() or "unknown"
 
 
 COPY_BYTES = 1 << 30

@@ -22,6 +22,7 @@ import gptoss_np  # first: NumPy then loads with its BLAS threads set not to spi
 from gptoss_np import synthetic
 
 import numpy as np
+from provenance import commit, machine
 
 HERE = Path(__file__).resolve().parent
 CONFIG = dict(hidden_size=512, intermediate_size=512, num_hidden_layers=4, num_attention_heads=8,
@@ -70,8 +71,8 @@ def main() -> None:
                          "seconds": seconds, "exact_seconds": ref_seconds})
             print(f"{n:>7}{ratio:>7.1f}{budget:>8}{dropped:>9.1%}{unrouted:>10.1%}{err:>10.2e}"
                   f"{seconds / ref_seconds:>12.2f}")
-    result = {"benchmark": "moe_dispatch", "date": date.today().isoformat(), "device": exact.ops.name,
-              "config": CONFIG, "rows": rows}
+    result = {"benchmark": "moe_dispatch", "date": date.today().isoformat(), "commit": commit(),
+              "device": exact.ops.name, "machine": machine(exact.ops), "config": CONFIG, "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"moe-dispatch-{result['date']}-{exact.ops.name}.json"
     path.write_text(json.dumps(result, indent=2))

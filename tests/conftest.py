@@ -65,6 +65,9 @@ def checkpoint_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def bench_script():
     """bench_script(name) -> the script bench/<name>.py, loaded as a module (bench/ is not a package)."""
+    if str(BENCH) not in sys.path:  # as `python bench/<name>.py` has it: the scripts import bench/provenance.py
+        sys.path.append(str(BENCH))
+
     def load(name: str):
         spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
         module = importlib.util.module_from_spec(spec)

@@ -203,14 +203,15 @@ def test_kernel_cases_take_the_next_layers_weights_each_call(bench, monkeypatch)
             assert read[0][1] != read[1][1], name  # and other experts
 
 
-def test_commit_without_git(bench, monkeypatch):
+def test_commit_without_git(bench_script, monkeypatch):
     """The device machine's copy of the tree has no .git, and its image may have no git at all."""
+    provenance = bench_script("provenance")
     monkeypatch.setenv("GPTOSS_COMMIT", "abc1234")
-    assert bench.commit() == "abc1234"
+    assert provenance.commit() == "abc1234"
     monkeypatch.delenv("GPTOSS_COMMIT")
 
     def no_git(*args, **kwargs):
         raise FileNotFoundError("git")
 
-    monkeypatch.setattr(bench.subprocess, "run", no_git)
-    assert bench.commit() == "unknown"
+    monkeypatch.setattr(provenance.subprocess, "run", no_git)
+    assert provenance.commit() == "unknown"
