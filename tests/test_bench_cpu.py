@@ -8,6 +8,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import BENCH
 
 
@@ -18,6 +20,7 @@ def run(script: str, *args: str) -> str:
 
 
 def test_cpu_benchmark_against_transformers(tmp_path):
+    pytest.importorskip("transformers")  # and torch: the [test] extra's
     out = run("cpu.py", "--preset", "tiny", "--prompt", "24", "--decode", "3", "--repeats", "1",
               "--checkpoint", str(tmp_path / "tiny"), "--out", str(tmp_path))
     (path,) = tmp_path.glob("cpu-tiny-*-prompt24.json")
