@@ -181,10 +181,12 @@ class SimulatorRun:
 
     def __init__(self):
         self.out, self.err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        self.launched = tempfile.NamedTemporaryFile("r", suffix=".txt")  # the kernels it launched, one a line
         self.deadline = time.monotonic() + SIMULATOR_TIMEOUT_S
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/cuda_sim"], cwd=ROOT,
-            env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}, stdout=self.out, stderr=self.err, text=True)
+            env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "GPTOSS_SIM_LAUNCHED": self.launched.name},
+            stdout=self.out, stderr=self.err, text=True)
 
     def result(self) -> subprocess.CompletedProcess:
         """The finished run, waited for up to SIMULATOR_TIMEOUT_S from its start (then stopped: TimeoutExpired)."""
@@ -195,7 +197,9 @@ class SimulatorRun:
             raise
         self.out.seek(0)
         self.err.seek(0)
-        return subprocess.CompletedProcess(self.process.args, self.process.returncode, self.out.read(), self.err.read())
+        run = subprocess.CompletedProcess(self.process.args, self.process.returncode, self.out.read(), self.err.read())
+        run.launched = set(self.launched.read().split())  # "module.kernel" of every kernel launched
+        return run
 
     def stop(self) -> None:
         if self.process.poll() is None:

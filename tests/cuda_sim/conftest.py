@@ -63,3 +63,13 @@ def gpu_launch_limits(monkeypatch):
     from cuda_sim import sim
     sim.launch_as_a_gpu(monkeypatch)
     sim.race_checked(monkeypatch)
+
+
+def pytest_sessionfinish(session):
+    """The kernels this session launched, one "module.kernel" a line, into the file that
+    GPTOSS_SIM_LAUNCHED names (test_simulator checks that every kernel ran)."""
+    path = os.environ.get("GPTOSS_SIM_LAUNCHED")
+    if path and os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        from cuda_sim import sim
+        with open(path, "w") as f:
+            f.write("".join(f"{name}\n" for name in sorted(sim._State.ever_launched)))

@@ -36,6 +36,7 @@ class _State:
     recording = False  # a stand-in CUDA graph records or replays its step (recording())
     device_arrays_only = False  # simulated launches refuse host arrays (device_arrays_only())
     launched = {}  # "module.kernel" -> the argument types it was launched with in this test (launched())
+    ever_launched = set()  # "module.kernel" of every launch of the session (cuda_sim/conftest.py reports it)
     race_checked = False  # simulated kernels' arrays are RaceCheckedArrays (race_checked())
 
 
@@ -206,6 +207,7 @@ def launch_as_a_gpu(monkeypatch):
                                  f"(cudaErrorMisalignedAddress on a GPU)")
             module = self.fn.__module__.rsplit(".", 1)[-1]
             _State.launched.setdefault(f"{module}.{name}", set()).add(numba_types(args))
+            _State.ever_launched.add(f"{module}.{name}")
             if _State.race_checked:
                 accesses = _Accesses(blocks_apart=False)
                 args = [RaceCheckedArray(a.view(np.ndarray), accesses, "argument")
