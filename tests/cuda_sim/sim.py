@@ -37,6 +37,7 @@ class _State:
     device_arrays_only = False  # simulated launches refuse host arrays (device_arrays_only())
     launched = {}  # "module.kernel" -> the argument types it was launched with in this test (launched())
     ever_launched = set()  # "module.kernel" of every launch of the session (cuda_sim/conftest.py reports it)
+    barrier_sites = {}  # (block, n) -> where the first of its threads reached its n-th barrier, this launch
     race_checked = False  # simulated kernels' arrays are RaceCheckedArrays (race_checked())
 
 
@@ -209,6 +210,7 @@ def launch_as_a_gpu(monkeypatch):
             _State.launched.setdefault(f"{module}.{name}", set()).add(numba_types(args))
             _State.ever_launched.add(f"{module}.{name}")
             if _State.race_checked:
+                _State.barrier_sites = {}
                 accesses = _Accesses(blocks_apart=False)
                 args = [RaceCheckedArray(a.view(np.ndarray), accesses, "argument")
                         if isinstance(a, np.ndarray) and a.ndim else a for a in args]
@@ -220,6 +222,11 @@ def launch_as_a_gpu(monkeypatch):
 class Race(RuntimeError):
     """Two threads of one launch touched one memory element, at least one of them writing it, with
     nothing ordering the two accesses: on a GPU the result depends on their timing."""
+
+
+class DivergentBarrier(RuntimeError):
+    """Threads of one block reached their n-th cuda.syncthreads() at different calls: on a GPU they
+    hang, or go on with nothing ordered (a barrier must be reached by the whole block at one call)."""
 
 
 class UninitializedRead(RuntimeError):
@@ -403,6 +410,11 @@ def race_checked(monkeypatch):
         thread.block, thread.barriers = tuple(thread.blockIdx), 0
 
     def counted(thread):
+        site = _kernel_frames(sys._getframe(2))  # past the simulator's cuda.syncthreads()
+        first = _State.barrier_sites.setdefault((thread.block, thread.barriers), site)
+        if first != site:
+            raise DivergentBarrier(f"block {thread.block}: thread {tuple(thread.threadIdx)} reached barrier "
+                                   f"{thread.barriers} at {_where(site)}, another thread of its block at {_where(first)}")
         syncthreads(thread)
         thread.barriers += 1
 
@@ -415,6 +427,22 @@ def race_checked(monkeypatch):
 
     for name in ("add", "sub", "and_", "or_", "xor", "inc", "dec", "exch", "max", "min", "nanmax", "nanmin", "cas"):
         monkeypatch.setattr(kernelapi.FakeCUDAAtomic, name, on_the_raw_array(getattr(kernelapi.FakeCUDAAtomic, name)))
+
+
+def _kernel_frames(frame) -> tuple:
+    """(file, line) of `frame` and its callers out to the kernel, past the simulator's frames between
+    them (device function calls, and this module's launch check): a call site in kernel code. The
+    thread's start ends it."""
+    sites = []
+    while frame is not None and not frame.f_code.co_filename.endswith("threading.py"):
+        if "numba" not in frame.f_code.co_filename and frame.f_code.co_filename != __file__:
+            sites.append((frame.f_code.co_filename, frame.f_lineno))
+        frame = frame.f_back
+    return tuple(sites)
+
+
+def _where(site: tuple) -> str:
+    return " <- ".join(f"{file.rsplit('/', 1)[-1]}:{line}" for file, line in site)
 
 
 class _RandomState(np.random.RandomState):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from numba import cuda
 
-from cuda_sim.sim import Race, UninitializedRead
+from cuda_sim.sim import DivergentBarrier, Race, UninitializedRead
 
 
 @cuda.jit
@@ -100,3 +100,34 @@ def _tail_sum(x, out):
 def test_a_read_of_what_no_thread_wrote_is_uninitialized():
     with pytest.raises(UninitializedRead, match=r"shared array float32\[8\], element \[5\]: thread 0 of block"):
         _tail_sum[1, 8](np.ones(5, np.float32), np.zeros(1, np.float32))
+
+
+@cuda.jit(device=True)
+def _staged(buf, x, i):
+    """buf[i] = x[i], then a barrier: a device function with a cuda.syncthreads() of its own."""
+    buf[i] = x[i]
+    cuda.syncthreads()
+
+
+@cuda.jit
+def _halves(x, out, diverge):
+    """out[i] = x[i] + x[i + 1 mod n] through shared memory; with `diverge`, the even threads stage
+    through one call of _staged and the odd ones through another: their barriers differ."""
+    buf = cuda.shared.array(8, np.float32)
+    i = cuda.threadIdx.x
+    if diverge and i % 2 == 0:
+        _staged(buf, x, i)
+    else:
+        _staged(buf, x, i)
+    out[i] = buf[i] + buf[(i + 1) % cuda.blockDim.x]
+
+
+def test_threads_of_a_block_at_different_barriers_diverge():
+    """The simulator releases a barrier once every thread of the block waits at one, whichever
+    call each waits at; a GPU does not."""
+    x, out = np.arange(8, dtype=np.float32), np.zeros(8, np.float32)
+    _halves[1, 8](x, out, False)
+    np.testing.assert_array_equal(out, x + np.roll(x, -1))
+    with pytest.raises(DivergentBarrier, match=r"reached barrier 0 at test_sim_racecheck.py:\d+ <- "
+                                               r"test_sim_racecheck.py:\d+, another thread"):
+        _halves[1, 8](x, out, True)
