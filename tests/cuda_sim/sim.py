@@ -414,7 +414,8 @@ def race_checked(monkeypatch):
         first = _State.barrier_sites.setdefault((thread.block, thread.barriers), site)
         if first != site:
             raise DivergentBarrier(f"block {thread.block}: thread {tuple(thread.threadIdx)} reached barrier "
-                                   f"{thread.barriers} at {_where(site)}, another thread of its block at {_where(first)}")
+                                   f"{thread.barriers} at {_where(site)}, another thread of its block at "
+                                   f"{_where(first)}")
         syncthreads(thread)
         thread.barriers += 1
 
