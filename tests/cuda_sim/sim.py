@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import sys
 import threading
 import time
@@ -434,9 +435,11 @@ def _kernel_frames(frame) -> tuple:
     """(file, line) of `frame` and its callers out to the kernel, past the simulator's frames between
     them (device function calls, and this module's launch check): a call site in kernel code. The
     thread's start ends it."""
+    import numba.cuda
+    simulator = (os.path.dirname(numba.cuda.__file__), __file__)
     sites = []
-    while frame is not None and not frame.f_code.co_filename.endswith("threading.py"):
-        if "numba" not in frame.f_code.co_filename and frame.f_code.co_filename != __file__:
+    while frame is not None and frame.f_code.co_filename != threading.__file__:
+        if not frame.f_code.co_filename.startswith(simulator):
             sites.append((frame.f_code.co_filename, frame.f_lineno))
         frame = frame.f_back
     return tuple(sites)
