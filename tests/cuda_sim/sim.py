@@ -388,6 +388,8 @@ def race_checked(monkeypatch):
 
     simulators = kernelapi.FakeCUDAShared.array
     lock = threading.Lock()
+    # the files of frames between a cuda.syncthreads() and the kernel that are not kernel code
+    not_kernel_code = (os.path.dirname(os.path.dirname(kernel.__file__)), __file__)  # numba.cuda's, this one
 
     def array(self, shape, dtype, alignment=None):
         if alignment is not None or shape == 0:  # refused, or the one buffer of dynamic shared memory
@@ -411,7 +413,7 @@ def race_checked(monkeypatch):
         thread.block, thread.barriers = tuple(thread.blockIdx), 0
 
     def counted(thread):
-        site = _kernel_frames(sys._getframe(2))  # past the simulator's cuda.syncthreads()
+        site = _kernel_frames(sys._getframe(2), not_kernel_code)  # past the simulator's cuda.syncthreads()
         first = _State.barrier_sites.setdefault((thread.block, thread.barriers), site)
         if first != site:
             raise DivergentBarrier(f"block {thread.block}: thread {tuple(thread.threadIdx)} reached barrier "
@@ -431,15 +433,13 @@ def race_checked(monkeypatch):
         monkeypatch.setattr(kernelapi.FakeCUDAAtomic, name, on_the_raw_array(getattr(kernelapi.FakeCUDAAtomic, name)))
 
 
-def _kernel_frames(frame) -> tuple:
-    """(file, line) of `frame` and its callers out to the kernel, past the simulator's frames between
-    them (device function calls, and this module's launch check): a call site in kernel code. The
-    thread's start ends it."""
-    import numba.cuda
-    simulator = (os.path.dirname(numba.cuda.__file__), __file__)
+def _kernel_frames(frame, not_kernel_code: tuple[str, ...]) -> tuple:
+    """(file, line) of `frame` and its callers out to the kernel, past the frames of files that start
+    with one of `not_kernel_code` (the simulator's device function calls, this module's launch check):
+    a call site in kernel code. The thread's start ends it."""
     sites = []
     while frame is not None and frame.f_code.co_filename != threading.__file__:
-        if not frame.f_code.co_filename.startswith(simulator):
+        if not frame.f_code.co_filename.startswith(not_kernel_code):
             sites.append((frame.f_code.co_filename, frame.f_lineno))
         frame = frame.f_back
     return tuple(sites)
