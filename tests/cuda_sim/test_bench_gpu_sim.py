@@ -215,3 +215,17 @@ def test_commit_without_git(bench_script, monkeypatch):
 
     monkeypatch.setattr(provenance.subprocess, "run", no_git)
     assert provenance.commit() == "unknown"
+
+
+def test_cpu_name(bench_script, tmp_path):
+    """A VM's model name may not tell Zen 4 from Zen 5: the family and model numbers do. Only the first
+    processor's block is read; a CPU without those fields (AArch64) keeps what it has."""
+    provenance = bench_script("provenance")
+    cpuinfo = tmp_path / "cpuinfo"
+    amd = "processor\t: {}\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: {}\nmodel name\t: AMD EPYC\n"
+    cpuinfo.write_text(amd.format(0, 17) + "\n" + amd.format(1, 99))
+    assert provenance.cpu_name(cpuinfo) == "AMD EPYC (family 25, model 17)"
+    cpuinfo.write_text("processor\t: 0\nBogoMIPS\t: 50.00\nCPU implementer\t: 0x41\n")
+    plain = provenance.platform.processor() or provenance.platform.machine()
+    assert provenance.cpu_name(cpuinfo) == plain
+    assert provenance.cpu_name(tmp_path / "missing") == plain
