@@ -170,10 +170,9 @@ def completion_ids(tok, *messages: tuple[str, str | None, str], end: str = "<|re
 # core (the simulator's threads take turns under the GIL). tests/test_kernels_cuda.py's test_simulator
 # reports it; it starts as soon as that test is collected and runs in the background while the rest of
 # the suite runs, and the test is moved to the end to wait for it. It runs as two processes of about
-# equal time, 314 and 319 s by the test durations of a run in one process on the 2-core AMD EPYC of
-# 2026-12-07 (640 s there alone, and the last part of the suite to end: the suite took 699 s, and
-# 540 s with two): the first takes the files SIMULATOR_FIRST names, the second all the others, new
-# files included.
+# equal time (on the 2-core AMD EPYC of 2026-12-07, 320 and 350 s alone; one process took 640 s
+# alone and 735 s beside the rest of the suite): the first takes the files SIMULATOR_FIRST names,
+# the second all the others, new files included.
 SIMULATOR_TEST = "tests/test_kernels_cuda.py::test_simulator"
 SIMULATOR_TIMEOUT_S = 900
 SIMULATOR_FIRST = ("tests/cuda_sim/test_model_cuda_sim.py", "tests/cuda_sim/test_kernel_sampling_cuda.py")
