@@ -166,61 +166,45 @@ def completion_ids(tok, *messages: tuple[str, str | None, str], end: str = "<|re
     return ids
 
 
-# tests/cuda_sim in Numba's CUDA simulator: more than the rest of the suite's time, each process on one
-# core (the simulator's threads take turns under the GIL). tests/test_kernels_cuda.py's test_simulator
-# reports it; it starts as soon as that test is collected and runs in the background while the rest of
-# the suite runs, and the test is moved to the end to wait for it. It runs as two processes of about
-# equal time (on the 2-core AMD EPYC of 2026-12-07, 320 and 350 s alone; one process took 640 s
-# alone and 735 s beside the rest of the suite): the first takes the files SIMULATOR_FIRST names,
-# the second all the others, new files included.
+# tests/cuda_sim in Numba's CUDA simulator: about two thirds of the suite's time, on one core (the
+# simulator's threads take turns under the GIL). tests/test_kernels_cuda.py's test_simulator reports
+# it; it starts as soon as that test is collected and runs in the background while the rest of the
+# suite runs on the other core, and the test is moved to the end to wait for it.
 SIMULATOR_TEST = "tests/test_kernels_cuda.py::test_simulator"
 SIMULATOR_TIMEOUT_S = 900
-SIMULATOR_FIRST = ("tests/cuda_sim/test_model_cuda_sim.py", "tests/cuda_sim/test_kernel_sampling_cuda.py")
 simulator_key = pytest.StashKey["SimulatorRun"]()
 
 
 class SimulatorRun:
-    """`pytest tests/cuda_sim` with NUMBA_ENABLE_CUDASIM=1 (set before numba is imported, hence
-    subprocesses), started now as two processes (SIMULATOR_FIRST); their output goes to temporary
-    files, which no pipe can fill."""
+    """`pytest tests/cuda_sim` with NUMBA_ENABLE_CUDASIM=1 (set before numba is imported, hence a
+    subprocess), started now; its output goes to temporary files, which no pipe can fill."""
 
     def __init__(self):
+        self.out, self.err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        self.launched = tempfile.NamedTemporaryFile("r", suffix=".txt")  # the kernels it launched, one a line
         self.deadline = time.monotonic() + SIMULATOR_TIMEOUT_S
-        others = [arg for path in SIMULATOR_FIRST for arg in ("--ignore", path)]
-        self.processes = [self._start(list(SIMULATOR_FIRST)), self._start(["tests/cuda_sim", *others])]
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/cuda_sim"], cwd=ROOT,
+            env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "GPTOSS_SIM_LAUNCHED": self.launched.name},
+            stdout=self.out, stderr=self.err, text=True)
 
-    @staticmethod
-    def _start(paths):
-        out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
-        launched = tempfile.NamedTemporaryFile("r", suffix=".txt")  # the kernels it launched, one a line
-        process = subprocess.Popen(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *paths], cwd=ROOT,
-            env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "GPTOSS_SIM_LAUNCHED": launched.name},
-            stdout=out, stderr=err, text=True)
-        return process, out, err, launched
-
-    def result(self) -> list[subprocess.CompletedProcess]:
-        """The finished runs, each with `launched`, the kernels it launched; waited for up to
-        SIMULATOR_TIMEOUT_S from their start (then stopped: TimeoutExpired)."""
-        runs = []
-        for process, out, err, launched in self.processes:
-            try:
-                process.wait(max(0.0, self.deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                self.stop()
-                raise
-            out.seek(0)
-            err.seek(0)
-            run = subprocess.CompletedProcess(process.args, process.returncode, out.read(), err.read())
-            run.launched = set(launched.read().split())  # "module.kernel" of every kernel launched
-            runs.append(run)
-        return runs
+    def result(self) -> subprocess.CompletedProcess:
+        """The finished run, waited for up to SIMULATOR_TIMEOUT_S from its start (then stopped: TimeoutExpired)."""
+        try:
+            self.process.wait(max(0.0, self.deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise
+        self.out.seek(0)
+        self.err.seek(0)
+        run = subprocess.CompletedProcess(self.process.args, self.process.returncode, self.out.read(), self.err.read())
+        run.launched = set(self.launched.read().split())  # "module.kernel" of every kernel launched
+        return run
 
     def stop(self) -> None:
-        for process, *_ in self.processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
 
 @pytest.hookimpl(trylast=True)  # after -k and -m have deselected
@@ -240,8 +224,8 @@ def pytest_unconfigure(config):
 
 
 @pytest.fixture
-def simulator_runs(request) -> list[subprocess.CompletedProcess]:
-    """The finished runs of tests/cuda_sim in the simulator (started when the session was collected)."""
+def simulator_run(request) -> subprocess.CompletedProcess:
+    """The finished run of tests/cuda_sim in the simulator (started when the session was collected)."""
     pytest.importorskip("numba.cuda", reason="numba-cuda is not installed (pip install -e '.[cudasim]')")
     if simulator_key not in request.config.stash:
         request.config.stash[simulator_key] = SimulatorRun()

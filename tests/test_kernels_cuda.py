@@ -193,15 +193,14 @@ def test_kernels_compile_where_numpy_has_no_row_stack(compile_ptx):
     assert run.returncode == 0 and run.stdout.split() == ["True"], run.stderr[-3000:]
 
 
-def test_simulator(simulator_runs):
-    """tests/cuda_sim in Numba's CUDA simulator (subprocesses: NUMBA_ENABLE_CUDASIM must be set
+def test_simulator(simulator_run):
+    """tests/cuda_sim in Numba's CUDA simulator (a subprocess: NUMBA_ENABLE_CUDASIM must be set
     before numba is imported), run in the background while the rest of the suite runs (conftest).
     Every kernel of SIGNATURES must have been launched there."""
-    for run in simulator_runs:
-        files = " ".join(run.args[run.args.index("no:cacheprovider") + 1:])
-        assert run.returncode == 0, f"simulator tests failed ({files}):\n{run.stdout[-20000:]}\n{run.stderr[-5000:]}"
-        assert " passed" in run.stdout and "skipped" not in run.stdout, f"{files}: {run.stdout[-2000:]}"
-    not_run = set(SIGNATURES) - set().union(*(run.launched for run in simulator_runs))
+    run = simulator_run
+    assert run.returncode == 0, f"simulator tests failed:\n{run.stdout[-20000:]}\n{run.stderr[-5000:]}"
+    assert " passed" in run.stdout and "skipped" not in run.stdout, run.stdout[-2000:]
+    not_run = set(SIGNATURES) - run.launched
     assert not not_run, f"kernels that no simulator test launched: {sorted(not_run)}"
 
 
