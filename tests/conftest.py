@@ -166,7 +166,7 @@ def completion_ids(tok, *messages: tuple[str, str | None, str], end: str = "<|re
     return ids
 
 
-# tests/cuda_sim in Numba's CUDA simulator: about two thirds of the suite's time, on one core (the
+# tests/cuda_sim in Numba's CUDA simulator: about 4.5 minutes on one core of the 2-core dev box (the
 # simulator's threads take turns under the GIL). tests/test_kernels_cuda.py's test_simulator reports
 # it; it starts as soon as that test is collected and runs in the background while the rest of the
 # suite runs on the other core, and the test is moved to the end to wait for it.

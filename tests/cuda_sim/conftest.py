@@ -17,11 +17,12 @@ import pytest
 if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
     collect_ignore_glob = ["test_*.py"]
 else:
-    # The simulator's block manager polls its threads in a loop that holds the GIL, and each thread
-    # it waits for (to start, to reach syncthreads) waits its turn for up to the interpreter's switch
-    # interval: 5 ms by default, which made a launch of a few hundred threads take seconds. At 50 us
-    # the folder ran in 147 s instead of 517 s on the 2-core dev box.
-    sys.setswitchinterval(5e-5)
+    # The simulated threads of a block take turns under the GIL: switching every 0.5 ms (not 5, the
+    # interpreter's default) interleaves them more, which once showed a race in the simulator's own
+    # shared arrays (sim.race_checked), for ~10% more time. (Before sim.blocks_without_polling, the
+    # simulator's block manager polled its threads holding the GIL, and a switch interval of 50 us
+    # was what made the folder run in minutes.)
+    sys.setswitchinterval(5e-4)
 
 SMALL_LAUNCHES = {
     # TILE_THREADS (4, 4): 16-row W tiles, so their rotated column groups wrap; with MIN_TILE_PAIRS 4 the
@@ -59,9 +60,11 @@ def small_launches(request, monkeypatch):
 @pytest.fixture(autouse=True)
 def gpu_launch_limits(monkeypatch):
     """Every simulated launch within CUDA's limits on grids and blocks (sim.launch_as_a_gpu), its
-    arrays checked for races (sim.race_checked)."""
+    arrays checked for races (sim.race_checked), its blocks' threads meeting at barriers that nothing
+    polls (sim.blocks_without_polling)."""
     from cuda_sim import sim
     sim.launch_as_a_gpu(monkeypatch)
+    sim.blocks_without_polling(monkeypatch)  # before race_checked, which wraps its syncthreads
     sim.race_checked(monkeypatch)
 
 

@@ -372,6 +372,82 @@ class RaceCheckedArray:
             self._raise(key, found)
 
 
+class _BlockBarrier:
+    """The cuda.syncthreads() of one simulated block: it releases the block's threads once every thread
+    still running has arrived (a thread that has returned takes no part, as on a GPU). Threads wait
+    on a condition, and so does the launch for the block's end: nothing polls."""
+
+    def __init__(self, threads: int):
+        self.changed = threading.Condition()
+        self.running, self.arrived, self.generation = threads, 0, 0
+        self.failure = None  # (exception, traceback) of the first thread that raised
+
+    def arrive(self):
+        with self.changed:
+            if self.failure:
+                raise RuntimeError("abort flag set on syncthreads call")
+            generation = self.generation
+            self.arrived += 1
+            self._release_if_all_arrived()
+            while generation == self.generation and not self.failure:
+                self.changed.wait()
+            if self.failure:
+                raise RuntimeError("abort flag set on syncthreads clear")
+
+    def leave(self, exception):
+        with self.changed:
+            self.running -= 1
+            if exception and not self.failure:
+                self.failure = exception
+            self._release_if_all_arrived()
+            self.changed.notify_all()
+
+    def _release_if_all_arrived(self):
+        if self.running and self.arrived == self.running:
+            self.arrived, self.generation = 0, self.generation + 1
+            self.changed.notify_all()
+
+    def wait(self):
+        """Until every thread has returned, or one has raised."""
+        with self.changed:
+            while self.running and not self.failure:
+                self.changed.wait()
+
+
+def blocks_without_polling(monkeypatch):
+    """Within the test, a simulated block's threads meet at a _BlockBarrier. numba-cuda's BlockManager
+    instead polls its threads in a loop that holds the GIL until they have all returned, which took
+    half the interpreter from the threads it waits for. As there, the first exception of a thread is
+    raised by the launch, the other threads stop at their next barrier, and a thread ends only by
+    returning or raising."""
+    from numba.cuda.simulator import kernel
+
+    def run(manager, grid_point, *args):
+        threads = [kernel.BlockThread(lambda: manager._f(*args), manager, grid_point, block_point, manager._debug)
+                   for block_point in np.ndindex(*manager._block_dim)]
+        manager.barrier = _BlockBarrier(len(threads))
+        for thread in threads:
+            thread.start()
+        manager.barrier.wait()
+        for thread in threads:  # those still running stop at their next barrier or end
+            thread.join()
+        if manager.barrier.failure:
+            exception, traceback = manager.barrier.failure
+            raise exception.with_traceback(traceback)
+
+    thread_run = kernel.BlockThread.run
+
+    def run_thread(thread):
+        try:
+            thread_run(thread)  # sets thread.exception instead of raising
+        finally:
+            thread._manager.barrier.leave(thread.exception)
+
+    monkeypatch.setattr(kernel.BlockManager, "run", run)
+    monkeypatch.setattr(kernel.BlockThread, "run", run_thread)
+    monkeypatch.setattr(kernel.BlockThread, "syncthreads", lambda thread: thread._manager.barrier.arrive())
+
+
 def race_checked(monkeypatch):
     """Within the test, the arrays of simulated kernels are checked for races (RaceCheckedArray): the
     arguments of a launch (launch_as_a_gpu), and every cuda.shared.array, one array per block and call

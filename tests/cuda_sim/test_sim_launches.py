@@ -33,3 +33,39 @@ def test_launches_past_cudas_limits_or_on_empty_arrays_are_refused():
         _copy_words[(1, 70000), 32](words, out)
     with pytest.raises(ValueError, match="empty arrays"):
         _copy_words[1, 32](words[:0], out)
+
+
+@cuda.jit
+def _rotate_twice(x, out, fail_at):
+    """Threads from x.size on return at once; the others pass x through shared memory twice, each
+    step behind a barrier. Thread fail_at (if any) indexes past `out` before the second barrier."""
+    buf = cuda.shared.array(16, np.float32)
+    i, n = cuda.threadIdx.x, x.shape[0]
+    if i >= n:
+        return
+    buf[i] = x[i]
+    cuda.syncthreads()
+    value = buf[(i + 1) % n]
+    if i == fail_at:
+        out[out.shape[0] + i] = value
+    cuda.syncthreads()
+    buf[i] = value
+    cuda.syncthreads()
+    out[i] = buf[(i + 1) % n]
+
+
+def test_a_barrier_waits_for_the_threads_still_running():
+    """sim.blocks_without_polling: threads that returned take no part in later barriers, as on a GPU."""
+    x = np.arange(10, dtype=np.float32)
+    out = np.full(10, np.nan, np.float32)
+    _rotate_twice[1, 16](x, out, -1)
+    np.testing.assert_array_equal(out, np.roll(x, -2))
+
+
+def test_a_thread_that_raises_fails_the_launch_and_the_others_stop():
+    """The first thread's exception is the launch's; the threads at the barrier do not hang."""
+    x = np.arange(10, dtype=np.float32)
+    out = np.full(10, np.nan, np.float32)
+    with pytest.raises(IndexError, match=r"tid=\[3, 0, 0\]"):
+        _rotate_twice[1, 16](x, out, 3)
+    assert np.isnan(out).all()  # no thread got past the barrier after the failure
