@@ -26,11 +26,11 @@ def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     """The CPU's model name, with its x86 family and model numbers where /proc/cpuinfo gives them: the
     dev boxes are VMs whose model name may say only "AMD EPYC", which covers Zen 2 to Zen 5."""
     try:
-        lines = cpuinfo.read_text().split("\n\n")[0].splitlines()  # the first processor's block
+        first = cpuinfo.read_text().split("\n\n")[0]  # the first processor's block
     except OSError:
-        return platform.processor() or platform.machine()
-    fields = dict(line.split(":", 1) for line in lines if ":" in line)
-    fields = {key.strip(): value.strip() for key, value in fields.items()}
+        first = ""
+    fields = {key.strip(): value.strip() for key, value in
+              (line.split(":", 1) for line in first.splitlines() if ":" in line)}
     name = fields.get("model name") or platform.processor() or platform.machine()
     if "cpu family" in fields and "model" in fields:
         name += f" (family {fields['cpu family']}, model {fields['model']})"
