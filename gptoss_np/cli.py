@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-new-tokens", type=_number(int, lambda n: n >= 1, "an integer >= 1"),
                         metavar="N", help=f"most tokens per reply (default: {MAX_NEW_TOKENS}; "
                                           f"{EMBEDDED_MAX_NEW_TOKENS} for the embedded model)")
-    parser.add_argument("--temperature", type=_number(float, lambda t: math.isfinite(t) and t >= 0, "a number >= 0"),
+    parser.add_argument("--temperature",
+                        type=_number(float, lambda t: math.isfinite(t) and t >= 0, "a finite number >= 0"),
                         default=1.0, help="sampling temperature; 0 = greedy (default: 1.0, OpenAI's "
                                           "recommendation for gpt-oss)")
     parser.add_argument("--top-p", type=_number(float, lambda p: 0 < p <= 1, "in (0, 1]"),
@@ -493,6 +494,10 @@ def _generate(args: argparse.Namespace) -> int:
     for name in ("reasoning_effort", "instructions", "hide_reasoning") if args.raw else ():
         if getattr(args, name) not in (None, False):
             raise CliError(f"--{name.replace('_', '-')} is for chat; --raw continues --prompt as plain text")
+    filters = [f"--{name.replace('_', '-')}" for name in ("top_k", "top_p", "min_p") if getattr(args, name) is not None]
+    if args.temperature == 0 and filters:
+        _note(f"{' and '.join(filters)} change nothing at --temperature 0: generation is greedy")
+        args.top_k = args.top_p = args.min_p = None
     folder = _checkpoint_folder(args.model)
     args.reasoning_effort = args.reasoning_effort or REASONING_EFFORT
     if args.max_new_tokens is None:

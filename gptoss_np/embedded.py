@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from . import synthetic
-from .tokenizer import HARMONY_SPECIALS, VOCAB_SIZE, Tokenizer, cache_dir_for
+from .tokenizer import HARMONY_SPECIALS, VOCAB_SIZE, Tokenizer, cache_dir_for, make_cache_dir
 
 FOLDER_NAME = "tiny-default"
 SEED = 0
@@ -45,7 +45,7 @@ def default_checkpoint(cache_dir: str | os.PathLike | None = None) -> Path:
     folder = location(cache_dir)
     if folder.is_dir():
         return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    make_cache_dir(folder.parent)
     partial = Path(tempfile.mkdtemp(prefix=f".{FOLDER_NAME}.", dir=folder.parent))
     try:
         synthetic.write_checkpoint(partial, config(), seed=SEED, progress=False)

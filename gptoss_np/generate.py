@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+import warnings
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -97,10 +99,16 @@ def generate(model, token_ids: Sequence[int], max_new_tokens: int, *, temperatur
         raise ValueError(f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
                          f"context of {limit} tokens (max_position_embeddings)")
     check_args(temperature, top_k, top_p, min_p)
+    if temperature == 0 and (top_k, top_p, min_p) != (None, None, None):
+        warnings.warn("top_k, top_p and min_p filter what is sampled at a temperature above 0; at temperature 0 "
+                      "(generate's default) generation is greedy and they change nothing", stacklevel=3)
     if seed is not None and not (isinstance(seed, (int, np.integer)) and seed >= 0):
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
     draw = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, rng=np.random.default_rng(seed))
-    stops = set() if stop_ids is None else {int(s) for s in stop_ids}
+    try:
+        stops = set() if stop_ids is None else {operator.index(s) for s in stop_ids}
+    except TypeError:
+        raise ValueError(f"stop_ids must be a sequence of token ids (integers), got {stop_ids!r}") from None
     return _tokens(model, ids, max_new_tokens, draw, stops, prompt_cache)
 
 

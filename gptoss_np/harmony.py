@@ -117,6 +117,9 @@ def render_conversation(messages: list[dict], *, reasoning_effort: str = "medium
     for message in messages:
         if not isinstance(message, dict) or not isinstance(message.get("content"), str):
             raise ValueError(f"a message is a dict with a 'role' and a str 'content', got {message!r:.80}")
+        if message.get("role") in ("system", "developer"):
+            raise ValueError(f"message role {message['role']!r}: harmony writes the system and developer messages "
+                             f"itself; give instructions as developer_instructions (Chat: instructions=)")
         if message.get("role") not in ("user", "assistant", "tool"):
             raise ValueError(f"message role must be 'user', 'assistant' or 'tool', got {message.get('role')!r}")
         if message["role"] == "tool" and not isinstance(message.get("name"), str):

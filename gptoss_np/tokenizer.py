@@ -119,6 +119,15 @@ def cache_dir_for(cache_dir: str | os.PathLike | None) -> Path:
     return Path(os.environ.get("GPTOSS_NP_CACHE") or Path.home() / ".cache" / "gptoss_np")
 
 
+def make_cache_dir(folder: Path) -> None:
+    """Make `folder` (in the cache) and its parents, with an error that says how to move the cache."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise type(error)(f"cannot make the cache folder {folder} ({error.strerror or error}): set "
+                          f"GPTOSS_NP_CACHE to a folder that can be written") from None
+
+
 def _read_tokenizer_json(file: Path) -> tokenizers.Tokenizer:
     """Load a `tokenizer.json`, with errors that name the file."""
     if not file.is_file():
@@ -279,7 +288,7 @@ class StreamDecoder:
 def _cached_o200k_harmony(cache_file: Path) -> Tokenizer:
     """o200k_harmony loaded from `cache_file`, which is built and written first if absent."""
     if not cache_file.is_file():
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        make_cache_dir(cache_file.parent)
         partial = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.partial")
         build_o200k_harmony().save(str(partial))
         os.replace(partial, cache_file)

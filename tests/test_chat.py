@@ -163,7 +163,9 @@ def test_an_empty_reply_adds_no_message(tok, endoftext, monkeypatch):
 @pytest.mark.parametrize("message, words", [
     (None, "a message is a dict with a 'role' and a str 'content', got None"),
     (42, "got 42"), ({"role": "user"}, "got {'role': 'user'}"), ({"role": "user", "content": 5}, "str 'content'"),
-    ({"content": "hi"}, "message role must be 'user', 'assistant' or 'tool', got None")])
+    ({"content": "hi"}, "message role must be 'user', 'assistant' or 'tool', got None"),
+    ({"role": "system", "content": "Be brief."}, "give instructions as developer_instructions (Chat: instructions=)"),
+    ({"role": "developer", "content": "Be brief."}, "message role 'developer': harmony writes")])
 def test_a_malformed_message_is_named(tok, message, words):
     chat = gptoss_np.Chat(Scripted(4096), tok)
     with pytest.raises(ValueError, match=re.escape(words)):

@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 
 import numba
 import pytest
@@ -147,10 +148,16 @@ def test_default_run_is_chat_with_the_untrained_notice(capsys, default_folder, h
     assert 1 <= new_tokens <= 12
 
 
-def test_raw_greedy_equals_model_generate(capsys, default_model, harmony_tokenizer):
+@pytest.mark.parametrize("filters", [[], ["--top-p", "0.5", "--min-p", "0.1"]])
+def test_raw_greedy_equals_model_generate(capsys, default_model, harmony_tokenizer, filters):
+    """Greedy is model.generate's greedy; sampling filters given with it change nothing, and a note says so."""
     prompt = "The quick brown fox"
-    code, out, err = run_cli(capsys, "--raw", "--prompt", prompt, "--temperature", "0", "--max-new-tokens", "20")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", "top_k, top_p and min_p")  # the note, not generate's warning
+        code, out, err = run_cli(capsys, "--raw", "--prompt", prompt, "--temperature", "0", "--max-new-tokens", "20",
+                                 *filters)
     assert code == 0
+    assert ("--top-p and --min-p change nothing at --temperature 0" in err) == bool(filters)
     expected, ids = greedy_text(default_model, harmony_tokenizer, harmony_tokenizer.encode(prompt), 20,
                                 GPT_OSS_STOPS)
     assert out == expected
@@ -602,13 +609,23 @@ def test_broken_checkpoint_is_one_error_line(capsys, tmp_path, small_checkpoint,
     assert_one_error_line(*run_cli(capsys, "--model", str(folder), "--raw", "--prompt", "hi"), *words)
 
 
+def test_a_cache_folder_that_cannot_be_made_is_an_error_naming_the_setting(capsys, monkeypatch, tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    monkeypatch.setenv("GPTOSS_NP_CACHE", str(tmp_path / "a_file"))
+    code, out, err = run_cli(capsys, "--raw", "--prompt", "hi")
+    assert (code, out) == (2, "")
+    error = err.splitlines()[-1]
+    assert error.startswith("gptoss-generate: error: cannot make the cache folder ")
+    assert str(tmp_path / "a_file") in error and "set GPTOSS_NP_CACHE to a folder that can be written" in error
+
+
 def test_unavailable_device_is_one_error_line(capsys, small_checkpoint):
-    try:
-        backend.select("cuda")
-    except NotImplementedError:
-        pass
-    else:
+    """From Python, gptoss_np.DeviceUnavailableError saying why; on the command line, one error line."""
+    reason = backend.cuda_unusable_reason()
+    if reason is None:
         pytest.skip("a CUDA backend is available here")
+    with pytest.raises(gptoss_np.DeviceUnavailableError, match=re.escape(reason)):
+        gptoss_np.load(small_checkpoint, device="cuda")
     code, out, err = run_cli(capsys, "--model", str(small_checkpoint), "--device", "cuda", "--raw", "--prompt", "hi")
     assert_one_error_line(code, out, err, "--device cuda")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -278,6 +279,23 @@ def test_bad_token_ids_name_the_problem(checkpoint_dir):
         model.generate([1], 3, 1.0, top_k=0)
     with pytest.raises(ValueError, match="seed must be an integer >= 0, got -1"):
         model.generate([1], 3, 1.0, seed=-1)
+    with pytest.raises(ValueError, match="stop_ids must be a sequence of token ids"):
+        model.generate([1], 3, stop_ids=5)
+    with pytest.raises(ValueError, match="stop_ids must be a sequence of token ids"):
+        model.generate([1], 3, stop_ids=[1.5])
+
+
+def test_sampling_filters_at_temperature_0_warn(checkpoint_dir):
+    """top_k / top_p / min_p at the default temperature 0 change nothing (greedy): a warning says so,
+    pointing at the caller's line; with a temperature, or without filters, nothing is said."""
+    model = gptoss_np.load(checkpoint_dir("tiny"))
+    with pytest.warns(UserWarning, match="at temperature 0.*greedy") as caught:
+        model.generate([1], 3, top_p=0.5)
+    assert caught[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.generate([1], 3, 1.0, top_p=0.5)
+        model.generate([1], 3, seed=0)
 
 
 def test_a_slow_prompt_shows_its_progress_through_the_layers(checkpoint_dir, monkeypatch, capsys):

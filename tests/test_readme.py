@@ -40,7 +40,6 @@ def scripted_generate(replies: list[list[int]]):
 
 
 def test_the_python_examples_run(monkeypatch, capsys, cache_dir, tok):
-    folder = embedded.default_checkpoint(cache_dir)
     weather_call = completion_ids(tok, ("analysis", None, "Need the weather."),
                                   ("commentary", "functions.get_weather", '{"city": "Paris"}'), end="<|call|>")
     replies = [completion_ids(tok, ("analysis", None, "Rayleigh scattering."), ("final", None, "Short waves scatter.")),
@@ -49,10 +48,12 @@ def test_the_python_examples_run(monkeypatch, capsys, cache_dir, tok):
     monkeypatch.setenv("GPTOSS_NP_CACHE", str(cache_dir))
     blocks = python_blocks()
     assert len(blocks) == 2  # "From Python" and the tool loop: a new block needs its reply here
-    first = blocks[0].replace('folder = "openai/gpt-oss-20b"', f"folder = {str(folder)!r}")
+    # the real checkpoint's line out, the embedded model's (commented out beside it) in
+    first = re.sub(r'folder = "openai/gpt-oss-20b".*\n# (folder = .*)', r"\1", blocks[0])
     assert first != blocks[0]
     namespace = {}
     exec(compile(first, "README.md (From Python)", "exec"), namespace)
+    assert namespace["folder"] == embedded.location(cache_dir)
     logits = namespace["logits"]
     model, prompt = namespace["model"], namespace["prompt"]
     assert logits.dtype == np.float32 and logits.shape == (len(prompt), model.config.vocab_size)
