@@ -16,8 +16,8 @@ H100's datasheet gives 989 dense TFLOP/s of bf16 against 495 of TF32 (tf32.py's 
 of float32. The weights reach cuBLAS as bf16, half the bytes of float32: dequantized experts are
 written and read at half the traffic, and the dense weights need no widening at all.
 
-The functions take NumPy or CuPy arrays of float32 and bf16 bits (uint16). On the GPU the split runs
-as one kernel (kernels/bf16x3_cuda.py, tested against these functions) and the product is
+The functions take NumPy or CuPy arrays of float32 and bf16 bits (uint16); interleaved_parts, NumPy's,
+is the reference of the GPU's split: one kernel there (kernels/bf16x3_cuda.py). The product is
 backend_cuda's (cuBLAS's gemmEx).
 """
 
@@ -42,10 +42,10 @@ def split(x) -> tuple:
     return x1, x2, rest - x2
 
 
-def interleaved_parts(x, xp=np):
+def interleaved_parts(x):
     """x [T, K] float32 -> [3T, K] bf16 bits: row 3t + i is part i of x[t], so that one product covers
     every part and any run of whole rows (an expert's group) stays one contiguous block."""
-    parts = xp.stack(split(x), axis=1).reshape(PARTS * x.shape[0], x.shape[1])
+    parts = np.stack(split(x), axis=1).reshape(PARTS * x.shape[0], x.shape[1])
     return (parts.view(np.uint32) >> np.uint32(16)).astype(np.uint16)
 
 

@@ -35,7 +35,6 @@ class Snapshot(NamedTuple):
 
 class KVCache:
     def __init__(self, config: GptOssConfig, capacity: int, ops):
-        self.config = config
         self.ops = ops  # the backend (backend.py): its arrays, and the static-shape write
         self.xp = xp = ops.xp
         self.length = 0  # tokens seen so far = position of the next token

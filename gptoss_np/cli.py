@@ -78,10 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "tiny random model")
     parser.add_argument("--prompt", help="the user message (chat) or the text to continue (--raw); "
                                          "without it, chat reads one message per line of stdin "
-                                         "('\"\"\"' lines around one of several lines)")
+                                         "('\"\"\"' lines around one of several lines) and --raw "
+                                         "continues all of stdin")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--chat", action="store_true", help="harmony chat format (the default)")
-    mode.add_argument("--raw", action="store_true", help="no chat template: continue --prompt as plain text")
+    mode.add_argument("--raw", action="store_true",
+                      help="no chat template: continue --prompt (or stdin) as plain text")
     parser.add_argument("--reasoning-effort", choices=harmony.REASONING_EFFORTS,
                         help=f"reasoning effort named in the system message (chat only; default: {REASONING_EFFORT})")
     parser.add_argument("--instructions", metavar="TEXT",
@@ -488,7 +490,11 @@ def _check_harmony(tokenizer: Tokenizer, folder: Path) -> None:
 
 def _generate(args: argparse.Namespace) -> int:
     if args.raw and args.prompt is None:
-        raise CliError("--raw needs --prompt TEXT")
+        if sys.stdin.isatty():
+            raise CliError("--raw needs the text to continue: --prompt TEXT, or piped into stdin")
+        args.prompt = sys.stdin.read().removesuffix("\n")  # a file, or echo's line without its end
+        if args.prompt == "":
+            raise CliError("--raw: stdin is empty: pipe in the text to continue (or give --prompt TEXT)")
     if args.prompt == "":
         raise CliError("--prompt is empty: give it the text (or leave it out to chat from stdin)")
     for name in ("reasoning_effort", "instructions", "hide_reasoning") if args.raw else ():

@@ -66,11 +66,6 @@ class GptOssConfig:
     pad_token_id: int | None = None
     bos_token_id: int | None = None
 
-    @property
-    def kv_groups(self) -> int:
-        """Query heads per key/value head (GQA)."""
-        return self.num_attention_heads // self.num_key_value_heads
-
     def window(self, layer: int) -> int | None:
         """How many keys a query of `layer` sees (itself included), or None for full attention."""
         return self.sliding_window if self.layer_types[layer] == "sliding_attention" else None

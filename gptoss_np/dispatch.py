@@ -3,14 +3,15 @@
 Two ways to decide, both returning a `Dispatch` whose pairs are grouped by expert, so each expert
 runs once over its group:
 
-- `exact`: every token runs its own top-k experts, weighted by a softmax over those k router
-  logits. This is gpt-oss as trained, and the default.
+- exact routing (`from_top_k` of the router's top-k, ops.route): every token runs its own top-k
+  experts, weighted by a softmax over those k router logits. This is gpt-oss as trained, and the
+  default.
 - `expert_choice`: every expert takes at most `tokens_per_expert` tokens, a fixed compute budget
   (the ZML seed's dispatch, used for long prompts). Tokens rank their experts by router logit;
   an expert prefers the tokens that rank it first, then second, ..., and among equal ranks the
   higher logit; it keeps its first `tokens_per_expert`. Each token then keeps at most k of the
   experts that took it (its best-ranked ones) and its weights are a softmax over the logits of
-  the experts it kept. When the budget drops nothing, this is exactly `exact`.
+  the experts it kept. When the budget drops nothing, this is exactly exact routing.
 
 How this differs from the seed's `dispatchTokens`: the seed scores a (token, expert) pair as
 `logit ** rank` (rank 1 = first choice). That favours first choices only for values in (0, 1), such
@@ -100,12 +101,6 @@ def tokens_per_expert(ratio: float, n_tokens: int, k: int, n_experts: int) -> in
 def seed_prefers_expert_choice(budget: int, n_tokens: int) -> bool:
     """The seed's automatic rule: use the budgeted dispatch when 3 * budget <= 2 * N."""
     return 3 * budget <= 2 * n_tokens
-
-
-def exact(logits: np.ndarray, k: int) -> Dispatch:
-    """Every token [N] runs its top-k experts of logits [N, E], softmax over those k."""
-    ranks = _ranks(logits)  # [N, E] 0 = the token's first choice
-    return _dispatch(logits, ranks < k, dropped=0)
 
 
 def expert_choice(logits: np.ndarray, k: int, budget: int) -> Dispatch:

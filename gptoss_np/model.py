@@ -31,7 +31,7 @@ from .dispatch import DispatchRule
 from .moe import MoEWeights, moe
 from .trace import Trace
 
-# T tokens, D hidden, H q-heads, G kv-heads, Dh head dim, E experts, A active experts, V vocab
+# T new tokens, S keys attended (cached and new), D hidden, H q-heads, G kv-heads, Dh head dim, V vocab
 
 _PROGRESS_BYTES = 1 << 30  # show a progress bar when loading checkpoints larger than this
 _PROGRESS_DELAY_S = 2.0  # and one through the layers when a forward pass of several tokens takes longer
@@ -104,9 +104,9 @@ class GptOss:
         cos, sin = ops.rope_tables(self.inv_freq, self.rope_scale, positions)  # [T, Dh/2]
         x = ops.embed(self.embedding, token_ids)  # [T, D]
         for i, layer in enumerate(self._layers_shown(len(token_ids))):
-            h = ops.rmsnorm(x, layer.attn_norm, c.rms_norm_eps)
+            h = ops.rmsnorm(x, layer.attn_norm, c.rms_norm_eps)  # [T, D]
             x = self.attention(i, layer.attn, h, positions, cos, sin, cache, trace, residual=x)  # x + attention(h)
-            h = ops.rmsnorm(x, layer.mlp_norm, c.rms_norm_eps)
+            h = ops.rmsnorm(x, layer.mlp_norm, c.rms_norm_eps)  # [T, D]
             x = moe(ops, layer.moe, h, c.num_experts_per_tok, c.swiglu_limit, c.swiglu_alpha,
                     self.dispatch_rule, trace, residual=x)  # x + moe(h)
         cache.length += len(token_ids)
@@ -127,14 +127,15 @@ class GptOss:
         `residual` [T, D] if given (added by the o projection)."""
         c, ops = self.config, self.ops
         T, H, G, Dh = x.shape[0], c.num_attention_heads, c.num_key_value_heads, c.head_dim
-        qkv = ops.linear(x, w.qkv, w.qkv_bias).reshape(T, H + 2 * G, Dh)  # q, k, v heads side by side
-        qk = ops.rope(qkv[:, :H + G], cos, sin)  # q and k rotated together
+        window, scale = c.window(i), Dh ** -0.5  # window: None on full-attention layers
+        qkv = ops.linear(x, w.qkv, w.qkv_bias).reshape(T, H + 2 * G, Dh)  # [T, H + 2G, Dh]: q, k, v heads
+        qk = ops.rope(qkv[:, :H + G], cos, sin)  # [T, H + G, Dh]: q and k rotated together
         q, k, v = qk[:, :H], qk[:, H:], qkv[:, H + G:]  # [T, H, Dh], [T, G, Dh], [T, G, Dh]
         k_all, v_all, k_pos = cache.update(i, k, v, positions)  # [S, G, Dh], [S, G, Dh], [S]
-        o = ops.attention(q, k_all, v_all, positions, k_pos, w.sinks, c.window(i), Dh ** -0.5)  # [T, H, Dh]
+        o = ops.attention(q, k_all, v_all, positions, k_pos, w.sinks, window, scale)  # [T, H, Dh]
         if trace is not None:
-            trace.attention(c.window(i), q, k_all, positions, k_pos, w.sinks, Dh ** -0.5, ops.to_numpy)
-        return ops.linear(o.reshape(T, H * Dh), w.o, w.o_bias, residual=residual)
+            trace.attention(window, q, k_all, positions, k_pos, w.sinks, scale, ops.to_numpy)
+        return ops.linear(o.reshape(T, H * Dh), w.o, w.o_bias, residual=residual)  # [T, D]
 
     # ------------------------------------------------------------------ public API
 

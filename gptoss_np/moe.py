@@ -8,9 +8,11 @@ The backend chooses how tokens reach their experts (`ops.experts`):
 - by_expert_groups (CPU): one token (decode) runs its own k experts in one kernel call per projection;
   several tokens are grouped by expert on the host: each expert chosen by anyone runs once over all
   its tokens (the work shape that prefill needs), and its outputs are added back weighted.
-- by_pairs (GPU): every (token, slot) pair p = t * k + a at once, grouped by expert on the device,
-  with no trip to the host; each token then sums its k weighted rows.
-Both give the same answer. The expert-choice dispatch runs as `grouped` over its own pairs.
+- by_pairs (GPU): every (token, slot) pair p = t * k + a at once, grouped by expert on the device
+  (only long prompts' cuBLAS path reads the group sizes on the host); each token then sums its k
+  weighted rows.
+Both give the same answer. The expert-choice dispatch's pairs, decided on the host, run as `grouped`
+on the CPU and through the grouped matmul on the GPU (`ops.dispatched_experts`).
 """
 
 from __future__ import annotations

@@ -93,19 +93,20 @@ def swiglu(gate, up, limit, alpha):
 
 
 @cuda.jit(device=True, inline=True)
-def _block_tree(buf, value, tid, n, maximum):
-    """The sum (or with `maximum`, the largest) of `value` over the n threads of a block (n a power of
-    two), through shared `buf` [>= n]. Every thread gets it. Shared memory only: the simulator has
-    no warp shuffles."""
-    buf[tid] = value
+def _tree(buf, base, value, tid, n, maximum):
+    """The sum (or with `maximum`, the largest) of `value` over n threads (n a power of two, numbered by
+    tid), through shared buf[base:base + n]. Every one of them gets it. Shared memory only: the
+    simulator has no warp shuffles."""
+    buf[base + tid] = value
     cuda.syncthreads()
     step = n // 2
     while step > 0:
         if tid < step:
-            buf[tid] = max(buf[tid], buf[tid + step]) if maximum else buf[tid] + buf[tid + step]
+            a, b = buf[base + tid], buf[base + tid + step]
+            buf[base + tid] = max(a, b) if maximum else a + b
         cuda.syncthreads()
         step //= 2
-    total = buf[0]
+    total = buf[base]
     cuda.syncthreads()
     return total
 
@@ -113,31 +114,20 @@ def _block_tree(buf, value, tid, n, maximum):
 @cuda.jit(device=True, inline=True)
 def block_sum(buf, value, tid, n):
     """Sum of `value` over the n threads of a block (n a power of two), through shared `buf` [>= n]."""
-    return _block_tree(buf, value, tid, n, False)
+    return _tree(buf, 0, value, tid, n, False)
 
 
 @cuda.jit(device=True, inline=True)
 def block_max(buf, value, tid, n):
     """The largest `value` of the n threads of a block (n a power of two), through shared `buf` [>= n]."""
-    return _block_tree(buf, value, tid, n, True)
+    return _tree(buf, 0, value, tid, n, True)
 
 
 @cuda.jit(device=True, inline=True)
 def row_sum(buf, value, lane, row, lanes):
     """Sum of `value` over the `lanes` threads (a power of two) of one block row, through shared
     `buf` [>= rows * lanes]; every thread of the row gets it."""
-    base = row * lanes
-    buf[base + lane] = value
-    cuda.syncthreads()
-    step = lanes // 2
-    while step > 0:
-        if lane < step:
-            buf[base + lane] += buf[base + lane + step]
-        cuda.syncthreads()
-        step //= 2
-    total = buf[base]
-    cuda.syncthreads()
-    return total
+    return _tree(buf, row * lanes, value, lane, lanes, False)
 
 
 def power_of_two(n: int, lo: int = 1, hi: int = MAX_THREADS) -> int:

@@ -1,7 +1,8 @@
 """The KV cache's one-token write for decode steps with static shapes (gptoss_np/cache.py).
 
-write_one is written against the array module of its arguments, so it is the NumPy reference and the
-CPU engine's write at once; kv_cache_cuda.write_one does it in one CUDA launch.
+write_one is written against the array module of its arguments: the NumPy reference (and the CPU
+backend's write, which only a cache with static shapes takes: the GPU's CUDA graphs and tests);
+kv_cache_cuda.write_one does it in one CUDA launch.
 """
 
 from __future__ import annotations

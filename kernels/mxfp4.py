@@ -4,7 +4,8 @@ A weight matrix W [N, K] (N output rows, K inputs) is stored as
   blocks uint8 [N, K/32, 16]: each byte holds two FP4 (e2m1) values, low nibble = element 2j,
                               high nibble = element 2j+1 of the 32-element block;
   scales uint8 [N, K/32]:     e8m0 exponents, the block's values are FP4 * 2**(scale - 127).
-Experts stack a leading axis E. Kernels read the packed bytes directly; only the reference dequantizes.
+Experts stack a leading axis E. The GEMV and tiled kernels read the packed bytes directly; a product
+of many rows dequantizes row tiles of W for BLAS (matmul).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """MXFP4 expert matrices on the GPU: FP4 nibbles and e8m0 scales decoded inside the matmul.
 
-Both kernels compute, for pairs p = (token, slot) routed to expert e = experts of p,
+The two products compute, for pairs p = (token, slot) routed to expert e = experts of p,
     out[p, n] = W_e[n] . x[p // rows_per_x] + bias[e, n]
 with W_e stored as on disk (blocks uint8 [E, N, K/32, 16], scales uint8 [E, N, K/32]; see mxfp4.py).
 `rows_per_x` lets the gate_up projection read each token's row once for its A pairs (A) and the

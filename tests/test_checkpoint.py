@@ -29,7 +29,7 @@ def test_real_20b_config_file():
     c = GptOssConfig.from_dict(synthetic.config_dict("gpt-oss-20b"))
     assert (c.hidden_size, c.num_hidden_layers, c.num_local_experts, c.num_experts_per_tok) == (2880, 24, 32, 4)
     assert c.layer_types[:2] == ("sliding_attention", "full_attention")
-    assert c.window(0) == 128 and c.window(1) is None and c.kv_groups == 8
+    assert c.window(0) == 128 and c.window(1) is None and (c.num_attention_heads, c.num_key_value_heads) == (64, 8)
     r = c.rope_parameters
     assert (r.rope_type, r.rope_theta, r.factor, r.original_max_position_embeddings, r.truncate) == \
         ("yarn", 150000.0, 32.0, 4096, False)

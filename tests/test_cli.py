@@ -443,6 +443,20 @@ def test_small_vocabulary_without_tokenizer_is_a_clear_error(capsys, bare_checkp
     assert_one_error_line(code, out, err, "tokenizer.json", "201088", "512")
 
 
+def test_raw_continues_piped_stdin(capsys, monkeypatch, small_checkpoint):
+    """Without --prompt, --raw continues stdin (less echo's line end) as --prompt would; from a terminal,
+    or with nothing piped in, it is an error line."""
+    model, tok = gptoss_np.load(small_checkpoint), Tokenizer.from_pretrained(small_checkpoint)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("The sky is\n"))
+    code, out, err = run_cli(capsys, "--model", str(small_checkpoint), "--raw", "--temperature", "0",
+                             "--max-new-tokens", "8")
+    assert code == 0
+    assert out == greedy_text(model, tok, tok.encode("The sky is"), 8, [tok.return_, tok.call])[0]
+    for stdin, words in [(Terminal("The sky is\n"), "--raw needs the text to continue"), (io.StringIO(""), "empty")]:
+        monkeypatch.setattr(sys, "stdin", stdin)
+        assert_one_error_line(*run_cli(capsys, "--model", str(small_checkpoint), "--raw"), "--raw", words)
+
+
 def test_checkpoint_tokenizer_is_used(capsys, small_checkpoint):
     model, tok = gptoss_np.load(small_checkpoint), Tokenizer.from_pretrained(small_checkpoint)
     assert tok.vocab_size < 512
@@ -565,7 +579,6 @@ def test_unknown_hub_id_says_only_the_local_cache_was_searched(capsys):
     (["--reasoning-effort", "extreme"], ["--reasoning-effort"]),
     (["--device", "tpu"], ["--device"]),
     (["--chat", "--raw", "--prompt", "x"], ["--raw", "--chat"]),
-    (["--raw"], ["--raw needs --prompt"]),
     (["--prompt", ""], ["--prompt is empty"]),
     (["--raw", "--prompt", ""], ["--prompt is empty"]),
     (["--raw", "--prompt", "x", "--instructions", "Be brief."], ["--instructions", "chat"]),
