@@ -413,8 +413,9 @@ def test_parse_matches_openai_harmony_on_random_completions(tok, harmony):
         try:
             reference = _reference_parse(harmony, ids)
         except Exception:
-            with pytest.raises(ValueError):
+            with pytest.raises(ValueError) as rejected:
                 parse_completion(ids, tokenizer=tok)
+            assert type(rejected.value) is ValueError  # the parser's rejection, not a stray UnicodeDecodeError
             continue
         accepted += 1
         assert parse_completion(ids, tokenizer=tok) == reference, tok.decode(ids)
@@ -442,8 +443,9 @@ def test_parse_rejects_what_openai_harmony_rejects(tok, harmony, parts):
     ids = _ids(tok, *parts)
     with pytest.raises(Exception):
         _reference_parse(harmony, ids)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError) as rejected:
         parse_completion(ids, tokenizer=tok)
+    assert type(rejected.value) is ValueError  # the parser's rejection, not a stray UnicodeDecodeError
 
 
 def test_stream_parser_follows_openai_harmony(tok, harmony):

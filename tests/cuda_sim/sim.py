@@ -18,10 +18,16 @@ from gptoss_np import tf32
 
 
 def poisoned(shape, dtype=np.float32):
-    """An output array filled with NaN (or -1 for integers, all ones for unsigned: bf16 bits of a NaN),
-    so unwritten elements show."""
+    """An output array filled so that unwritten elements show: NaN; for signed integers every byte 0x7F
+    (an index past any array, and, read as float32 bits as sampling_cuda.largest does, a finite 3.4e38
+    where -1 would be a NaN that a test expecting NaN cannot tell from its own); for unsigned ones all
+    ones (bf16 bits of a NaN)."""
     kind = np.dtype(dtype).kind
-    return np.full(shape, np.nan if kind == "f" else np.iinfo(dtype).max if kind == "u" else -1, dtype)
+    if kind == "i":
+        a = np.empty(shape, dtype)
+        a.reshape(-1).view(np.uint8).fill(0x7F)
+        return a
+    return np.full(shape, np.nan if kind == "f" else np.iinfo(dtype).max, dtype)
 
 
 def assert_close(out, ref, rtol=1e-5):
@@ -709,7 +715,7 @@ def numpy_as_cupy(device_arrays: bool = True) -> types.ModuleType:
     for name in _MAKERS:  # the functions that make arrays make device arrays
         shim.__dict__[name] = (lambda make: lambda *args, **kwargs: on_device(make(*args, **kwargs)))(getattr(np, name))
     if device_arrays:
-        # uninitialized device memory holds garbage: here NaN (or -1), so a read of it shows
+        # uninitialized device memory holds garbage: here poisoned()'s, so a read of it shows
         shim.empty = lambda shape, dtype=float, order="C": _uninitialized(np.empty(shape, dtype, order))
         shim.empty_like = lambda a, dtype=None: _uninitialized(np.empty_like(a, dtype))
         shim.ndarray, shim.asarray, shim.asnumpy = DeviceArray, _to_device, _to_host

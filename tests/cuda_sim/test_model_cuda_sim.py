@@ -1,7 +1,7 @@
 """The CUDA backend's whole composition in the simulator: CudaOps, with NumPy standing in for CuPy
 (sim.DeviceArray: refusing what CuPy's arrays refuse), runs the tiny model through every CUDA kernel
 (prefill, then generate()'s decode steps past the sliding window, recorded and replayed as a CUDA
-graph) and must give the CPU engine's logits and sampled tokens."""
+graph) and must give the CPU engine's logits and sampled tokens, and transformers' logits."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import rel_err
+from conftest import hf_logits, load_hf, rel_err
 from cuda_sim import sim
 import gptoss_np
 from gptoss_np import GptOss, PromptCache, backend, synthetic
@@ -43,9 +43,10 @@ def engines(cuda_ops, folder, rule: DispatchRule = DispatchRule(), **overrides):
 def test_tiny_model_prefill_and_decode(cuda_ops, tmp_path, monkeypatch):
     cpu, gpu = engines(cuda_ops, tmp_path, sliding_window=4)
     ids = np.random.default_rng(5).integers(0, cpu.config.vocab_size, 9)
+    hf = hf_logits(load_hf(tmp_path), ids)  # [9, V]: the independent oracle, position by position
     caches = cpu.new_cache(9), gpu.new_cache(9)
     ours, ref = gpu.forward(ids[:6], caches[1]), cpu.forward(ids[:6], caches[0])  # prefill 6
-    assert rel_err(cuda_ops.to_numpy(ours), ref) < 1e-5
+    assert rel_err(cuda_ops.to_numpy(ours), ref) < 1e-5 and rel_err(cuda_ops.to_numpy(ours), hf[5:6]) < 1e-4
     # decode to position 8 (window 4) as generate() does: cuda_graph.GraphDecoder runs the first step
     # op by op with static shapes, records the second as a CUDA graph (stood in for: the recorded
     # step may not read anything on the host) and replays it for the rest: a replay that repeated
@@ -56,9 +57,10 @@ def test_tiny_model_prefill_and_decode(cuda_ops, tmp_path, monkeypatch):
     monkeypatch.setattr(norm_rope_cuda, "rmsnorm", lambda *args: fused.append(args))
     monkeypatch.setattr(moe_cuda, "route", lambda *args: fused.append(args))
     decode = cuda_ops.decoder(gpu, caches[1])
-    for token in ids[6:]:
+    for position, token in enumerate(ids[6:], start=6):
         ours, ref = decode(int(token)), cpu.forward(token[None], caches[0])
         assert rel_err(cuda_ops.to_numpy(ours), ref) < 1e-5
+        assert rel_err(cuda_ops.to_numpy(ours), hf[position:position + 1]) < 1e-4
     assert caches[1].static_shapes and caches[1].length == 9 and not fused
     assert cuda_ops.graphs and len(graphs) == 1 and graphs[0].launches == 2
     sim.assert_launched_as_checked()
@@ -110,6 +112,7 @@ def test_trace_of_one_token(cuda_ops, tmp_path):
     cpu, gpu = engines(cuda_ops, tmp_path, vocab_size=64, num_attention_heads=2, num_key_value_heads=1,
                        num_hidden_layers=2)
     ours, ref = gpu.trace([5], attention=False), cpu.trace([5], attention=False)
+    assert len(ours) == len(ref) == 2
     for a, b in zip(ours, ref):
         assert rel_err(a.router_logits, b.router_logits) < 1e-5
         np.testing.assert_array_equal(a.experts, b.experts)
