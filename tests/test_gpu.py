@@ -143,13 +143,13 @@ def test_prefill_kernels_at_gpt_oss_20b_shapes():
 
     chosen = np.array([3, 1], np.int32)
     for dtype in (np.float32, np.uint16):
-        w = cp.zeros((2, N, G * 32), dtype)
+        w = cp.full((2, N, G * 32), np.nan if dtype == np.float32 else 0xFFFF, dtype)  # NaN (bf16 bits: 0xFFFF)
         mxfp4_cuda.dequantize(d["blocks"], d["scales"], cp.asarray(chosen), w)
         got = w.get() if dtype == np.float32 else (w.get().astype(np.uint32) << np.uint32(16)).view(np.float32)
         for i, e in enumerate(chosen):
             np.testing.assert_array_equal(got[i], mxfp4.dequantize(d["blocks"][e].get(), d["scales"][e].get()))
     largest = mxfp4_cuda.largest_scales(d["scales"], cp.asarray(chosen), cp.empty(E, cp.int32)).get()  # fp16x2's
-    w = cp.zeros((2, N, G * 32), cp.float16)
+    w = cp.full((2, N, G * 32), np.nan, cp.float16)
     mxfp4_cuda.dequantize(d["blocks"], d["scales"], cp.asarray(chosen), w, largest=cp.asarray(largest))
     for i, e in enumerate(chosen):
         assert largest[e] == d["scales"][e].get().max()
