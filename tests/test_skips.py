@@ -1,0 +1,28 @@
+"""CI's guard against skips (tests/conftest.py): with GPTOSS_SKIPS_ALLOWED set, a skip that it does not
+allow fails the run and is named; tests marked gpu may always skip."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+@pytest.mark.parametrize("allowed, code", [(None, 0), ("", 1), ("tests/test_python312.py", 0)])
+def test_only_allowed_skips_pass_in_ci(allowed, code):
+    """tests/test_python312.py skips without its Python 3.12, and tests/test_gpu.py without a GPU."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GPTOSS_PY312_PYTHON", "GPTOSS_SKIPS_ALLOWED")}
+    if allowed is not None:
+        env["GPTOSS_SKIPS_ALLOWED"] = allowed
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_python312.py",
+                           "tests/test_gpu.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == code, done.stdout[-3000:] + done.stderr[-3000:]
+    heading = "skips that GPTOSS_SKIPS_ALLOWED does not allow"
+    assert (heading in done.stdout) == (code == 1)
+    if code == 1:  # the one skip named, not the gpu tests'
+        named = done.stdout.split(heading)[1]
+        assert "tests/test_python312.py::" in named and "test_gpu.py" not in named
