@@ -515,7 +515,7 @@ def _generate(args: argparse.Namespace) -> int:
         _check_harmony(tokenizer, folder)
     model = _load_model(folder, args.device, args.quantize_experts)
     conversation = Chat(model, tokenizer, reasoning_effort=args.reasoning_effort,
-                        instructions=args.instructions) if chat else None
+                        instructions=args.instructions or None) if chat else None  # "": none
     runner = Runner(model, tokenizer, stop_ids(folder, config, tokenizer, chat), args, conversation)
     if args.raw:
         return runner.raw(args.prompt)

@@ -189,6 +189,12 @@ def test_chat_instructions_go_into_the_developer_message(capsys, default_model, 
     expected, ids = greedy_text(default_model, harmony_tokenizer, prompt, 4, GPT_OSS_STOPS)
     assert out == expected
     assert summaries(err)[0][:2] == (len(prompt), len(ids))
+    # empty instructions are none: no developer message (as an unset shell variable would give)
+    code, out, err = run_cli(capsys, "--prompt", "Hi!", "--instructions", "", "--max-new-tokens", "1")
+    without = harmony.render_conversation([{"role": "user", "content": "Hi!"}], reasoning_effort="low",
+                                          conversation_start_date=datetime.date.today().isoformat(),
+                                          tokenizer=harmony_tokenizer)
+    assert code == 0 and summaries(err)[0][0] == len(without)
 
 
 def test_chat_conversation_from_a_pipe_keeps_history(capsys, monkeypatch):
