@@ -498,7 +498,7 @@ def _generate(args: argparse.Namespace) -> int:
     if args.prompt == "":
         raise CliError("--prompt is empty: give it the text (or leave it out to chat from stdin)")
     for name in ("reasoning_effort", "instructions", "hide_reasoning") if args.raw else ():
-        if getattr(args, name) not in (None, False):
+        if getattr(args, name):  # (empty instructions are none)
             raise CliError(f"--{name.replace('_', '-')} is for chat; --raw continues --prompt as plain text")
     filters = [f"--{name.replace('_', '-')}" for name in ("top_k", "top_p", "min_p") if getattr(args, name) is not None]
     if args.temperature == 0 and filters:
