@@ -61,6 +61,7 @@ import datetime
 import importlib
 import itertools
 import json
+import os
 import time
 import traceback
 import xml.etree.ElementTree as ET
@@ -484,18 +485,20 @@ def transformers_decode(config: dict, prompt: np.ndarray, steps: int, device: st
     return result
 
 
-def test_results(path: str) -> dict:
-    """passed / failed / skipped counts and the recorded rel_err properties of a junit XML."""
+def test_results(path: str, exit_code: int | None = None) -> dict:
+    """passed / failed / skipped counts and the recorded rel_err properties of a junit XML, and pytest's
+    exit code (124: gpu_check.sh's time limit stopped it; the test it stopped, a nameless testcase in
+    the XML, counts as cut_off)."""
     root = ET.parse(path).getroot()
-    counts = dict(passed=0, failed=0, skipped=0)
+    counts = dict(passed=0, failed=0, skipped=0, cut_off=0)
     errors = {}
     for case in root.iter("testcase"):
         outcome = "failed" if case.find("failure") is not None or case.find("error") is not None else (
-            "skipped" if case.find("skipped") is not None else "passed")
+            "skipped" if case.find("skipped") is not None else "cut_off" if case.get("name") is None else "passed")
         counts[outcome] += 1
         for prop in case.iter("property"):
             errors[f"{case.get('name')}:{prop.get('name')}"] = float(prop.get("value"))
-    return {**counts, "rel_errors": errors}
+    return {**counts, "rel_errors": errors, "pytest_exit": exit_code}
 
 
 @contextlib.contextmanager
@@ -516,6 +519,7 @@ def parse_args(argv):
     ints = lambda s: [int(v) for v in s.split(",") if v]  # noqa: E731
     parser.add_argument("--json", required=True)
     parser.add_argument("--tests", help="junit XML of tests/test_gpu.py to fold into the JSON")
+    parser.add_argument("--tests-exit", type=int, help="pytest's exit code in that run (124: cut off)")
     parser.add_argument("--preset", default="gpt-oss-20b", choices=sorted(synthetic.PRESETS))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config.json field (VALUE as JSON), e.g. num_hidden_layers=4")
@@ -540,13 +544,15 @@ def main(argv=None) -> dict:
     report = {"device": None, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "commit": commit(), "preset": args.preset, "overrides": overrides, "layers": config.num_hidden_layers}
 
-    def save():
-        with open(args.json, "w") as f:
+    def save():  # whole or not at all, should the time limit stop the run mid-write
+        partial = f"{args.json}.partial"
+        with open(partial, "w") as f:
             json.dump(report, f, indent=2)
+        os.replace(partial, args.json)
 
     if args.tests:
         with section(report, "gpu_tests", save):
-            report["gpu_tests"] = test_results(args.tests)
+            report["gpu_tests"] = test_results(args.tests, args.tests_exit)
     ops = select("cuda")
     report["device"], report["products"], report["fp16_experts"] = ops.device_name, ops.products, ops.fp16_experts
     report["copy_gb_s"] = round(copy_bandwidth(), 1)
@@ -737,13 +743,19 @@ def print_table(report: dict) -> None:
     for name, t in report.get("targets", {}).items():
         verdict = {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
         print(f"target {name}: {'>=' if t['kind'] == 'min' else '<='} {t['target']}, measured {t['measured']}: {verdict}")
-    if "gpu_tests" in report and "error" in report["gpu_tests"]:
-        print(f"gpu tests: their JUnit XML could not be read: {report['gpu_tests']['error']}")
-    elif "gpu_tests" in report:
-        t = report["gpu_tests"]
-        print(f"gpu tests: {t['passed']} passed, {t['failed']} failed, {t['skipped']} skipped")
-        for name, err in t["rel_errors"].items():
-            print(f"  {name:<60} {err:.2e}")
+    if "gpu_tests" in report:
+        print_gpu_tests(report["gpu_tests"])
+
+
+def print_gpu_tests(t: dict) -> None:
+    """The gpu tests' counts and relative errors (test_results), or why their XML could not be read."""
+    if "error" in t:
+        print(f"gpu tests: their JUnit XML could not be read: {t['error']}")
+        return
+    cut = f", cut off by the time limit ({t['cut_off']} test stopped)" if t.get("pytest_exit") == 124 else ""
+    print(f"gpu tests: {t['passed']} passed, {t['failed']} failed, {t['skipped']} skipped{cut}")
+    for name, err in t["rel_errors"].items():
+        print(f"  {name:<60} {err:.2e}")
 
 
 def print_errors(report: dict, names) -> None:

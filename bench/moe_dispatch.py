@@ -55,6 +55,10 @@ def main() -> None:
 
     exact = gptoss_np.load(args.checkpoint, device=args.device)
     rows = []
+    result = {"benchmark": "moe_dispatch", "date": date.today().isoformat(), "commit": commit(),
+              "device": exact.ops.name, "machine": machine(exact.ops), "config": CONFIG, "rows": rows}
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"moe-dispatch-{result['date']}-{exact.ops.name}.json"
     print(f"{'tokens':>7}{'ratio':>7}{'budget':>8}{'dropped':>9}{'unrouted':>10}{'rel err':>10}{'time/exact':>12}")
     for n in args.tokens:
         ids = np.random.default_rng(n).integers(0, exact.config.vocab_size, n)
@@ -71,11 +75,7 @@ def main() -> None:
                          "seconds": seconds, "exact_seconds": ref_seconds})
             print(f"{n:>7}{ratio:>7.1f}{budget:>8}{dropped:>9.1%}{unrouted:>10.1%}{err:>10.2e}"
                   f"{seconds / ref_seconds:>12.2f}")
-    result = {"benchmark": "moe_dispatch", "date": date.today().isoformat(), "commit": commit(),
-              "device": exact.ops.name, "machine": machine(exact.ops), "config": CONFIG, "rows": rows}
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"moe-dispatch-{result['date']}-{exact.ops.name}.json"
-    path.write_text(json.dumps(result, indent=2))
+            path.write_text(json.dumps(result, indent=2))  # after each row: a run cut short keeps its rows
     print(f"wrote {path}")
 
 

@@ -103,8 +103,8 @@ def test_benchmark_runs_and_writes_its_json(bench, tmp_path, monkeypatch, capsys
     assert saved["transformers"] == {"error": "RuntimeError: no transformers here"}
     table = capsys.readouterr().out
     assert "transformers failed: RuntimeError: no transformers here" in table
-    assert saved["gpu_tests"] == {"passed": 1, "failed": 1, "skipped": 1,
-                                  "rel_errors": {"test_close:rel_err_hf": 2.5e-06}}
+    assert saved["gpu_tests"] == {"passed": 1, "failed": 1, "skipped": 1, "cut_off": 0,
+                                  "rel_errors": {"test_close:rel_err_hf": 2.5e-06}, "pytest_exit": None}
     assert "gpu tests: 1 passed, 1 failed, 1 skipped" in table and "rel_err_hf" in table
     sim.assert_launched_as_checked(own_module="bench_gpu")  # the kernels it times are the ones the engine runs
     bench.print_table({**report, "gpu_tests": {"error": "ParseError: no element found"}})  # an unreadable XML
@@ -123,6 +123,21 @@ def junit_xml(folder: Path) -> Path:
     subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore",
                     str(folder / "test_three.py"), f"--junitxml={xml}"], cwd=folder, capture_output=True, check=False)
     return xml
+
+
+def test_gpu_tests_cut_off_by_the_time_limit_are_reported(bench, tmp_path, capsys):
+    """gpu_check.sh stops the gpu tests at its limit with SIGINT: pytest still writes the XML, holding the
+    tests that finished and a nameless testcase for the one it stopped, which must not count as passed."""
+    (tmp_path / "test_slow.py").write_text("import time\n\ndef test_quick():\n    pass\n\n"
+                                           "def test_slow():\n    time.sleep(60)\n")
+    xml = tmp_path / "tests.xml"
+    done = subprocess.run(["timeout", "-s", "INT", "-k", "20", "6", sys.executable, "-m", "pytest", "-q", "-p",
+                           "no:cacheprovider", "test_slow.py", f"--junitxml={xml}"], cwd=tmp_path, capture_output=True)
+    assert done.returncode == 124
+    results = bench.test_results(str(xml), done.returncode)
+    assert (results["passed"], results["failed"], results["cut_off"], results["pytest_exit"]) == (1, 0, 1, 124)
+    bench.print_gpu_tests(results)
+    assert "gpu tests: 1 passed, 0 failed, 0 skipped, cut off by the time limit (1 test stopped)" in capsys.readouterr().out
 
 
 def test_transformers_baseline_runs(bench):
