@@ -502,7 +502,8 @@ def _generate(args: argparse.Namespace) -> int:
             raise CliError(f"--{name.replace('_', '-')} is for chat; --raw continues --prompt as plain text")
     filters = [f"--{name.replace('_', '-')}" for name in ("top_k", "top_p", "min_p") if getattr(args, name) is not None]
     if args.temperature == 0 and filters:
-        _note(f"{' and '.join(filters)} change nothing at --temperature 0: generation is greedy")
+        _note(f"{' and '.join(filters)} change{'s' if len(filters) == 1 else ''} nothing at --temperature 0: "
+              f"generation is greedy")
         args.top_k = args.top_p = args.min_p = None
     folder = _checkpoint_folder(args.model)
     args.reasoning_effort = args.reasoning_effort or REASONING_EFFORT

@@ -148,8 +148,9 @@ def test_default_run_is_chat_with_the_untrained_notice(capsys, default_folder, h
     assert 1 <= new_tokens <= 12
 
 
-@pytest.mark.parametrize("filters", [[], ["--top-p", "0.5", "--min-p", "0.1"]])
-def test_raw_greedy_equals_model_generate(capsys, default_model, harmony_tokenizer, filters):
+@pytest.mark.parametrize("filters, note", [([], None), (["--top-k", "5"], "--top-k changes"),
+                                           (["--top-p", "0.5", "--min-p", "0.1"], "--top-p and --min-p change")])
+def test_raw_greedy_equals_model_generate(capsys, default_model, harmony_tokenizer, filters, note):
     """Greedy is model.generate's greedy; sampling filters given with it change nothing, and a note says so."""
     prompt = "The quick brown fox"
     with warnings.catch_warnings():
@@ -157,7 +158,8 @@ def test_raw_greedy_equals_model_generate(capsys, default_model, harmony_tokeniz
         code, out, err = run_cli(capsys, "--raw", "--prompt", prompt, "--temperature", "0", "--max-new-tokens", "20",
                                  *filters)
     assert code == 0
-    assert ("--top-p and --min-p change nothing at --temperature 0" in err) == bool(filters)
+    assert ("nothing at --temperature 0: generation is greedy" in err) == bool(filters)
+    assert note is None or f"{note} nothing at --temperature 0" in err
     expected, ids = greedy_text(default_model, harmony_tokenizer, harmony_tokenizer.encode(prompt), 20,
                                 GPT_OSS_STOPS)
     assert out == expected
