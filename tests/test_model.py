@@ -156,7 +156,7 @@ def test_a_decode_step_with_nan_logits_is_an_error_too(checkpoint_dir, monkeypat
         next(tokens)
 
 
-@pytest.mark.parametrize("name", ["tiny", "gqa4_sharded"])
+@pytest.mark.parametrize("name", ["tiny", "gqa4_sharded", "window1"])
 def test_prefill_then_decode_equals_full_sequence(name, checkpoint_dir, hf_model):
     folder = checkpoint_dir(name)
     model = gptoss_np.load(folder)
@@ -193,7 +193,7 @@ def test_long_sequences_run_in_passes(checkpoint_dir, hf_model, monkeypatch):
     assert rel_err(ours, hf_logits(hf_model(folder), ids)) <= TOL
 
 
-@pytest.mark.parametrize("name", ["tiny", "top1_sliding", "mha_tied"])
+@pytest.mark.parametrize("name", ["tiny", "top1_sliding", "mha_tied", "window1"])
 def test_static_shape_decode_matches_transformers(name, checkpoint_dir, hf_model):
     """The decode step that CUDA graphs replay: every one-token update writes slot position % size and
     attends over the layer's whole buffer, with the position given as an array (not cache.length)."""

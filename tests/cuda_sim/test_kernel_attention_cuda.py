@@ -25,6 +25,7 @@ def inputs(rng, T, S, H, G, Dh):
     (1, 19, None, 4, 2, 16),  # decode: one query, several splits, the last chunk partial
     (9, 30, 4, 8, 2, 16),  # 4 heads a kv head: 2 queries per block; chunks outside every row's window are skipped
     (1, 13, None, 8, 8, 16),  # no GQA: a block holds 1 row
+    (3, 11, 1, 4, 2, 16),  # window 1: each query sees only its own key (and the sink)
     pytest.param(3, 40, 20, 8, 1, 64, marks=pytest.mark.shipped_launches),  # gpt-oss's 8:1 GQA and head dim
     pytest.param(1, 70, None, 8, 2, 64, marks=pytest.mark.shipped_launches),  # decode: 3 splits of 24 keys
 ])
