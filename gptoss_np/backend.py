@@ -127,7 +127,8 @@ def eager_decoder(model, cache):
 
 
 class DeviceUnavailableError(NotImplementedError):
-    """The requested device cannot run on this machine (the message says why)."""
+    """The requested device cannot run here: no usable GPU, or a model its kernels cannot run (the
+    message says why)."""
 
 
 def cuda_unusable_reason() -> str | None:
@@ -151,9 +152,9 @@ def cuda_unusable_reason() -> str | None:
     return None
 
 
-def select(device: str, cuda_graphs: bool = True, weights_bytes: int = 0):
-    """The ops for "cpu", "cuda" or "auto" (the GPU when one is usable and `weights_bytes` of weights fit
-    in its free memory, else the CPU).
+def select(device: str, cuda_graphs: bool = True, weights_bytes: int = 0, config=None):
+    """The ops for "cpu", "cuda" or "auto" (the GPU when one is usable, its kernels run `config`, a
+    GptOssConfig, and `weights_bytes` of weights fit in its free memory; else the CPU).
 
     "auto" logs its choice and the reason; the returned ops' `name` says which it is, and a CPU's
     `reason` why not the GPU. On the GPU, `cuda_graphs` replays decode steps from a CUDA graph
@@ -165,7 +166,11 @@ def select(device: str, cuda_graphs: bool = True, weights_bytes: int = 0):
         if reason is None:
             from .backend_cuda import CudaOps
             ops = CudaOps(graphs=cuda_graphs)
-            reason = ops.room_shortage(weights_bytes) if device == "auto" else None
+            reason = ops.unsupported(config) if config is not None else None
+            if reason is not None:
+                reason = f"the CUDA kernels cannot run this model: {reason}"
+            elif device == "auto":
+                reason = ops.room_shortage(weights_bytes)
             if reason is None:
                 log.info("device=%r: using the GPU, %s", device, ops.device_name)
                 return ops

@@ -178,6 +178,24 @@ class CudaOps:
         if shortage:
             raise MemoryError(shortage)
 
+    @staticmethod
+    def unsupported(config) -> str | None:
+        """What of `config` (GptOssConfig) the kernels cannot run, or None: every gpt-oss model runs."""
+        c, a = config, attention_cuda
+        H, G, Dh = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        problems = []
+        if not a.fits(H, G, Dh):
+            problems.append(f"{H // G} query heads a key/value head with head_dim {Dh} (the attention kernel takes up "
+                            f"to {a.ROWS} query heads a key/value head, and head dims that divide {a.THREADS}, up to "
+                            f"{a.MAX_DH})")
+        if c.num_experts_per_tok > moe_cuda.MAX_K or c.num_local_experts > moe_cuda.MAX_EXPERTS:
+            problems.append(f"{c.num_experts_per_tok} of {c.num_local_experts} experts a token (the routing kernels "
+                            f"take up to {moe_cuda.MAX_K} of {moe_cuda.MAX_EXPERTS})")
+        if max(c.hidden_size, c.intermediate_size) > mxfp4_cuda.GEMV_MAX_K:
+            problems.append(f"hidden_size {c.hidden_size} and intermediate_size {c.intermediate_size} (the experts' "
+                            f"GEMV takes rows of up to {mxfp4_cuda.GEMV_MAX_K} weights)")
+        return "; ".join(problems) or None
+
     # -- ops
     def embed(self, table, ids):
         ids = cp.asarray(ids, dtype=cp.int64)

@@ -195,10 +195,10 @@ class GptOss:
 
 def load(path: str | Path, device: str = "cpu", progress: bool | None = None, *, moe_dispatch: str = "exact",
          tokens_per_expert_ratio: float = 2.0, cuda_graphs: bool = True, quantize_experts: bool = False) -> GptOss:
-    """Load a Hugging Face gpt-oss checkpoint on "cpu", "cuda" or "auto" (the GPU when one is usable and
-    the weights fit in its free memory, else the CPU; `model.ops.reason` says why): its folder, or its
-    hub id (`openai/gpt-oss-20b`) when it is in the local Hugging Face cache (see hub.py; nothing is
-    downloaded).
+    """Load a Hugging Face gpt-oss checkpoint on "cpu", "cuda" or "auto" (the GPU when one is usable, its
+    kernels run the model and the weights fit in its free memory, else the CPU; `model.ops.reason` says
+    why): its folder, or its hub id (`openai/gpt-oss-20b`) when it is in the local Hugging Face cache
+    (see hub.py; nothing is downloaded).
 
     progress: progress bars on stderr, while loading (None: for checkpoints over 1 GB) and through the
     layers of a prompt's forward pass when it takes more than 2 s (None: on a terminal); True: always,
@@ -216,5 +216,5 @@ def load(path: str | Path, device: str = "cpu", progress: bool | None = None, *,
     """
     rule = DispatchRule(moe_dispatch, tokens_per_expert_ratio)
     checkpoint = Checkpoint(hub.resolve(path), quantize_experts=quantize_experts)
-    ops = backend.select(device, cuda_graphs=cuda_graphs, weights_bytes=checkpoint.nbytes)
+    ops = backend.select(device, cuda_graphs=cuda_graphs, weights_bytes=checkpoint.nbytes, config=checkpoint.config)
     return GptOss(checkpoint, ops, progress=progress, dispatch_rule=rule)

@@ -256,6 +256,13 @@ def _combine_kernel(m_in, l_in, acc_in, sinks, out):
     out[t, h, d] = acc / denom
 
 
+def fits(H: int, G: int, Dh: int) -> bool:
+    """Whether the kernels take H query heads over G key/value heads of Dh dimensions (gpt-oss: 64 over
+    8 of 64): a head dim that divides THREADS, up to MAX_DH, and up to ROWS query heads a kv head."""
+    return (H % G == 0 and H // G <= ROWS and Dh <= MAX_DH and Dh % OUT_DIMS == 0 and THREADS % Dh == 0
+            and Dh % DIM_STEP == 0 and THREADS * OUT_ROWS >= ROWS * (Dh // OUT_DIMS))
+
+
 def attention(q, k, v, q_pos, k_pos, sinks, window: int | None, scale: float, out):
     """out [T, H, Dh] f32 = softmax-with-sinks attention of q [T, H, Dh] over k, v [S, G, Dh] (f32).
 
@@ -263,10 +270,7 @@ def attention(q, k, v, q_pos, k_pos, sinks, window: int | None, scale: float, ou
     query head h reads kv head h // (H / G); sinks [H] f32."""
     T, H, Dh = q.shape
     S, G = k.shape[:2]
-    dims = Dh // OUT_DIMS  # the threads that share a row's outputs
-    check(H % G == 0 and H // G <= ROWS and Dh <= MAX_DH and Dh % OUT_DIMS == 0 and THREADS % Dh == 0
-          and THREADS * OUT_ROWS >= ROWS * dims and ROWS % OUT_ROWS == 0 and ROWS % SCORE_ROWS == 0
-          and KEYS % 4 == 0 and Dh % DIM_STEP == 0 and KEYS % KEY_STEP == 0
+    check(fits(H, G, Dh) and ROWS % OUT_ROWS == 0 and ROWS % SCORE_ROWS == 0 and KEYS % 4 == 0 and KEYS % KEY_STEP == 0
           and KEYS % SCORE_KEYS == 0 and THREADS % (KEYS // SCORE_KEYS) == 0
           and THREADS * SCORE_ROWS >= ROWS * (KEYS // SCORE_KEYS) and KEYS <= THREADS
           and k.shape == (S, G, Dh) and v.shape == (S, G, Dh) and q_pos.shape == (T,) and k_pos.shape == (S,)

@@ -18,6 +18,7 @@ import gptoss_np
 from gptoss_np import GptOss, PromptCache, backend, synthetic
 from gptoss_np.backend import CpuOps
 from gptoss_np.checkpoint import Checkpoint
+from gptoss_np.config import GptOssConfig
 from gptoss_np.dispatch import DispatchRule
 from gptoss_np.kernels import bf16, bf16_cuda, moe, moe_cuda, mxfp4, norm_rope_cuda
 
@@ -259,3 +260,30 @@ def test_auto_takes_the_cpu_when_the_weights_do_not_fit_the_gpu(cuda_ops, monkey
     monkeypatch.setattr(sim, "FREE_BYTES", Checkpoint(folder).nbytes)
     model = gptoss_np.load(folder, device="auto")
     assert model.ops.name == "cuda" and model.ops.reason is None
+
+
+@pytest.mark.shipped_launches
+def test_models_the_kernels_cannot_run_are_refused_at_load(cuda_ops, monkeypatch, tmp_path):
+    """Every gpt-oss model fits the kernels. A model that does not (a head dim over 64, more experts a
+    token than the routing takes, rows longer than the experts' GEMV stages): "cuda" refuses it at
+    load, naming what does not fit, and "auto" takes the CPU, saying why. Before, it loaded and the
+    first forward pass failed in a kernel's shape check."""
+    for preset in ("gpt-oss-20b", "gpt-oss-120b", "tiny"):
+        assert cuda_ops.unsupported(GptOssConfig.from_dict(synthetic.config_dict(preset))) is None
+    misfits = {"query heads a key/value head with head_dim 128": dict(head_dim=128),
+               "8 query heads a key/value head with head_dim 48": dict(head_dim=48, num_attention_heads=8,
+                                                                        num_key_value_heads=1),
+               "17 of 32 experts a token": dict(num_local_experts=32, num_experts_per_tok=17),
+               "hidden_size 4128 and intermediate_size 64": dict(hidden_size=4128)}
+    for words, overrides in misfits.items():
+        reason = cuda_ops.unsupported(GptOssConfig.from_dict(synthetic.config_dict("tiny", **overrides)))
+        assert reason is not None and words in reason
+    monkeypatch.setattr(backend, "cuda_unusable_reason", lambda: None)  # the simulator stands in for a GPU
+    folder = synthetic.write_checkpoint(tmp_path, synthetic.config_dict("tiny", **{**SMALL, "head_dim": 128}))
+    with pytest.raises(gptoss_np.DeviceUnavailableError,
+                       match=r"device='cuda' cannot run: the CUDA kernels cannot run this model: 2 query heads a "
+                             r"key/value head with head_dim 128 \(the attention kernel takes up to 64 query heads a "
+                             r"key/value head, and head dims that divide 128, up to 64\)$"):
+        gptoss_np.load(folder, device="cuda")
+    model = gptoss_np.load(folder, device="auto")
+    assert model.ops.name == "cpu" and model.ops.reason.startswith("the CUDA kernels cannot run this model: 2 query")
