@@ -77,6 +77,33 @@ def test_tiny_model_prefill_and_decode(cuda_ops, tmp_path, monkeypatch):
             cuda_ops.sample(damaged, rng=np.random.default_rng(3), **settings)
 
 
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_small_models(cuda_ops, tmp_path, monkeypatch, seed):
+    """SMALL with heads, experts, top-k, window, layer types, bias, tying and dispatch drawn at random
+    (within the simulator's launch shapes): a prefill, then decode steps replayed from a (stood-in)
+    CUDA graph, as the CPU engine computes them."""
+    rng = np.random.default_rng(seed)
+    G, E, L = int(rng.choice([1, 2])), int(rng.integers(1, 7)), int(rng.integers(1, 3))
+    k = int(rng.integers(1, E + 1))
+    rule = DispatchRule(str(rng.choice(["exact", "expert_choice"])), float(rng.choice([0.5, 2.0])))
+    cpu, gpu = engines(cuda_ops, tmp_path, rule, num_attention_heads=G * int(rng.integers(1, 4)), num_key_value_heads=G,
+                       head_dim=int(rng.choice([8, 16])), hidden_size=int(rng.choice([32, 64])),
+                       intermediate_size=int(rng.choice([32, 64])), num_local_experts=E, num_experts_per_tok=k,
+                       experts_per_token=k, num_hidden_layers=L, sliding_window=int(rng.integers(1, 7)),
+                       layer_types=[str(rng.choice(["sliding_attention", "full_attention"])) for _ in range(L)],
+                       attention_bias=bool(rng.integers(0, 2)), tie_word_embeddings=bool(rng.integers(0, 2)))
+    T = int(rng.integers(1, 20))
+    ids = rng.integers(0, cpu.config.vocab_size, T + 3)
+    caches = cpu.new_cache(T + 3), gpu.new_cache(T + 3)
+    ours, ref = gpu.forward(ids[:T], caches[1], all_logits=True), cpu.forward(ids[:T], caches[0], all_logits=True)
+    assert rel_err(cuda_ops.to_numpy(ours), ref) < 1e-5
+    sim.stand_in_graphs(monkeypatch, sys.modules["gptoss_np.cuda_graph"], caches[1])
+    decode = cuda_ops.decoder(gpu, caches[1])
+    for token in ids[T:]:
+        ours, ref = decode(int(token)), cpu.forward(token[None], caches[0])
+        assert rel_err(cuda_ops.to_numpy(ours), ref) < 1e-5
+
 def test_prompt_cache_rewinds_a_static_shape_cache(cuda_ops, tmp_path):
     """Two turns through one PromptCache: the second rewinds the cache that the first one's decode left
     with static shapes and a sliding window overwritten by the reply, and runs only its new tokens."""
