@@ -185,9 +185,10 @@ class CudaOps:
         H, G, Dh = c.num_attention_heads, c.num_key_value_heads, c.head_dim
         problems = []
         if not a.fits(H, G, Dh):
+            smallest = math.lcm(a.OUT_DIMS, a.DIM_STEP)
             problems.append(f"{H // G} query heads a key/value head with head_dim {Dh} (the attention kernel takes up "
-                            f"to {a.ROWS} query heads a key/value head, and head dims that divide {a.THREADS}, up to "
-                            f"{a.MAX_DH})")
+                            f"to {a.ROWS} query heads a key/value head, and head dims from {smallest} to {a.MAX_DH} "
+                            f"that divide {a.THREADS})")
         if c.num_experts_per_tok > moe_cuda.MAX_K or c.num_local_experts > moe_cuda.MAX_EXPERTS:
             problems.append(f"{c.num_experts_per_tok} of {c.num_local_experts} experts a token (the routing kernels "
                             f"take up to {moe_cuda.MAX_K} of {moe_cuda.MAX_EXPERTS})")

@@ -310,7 +310,7 @@ def test_models_the_kernels_cannot_run_are_refused_at_load(cuda_ops, monkeypatch
     with pytest.raises(gptoss_np.DeviceUnavailableError,
                        match=r"device='cuda' cannot run: the CUDA kernels cannot run this model: 2 query heads a "
                              r"key/value head with head_dim 128 \(the attention kernel takes up to 64 query heads a "
-                             r"key/value head, and head dims that divide 128, up to 64\)$"):
+                             r"key/value head, and head dims from 4 to 64 that divide 128\)$"):
         gptoss_np.load(folder, device="cuda")
     model = gptoss_np.load(folder, device="auto")
     assert model.ops.name == "cpu" and model.ops.reason.startswith("the CUDA kernels cannot run this model: 2 query")
