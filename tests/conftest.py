@@ -151,6 +151,42 @@ def rewrite_tensors(folder, change) -> None:
     write(folder / "model.safetensors", tensors)
 
 
+def random_config(rng) -> dict:
+    """config.json overrides for a random small model, beyond CHECKPOINTS' shapes and options: head dims
+    from 2 to 128, one expert or all of them a token, windows from 1, either RoPE, ..."""
+    G, L, E = int(rng.choice([1, 2, 4])), int(rng.integers(1, 4)), int(rng.integers(1, 13))
+    k = int(rng.integers(1, E + 1))
+    yarn = {"rope_type": "yarn", "factor": float(rng.choice([2.0, 32.0])), "beta_fast": float(rng.choice([8.0, 32.0])),
+            "beta_slow": float(rng.choice([1.0, 2.0])), "truncate": bool(rng.integers(0, 2)),
+            "original_max_position_embeddings": int(rng.choice([16, 64, 4096]))}
+    return dict(num_attention_heads=G * int(rng.integers(1, 5)), num_key_value_heads=G,
+                head_dim=int(rng.choice([2, 6, 8, 12, 20, 64, 128])), hidden_size=32 * int(rng.integers(1, 11)),
+                intermediate_size=32 * int(rng.integers(1, 8)), num_hidden_layers=L, num_local_experts=E,
+                num_experts_per_tok=k, experts_per_token=k, sliding_window=int(rng.integers(1, 21)),
+                layer_types=[str(rng.choice(["sliding_attention", "full_attention"])) for _ in range(L)],
+                rope_scaling=yarn if rng.integers(0, 2) else {"rope_type": "default"},
+                rope_theta=float(rng.choice([1e4, 1.5e5])), attention_bias=bool(rng.integers(0, 2)),
+                tie_word_embeddings=bool(rng.integers(0, 2)), swiglu_limit=float(rng.choice([1.5, 7.0, 20.0])),
+                vocab_size=int(rng.choice([97, 512, 1000])), max_position_embeddings=512)
+
+
+def random_checkpoint(folder, seed: int):
+    """A random small model (random_config, RoPE settings in either style, one or two shards) written to
+    `folder`, the same for a seed."""
+    rng = np.random.default_rng(seed)
+    style = str(rng.choice(["scaling", "parameters"]))
+    return synthetic.write_checkpoint(folder, synthetic.config_dict("tiny", rope_style=style, **random_config(rng)),
+                                      seed=seed, shards=int(rng.integers(1, 3)))
+
+
+def assert_greedy(tokens, logits, tol: float) -> None:
+    """Each token is the argmax of its step's logits [len(tokens), V], but where the two best of them tie
+    within `tol` (relative to the largest logit): there a greedy pick may go either way."""
+    for step, (token, row) in enumerate(zip(tokens, logits)):
+        second, best = np.sort(row)[-2:]
+        assert token == row.argmax() or best - second <= tol * np.abs(row).max(), (step, token, int(row.argmax()))
+
+
 def rel_err(a, b) -> float:
     return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(np.asarray(b, np.float64)))
 
