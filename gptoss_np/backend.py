@@ -167,9 +167,7 @@ def select(device: str, cuda_graphs: bool = True, weights_bytes: int = 0, config
             from .backend_cuda import CudaOps
             ops = CudaOps(graphs=cuda_graphs)
             reason = ops.unsupported(config) if config is not None else None
-            if reason is not None:
-                reason = f"the CUDA kernels cannot run this model: {reason}"
-            elif device == "auto":
+            if reason is None and device == "auto":
                 reason = ops.room_shortage(weights_bytes)
             if reason is None:
                 log.info("device=%r: using the GPU, %s", device, ops.device_name)

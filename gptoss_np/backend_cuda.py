@@ -180,7 +180,8 @@ class CudaOps:
 
     @staticmethod
     def unsupported(config) -> str | None:
-        """What of `config` (GptOssConfig) the kernels cannot run, or None: every gpt-oss model runs."""
+        """What of `config` (GptOssConfig) the kernels cannot run, as room_shortage says what does not fit; None
+        when they run it, as they run every gpt-oss model."""
         c, a = config, attention_cuda
         H, G, Dh = c.num_attention_heads, c.num_key_value_heads, c.head_dim
         problems = []
@@ -195,7 +196,7 @@ class CudaOps:
         if max(c.hidden_size, c.intermediate_size) > mxfp4_cuda.GEMV_MAX_K:
             problems.append(f"hidden_size {c.hidden_size} and intermediate_size {c.intermediate_size} (the experts' "
                             f"GEMV takes rows of up to {mxfp4_cuda.GEMV_MAX_K} weights)")
-        return "; ".join(problems) or None
+        return f"the CUDA kernels cannot run this model: {'; '.join(problems)}" if problems else None
 
     # -- ops
     def embed(self, table, ids):

@@ -44,8 +44,10 @@ def test_random_configs_match_transformers(seed, tmp_path, hf_model):
     rng = np.random.default_rng(seed)
     ids = rng.integers(0, model.config.vocab_size, int(rng.integers(1, 150)))
     assert rel_err(model.logits(ids), hf_logits(hf, ids)) <= TOL
-    new = list(model.generate(ids[:20], 8))
-    assert_greedy(new, hf_logits(hf, np.concatenate([ids[:20], new]))[len(ids[:20]) - 1:-1], TOL)
+    start = ids[:20]
+    new = list(model.generate(start, 8))
+    steps = hf_logits(hf, np.concatenate([start, new]))[len(start) - 1:-1]  # [8, V]: the logits each new token follows
+    assert_greedy(new, steps, TOL)
 
 
 @pytest.mark.slow

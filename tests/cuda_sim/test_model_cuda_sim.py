@@ -77,7 +77,6 @@ def test_tiny_model_prefill_and_decode(cuda_ops, tmp_path, monkeypatch):
             cuda_ops.sample(damaged, rng=np.random.default_rng(3), **settings)
 
 
-
 @pytest.mark.parametrize("seed", range(3))
 def test_random_small_models(cuda_ops, tmp_path, monkeypatch, seed):
     """SMALL with heads, experts, top-k, window, layer types, bias, tying and dispatch drawn at random
@@ -103,6 +102,7 @@ def test_random_small_models(cuda_ops, tmp_path, monkeypatch, seed):
     for token in ids[T:]:
         ours, ref = decode(int(token)), cpu.forward(token[None], caches[0])
         assert rel_err(cuda_ops.to_numpy(ours), ref) < 1e-5
+
 
 def test_prompt_cache_rewinds_a_static_shape_cache(cuda_ops, tmp_path):
     """Two turns through one PromptCache: the second rewinds the cache that the first one's decode left
