@@ -7,11 +7,13 @@ bench/gpu_check.sh runs this file on the device machine.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
 import gptoss_np
-from conftest import CHECKPOINTS, hf_logits, load_hf, model_like_weights, rel_err
+from conftest import CHECKPOINTS, assert_greedy, hf_logits, load_hf, model_like_weights, random_checkpoint, rel_err
 from gptoss_np import backend, fp16x2, sampling, synthetic
 from gptoss_np.kernels import attention, bf16, moe, mxfp4, norm_rope
 
@@ -241,6 +243,37 @@ def test_logits_match_cpu_and_transformers(name, checkpoint_dir, hf_cuda, record
     for key, value in errors.items():
         record_property(key, value)
     assert max(errors.values()) <= TOL, errors
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_models_match_cpu_and_transformers(seed, tmp_path, hf_cuda, record_property):
+    """Random small models (conftest.random_checkpoint): of those the kernels take (seeds 1, 2, 4, 5, 8),
+    the logits of a random prompt of 1 to 299 tokens (a prefill path by its length: the experts' GEMV, the
+    tiled matmul, from 256 tokens cuBLAS) are the CPU engine's and transformers', and a greedy continuation
+    replayed from a CUDA graph takes their argmax at each step; the others (a head dim of 2, 6, 12, 20 or
+    128) are refused at load, and "auto" takes the CPU, saying why."""
+    folder = random_checkpoint(tmp_path, seed)
+    cpu = gptoss_np.load(folder)
+    from gptoss_np.backend_cuda import CudaOps
+    reason = CudaOps.unsupported(cpu.config)
+    if reason:
+        with pytest.raises(gptoss_np.DeviceUnavailableError, match=re.escape(reason)):
+            gptoss_np.load(folder, device="cuda")
+        assert gptoss_np.load(folder, device="auto").ops.reason == reason
+        return
+    gpu, hf = gptoss_np.load(folder, device="cuda"), hf_cuda(folder)
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, cpu.config.vocab_size, int(rng.integers(1, 300)))
+    ours = gpu.logits(ids)
+    errors = {"rel_err_cpu": rel_err(ours, cpu.logits(ids)), "rel_err_hf": rel_err(ours, hf_logits(hf, ids))}
+    for key, value in errors.items():
+        record_property(key, value)
+    assert max(errors.values()) <= TOL, errors
+    start = ids[:20]
+    new = list(gpu.generate(start, 8))
+    assert gpu.ops.graphs
+    for oracle in (cpu.logits, lambda tokens: hf_logits(hf, tokens)):
+        assert_greedy(new, oracle(np.concatenate([start, new]))[len(start) - 1:-1], TOL)
 
 
 @pytest.mark.parametrize("name", ["tiny", "gqa4_sharded"])
