@@ -250,7 +250,7 @@ def test_random_models_match_cpu_and_transformers(seed, tmp_path, hf_cuda, recor
     """Random small models (conftest.random_checkpoint): of those the kernels take (seeds 1, 2, 4, 5, 8),
     the logits of a random prompt of 1 to 299 tokens (a prefill path by its length: the experts' GEMV, the
     tiled matmul, from 256 tokens cuBLAS) are the CPU engine's and transformers', and a greedy continuation
-    replayed from a CUDA graph takes their argmax at each step; the others (a head dim of 2, 6, 12, 20 or
+    replayed from a CUDA graph takes their argmax at each step; the others (a head dim of 2, 12, 20 or
     128) are refused at load, and "auto" takes the CPU, saying why."""
     folder = random_checkpoint(tmp_path, seed)
     cpu = gptoss_np.load(folder)
