@@ -245,37 +245,6 @@ def test_logits_match_cpu_and_transformers(name, checkpoint_dir, hf_cuda, record
     assert max(errors.values()) <= TOL, errors
 
 
-@pytest.mark.parametrize("seed", range(12))
-def test_random_models_match_cpu_and_transformers(seed, tmp_path, hf_cuda, record_property):
-    """Random small models (conftest.random_checkpoint): of those the kernels take (seeds 1, 2, 4, 5, 8),
-    the logits of a random prompt of 1 to 299 tokens (a prefill path by its length: the experts' GEMV, the
-    tiled matmul, from 256 tokens cuBLAS) are the CPU engine's and transformers', and a greedy continuation
-    replayed from a CUDA graph takes their argmax at each step; the others (a head dim of 2, 12, 20 or
-    128) are refused at load, and "auto" takes the CPU, saying why."""
-    folder = random_checkpoint(tmp_path, seed)
-    cpu = gptoss_np.load(folder)
-    from gptoss_np.backend_cuda import CudaOps
-    reason = CudaOps.unsupported(cpu.config)
-    if reason:
-        with pytest.raises(gptoss_np.DeviceUnavailableError, match=re.escape(reason)):
-            gptoss_np.load(folder, device="cuda")
-        assert gptoss_np.load(folder, device="auto").ops.reason == reason
-        return
-    gpu, hf = gptoss_np.load(folder, device="cuda"), hf_cuda(folder)
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(0, cpu.config.vocab_size, int(rng.integers(1, 300)))
-    ours = gpu.logits(ids)
-    errors = {"rel_err_cpu": rel_err(ours, cpu.logits(ids)), "rel_err_hf": rel_err(ours, hf_logits(hf, ids))}
-    for key, value in errors.items():
-        record_property(key, value)
-    assert max(errors.values()) <= TOL, errors
-    start = ids[:20]
-    new = list(gpu.generate(start, 8))
-    assert gpu.ops.graphs
-    for oracle in (cpu.logits, lambda tokens: hf_logits(hf, tokens)):
-        assert_greedy(new, oracle(np.concatenate([start, new]))[len(start) - 1:-1], TOL)
-
-
 @pytest.mark.parametrize("name", ["tiny", "gqa4_sharded"])
 def test_prefill_then_decode_equals_full_sequence(name, checkpoint_dir):
     model = gptoss_np.load(checkpoint_dir(name), device="cuda")
@@ -351,3 +320,34 @@ def test_two_layers_of_20b(two_layer_20b, hf_cuda, record_property):
     err_hf = rel_err(ours, hf_logits(hf_cuda(two_layer_20b), ids))
     record_property("rel_err_hf", err_hf)
     assert err_hf <= TOL
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_models_match_cpu_and_transformers(seed, tmp_path, hf_cuda, record_property):
+    """Random small models (conftest.random_checkpoint): of those the kernels take (seeds 1, 2, 4, 5, 8),
+    the logits of a random prompt of 1 to 299 tokens (a prefill path by its length: the experts' GEMV, the
+    tiled matmul, from 256 tokens cuBLAS) are the CPU engine's and transformers', and a greedy continuation
+    replayed from a CUDA graph takes their argmax at each step; the others (a head dim of 2, 12, 20 or
+    128) are refused at load, and "auto" takes the CPU, saying why."""
+    folder = random_checkpoint(tmp_path, seed)
+    cpu = gptoss_np.load(folder)
+    from gptoss_np.backend_cuda import CudaOps
+    reason = CudaOps.unsupported(cpu.config)
+    if reason:
+        with pytest.raises(gptoss_np.DeviceUnavailableError, match=re.escape(reason)):
+            gptoss_np.load(folder, device="cuda")
+        assert gptoss_np.load(folder, device="auto").ops.reason == reason
+        return
+    gpu, hf = gptoss_np.load(folder, device="cuda"), hf_cuda(folder)
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, cpu.config.vocab_size, int(rng.integers(1, 300)))
+    ours = gpu.logits(ids)
+    errors = {"rel_err_cpu": rel_err(ours, cpu.logits(ids)), "rel_err_hf": rel_err(ours, hf_logits(hf, ids))}
+    for key, value in errors.items():
+        record_property(key, value)
+    assert max(errors.values()) <= TOL, errors
+    start = ids[:20]
+    new = list(gpu.generate(start, 8))
+    assert gpu.ops.graphs
+    for oracle in (cpu.logits, lambda tokens: hf_logits(hf, tokens)):
+        assert_greedy(new, oracle(np.concatenate([start, new]))[len(start) - 1:-1], TOL)
