@@ -75,7 +75,8 @@ def new_token_room(model, prompt_tokens: int, max_new_tokens: int) -> int:
     model's context ends; ValueError when the prompt fills the context."""
     context = model.config.max_position_embeddings
     if prompt_tokens >= context:
-        raise ValueError(f"the prompt ({prompt_tokens} tokens) fills the model's context of {context} tokens")
+        raise ValueError(f"the prompt ({prompt_tokens} tokens) fills the model's context of {context} tokens, "
+                         f"leaving no room for a reply: shorten it")
     return min(max_new_tokens, context - prompt_tokens)
 
 
@@ -92,7 +93,7 @@ def generate(model, token_ids: Sequence[int], max_new_tokens: int, *, temperatur
     Bad arguments raise ValueError here, at the call; the model runs as the tokens are taken.
     """
     ids = model.check_ids(token_ids)
-    if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
+    if not isinstance(max_new_tokens, (int, np.integer)) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
     limit = model.config.max_position_embeddings
     if len(ids) + max_new_tokens > limit:

@@ -175,15 +175,20 @@ class GptOss:
     def check_ids(self, token_ids: Sequence[int]) -> np.ndarray:
         """token_ids as an int64 array [T]; ValueError if empty, not 1-D, out of the vocabulary or longer than
         the model's context."""
-        ids = np.asarray(token_ids)
+        if isinstance(token_ids, (str, bytes)):
+            raise ValueError("token_ids must be token ids, not text: encode the text with the tokenizer first "
+                             "(gptoss_np.tokenizer.Tokenizer, or harmony.render_conversation for a chat)")
+        ids = np.asarray(list(token_ids) if isinstance(token_ids, Iterator) else token_ids)  # (a generator: its ids)
         if ids.ndim != 1:
             raise ValueError(f"token_ids must be one sequence (1-D), got shape {ids.shape}")
         if ids.size == 0:
             raise ValueError("token_ids is empty: give at least one token")
-        if not np.issubdtype(ids.dtype, np.integer):
-            raise ValueError(f"token_ids must be integers, got {ids.dtype}")
         V = self.config.vocab_size
-        bad = np.flatnonzero((ids < 0) | (ids >= V))
+        python_ints = ids.dtype == object and all(isinstance(i, int) for i in ids)  # some beyond int64
+        if not (np.issubdtype(ids.dtype, np.integer) or python_ints):
+            raise ValueError(f"token_ids must be integers, got {ids.dtype}")
+        outside = [not 0 <= i < V for i in ids] if python_ints else (ids < 0) | (ids >= V)
+        bad = np.flatnonzero(outside)
         if bad.size:
             raise ValueError(f"token id {ids[bad[0]]} at position {bad[0]} is outside the vocabulary "
                              f"(vocab_size {V}: ids 0..{V - 1})")

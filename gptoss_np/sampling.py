@@ -22,14 +22,20 @@ NON_FINITE = ("the logits hold NaN or infinity, which damaged weights give: chec
 
 
 def check_args(temperature, top_k, top_p, min_p) -> None:
-    if not (math.isfinite(temperature) and temperature >= 0):
+    """ValueError, naming the setting, for a bad one (a string or None where a number goes, too)."""
+    if not (_number(temperature) and math.isfinite(temperature) and temperature >= 0):
         raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
-    if top_k is not None and (int(top_k) != top_k or top_k < 1):
+    if top_k is not None and not (_number(top_k) and math.isfinite(top_k) and int(top_k) == top_k >= 1):
         raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
-    if top_p is not None and not 0 < top_p <= 1:
+    if top_p is not None and not (_number(top_p) and 0 < top_p <= 1):
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-    if min_p is not None and not 0 <= min_p <= 1:
+    if min_p is not None and not (_number(min_p) and 0 <= min_p <= 1):
         raise ValueError(f"min_p must be in [0, 1], got {min_p!r}")
+
+
+def _number(x) -> bool:
+    """A real number (Python's or NumPy's), not a bool."""
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
 
 
 def _logits_vector(logits) -> np.ndarray:

@@ -280,13 +280,19 @@ def test_bad_token_ids_name_the_problem(checkpoint_dir):
         model.logits([[1, 2]])
     with pytest.raises(ValueError, match="integers, got float64"):
         model.logits([1.0, 2.5])
+    with pytest.raises(ValueError, match=f"token id {2**70} at position 1 is outside the vocabulary"):
+        model.logits([1, 2**70])  # (an integer, beyond int64: a NumPy object array)
+    with pytest.raises(ValueError, match="not text: encode the text with the tokenizer first"):
+        model.generate("hello", 3)
+    assert model.check_ids(t for t in (3, 1, 2)).tolist() == [3, 1, 2]  # a generator's ids
     with pytest.raises(ValueError, match="longer than the model's context of 2048 tokens"):
         model.logits(np.ones(2049, np.int64))
     # generate checks its arguments at the call, before any token is asked for
     with pytest.raises(ValueError, match="empty"):
         model.generate([], max_new_tokens=3)
-    with pytest.raises(ValueError, match="max_new_tokens"):
-        model.generate([1], max_new_tokens=-1)
+    for bad in (-1, 1.0, True):
+        with pytest.raises(ValueError, match="max_new_tokens"):
+            model.generate([1], max_new_tokens=bad)
     with pytest.raises(ValueError, match="exceeds the model's context"):
         model.generate([1], max_new_tokens=model.config.max_position_embeddings)
     with pytest.raises(ValueError, match="temperature"):

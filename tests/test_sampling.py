@@ -187,6 +187,10 @@ def test_a_tiny_temperature_is_greedy_not_nan(temperature, top_k):
     ({"top_k": 0}, "top_k"), ({"top_k": 2.5}, "top_k"),
     ({"top_p": 0.0}, "top_p"), ({"top_p": 1.5}, "top_p"), ({"top_p": float("nan")}, "top_p"),
     ({"min_p": -0.1}, "min_p"), ({"min_p": 1.01}, "min_p"),
+    # of the wrong type: a ValueError naming the setting too, not a TypeError from a comparison
+    ({"temperature": "1"}, "temperature"), ({"temperature": None}, "temperature"),
+    ({"temperature": True}, "temperature"), ({"top_k": float("nan")}, "top_k"), ({"top_k": "5"}, "top_k"),
+    ({"top_p": "0.5"}, "top_p"), ({"min_p": [0.1]}, "min_p"),
 ])
 def test_invalid_arguments_name_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=name):
