@@ -127,8 +127,12 @@ def eager_decoder(model, cache):
 
 
 class DeviceUnavailableError(NotImplementedError):
-    """The requested device cannot run here: no usable GPU, or a model its kernels cannot run (the
-    message says why)."""
+    """device="cuda" cannot run here: no usable GPU, or a model its kernels cannot run (`reason` says
+    which)."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"device='cuda' cannot run: {reason}")
+        self.reason = reason
 
 
 def cuda_unusable_reason() -> str | None:
@@ -173,7 +177,7 @@ def select(device: str, cuda_graphs: bool = True, weights_bytes: int = 0, config
                 log.info("device=%r: using the GPU, %s", device, ops.device_name)
                 return ops
         if device == "cuda":
-            raise DeviceUnavailableError(f"device='cuda' cannot run: {reason}")
+            raise DeviceUnavailableError(reason)
         log.info("device='auto': using the CPU (%s)", reason)
         return CpuOps(reason)
     raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {device!r}")

@@ -28,6 +28,7 @@ from typing import Callable, Iterator, Sequence, TextIO
 from numba.core import event
 
 from . import __version__, embedded, harmony, hub
+from .backend import DeviceUnavailableError
 from .chat import MAX_NEW_TOKENS, Chat
 from .config import GptOssConfig
 from .generate import PromptCache, new_token_room
@@ -122,13 +123,19 @@ def stop_ids(folder: Path, config: GptOssConfig, tokenizer: Tokenizer, chat: boo
     eos = config.eos_token_id
     if file.is_file():
         try:
-            eos = json.loads(file.read_text()).get("eos_token_id", eos)
-        except (json.JSONDecodeError, AttributeError) as error:
-            raise CliError(f"{file}: not a valid generation config ({error})") from None
-    stops = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
+            settings = json.loads(file.read_text())
+        except json.JSONDecodeError as error:
+            raise CliError(f"{file}: not valid JSON ({error})") from None
+        if not isinstance(settings, dict):
+            raise CliError(f"{file}: not a generation config (a JSON object), but a {type(settings).__name__}")
+        eos = settings.get("eos_token_id", eos)
+    listed = list(eos) if isinstance(eos, (list, tuple)) else [] if eos is None else [eos]
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in listed):  # (config.json's are)
+        raise CliError(f"{file}: eos_token_id must be a token id or a list of them, got {eos!r}")
+    stops = set(listed)
     if chat or not stops:
         stops.update(_special_ids(tokenizer, HARMONY_STOPS).values())
-    return frozenset(int(i) for i in stops)
+    return frozenset(stops)
 
 
 def _special_ids(tokenizer: Tokenizer, names: Sequence[str]) -> dict[str, int]:
@@ -162,7 +169,9 @@ def _load_model(folder: Path, device: str, quantize_experts: bool = False) -> Gp
     try:
         model = load(folder, device=device, progress=None if sys.stderr.isatty() else False,
                      quantize_experts=quantize_experts)
-    except (RuntimeError, ImportError) as error:  # NotImplementedError, CUDA errors, no CuPy
+    except DeviceUnavailableError as error:  # no usable GPU, a model its kernels cannot run
+        raise CliError(f"--device {device} cannot run: {error.reason}") from None
+    except (RuntimeError, ImportError) as error:  # CUDA errors
         if device == "cpu":
             raise
         raise CliError(f"--device {device} is not available: {error}") from None
@@ -177,6 +186,10 @@ def _load_model(folder: Path, device: str, quantize_experts: bool = False) -> Gp
 
 def cupy_installed() -> bool:
     return importlib.util.find_spec("cupy") is not None
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _note(text: str) -> None:
@@ -318,8 +331,8 @@ class TimedTokens:
         decode = f"{(self.count - 1) / self.decode_s:.1f} tok/s" if self.count > 1 and self.decode_s else "-"
         reused = f" ({cached} cached)" if cached else ""
         first_run = " | the times include compiling the kernels (a first run; now cached)" if compiled else ""
-        return (f"prompt {self.prompt_tokens} tokens{reused}, prefill {prefill} | "
-                f"{self.count} new tokens, decode {decode} | ended: {ended}{first_run}")
+        return (f"prompt {_count(self.prompt_tokens, 'token')}{reused}, prefill {prefill} | "
+                f"{_count(self.count, 'new token')}, decode {decode} | ended: {ended}{first_run}")
 
 
 class CompileWatch(event.Listener):
@@ -363,12 +376,11 @@ class Runner:
         self.tokenizer_size = tokenizer.vocab_size
         self.prompt_cache = chat.prompt_cache if chat else PromptCache()
 
-    def complete(self, prompt_ids: list[int], printer: RawPrinter | HarmonyPrinter) -> list[int] | None:
-        """Generate after `prompt_ids`, show the tokens with `printer` (leaving out the stop token
-        and ids the tokenizer lacks), end stdout's line and write the summary to stderr. The ids shown,
-        or None when interrupted (Ctrl-C)."""
+    def complete(self, prompt_ids: list[int], budget: int, printer: RawPrinter | HarmonyPrinter) -> list[int] | None:
+        """Generate up to `budget` tokens (room) after `prompt_ids`, show them with `printer` (leaving out the
+        stop token and ids the tokenizer lacks), end stdout's line and write the summary to stderr. The ids
+        shown, or None when interrupted (Ctrl-C)."""
         a = self.args
-        budget = new_token_room(self.model, len(prompt_ids), a.max_new_tokens)  # ValueError: the prompt fills it
         tokens = self.model.generate(prompt_ids, budget, a.temperature, top_k=a.top_k, top_p=a.top_p,
                                      min_p=a.min_p, seed=a.seed, stop_ids=sorted(self.stops),
                                      prompt_cache=self.prompt_cache)
@@ -410,7 +422,11 @@ class Runner:
     def raw(self, text: str) -> int:
         """Continue plain `text`; the exit code."""
         ids = self.tokenizer.encode(text)  # not empty: _generate refuses an empty --prompt
-        return 0 if self.complete(ids, RawPrinter(self.tokenizer, sys.stdout)) is not None else 130
+        return 0 if self.complete(ids, self.room(ids), RawPrinter(self.tokenizer, sys.stdout)) is not None else 130
+
+    def room(self, prompt_ids: list[int]) -> int:
+        """--max-new-tokens, or what is left of the context after `prompt_ids`; ValueError when they fill it."""
+        return new_token_room(self.model, len(prompt_ids), self.args.max_new_tokens)
 
     def reply(self, message: str) -> bool:
         """Add the user's `message` to the chat and stream the assistant's reply, which joins the
@@ -418,12 +434,14 @@ class Runner:
         with a whole reply (--max-new-tokens) are left out, with a note. A message that cannot be sent (a
         ValueError: it fills the context alone, or is not UTF-8) leaves the conversation as it was."""
         with self.chat.adding(message, room=self.args.max_new_tokens) as dropped:
+            prompt = self.chat.prompt()
+            budget = self.room(prompt)  # (a message that fills the context alone: no turn was left out)
             if dropped:
-                _note(f"the {dropped} oldest message(s) of the conversation are left out, to fit the model's "
-                      f"context of {self.model.config.max_position_embeddings} tokens")
+                _note(f"the {_count(dropped, 'oldest message')} of the conversation {'is' if dropped == 1 else 'are'} "
+                      f"left out, to fit the model's context of {self.model.config.max_position_embeddings} tokens")
             color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
             printer = HarmonyPrinter(self.tokenizer, sys.stdout, color, show_reasoning=not self.args.hide_reasoning)
-            ids = self.complete(self.chat.prompt(), printer)
+            ids = self.complete(prompt, budget, printer)
         if ids is not None:
             self.chat.add_reply(ids)
         return ids is not None
@@ -514,10 +532,11 @@ def _generate(args: argparse.Namespace) -> int:
     chat = not args.raw
     if chat:
         _check_harmony(tokenizer, folder)
+    stops = stop_ids(folder, config, tokenizer, chat)  # (a bad generation_config.json: said before the weights load)
     model = _load_model(folder, args.device, args.quantize_experts)
     conversation = Chat(model, tokenizer, reasoning_effort=args.reasoning_effort,
                         instructions=args.instructions or None) if chat else None  # "": none
-    runner = Runner(model, tokenizer, stop_ids(folder, config, tokenizer, chat), args, conversation)
+    runner = Runner(model, tokenizer, stops, args, conversation)
     if args.raw:
         return runner.raw(args.prompt)
     if args.prompt is not None:
@@ -549,5 +568,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run() -> None:
     """The `gptoss-generate` entry point."""
+    if sys.stdout is None:  # started with stdout closed
+        print(f"{PROG}: error: stdout is closed: nothing could be shown", file=sys.stderr)
+        sys.exit(2)
     sys.stdout.reconfigure(errors="replace")
+    if sys.stdin is not None:  # bytes that are not UTF-8 reach the tokenizer's error, whatever the locale
+        sys.stdin.reconfigure(errors="surrogateescape")
     sys.exit(main())

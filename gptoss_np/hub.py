@@ -63,4 +63,5 @@ def _folder(spec: str | os.PathLike) -> Path:
         raise FileNotFoundError(f"{repo} holds {len(found)} snapshots and no refs/main to choose one: "
                                 f"give the snapshot folder itself")
     raise FileNotFoundError(f"no folder {spec}, and no snapshot of {spec} in the local Hugging Face cache "
-                            f"{hub} (only the local cache is searched; download the model first)")
+                            f"{hub} (only the local cache is searched; download the model first: `hf download "
+                            f"{spec}`, the README says which files)")

@@ -39,6 +39,8 @@ def quantize_checkpoint(source: str | Path, target: str | Path, progress: bool |
     if not checkpoint.dense:
         raise CheckpointError(f"{checkpoint.folder}: the experts are already MXFP4; nothing to quantize")
     target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise NotADirectoryError(f"the target {target} is a file: give a new or empty folder")
     if target.resolve() == checkpoint.folder.resolve():
         raise ValueError("the target folder must not be the source folder")
     if any(target.glob("*.safetensors")):

@@ -229,8 +229,10 @@ class Tokenizer:
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as error:
-            raise ValueError(f"the text is not valid UTF-8: {text[error.start]!r} at character {error.start} stands "
-                             f"for a byte that is not UTF-8 (text in another encoding?)") from None
+            code = ord(text[error.start])
+            what = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"the lone surrogate U+{code:04X}"
+            raise ValueError(f"the text is not valid UTF-8: {what} at character {error.start} is not part of a UTF-8 "
+                             f"character (text in another encoding?)") from None
         return self.hf.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids) -> str:

@@ -144,8 +144,8 @@ def test_dense_experts_are_held_packed(tiny, tmp_path):
 
 def test_quantize_command(tiny, tmp_path, capsys):
     """python -m gptoss_np.quantize: the MXFP4 checkpoint of a dense one holds the same experts as
-    quantize_experts gives; an MXFP4 source, the source as target, or a target holding a checkpoint
-    is a one-line error."""
+    quantize_experts gives; an MXFP4 source, the source as target, a target holding a checkpoint or a
+    file is a one-line error."""
     from gptoss_np import quantize
     dense = synthetic.write_dense(tmp_path / "dense", tiny)
     assert quantize.main([str(dense), str(tmp_path / "out")]) == 0
@@ -156,9 +156,12 @@ def test_quantize_command(tiny, tmp_path, capsys):
     assert quantize.main([str(tiny), str(tmp_path / "again")]) == 2
     assert quantize.main([str(dense), str(dense)]) == 2
     assert quantize.main([str(dense), str(tiny)]) == 2
+    (tmp_path / "a_file").write_text("x")
+    assert quantize.main([str(dense), str(tmp_path / "a_file")]) == 2
     err = capsys.readouterr().err.splitlines()
     assert "already MXFP4" in err[0] and "must not be the source" in err[1]
     assert f"{tiny} holds a checkpoint already: give a new or empty folder" in err[2]
+    assert f"the target {tmp_path / 'a_file'} is a file: give a new or empty folder" in err[3]
 
 
 def test_missing_folder(tmp_path):

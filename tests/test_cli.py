@@ -7,6 +7,7 @@ import datetime
 import importlib.metadata
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -24,7 +25,7 @@ from gptoss_np import Chat, PromptCache, backend, cli, embedded, harmony, hub, s
 from gptoss_np.model import GptOss
 from gptoss_np.tokenizer import Tokenizer
 
-SUMMARY = re.compile(r"prompt (\d+) tokens(?: \(\d+ cached\))?, prefill [\d.]+ tok/s \| (\d+) new tokens, "
+SUMMARY = re.compile(r"prompt (\d+) tokens?(?: \(\d+ cached\))?, prefill [\d.]+ tok/s \| (\d+) new tokens?, "
                      r"decode (?:[\d.]+ tok/s|-) \| ended: ([\w -]+)")
 HARMONY_NAMES = ["<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|constrain|>", "<|return|>", "<|call|>"]
 GPT_OSS_STOPS = [200002, 199999, 200012]  # the released generation_config.json
@@ -129,7 +130,8 @@ def test_default_max_new_tokens(capsys, monkeypatch, default_folder, small_check
     """A real checkpoint's reply has room to reason and answer; the embedded model, which never ends a
     reply, shows a short sample. Both in chat and --raw."""
     asked = []
-    monkeypatch.setattr(cli.Runner, "complete", lambda self, ids, printer: asked.append(self.args.max_new_tokens) or [])
+    monkeypatch.setattr(cli.Runner, "complete",
+                        lambda self, ids, budget, printer: asked.append(self.args.max_new_tokens) or [])
     model = ["--model", str(small_checkpoint)] if with_model else []
     for mode in ("--chat", "--raw"):
         assert run_cli(capsys, *model, mode, "--prompt", "Why is the sky blue?")[0] == 0
@@ -254,7 +256,8 @@ def test_a_long_conversation_leaves_out_its_oldest_turns_to_fit_the_context(caps
     assert code == 0
     turns = summaries(err)
     assert len(turns) == 6 and all(prompt + 8 <= 150 for prompt, _, _ in turns)
-    assert "oldest message(s) of the conversation are left out, to fit the model's context of 150 tokens" in err
+    assert re.search(r"the \d+ oldest messages of the conversation are left out, to fit the model.s context of 150 "
+                     r"tokens", err)
     assert [turn[-1]["content"] for turn in sent] == [f"message number {i}" for i in range(6)]
     assert all(turn[0]["role"] == "user" for turn in sent)
     assert len(sent[-1]) < 2 * 6 - 1  # the last prompt lost turns
@@ -274,12 +277,13 @@ def test_a_message_that_cannot_be_sent_is_an_error_for_it_alone_on_a_terminal(ca
     lines = "first\n" + "far too long " * 60 + "\ncaf\udce9\nsecond\n"
     monkeypatch.setattr(sys, "stdin", (Terminal if terminal else io.StringIO)(lines))
     code, _, err = run_cli(capsys, "--chat", "--max-new-tokens", "4", "--seed", "0")
+    assert "left out" not in err  # the long message left the first turn in the conversation, and said nothing
     if not terminal:
         assert code == 2 and "error: the prompt" in err.splitlines()[-1] and len(summaries(err)) == 1
         return
     assert code == 0 and len(summaries(err)) == 2
-    assert re.search(r"error: the prompt \(\d+ tokens\) fills the model's context of 150 tokens; the conversation "
-                     r"goes on without that message", err)
+    assert re.search(r"error: the prompt \(\d+ tokens\) fills the model's context of 150 tokens, leaving no room "
+                     r"for a reply: shorten it; the conversation goes on without that message", err)
     assert "error: the text is not valid UTF-8" in err
     assert [m["content"] for m in sent[-1] if m["role"] == "user"] == ["first", "second"]
 
@@ -498,6 +502,19 @@ def test_stop_ids_precedence(tmp_path, harmony_tokenizer):
     assert cli.stop_ids(tmp_path, no_eos, harmony_tokenizer, chat=False) == {200002, 200012}
 
 
+@pytest.mark.parametrize("text, words", [
+    ("{ not json", "not valid JSON"), ("[200002]", "(a JSON object), but a list"),
+    ('{"eos_token_id": "x"}', "eos_token_id must be a token id or a list of them, got 'x'"),
+    ('{"eos_token_id": [1, -2]}', "got [1, -2]")])
+def test_a_bad_generation_config_is_one_error_line_before_the_weights_load(capsys, monkeypatch, tmp_path,
+                                                                           small_checkpoint, text, words):
+    folder = shutil.copytree(small_checkpoint, tmp_path / "bad")
+    (folder / "generation_config.json").write_text(text)
+    monkeypatch.setattr(cli, "_load_model", lambda *args: pytest.fail("the weights were loaded"))
+    code, out, err = run_cli(capsys, "--model", str(folder), "--raw", "--prompt", "hi")
+    assert_one_error_line(code, out, err, str(folder / "generation_config.json"), words)
+
+
 # ------------------------------------------------------------------------------ hub ids
 
 def fake_hub(hub, repo_id: str, checkpoint) -> object:
@@ -567,7 +584,8 @@ def test_a_download_of_only_the_original_folder_resolves_to_it(monkeypatch, tmp_
 
 def test_unknown_hub_id_says_only_the_local_cache_was_searched(capsys):
     code, out, err = run_cli(capsys, "--model", "openai/gpt-oss-nonexistent", "--prompt", "hi")
-    assert_one_error_line(code, out, err, "openai/gpt-oss-nonexistent", "local Hugging Face cache")
+    assert_one_error_line(code, out, err, "openai/gpt-oss-nonexistent", "local Hugging Face cache",
+                          "`hf download openai/gpt-oss-nonexistent`")
     with pytest.raises(FileNotFoundError, match="local Hugging Face cache"):
         gptoss_np.load("openai/gpt-oss-nonexistent")
 
@@ -608,7 +626,7 @@ def test_bad_input_is_one_error_line(capsys, tmp_path, argv, words):
 def test_a_prompt_that_is_not_utf8_is_one_error_line(capsys, small_checkpoint, mode):
     """Python decodes a command line's bytes that are not UTF-8 (here 0xe9, Latin-1's e-acute) as lone surrogates."""
     code, out, err = run_cli(capsys, "--model", str(small_checkpoint), mode, "--prompt", "caf\udce9")
-    assert_one_error_line(code, out, err, "not valid UTF-8", "'\\udce9' at character 3")
+    assert_one_error_line(code, out, err, "not valid UTF-8", "byte 0xe9 at character 3")
 
 
 @pytest.mark.parametrize("damage", ["config_json", "config_field", "weights", "shape"])
@@ -648,7 +666,14 @@ def test_unavailable_device_is_one_error_line(capsys, small_checkpoint):
     with pytest.raises(gptoss_np.DeviceUnavailableError, match=re.escape(reason)):
         gptoss_np.load(small_checkpoint, device="cuda")
     code, out, err = run_cli(capsys, "--model", str(small_checkpoint), "--device", "cuda", "--raw", "--prompt", "hi")
-    assert_one_error_line(code, out, err, "--device cuda")
+    assert_one_error_line(code, out, err, f"--device cuda cannot run: {reason}")
+
+
+def test_the_summary_counts_in_words():
+    timed = cli.TimedTokens(iter([7]), 1)
+    assert list(timed) == [7]
+    assert timed.summary("stop token").startswith("prompt 1 token, prefill ")
+    assert "| 1 new token, decode - | ended: stop token" in timed.summary("stop token")
 
 
 def test_weights_too_big_for_the_device_is_one_error_line(capsys, monkeypatch, small_checkpoint):
@@ -683,3 +708,19 @@ def test_python_m_entry_point():
     failed = subprocess.run([sys.executable, "-m", "gptoss_np", "--top-p", "2"], capture_output=True, text=True)
     assert failed.returncode == 2
     assert failed.stderr.startswith("gptoss-generate: error:") and len(failed.stderr.splitlines()) == 1
+    closed = subprocess.run(["sh", "-c", f"'{sys.executable}' -m gptoss_np --version >&-"], capture_output=True,
+                            text=True)
+    assert (closed.returncode, closed.stderr) == (2, "gptoss-generate: error: stdout is closed: nothing could be "
+                                                     "shown\n")
+
+
+def test_stdin_that_is_not_utf8_is_the_tokenizers_error_in_any_locale(small_checkpoint):
+    """Piped chat with a line that is not UTF-8 (0xff): under a locale that decodes stdin strictly, the
+    line before it is still answered, and the error is the tokenizer's one line, naming the byte."""
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict"}
+    done = subprocess.run([sys.executable, "-m", "gptoss_np", "--model", str(small_checkpoint), "--max-new-tokens",
+                           "2"], input=b"first\n\xff\n", capture_output=True, env=env, timeout=300)
+    err = done.stderr.decode().splitlines()
+    assert done.returncode == 2 and len(summaries("\n".join(err))) == 1
+    assert err[-1] == ("gptoss-generate: error: the text is not valid UTF-8: byte 0xff at character 0 is not part of a "
+                       "UTF-8 character (text in another encoding?)")
