@@ -513,7 +513,7 @@ def _generate(args: argparse.Namespace) -> int:
         args.prompt = sys.stdin.read().removesuffix("\n")  # a file, or echo's line without its end
         if args.prompt == "":
             raise CliError("--raw: stdin is empty: pipe in the text to continue (or give --prompt TEXT)")
-    if args.prompt == "":
+    if args.prompt == "" or args.prompt is not None and not args.raw and not args.prompt.strip():
         raise CliError("--prompt is empty: give it the text (or leave it out to chat from stdin)")
     for name in ("reasoning_effort", "instructions", "hide_reasoning") if args.raw else ():
         if getattr(args, name):  # (empty instructions are none)

@@ -606,6 +606,7 @@ def test_unknown_hub_id_says_only_the_local_cache_was_searched(capsys):
     (["--device", "tpu"], ["--device"]),
     (["--chat", "--raw", "--prompt", "x"], ["--raw", "--chat"]),
     (["--prompt", ""], ["--prompt is empty"]),
+    (["--prompt", "  \n"], ["--prompt is empty"]),  # a chat message of blanks, as stdin's blank lines are skipped
     (["--raw", "--prompt", ""], ["--prompt is empty"]),
     (["--raw", "--prompt", "x", "--instructions", "Be brief."], ["--instructions", "chat"]),
     (["--raw", "--prompt", "x", "--hide-reasoning"], ["--hide-reasoning", "chat"]),
