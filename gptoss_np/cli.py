@@ -377,9 +377,9 @@ class Runner:
         self.prompt_cache = chat.prompt_cache if chat else PromptCache()
 
     def complete(self, prompt_ids: list[int], budget: int, printer: RawPrinter | HarmonyPrinter) -> list[int] | None:
-        """Generate up to `budget` tokens (room) after `prompt_ids`, show them with `printer` (leaving out the
-        stop token and ids the tokenizer lacks), end stdout's line and write the summary to stderr. The ids
-        shown, or None when interrupted (Ctrl-C)."""
+        """Generate up to `budget` tokens (see room) after `prompt_ids`, show them with `printer` (leaving
+        out the stop token and ids the tokenizer lacks), end stdout's line and write the summary to stderr.
+        The ids shown, or None when interrupted (Ctrl-C)."""
         a = self.args
         tokens = self.model.generate(prompt_ids, budget, a.temperature, top_k=a.top_k, top_p=a.top_p,
                                      min_p=a.min_p, seed=a.seed, stop_ids=sorted(self.stops),
