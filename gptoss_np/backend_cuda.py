@@ -6,7 +6,8 @@ as bf16 bits (uint16); norms, biases and sinks as float32. Activations are float
 Kernel choices by size live here and nowhere else:
   bf16 linear    GEMV kernel up to bf16_cuda.MAX_ROWS tokens (rows of a multiple of 4 weights, as all
                  of gpt-oss's are); above, cuBLAS products (below), for bf16x3 then one kernel that
-                 sums the three and adds the bias and the residual
+                 sums the three and adds the bias and the residual (up to TILE_ROWS output rows; wider
+                 matrices, lm_head, by tiles of rows, summed by CuPy)
   MoE experts    EXPERT_GEMV_MAX_TOKENS tokens or fewer: the pairs' GEMV; more: sort pairs by expert,
                  then one tiled matmul launch over all experts; from EXPERT_BLAS_MIN_TOKENS tokens:
                  the pairs' rows gathered in expert order once, the chosen experts' matrices
@@ -26,7 +27,8 @@ Kernel choices by size live here and nowhere else:
                  other readers (the MoE norm feeds the router and the experts): no launch of its own
   route          of EXPERT_GEMV_MAX_TOKENS tokens or fewer (decode): deferred (Routed), done by the
                  experts' gate_up GEMV, each pair's blocks ranking its token's logits: no launch of its own
-  sampling       argmax or the filtered draw on the device; only the chosen id is copied back
+  sampling       argmax or the filtered draw on the device; only the chosen id and the largest logit
+                 (checked to be finite) are copied back
   decode         replayed from a CUDA graph (cuda_graph.py) unless `graphs` is off
 """
 
@@ -283,7 +285,7 @@ class CudaOps:
         return kv_cache_cuda.write_one(_f32(k), _f32(v), positions, keys, values, stored)
 
     def route(self, logits, k):
-        """(experts, weights) [T, k]; for a few tokens (decode) experts is a Routed, filled with its
+        """(experts, weights) [T, k]; for one token (decode) experts is a Routed, filled with its
         weights by the gate_up GEMV (no launch of its own)."""
         T = logits.shape[0]
         if T <= EXPERT_GEMV_MAX_TOKENS:
@@ -320,7 +322,7 @@ class CudaOps:
 
     def pair_plan(self, experts, num_experts: int) -> PairPlan:
         """experts [T, A] (an array, or a Routed) -> the PairPlan: for the grouped matmul, the pairs
-        sorted by expert; for the GEMV (few tokens) no order, and a Routed not yet written is left to
+        sorted by expert; for the GEMV (one token: decode) no order, and a Routed not yet written is left to
         the plan's first GEMV. starts: the offsets on the host for the cuBLAS path (long prompts; one
         wait a layer, shared by its two projections)."""
         T = experts.shape[0]

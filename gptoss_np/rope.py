@@ -3,7 +3,8 @@
 YaRN keeps the fast-rotating dimensions as they are (extrapolation), divides the frequency of the
 slow ones by `factor` (interpolation) and blends linearly in between; the blend runs over the
 dimension indices whose number of rotations within `original_max_position_embeddings` lies
-between beta_slow and beta_fast. cos and sin are then scaled by 0.1 * ln(factor) + 1.
+between beta_slow and beta_fast. cos and sin are then scaled by 0.1 * ln(factor) + 1 (1 for a
+factor up to 1), or by rope_scaling's attention_factor where it gives one.
 """
 
 from __future__ import annotations

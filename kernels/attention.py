@@ -224,7 +224,7 @@ def _exp_shifted(x, m) -> np.float32:
 
     libm's scalar exp would cost as much as the rest of decode attention, so this one vectorizes:
     z = x - m = n ln 2 + f with n = round(z / ln 2) and |f| <= ln 2 / 2; exp(f) by its Taylor series to
-    f**7 (truncation < 6e-9 relative, under float32's rounding); 2**n from its float32 bits, the
+    f**7 (truncation about 7e-9 relative, under float32's rounding); 2**n from its float32 bits, the
     exponent field n + 127 shifted left 23 (computed in float, converted to int32, reinterpreted).
     """
     total = np.float32(0)

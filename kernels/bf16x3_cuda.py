@@ -1,4 +1,4 @@
-"""The glue around cuBLAS's three bf16 products (gptoss_np/bf16x3.py) for the prefill's experts, fused:
+"""The glue around cuBLAS's three bf16 products (gptoss_np/bf16x3.py) in a prefill, fused:
 
   split_rows  parts [3P, K] bf16 bits = the three bf16 parts of x[rows[p]], interleaved
               (bf16x3.interleaved_parts of the gathered rows): one read of x, one write of the parts
@@ -6,7 +6,8 @@
               (+ residual[dest[p]]) (bf16x3.sum_parts, the bias, the residual and the scatter into
               pair order): one read of the products
 For a 2k-token 20b prefill each replaces ~5 CuPy elementwise passes over ~0.1-0.6 GB a projection
-(the experts' and the attention projections').
+(the attention projections' and the router's; the experts' only with CudaOps.fp16_experts off, as they
+take fp16x2 by default).
 """
 
 from __future__ import annotations

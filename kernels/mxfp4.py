@@ -140,7 +140,7 @@ def gemv_pairs(x: np.ndarray, blocks: np.ndarray, scales: np.ndarray, experts: n
 def matmul(x: np.ndarray, blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
     """x [T, K] f32 @ W.T for one MXFP4 matrix W (blocks [N, K/32, 16], scales [N, K/32]) -> [T, N].
 
-    A few rows: the fused GEMV, row by row. Up to TILED_MAX_ROWS: the fused tile kernel, which decodes
+    One row (GEMV_MAX_ROWS): the fused GEMV. Up to TILED_MAX_ROWS: the fused tile kernel, which decodes
     each weight once for TILE_TOKENS rows. More: tiles of W are dequantized into a small buffer
     (never the whole matrix) and multiplied by BLAS, which reuses each tile for all T rows.
     """

@@ -1,4 +1,4 @@
-"""Choosing the next token on the GPU, so that only its id crosses to the host.
+"""Choosing the next token on the GPU, so that only its id (and the largest logit) crosses to the host.
 
   argmax  greedy: each block reduces a strided share of the logits to (value, index), then one
           block reduces the blocks' results; NaN beats every number and ties go to the lower index
