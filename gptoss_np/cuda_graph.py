@@ -1,8 +1,8 @@
 """Decode steps replayed from a CUDA graph: one launch per token instead of hundreds.
 
-A decode step launches about 10 kernels per layer (~240 for gpt-oss-20b), and from Python each launch costs more host time
-than the GPU needs to run most of them. So the step is recorded once (CUDA stream capture) and then
-replayed. What makes a step replayable:
+A decode step launches about 10 kernels per layer (~240 for gpt-oss-20b), and from Python each
+launch costs more host time than the GPU needs to run most of them. So the step is recorded once
+(CUDA stream capture) and then replayed. What makes a step replayable:
   - static shapes: the cache attends over its whole buffers (KVCache.static_shapes), so no shape
     depends on the position;
   - the token and its position live in device buffers that the recorded step reads; before each
