@@ -10,12 +10,10 @@ from numba import njit
 
 
 def route_ref(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Router logits [T, E] -> chosen experts [T, k] (best first) and weights [T, k]: softmax over the k."""
-    top = np.argpartition(-logits, k - 1, axis=-1)[:, :k]
-    top_logits = np.take_along_axis(logits, top, axis=-1)
-    order = np.argsort(-top_logits, axis=-1, kind="stable")
-    experts = np.take_along_axis(top, order, axis=-1)
-    chosen = np.take_along_axis(top_logits, order, axis=-1)
+    """Router logits [T, E] -> chosen experts [T, k] (best first; at ties the lower expert first, NaN
+    last) and weights [T, k]: softmax over the k."""
+    experts = np.argsort(-logits, axis=-1, kind="stable")[:, :k]
+    chosen = np.take_along_axis(logits, experts, axis=-1)
     weights = np.exp(chosen - chosen[:, :1])
     return experts, (weights / weights.sum(axis=-1, keepdims=True)).astype(np.float32)
 

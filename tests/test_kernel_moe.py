@@ -38,3 +38,13 @@ def test_route_kernel_matches_reference(E, k):
     ref_experts, ref_weights = route_ref(logits, k)
     np.testing.assert_array_equal(experts, ref_experts)
     np.testing.assert_allclose(weights, ref_weights, rtol=1e-6)
+
+
+def test_route_ties_go_to_the_lower_expert():
+    """As the CUDA router's (tests/cuda_sim/test_kernel_moe_cuda.py): equal logits rank the lower expert first."""
+    from gptoss_np.kernels.moe import route
+    logits = np.array([[1.0, 3.0, 1.0, 3.0, 0.0]], np.float32)
+    for router in (route, route_ref):
+        experts, weights = router(logits, 3)
+        assert experts.tolist() == [[1, 3, 0]], router
+        np.testing.assert_allclose(weights, [[0.4683, 0.4683, 0.0634]], atol=1e-4)

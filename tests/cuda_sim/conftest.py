@@ -61,11 +61,13 @@ def small_launches(request, monkeypatch):
 def gpu_launch_limits(monkeypatch):
     """Every simulated launch within CUDA's limits on grids and blocks (sim.launch_as_a_gpu), its
     arrays checked for races (sim.race_checked), its blocks' threads meeting at barriers that nothing
-    polls (sim.blocks_without_polling)."""
+    polls (sim.blocks_without_polling), the scratch arrays that launchers make poisoned
+    (sim.scratch_poisoned)."""
     from cuda_sim import sim
     sim.launch_as_a_gpu(monkeypatch)
     sim.blocks_without_polling(monkeypatch)  # before race_checked, which wraps its syncthreads
     sim.race_checked(monkeypatch)
+    sim.scratch_poisoned(monkeypatch, [f"gptoss_np.kernels.{module}" for module in SMALL_LAUNCHES])
 
 
 def pytest_sessionfinish(session):

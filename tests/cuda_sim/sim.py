@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib
 import os
 import sys
 import threading
@@ -695,6 +696,28 @@ def _uninitialized(a):
 
 _MAKERS = ("empty", "zeros", "ones", "full", "arange", "empty_like", "zeros_like", "ones_like", "full_like",
            "concatenate", "stack", "ascontiguousarray")
+
+
+def scratch_poisoned(monkeypatch, modules) -> None:
+    """The kernel tests call launchers with NumPy arrays, and a launcher makes its scratch arrays (the
+    attention splits' partial results, argmax's per-block bests) with the module of its arguments
+    (common_cuda.array_module): with NumPy, they are filled with garbage, as new GPU memory holds, so a
+    kernel that reads scratch no launch wrote shows. The garbage is every byte 0x7F (as poisoned()'s
+    integers; a float32 of 3.4e38), not NaN: the kernels' max and comparisons pass over a NaN (as
+    attention's combine does with a split whose max is NaN or -inf), and so would hide the read."""
+    numpy = types.ModuleType("numpy, its empty arrays garbage")
+    numpy.__dict__.update(np.__dict__)
+    numpy.empty = lambda shape, dtype=float, order="C": _garbage(np.empty(shape, dtype))
+    for name in modules:
+        module = importlib.import_module(name)
+        if hasattr(module, "array_module"):
+            plain = module.array_module
+            monkeypatch.setattr(module, "array_module", lambda a, plain=plain: numpy if plain(a) is np else plain(a))
+
+
+def _garbage(a: np.ndarray) -> np.ndarray:
+    a.reshape(-1).view(np.uint8).fill(0x7F)
+    return a
 
 
 def cupy_on_the_simulator(monkeypatch):
