@@ -30,7 +30,7 @@ from numba.core import event
 from . import __version__, embedded, harmony, hub
 from .backend import DeviceUnavailableError
 from .chat import MAX_NEW_TOKENS, Chat
-from .config import GptOssConfig
+from .config import GptOssConfig, is_token_id
 from .generate import PromptCache, new_token_room
 from .model import GptOss, load
 from .tokenizer import Tokenizer
@@ -130,7 +130,7 @@ def stop_ids(folder: Path, config: GptOssConfig, tokenizer: Tokenizer, chat: boo
             raise CliError(f"{file}: not a generation config (a JSON object), but a {type(settings).__name__}")
         eos = settings.get("eos_token_id", eos)
     listed = list(eos) if isinstance(eos, (list, tuple)) else [] if eos is None else [eos]
-    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in listed):  # (config.json's are)
+    if not all(is_token_id(i) for i in listed):  # (config.json's are: GptOssConfig checks them so)
         raise CliError(f"{file}: eos_token_id must be a token id or a list of them, got {eos!r}")
     stops = set(listed)
     if chat or not stops:

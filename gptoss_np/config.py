@@ -124,7 +124,7 @@ class GptOssConfig:
         ids = self.eos_token_id if isinstance(self.eos_token_id, tuple) else (self.eos_token_id,)
         for name, values in (("eos_token_id", ids), ("pad_token_id", (self.pad_token_id,)),
                              ("bos_token_id", (self.bos_token_id,))):
-            if not all(v is None or isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+            if not all(v is None or is_token_id(v) for v in values):
                 raise ConfigError(f"{name} must be a token id (or a list of them for eos_token_id), "
                                   f"got {getattr(self, name)!r}")
         if not isinstance(self.layer_types, tuple) or not all(isinstance(t, str) for t in self.layer_types):
@@ -183,6 +183,11 @@ def from_openai_format(d: dict) -> dict:
     if d.get("max_position_embeddings") is None and isinstance(initial, int):
         d["max_position_embeddings"] = round(initial * max(factor, 1.0))
     return d
+
+
+def is_token_id(value) -> bool:
+    """A token id as JSON gives one: a non-negative integer (true and false are not)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _int(d: dict, name: str, prefix: str = "") -> int:
