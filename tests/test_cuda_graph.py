@@ -29,7 +29,7 @@ def test_graph_decoder_replays_its_recorded_step(cuda_graph, checkpoint_dir, hf_
     model.ops.graphs = True
     ids = np.random.default_rng(8).integers(0, model.config.vocab_size, 30)  # past the window of 8
     cache = model.new_cache(len(ids))
-    recorded = stand_in_graphs(monkeypatch, cuda_graph, cache)
+    recorded = stand_in_graphs(monkeypatch, cuda_graph)
     parts = [model.forward(ids[:10], cache, all_logits=True)]
     decode = cuda_graph.GraphDecoder(model, cache)
     for t in range(10, len(ids)):  # step 1 op by op, step 2 recorded and replayed, the rest replayed

@@ -577,23 +577,22 @@ class StandInGraph:
         self.launches += 1
 
 
-def stand_in_graphs(monkeypatch, cuda_graph, cache=None) -> list:
+def stand_in_graphs(monkeypatch, cuda_graph) -> list:
     """Within the test, cuda_graph.capture records decode steps as StandInGraphs, which go into the
-    returned list: `cache`'s, or (None) those of every GraphDecoder, each recording its own cache's
-    (as generate() makes them)."""
-    graphs, caches = [], [cache]
+    returned list: each GraphDecoder's (the one caller of capture) with its own cache, as generate()
+    makes them."""
+    graphs, caches = [], []
+    record = cuda_graph.GraphDecoder._record
+
+    def recording(decoder):
+        caches.append(decoder.cache)
+        record(decoder)
 
     def capture(step):
         graphs.append(StandInGraph(step, caches[-1]))
         return graphs[-1], graphs[-1].output, []
 
-    if cache is None:
-        record = cuda_graph.GraphDecoder._record
-
-        def recording(decoder):
-            caches.append(decoder.cache)
-            record(decoder)
-        monkeypatch.setattr(cuda_graph.GraphDecoder, "_record", recording)
+    monkeypatch.setattr(cuda_graph.GraphDecoder, "_record", recording)
     monkeypatch.setattr(cuda_graph, "capture", capture)
     return graphs
 
