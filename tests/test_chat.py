@@ -71,6 +71,17 @@ def test_sampling_settings_reach_generate(model, tok):
     assert first[0]["content"] == tok.decode(ids)
 
 
+def test_the_greedy_filters_warning_points_at_the_users_line(model, tok):
+    """A filter at temperature 0 changes nothing: generate's warning names the line that called Chat,
+    through send and stream as through model.generate (test_model), not a line of the library."""
+    chat = gptoss_np.Chat(model, tok)
+    with pytest.warns(UserWarning, match="at temperature 0.*greedy") as caught:
+        chat.send("Hi", 2, top_k=5)
+    with pytest.warns(UserWarning, match="at temperature 0.*greedy") as streamed:
+        list(chat.stream("Hi", 2, top_p=0.5))
+    assert [w.filename for w in [*caught, *streamed]] == [__file__, __file__]
+
+
 def test_a_tool_call_is_answered_with_the_tools_result(tok):
     """The README's loop: the reply ends with a call; the tool's result goes back; the answer follows."""
     call = completion_ids(tok, ("analysis", None, "Need the weather."), ("commentary", "functions.get_weather",
