@@ -113,7 +113,7 @@ class Chat:
 
     def stream(self, message: str | dict, max_new_tokens: int = MAX_NEW_TOKENS, **sampling) -> Iterator[int]:
         """Add `message` (see `add`), then yield the reply's token ids as the model writes them, up to
-        `max_new_tokens` or the end of the context; once they are all taken, the reply joins the
+        `max_new_tokens` or the end of the context; as its last token is taken, the reply joins the
         conversation (a reply given up halfway does not). `sampling`: model.generate's temperature, top_k,
         top_p, min_p and seed (greedy by default). harmony.StreamParser shows the text as it comes."""
         with self.adding(message, max_new_tokens):
@@ -121,17 +121,18 @@ class Chat:
             budget = new_token_room(self.model, len(prompt), max_new_tokens)
             tokens = self.model.generate(prompt, budget, stop_ids=self.stop_ids, prompt_cache=self.prompt_cache,
                                          **sampling)
-        return self._joined(tokens)
+        return self._joined(tokens, budget)
 
-    def _joined(self, tokens: Iterator[int]) -> Iterator[int]:
-        """`tokens` passed on; when they end, the reply they make joins the conversation."""
+    def _joined(self, tokens: Iterator[int], budget: int) -> Iterator[int]:
+        """`tokens` passed on. With the last one (a stop id, or the `budget`-th), before it is handed on,
+        the reply they make joins the conversation: a caller that takes just the reply's tokens finds
+        it joined, and no later turn can come between the reply and its joining."""
         ids = []
         for token in tokens:
             ids.append(token)
+            if token in self.stop_ids or len(ids) == budget:
+                self.add_reply(ids[:-1] if ids[-1:] == self._endoftext() else ids)  # not harmony: ends before it
             yield token
-        if ids and ids[-1:] == self._endoftext():  # not harmony: the reply ends before it
-            ids.pop()
-        self.add_reply(ids)
 
     def send(self, message: str | dict, max_new_tokens: int = MAX_NEW_TOKENS, **sampling) -> list[dict]:
         """Add `message` and the assistant's reply to the conversation (see `stream`); the reply's

@@ -3,8 +3,10 @@ test_harmony), its replies are model.generate's, parsed back into messages, and 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime
+import itertools
 import json
 import re
 
@@ -208,6 +210,37 @@ def test_a_stream_given_up_halfway_leaves_its_reply_out(tok):
     assert chat.messages == [{"role": "user", "content": "first"}]
     chat.send("second")
     assert [m["content"] for m in chat.messages] == ["first", "second", "ok"]
+
+
+def test_a_reply_joins_as_its_last_token_is_taken(tok):
+    """A caller that takes just a reply's tokens, never asking for one more, finds the reply joined: at a
+    stop id and at the budget. A later turn then follows it, and the old streams, resumed, add nothing.
+    Before, a reply joined only when its stream was asked for the token after the last, so then it
+    came after the later turn's reply."""
+    answer, plain = completion_ids(tok, ("final", None, "first answer")), tok.encode("cut short here")
+    chat = gptoss_np.Chat(Scripted(4096, answer, plain, completion_ids(tok, ("final", None, "ok"))), tok)
+    first = chat.stream("one", 64)
+    assert list(itertools.islice(first, len(answer))) == answer
+    assert chat.messages[-1] == {"role": "assistant", "channel": "final", "content": "first answer"}
+    second = chat.stream("two", 3)
+    assert list(itertools.islice(second, 3)) == plain[:3]
+    assert chat.messages[-1] == {"role": "assistant", "channel": "final", "content": tok.decode(plain[:3])}
+    chat.send("three")
+    assert list(first) == [] and list(second) == []
+    assert [m["role"] for m in chat.messages] == ["user", "assistant"] * 3
+    assert chat.messages[-1]["content"] == "ok"
+
+
+def test_a_finished_stream_resumed_after_a_later_turn_changes_nothing(model, tok):
+    """The same with the model and its PromptCache: the later turn's prompt holds the first reply,
+    and the first stream, resumed, neither raises nor adds it again."""
+    chat = gptoss_np.Chat(model, tok)
+    first = chat.stream("first question", 4)
+    taken = list(itertools.islice(first, 4))
+    chat.send("second question", 4)
+    before = copy.deepcopy(chat.messages)
+    assert list(first) == [] and chat.messages == before
+    assert [m["content"] for m in before[:2]] == ["first question", tok.decode(taken)]
 
 
 def test_a_reply_cut_at_max_new_tokens_keeps_what_was_written(tok):
