@@ -3,7 +3,8 @@
 `GptOssConfig.from_dict` is the one place that renames fields and fills defaults:
 - `experts_per_token` (the openai/gpt-oss name) is an alias of `num_experts_per_tok`;
 - RoPE comes either as `rope_theta` + `rope_scaling` (the released gpt-oss-20b file) or as
-  `rope_parameters` with `rope_theta` inside (newer transformers);
+  `rope_parameters` with `rope_theta` inside (newer transformers); where a file has both, `rope_scaling`
+  counts, and a top-level `original_max_position_embeddings` over rope_scaling's, as transformers reads them;
 - a missing `layer_types` means alternating sliding / full attention, sliding first;
 - missing RoPE scaling means gpt-oss's YaRN (factor 32 over 4096 positions), as in transformers;
 - the config.json of OpenAI's original format (a Hugging Face repository's `original/` folder: `num_experts`,
@@ -40,6 +41,9 @@ class RopeParameters:
     original_max_position_embeddings: int | None = None
     truncate: bool = True  # transformers' default when the key is absent
     attention_factor: float | None = None
+    # (mscale, mscale_all_dim) where rope_scaling gives both (DeepSeek's YaRN): cos and sin are scaled by
+    # the ratio of 0.1 * m * ln(factor) + 1 for the two, where no attention_factor is given
+    mscale: tuple[float, float] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,7 +216,7 @@ DEFAULT_ROPE = {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_sl
 
 def _rope_parameters(d: dict) -> RopeParameters | None:
     """Merge `rope_theta` + `rope_scaling` (old style) or `rope_parameters` (new style) into one record."""
-    given = d.get("rope_parameters") or d.get("rope_scaling") or DEFAULT_ROPE
+    given = d.get("rope_scaling") or d.get("rope_parameters") or DEFAULT_ROPE
     if not isinstance(given, dict):
         raise ConfigError(f"rope_scaling must be an object of RoPE settings, got {given!r}")
     params = dict(given)
@@ -226,9 +230,15 @@ def _rope_parameters(d: dict) -> RopeParameters | None:
     rope_type = params.get("rope_type", params.get("type", "default"))
     if rope_type not in ROPE_TYPES:
         raise ConfigError(f"rope_scaling.rope_type {rope_type!r} is not supported; expected one of {ROPE_TYPES}")
+    partial = params.get("partial_rotary_factor", d.get("partial_rotary_factor"))
+    if partial not in (None, 1):
+        raise ConfigError(f"partial_rotary_factor {partial!r} is not supported: gpt-oss rotates every "
+                          "dimension of a head (1.0)")
     if rope_type == "default":
         return RopeParameters(rope_theta=theta)
-    if "original_max_position_embeddings" in params:
+    if d.get("original_max_position_embeddings") is not None:  # over rope_scaling's (transformers: for Phi-3)
+        original = _int(d, "original_max_position_embeddings")
+    elif "original_max_position_embeddings" in params:
         original = _int(params, "original_max_position_embeddings", "rope_scaling.")
     else:
         original = _int(d, "max_position_embeddings") if d.get("max_position_embeddings") is not None else None
@@ -244,6 +254,7 @@ def _rope_parameters(d: dict) -> RopeParameters | None:
     if not isinstance(params.get("truncate", True), bool):
         raise ConfigError(f"rope_scaling.truncate must be true or false, got {params['truncate']!r}")
     attention_factor = params.get("attention_factor")
+    mscale = params.get("mscale"), params.get("mscale_all_dim")
     return RopeParameters(
         rope_theta=theta,
         rope_type="yarn",
@@ -253,4 +264,6 @@ def _rope_parameters(d: dict) -> RopeParameters | None:
         original_max_position_embeddings=original,
         truncate=params.get("truncate", True),
         attention_factor=None if attention_factor is None else _real(attention_factor, "rope_scaling.attention_factor"),
+        mscale=tuple(_real(m, f"rope_scaling.{name}") for m, name in zip(mscale, ("mscale", "mscale_all_dim")))
+        if all(mscale) else None,  # as transformers: one of them alone (or 0) changes nothing
     )

@@ -4,7 +4,8 @@ YaRN keeps the fast-rotating dimensions as they are (extrapolation), divides the
 slow ones by `factor` (interpolation) and blends linearly in between; the blend runs over the
 dimension indices whose number of rotations within `original_max_position_embeddings` lies
 between beta_slow and beta_fast. cos and sin are then scaled by 0.1 * ln(factor) + 1 (1 for a
-factor up to 1), or by rope_scaling's attention_factor where it gives one.
+factor up to 1), or by rope_scaling's attention_factor where it gives one (or, where it gives mscale
+and mscale_all_dim, by the ratio of 0.1 * m * ln(factor) + 1 for the two).
 """
 
 from __future__ import annotations
@@ -28,7 +29,12 @@ def inv_freq_and_scale(c: GptOssConfig) -> tuple[np.ndarray, float]:
         high += 0.001  # as transformers: avoid a zero-width ramp
     ramp = np.clip((np.arange(dim // 2, dtype=np.float64) - low) / (high - low), 0.0, 1.0)
     inv_freq = (1.0 / (r.factor * pos_freqs)) * ramp + (1.0 / pos_freqs) * (1.0 - ramp)
-    scale = r.attention_factor if r.attention_factor is not None else _mscale(r.factor)
+    if r.attention_factor is not None:
+        scale = r.attention_factor
+    elif r.mscale is not None:
+        scale = _mscale(r.factor, r.mscale[0]) / _mscale(r.factor, r.mscale[1])
+    else:
+        scale = _mscale(r.factor)
     return inv_freq.astype(np.float32), float(scale)
 
 
@@ -42,5 +48,5 @@ def _correction_range(beta_fast, beta_slow, dim, base, original_max, truncate) -
     return max(low, 0), min(high, dim - 1)
 
 
-def _mscale(factor: float) -> float:
-    return 1.0 if factor <= 1 else 0.1 * math.log(factor) + 1.0
+def _mscale(factor: float, mscale: float = 1.0) -> float:
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0

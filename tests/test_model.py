@@ -50,6 +50,27 @@ def test_random_configs_match_transformers(seed, tmp_path, hf_model):
     assert_greedy(new, steps, TOL)
 
 
+YARN = {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0,
+        "original_max_position_embeddings": 64, "truncate": False}
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(rope_scaling={**YARN, "mscale": 1.0, "mscale_all_dim": 1.0}),  # DeepSeek's YaRN keys: cos/sin unscaled
+    dict(rope_scaling={**YARN, "mscale": 0.5, "mscale_all_dim": 1.25}),
+    dict(rope_scaling={**YARN, "mscale": 0.5}),  # one of them alone changes nothing
+    dict(rope_scaling=YARN, original_max_position_embeddings=16),  # over rope_scaling's 64
+    dict(rope_scaling=YARN, rope_parameters={**YARN, "factor": 4.0, "rope_theta": 1000.0}),  # rope_scaling counts
+], ids=["mscale_equal", "mscale_ratio", "mscale_alone", "top_level_original", "scaling_and_parameters"])
+def test_rope_settings_beyond_gpt_oss_s_are_read_as_transformers_reads_them(overrides, tmp_path, hf_model):
+    """config.json keys that gpt-oss's files do not hold but a fine-tune's may, which transformers reads:
+    the engine reads them alike (before, it ignored the first four and took rope_parameters over
+    rope_scaling), so the logits past YaRN's original context are transformers'."""
+    folder = synthetic.write_checkpoint(tmp_path, synthetic.config_dict("tiny", **overrides))
+    model = gptoss_np.load(folder)
+    ids = prompt(model, 100)
+    assert rel_err(model.logits(ids), hf_logits(hf_model(folder), ids)) <= TOL
+
+
 @pytest.mark.slow
 def test_gpt_oss_20b_widths_match_transformers(tmp_path):
     """Two layers, a sliding and a full one, of gpt-oss-20b's real widths (hidden and intermediate 2880:
