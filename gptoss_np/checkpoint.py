@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from . import user_warnings
 from .config import GptOssConfig
 from .kernels import bf16, mxfp4
-from .safetensors_io import INDEX_FILE, SafetensorsError, SafetensorsFile
+from .safetensors_io import INDEX_FILE, SafetensorsError, SafetensorsFile, TensorInfo
 
 FLOAT = ("BF16", "F32", "F16")  # dense weights: bf16 in the released checkpoints
 PACKED = ("U8",)  # MXFP4 nibbles and e8m0 scales
@@ -143,6 +144,9 @@ class Checkpoint:
                 f"load (not exact: the MXFP4 rounding of this checkpoint), or save that rounding once with "
                 f"python -m gptoss_np.quantize {self.folder} TARGET")
         self._validate()
+        # tie_word_embeddings: the embedding serves as lm_head too, unless lm_head.weight is stored as well,
+        # with other values: then each is its own, as transformers loads them (saying so)
+        self.ties_lm_head = self.config.tie_word_embeddings and self._lm_head_is_embedding()
         files = {id(f): f for f in self._files.values()}.values()
         self.nbytes = sum(info.end - info.begin for f in files for info in f.tensors.values())
         if self.dense:  # held as MXFP4: 17 bytes a block of 32 weights, not as stored
@@ -178,8 +182,32 @@ class Checkpoint:
             where[name] = f
         return where
 
+    def _stored_name(self, name: str) -> str:
+        """`name` as this checkpoint's files call it (OpenAI's format has its own for EMBED, FINAL_NORM, LM_HEAD)."""
+        return ORIGINAL_NAMES.get(name, name) if self.original else name
+
+    def _info(self, name: str) -> TensorInfo:
+        stored = self._stored_name(name)
+        return self._files[stored].tensors[stored]
+
+    def _lm_head_is_embedding(self) -> bool:
+        """Whether lm_head.weight is not stored, or holds the embedding's bits."""
+        if self._stored_name(LM_HEAD) not in self._files:
+            return True
+        if self._info(LM_HEAD).dtype == self._info(EMBED).dtype and \
+                np.array_equal(self.tensor(LM_HEAD), self.tensor(EMBED)):
+            return True
+        user_warnings.warn(f"{self.folder}: config.json ties lm_head to the embedding (tie_word_embeddings), but "
+                           f"{self._stored_name(LM_HEAD)} is stored with other values: it is used, as "
+                           "transformers does; set tie_word_embeddings to false to silence this")
+        return False
+
     def _validate(self) -> None:
-        for name, (shape, dtypes) in expected_tensors(self.config, self.original, self.dense).items():
+        expected = expected_tensors(self.config, self.original, self.dense)
+        embed, head = self._stored_name(EMBED), self._stored_name(LM_HEAD)
+        if head in self._files:  # also where tie_word_embeddings would do without it (see ties_lm_head)
+            expected.setdefault(head, expected[embed])
+        for name, (shape, dtypes) in expected.items():
             f = self._files.get(name)
             if f is None:
                 raise CheckpointError(f"{self.folder}: tensor {name!r} is missing from the checkpoint")
@@ -193,7 +221,7 @@ class Checkpoint:
 
     def tensor(self, name: str) -> np.ndarray:
         """The tensor `name` (in OpenAI's format, EMBED, FINAL_NORM and LM_HEAD read their own names)."""
-        name = ORIGINAL_NAMES.get(name, name) if self.original else name
+        name = self._stored_name(name)
         f = self._files[name]
         array = f.get(name)
         return array.astype(np.float32) if f.tensors[name].dtype == "F16" else array

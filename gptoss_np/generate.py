@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import operator
-import sys
-import warnings
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from . import user_warnings
 from .cache import KVCache
 from .sampling import check_args
 
@@ -102,8 +101,8 @@ def generate(model, token_ids: Sequence[int], max_new_tokens: int, *, temperatur
                          f"context of {limit} tokens (max_position_embeddings)")
     check_args(temperature, top_k, top_p, min_p)
     if temperature == 0 and (top_k, top_p, min_p) != (None, None, None):
-        warnings.warn("top_k, top_p and min_p filter what is sampled at a temperature above 0; at temperature 0 "
-                      "(generate's default) generation is greedy and they change nothing", stacklevel=_callers_level())
+        user_warnings.warn("top_k, top_p and min_p filter what is sampled at a temperature above 0; at temperature "
+                           "0 (generate's default) generation is greedy and they change nothing")
     if seed is not None and not (isinstance(seed, (int, np.integer)) and seed >= 0):
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
     draw = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, rng=np.random.default_rng(seed))
@@ -112,15 +111,6 @@ def generate(model, token_ids: Sequence[int], max_new_tokens: int, *, temperatur
     except TypeError:
         raise ValueError(f"stop_ids must be a sequence of token ids (integers), got {stop_ids!r}") from None
     return _tokens(model, ids, max_new_tokens, draw, stops, prompt_cache)
-
-
-def _callers_level() -> int:
-    """warnings.warn's stacklevel, for its caller, that names the first line outside gptoss_np: the
-    user's call, whether through model.generate, Chat.send or Chat.stream."""
-    frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] == __package__:
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 def _tokens(model, ids: np.ndarray, max_new_tokens: int, draw: dict, stops: set[int],

@@ -70,7 +70,7 @@ class GptOss:
                        for i in tqdm(range(c.num_hidden_layers), desc="loading layers", disable=not show)]
         self.embedding = ops.matrix(checkpoint.tensor(EMBED))  # [V, D]
         self.norm = ops.vector(checkpoint.tensor(FINAL_NORM))  # [D]
-        self.lm_head = self.embedding if c.tie_word_embeddings else ops.matrix(checkpoint.tensor(LM_HEAD))  # [V, D]
+        self.lm_head = self.embedding if checkpoint.ties_lm_head else ops.matrix(checkpoint.tensor(LM_HEAD))  # [V, D]
         inv_freq, self.rope_scale = rope.inv_freq_and_scale(c)
         self.inv_freq = ops.vector(inv_freq)  # [Dh/2]
 

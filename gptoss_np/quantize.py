@@ -58,7 +58,7 @@ def quantize_checkpoint(source: str | Path, target: str | Path, progress: bool |
         show = progress if progress is not None else sys.stderr.isatty()
         for i in tqdm(range(L), desc=f"quantizing {checkpoint.folder.name}", unit="layer", disable=not show):
             yield files[i], stored({layer_tensor_name(i, short): a for short, a in checkpoint.layer(i).items()})
-        names = [EMBED, FINAL_NORM] + ([] if c.tie_word_embeddings else [LM_HEAD])
+        names = [EMBED, FINAL_NORM] + ([] if checkpoint.ties_lm_head else [LM_HEAD])
         yield files[L], stored({name: checkpoint.tensor(name) for name in names})
 
     write_shards(target, shards(), metadata={"format": "pt"})

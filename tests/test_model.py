@@ -10,7 +10,7 @@ import pytest
 
 import gptoss_np
 from gptoss_np import synthetic
-from conftest import CHECKPOINTS, assert_greedy, hf_logits, load_hf, random_checkpoint, rel_err, rewrite_tensors
+from conftest import CHECKPOINTS, assert_greedy, hf_logits, load_hf, random_checkpoint, rel_err, rewrite_tensors, write
 from gptoss_np.cache import KVCache
 
 TOL = 1e-4  # relative error on float32 logits
@@ -68,6 +68,28 @@ def test_rope_settings_beyond_gpt_oss_s_are_read_as_transformers_reads_them(over
     folder = synthetic.write_checkpoint(tmp_path, synthetic.config_dict("tiny", **overrides))
     model = gptoss_np.load(folder)
     ids = prompt(model, 100)
+    assert rel_err(model.logits(ids), hf_logits(hf_model(folder), ids)) <= TOL
+
+
+@pytest.mark.parametrize("head", ["other", "same"])
+def test_a_tied_checkpoint_that_stores_lm_head_too_loads_as_transformers_loads_it(head, tmp_path, hf_model):
+    """tie_word_embeddings, and lm_head.weight stored all the same: with other values than the embedding,
+    transformers uses it (untied, with a warning), and so does the engine, saying so, where before it
+    took the embedding; with the embedding's values (as a converted torch checkpoint has) the embedding
+    serves, held once, and nothing is said."""
+    folder = write(tmp_path, "mha_tied")
+
+    def store_head(tensors):
+        dtype, embedding = tensors["model.embed_tokens.weight"]
+        tensors["lm_head.weight"] = (dtype, embedding[::-1].copy() if head == "other" else embedding.copy())
+    rewrite_tensors(folder, store_head)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = gptoss_np.load(folder)
+    said = [str(w.message) for w in caught if "tie_word_embeddings" in str(w.message)]
+    assert (model.lm_head is model.embedding) == (head == "same") and len(said) == (head == "other")
+    assert all(w.filename == __file__ for w in caught if "tie_word_embeddings" in str(w.message))
+    ids = prompt(model, 40)
     assert rel_err(model.logits(ids), hf_logits(hf_model(folder), ids)) <= TOL
 
 
