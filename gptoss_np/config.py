@@ -6,7 +6,8 @@
   `rope_parameters` with `rope_theta` inside (newer transformers); where a file has both, `rope_scaling`
   counts, and a top-level `original_max_position_embeddings` over rope_scaling's, as transformers reads them;
 - a missing `layer_types` means alternating sliding / full attention, sliding first;
-- missing RoPE scaling means gpt-oss's YaRN (factor 32 over 4096 positions), as in transformers;
+- missing RoPE scaling means gpt-oss's YaRN (factor 32 over 4096 positions), and a missing rope_theta
+  gpt-oss's 150000, as in transformers;
 - the config.json of OpenAI's original format (a Hugging Face repository's `original/` folder: `num_experts`,
   `rope_scaling_factor`, `rope_ntk_alpha`, `rope_ntk_beta`, `initial_context_length`) is translated as
   openai/gpt-oss's reference model reads it (`from_openai_format`).
@@ -41,9 +42,10 @@ class RopeParameters:
     original_max_position_embeddings: int | None = None
     truncate: bool = True  # transformers' default when the key is absent
     attention_factor: float | None = None
-    # (mscale, mscale_all_dim) where rope_scaling gives both (DeepSeek's YaRN): cos and sin are scaled by
-    # the ratio of 0.1 * m * ln(factor) + 1 for the two, where no attention_factor is given
-    mscale: tuple[float, float] | None = None
+    # DeepSeek's YaRN, where rope_scaling gives both: without an attention_factor, cos and sin are scaled
+    # by the ratio of 0.1 * m * ln(factor) + 1 for m = mscale and m = mscale_all_dim
+    mscale: float | None = None
+    mscale_all_dim: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,21 +211,21 @@ def _real(value, name: str) -> float:
     return float(value)
 
 
-# what transformers' GptOssConfig assumes when config.json has neither rope_scaling nor rope_parameters
+# what transformers' GptOssConfig assumes when config.json has no rope_theta, and neither rope_scaling nor
+# rope_parameters
+DEFAULT_ROPE_THETA = 150000.0
 DEFAULT_ROPE = {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0,
                 "truncate": False, "original_max_position_embeddings": 4096}
 
 
-def _rope_parameters(d: dict) -> RopeParameters | None:
+def _rope_parameters(d: dict) -> RopeParameters:
     """Merge `rope_theta` + `rope_scaling` (old style) or `rope_parameters` (new style) into one record."""
     given = d.get("rope_scaling") or d.get("rope_parameters") or DEFAULT_ROPE
     if not isinstance(given, dict):
         raise ConfigError(f"rope_scaling must be an object of RoPE settings, got {given!r}")
     params = dict(given)
-    if "rope_theta" not in params and d.get("rope_theta") is not None:
-        params["rope_theta"] = d["rope_theta"]
     if params.get("rope_theta") is None:
-        return None  # reported as a missing field
+        params["rope_theta"] = DEFAULT_ROPE_THETA if d.get("rope_theta") is None else d["rope_theta"]
     theta = _real(params["rope_theta"], "rope_theta")
     if not theta > 1:  # the base of the wavelengths' geometric series (YaRN divides by its log)
         raise ConfigError(f"rope_theta must be greater than 1, got {params['rope_theta']!r}")
@@ -236,14 +238,18 @@ def _rope_parameters(d: dict) -> RopeParameters | None:
                           "dimension of a head (1.0)")
     if rope_type == "default":
         return RopeParameters(rope_theta=theta)
-    if d.get("original_max_position_embeddings") is not None:  # over rope_scaling's (transformers: for Phi-3)
-        original = _int(d, "original_max_position_embeddings")
-    elif "original_max_position_embeddings" in params:
-        original = _int(params, "original_max_position_embeddings", "rope_scaling.")
+    # the context trained at: a top-level key counts over rope_scaling's (transformers, for Phi-3's files),
+    # and without either, max_position_embeddings does
+    for source, prefix, key in ((d, "", "original_max_position_embeddings"),
+                                (params, "rope_scaling.", "original_max_position_embeddings"),
+                                (d, "", "max_position_embeddings")):
+        if source.get(key) is not None:
+            original = _int(source, key, prefix)
+            if original <= 0:
+                raise ConfigError(f"{prefix}{key} must be a positive integer, got {original!r}")
+            break
     else:
-        original = _int(d, "max_position_embeddings") if d.get("max_position_embeddings") is not None else None
-    if original is None or original <= 0:
-        raise ConfigError(f"rope_scaling.original_max_position_embeddings must be a positive integer, got {original!r}")
+        raise ConfigError("rope_scaling.original_max_position_embeddings is missing")
     factor = params.get("factor")
     if factor is None:  # the context it was stretched to over the one it was trained at
         if d.get("max_position_embeddings") is None:
@@ -254,7 +260,11 @@ def _rope_parameters(d: dict) -> RopeParameters | None:
     if not isinstance(params.get("truncate", True), bool):
         raise ConfigError(f"rope_scaling.truncate must be true or false, got {params['truncate']!r}")
     attention_factor = params.get("attention_factor")
-    mscale = params.get("mscale"), params.get("mscale_all_dim")
+    mscale = {key: _real(params[key], f"rope_scaling.{key}") for key in ("mscale", "mscale_all_dim") if params.get(key)}
+    if len(mscale) < 2:
+        mscale = {}  # as transformers: one of them alone (or 0) changes nothing
+    elif not min(mscale.values()) > 0:
+        raise ConfigError(f"rope_scaling's mscale and mscale_all_dim must be positive, got {mscale}")
     return RopeParameters(
         rope_theta=theta,
         rope_type="yarn",
@@ -264,6 +274,5 @@ def _rope_parameters(d: dict) -> RopeParameters | None:
         original_max_position_embeddings=original,
         truncate=params.get("truncate", True),
         attention_factor=None if attention_factor is None else _real(attention_factor, "rope_scaling.attention_factor"),
-        mscale=tuple(_real(m, f"rope_scaling.{name}") for m, name in zip(mscale, ("mscale", "mscale_all_dim")))
-        if all(mscale) else None,  # as transformers: one of them alone (or 0) changes nothing
+        **mscale,
     )

@@ -32,7 +32,7 @@ def inv_freq_and_scale(c: GptOssConfig) -> tuple[np.ndarray, float]:
     if r.attention_factor is not None:
         scale = r.attention_factor
     elif r.mscale is not None:
-        scale = _mscale(r.factor, r.mscale[0]) / _mscale(r.factor, r.mscale[1])
+        scale = _mscale(r.factor, r.mscale) / _mscale(r.factor, r.mscale_all_dim)
     else:
         scale = _mscale(r.factor)
     return inv_freq.astype(np.float32), float(scale)

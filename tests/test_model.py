@@ -60,12 +60,17 @@ YARN = {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0
     dict(rope_scaling={**YARN, "mscale": 0.5}),  # one of them alone changes nothing
     dict(rope_scaling=YARN, original_max_position_embeddings=16),  # over rope_scaling's 64
     dict(rope_scaling=YARN, rope_parameters={**YARN, "factor": 4.0, "rope_theta": 1000.0}),  # rope_scaling counts
-], ids=["mscale_equal", "mscale_ratio", "mscale_alone", "top_level_original", "scaling_and_parameters"])
+    # and rope_parameters' theta does not: without a top-level one, gpt-oss's 150000
+    dict(rope_scaling=YARN, rope_parameters={**YARN, "rope_theta": 1000.0}, rope_theta=None),
+], ids=["mscale_equal", "mscale_ratio", "mscale_alone", "top_level_original", "scaling_and_parameters",
+        "default_theta"])
 def test_rope_settings_beyond_gpt_oss_s_are_read_as_transformers_reads_them(overrides, tmp_path, hf_model):
     """config.json keys that gpt-oss's files do not hold but a fine-tune's may, which transformers reads:
-    the engine reads them alike (before, it ignored the first four and took rope_parameters over
-    rope_scaling), so the logits past YaRN's original context are transformers'."""
-    folder = synthetic.write_checkpoint(tmp_path, synthetic.config_dict("tiny", **overrides))
+    the engine reads them alike (before, it ignored the first four, took rope_parameters over
+    rope_scaling, and without rope_theta beside rope_scaling took rope_parameters'), so the logits past
+    YaRN's original context are transformers'. An override of None leaves the key out."""
+    config = synthetic.config_dict("tiny", **overrides)
+    folder = synthetic.write_checkpoint(tmp_path, {k: v for k, v in config.items() if overrides.get(k, 0) is not None})
     model = gptoss_np.load(folder)
     ids = prompt(model, 100)
     assert rel_err(model.logits(ids), hf_logits(hf_model(folder), ids)) <= TOL
