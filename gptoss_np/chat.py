@@ -126,13 +126,17 @@ class Chat:
     def _joined(self, tokens: Iterator[int], budget: int) -> Iterator[int]:
         """`tokens` passed on. With the last one (a stop id, or the `budget`-th), before it is handed on,
         the reply they make joins the conversation: a caller that takes just the reply's tokens finds
-        it joined, and no later turn can come between the reply and its joining."""
-        ids = []
+        it joined, and no later turn can come between the reply and its joining. (A model whose tokens
+        end otherwise has its reply joined when they end.)"""
+        ids, joined = [], False
         for token in tokens:
             ids.append(token)
             if token in self.stop_ids or len(ids) == budget:
                 self.add_reply(ids[:-1] if ids[-1:] == self._endoftext() else ids)  # not harmony: ends before it
+                joined = True
             yield token
+        if not joined:
+            self.add_reply(ids)
 
     def send(self, message: str | dict, max_new_tokens: int = MAX_NEW_TOKENS, **sampling) -> list[dict]:
         """Add `message` and the assistant's reply to the conversation (see `stream`); the reply's

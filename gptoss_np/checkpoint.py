@@ -21,7 +21,7 @@ import numpy as np
 from . import user_warnings
 from .config import GptOssConfig
 from .kernels import bf16, mxfp4
-from .safetensors_io import INDEX_FILE, SafetensorsError, SafetensorsFile, TensorInfo
+from .safetensors_io import INDEX_FILE, SafetensorsError, SafetensorsFile
 
 FLOAT = ("BF16", "F32", "F16")  # dense weights: bf16 in the released checkpoints
 PACKED = ("U8",)  # MXFP4 nibbles and e8m0 scales
@@ -125,6 +125,8 @@ class Checkpoint:
     rounds them to MXFP4 (kernels/mxfp4.quantize_rows) as it reads them, which the engine runs. Not exact:
     the model is then the MXFP4 rounding of the checkpoint, as the released checkpoints are of theirs.
     `nbytes` counts the weights as they will be held: the experts packed. quantize.py saves the rounding.
+    `ties_lm_head`: the embedding serves as lm_head too, as config.json's tie_word_embeddings asks, unless
+    the files store an lm_head.weight with other values: then, as transformers loads them, each is its own.
     """
 
     def __init__(self, folder: str | Path, quantize_experts: bool = False):
@@ -144,9 +146,11 @@ class Checkpoint:
                 f"load (not exact: the MXFP4 rounding of this checkpoint), or save that rounding once with "
                 f"python -m gptoss_np.quantize {self.folder} TARGET")
         self._validate()
-        # tie_word_embeddings: the embedding serves as lm_head too, unless lm_head.weight is stored as well,
-        # with other values: then each is its own, as transformers loads them (saying so)
         self.ties_lm_head = self.config.tie_word_embeddings and self._lm_head_is_embedding()
+        if self.config.tie_word_embeddings and not self.ties_lm_head:
+            user_warnings.warn(f"{self.folder}: config.json ties lm_head to the embedding (tie_word_embeddings), "
+                               f"but {self._stored_name(LM_HEAD)} is stored with other values: it is used, as "
+                               "transformers does; set tie_word_embeddings to false to silence this")
         files = {id(f): f for f in self._files.values()}.values()
         self.nbytes = sum(info.end - info.begin for f in files for info in f.tensors.values())
         if self.dense:  # held as MXFP4: 17 bytes a block of 32 weights, not as stored
@@ -186,21 +190,14 @@ class Checkpoint:
         """`name` as this checkpoint's files call it (OpenAI's format has its own for EMBED, FINAL_NORM, LM_HEAD)."""
         return ORIGINAL_NAMES.get(name, name) if self.original else name
 
-    def _info(self, name: str) -> TensorInfo:
-        stored = self._stored_name(name)
-        return self._files[stored].tensors[stored]
-
     def _lm_head_is_embedding(self) -> bool:
-        """Whether lm_head.weight is not stored, or holds the embedding's bits."""
+        """Whether lm_head.weight is not stored, or holds the embedding's values (compared as float32, some
+        rows at a time: both are [V, D])."""
         if self._stored_name(LM_HEAD) not in self._files:
             return True
-        if self._info(LM_HEAD).dtype == self._info(EMBED).dtype and \
-                np.array_equal(self.tensor(LM_HEAD), self.tensor(EMBED)):
-            return True
-        user_warnings.warn(f"{self.folder}: config.json ties lm_head to the embedding (tie_word_embeddings), but "
-                           f"{self._stored_name(LM_HEAD)} is stored with other values: it is used, as "
-                           "transformers does; set tie_word_embeddings to false to silence this")
-        return False
+        head, embedding, rows = self.tensor(LM_HEAD), self.tensor(EMBED), 4096
+        return all(np.array_equal(bf16.as_f32(head[i:i + rows]), bf16.as_f32(embedding[i:i + rows]))
+                   for i in range(0, len(head), rows))
 
     def _validate(self) -> None:
         expected = expected_tensors(self.config, self.original, self.dense)

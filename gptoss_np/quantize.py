@@ -64,6 +64,8 @@ def quantize_checkpoint(source: str | Path, target: str | Path, progress: bool |
     write_shards(target, shards(), metadata={"format": "pt"})
     config = json.loads((checkpoint.folder / "config.json").read_text())
     config["quantization_config"] = QUANTIZATION_CONFIG
+    if c.tie_word_embeddings and not checkpoint.ties_lm_head:
+        config["tie_word_embeddings"] = False  # its lm_head.weight is its own (see Checkpoint.ties_lm_head)
     (target / "config.json").write_text(json.dumps(config, indent=2))
     for path in checkpoint.folder.iterdir():  # tokenizer, generation config, chat template, ...
         if path.is_file() and path.suffix != ".safetensors" and path.name not in ("config.json", INDEX_FILE):

@@ -231,6 +231,12 @@ def test_a_reply_joins_as_its_last_token_is_taken(tok):
     assert chat.messages[-1]["content"] == "ok"
 
 
+def test_a_reply_that_ends_otherwise_joins_when_it_ends(tok):
+    """A model whose tokens end before the budget without a stop id: the reply joins all the same."""
+    chat = gptoss_np.Chat(Scripted(4096, tok.encode("short")), tok)
+    assert chat.send("Hi", 64) == [{"role": "assistant", "channel": "final", "content": "short"}]
+
+
 def test_a_finished_stream_resumed_after_a_later_turn_changes_nothing(model, tok):
     """The same with the model and its PromptCache: the later turn's prompt holds the first reply,
     and the first stream, resumed, neither raises nor adds it again."""

@@ -50,6 +50,28 @@ def test_random_configs_match_transformers(seed, tmp_path, hf_model):
     assert_greedy(new, steps, TOL)
 
 
+def test_quantizing_a_tied_checkpoint_keeps_its_own_lm_head(tmp_path):
+    """A dense, tied checkpoint whose lm_head.weight has other values: quantize saves that lm_head and a
+    config.json that no longer ties it, so the result loads to the same logits, with nothing to warn of."""
+    import json
+    from gptoss_np import quantize
+    dense = synthetic.write_dense(tmp_path / "dense", write(tmp_path / "tied", "mha_tied"))
+
+    def store_head(tensors):
+        dtype, embedding = tensors["model.embed_tokens.weight"]
+        tensors["lm_head.weight"] = (dtype, embedding[::-1].copy())
+    rewrite_tensors(dense, store_head)
+    with pytest.warns(UserWarning, match="tie_word_embeddings"):
+        source = gptoss_np.load(dense, quantize_experts=True)
+        folder = quantize.quantize_checkpoint(dense, tmp_path / "mxfp4")
+    assert json.loads((folder / "config.json").read_text())["tie_word_embeddings"] is False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = gptoss_np.load(folder)
+    ids = prompt(model, 30)
+    np.testing.assert_array_equal(model.logits(ids), source.logits(ids))
+
+
 YARN = {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0,
         "original_max_position_embeddings": 64, "truncate": False}
 
@@ -76,23 +98,25 @@ def test_rope_settings_beyond_gpt_oss_s_are_read_as_transformers_reads_them(over
     assert rel_err(model.logits(ids), hf_logits(hf_model(folder), ids)) <= TOL
 
 
-@pytest.mark.parametrize("head", ["other", "same"])
+@pytest.mark.parametrize("head", ["other", "same", "same_in_f32"])
 def test_a_tied_checkpoint_that_stores_lm_head_too_loads_as_transformers_loads_it(head, tmp_path, hf_model):
     """tie_word_embeddings, and lm_head.weight stored all the same: with other values than the embedding,
     transformers uses it (untied, with a warning), and so does the engine, saying so, where before it
-    took the embedding; with the embedding's values (as a converted torch checkpoint has) the embedding
-    serves, held once, and nothing is said."""
+    took the embedding; with the embedding's values (as a converted torch checkpoint has; in another
+    dtype too) the embedding serves, held once, and nothing is said."""
+    from gptoss_np.kernels.bf16 import bf16_to_f32
     folder = write(tmp_path, "mha_tied")
 
     def store_head(tensors):
         dtype, embedding = tensors["model.embed_tokens.weight"]
-        tensors["lm_head.weight"] = (dtype, embedding[::-1].copy() if head == "other" else embedding.copy())
+        tensors["lm_head.weight"] = {"other": (dtype, embedding[::-1].copy()), "same": (dtype, embedding.copy()),
+                                     "same_in_f32": ("F32", bf16_to_f32(embedding))}[head]
     rewrite_tensors(folder, store_head)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = gptoss_np.load(folder)
     said = [str(w.message) for w in caught if "tie_word_embeddings" in str(w.message)]
-    assert (model.lm_head is model.embedding) == (head == "same") and len(said) == (head == "other")
+    assert (model.lm_head is model.embedding) == (head != "other") and len(said) == (head == "other")
     assert all(w.filename == __file__ for w in caught if "tie_word_embeddings" in str(w.message))
     ids = prompt(model, 40)
     assert rel_err(model.logits(ids), hf_logits(hf_model(folder), ids)) <= TOL
