@@ -91,6 +91,7 @@ class DeviceCheckpoint:
     def __init__(self, config: GptOssConfig, seed: int = 0):
         self.config = config
         self.nbytes = 0
+        self.ties_lm_head = config.tie_word_embeddings
         self.rs = cp.random.RandomState(seed)
 
     def _tensor(self, name: str, shape):
