@@ -122,6 +122,25 @@ def test_a_tied_checkpoint_that_stores_lm_head_too_loads_as_transformers_loads_i
     assert rel_err(model.logits(ids), hf_logits(hf_model(folder), ids)) <= TOL
 
 
+def test_far_positions_match_transformers(tmp_path, hf_model):
+    """gpt-oss-20b's RoPE (head dim 64, theta 150000, YaRN 32x over 4096 positions) at positions up to
+    its context's end, through forward's `positions` and transformers' position_ids: the angles there
+    are what a long conversation's last tokens see, which no prompt a test can afford reaches."""
+    config = synthetic.config_dict("tiny", head_dim=64, num_attention_heads=4, num_key_value_heads=2,
+                                   hidden_size=128, rope_theta=150000.0, max_position_embeddings=131072,
+                                   rope_scaling={**YARN, "original_max_position_embeddings": 4096})
+    folder = synthetic.write_checkpoint(tmp_path, config)
+    model, hf = gptoss_np.load(folder), hf_model(folder)
+    ids = prompt(model, 64)
+    import torch
+    for start in (4096, 32768, 100000, 131072 - 64):
+        positions = np.arange(start, start + len(ids))
+        ours = model.forward(ids, model.new_cache(len(ids)), all_logits=True, positions=positions)
+        with torch.no_grad():
+            ref = hf(torch.tensor(ids)[None], position_ids=torch.tensor(positions)[None]).logits[0].numpy()
+        assert rel_err(ours, ref) <= TOL, start
+
+
 @pytest.mark.slow
 def test_gpt_oss_20b_widths_match_transformers(tmp_path):
     """Two layers, a sliding and a full one, of gpt-oss-20b's real widths (hidden and intermediate 2880:
