@@ -27,7 +27,7 @@ from typing import Callable, Iterator, Sequence, TextIO
 
 from numba.core import event
 
-from . import __version__, embedded, harmony, hub
+from . import __version__, embedded, harmony, hub, user_warnings
 from .backend import DeviceUnavailableError
 from .chat import MAX_NEW_TOKENS, Chat
 from .config import GptOssConfig, is_token_id
@@ -548,7 +548,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with `argv` (default: sys.argv[1:]); returns the exit code."""
     try:
         args = build_parser().parse_args(argv)
-        return _generate(args)
+        with user_warnings.shown_as_notes(PROG):
+            return _generate(args)
     except SystemExit as done:  # --help
         return int(done.code or 0)
     except KeyboardInterrupt:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import hub
+from . import hub, user_warnings
 from .checkpoint import EMBED, FINAL_NORM, INDEX_FILE, LM_HEAD, Checkpoint, CheckpointError, layer_tensor_name
 from .safetensors_io import write_shards
 
@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("target", help="folder to write the MXFP4 checkpoint to")
     args = parser.parse_args(argv)
     try:
-        print(quantize_checkpoint(args.source, args.target))
+        with user_warnings.shown_as_notes(parser.prog):
+            print(quantize_checkpoint(args.source, args.target))
     except (OSError, ValueError) as error:  # CheckpointError and ConfigError are ValueErrors
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2

@@ -725,3 +725,16 @@ def test_stdin_that_is_not_utf8_is_the_tokenizers_error_in_any_locale(small_chec
     assert done.returncode == 2 and len(summaries("\n".join(err))) == 1
     assert err[-1] == ("gptoss-generate: error: the text is not valid UTF-8: byte 0xff at character 0 is not part of a "
                        "UTF-8 character (text in another encoding?)")
+
+
+def test_a_warning_is_a_note_line(capsys, small_checkpoint, tmp_path):
+    """A library warning during a run (here: a tied config whose files store an lm_head of their own)
+    is one `gptoss-generate: warning:` line, not Python's file:line: UserWarning form."""
+    folder = tmp_path / "tied"
+    shutil.copytree(small_checkpoint, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}))
+    code, _, err = run_cli(capsys, "--model", str(folder), "--raw", "--prompt", "The sky", "--max-new-tokens", "2",
+                           "--temperature", "0")
+    assert code == 0
+    assert "gptoss-generate: warning: " in err and "tie_word_embeddings" in err and "UserWarning" not in err

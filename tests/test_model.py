@@ -50,7 +50,7 @@ def test_random_configs_match_transformers(seed, tmp_path, hf_model):
     assert_greedy(new, steps, TOL)
 
 
-def test_quantizing_a_tied_checkpoint_keeps_its_own_lm_head(tmp_path):
+def test_quantizing_a_tied_checkpoint_keeps_its_own_lm_head(tmp_path, capsys):
     """A dense, tied checkpoint whose lm_head.weight has other values: quantize saves that lm_head and a
     config.json that no longer ties it, so the result loads to the same logits, with nothing to warn of."""
     import json
@@ -65,6 +65,8 @@ def test_quantizing_a_tied_checkpoint_keeps_its_own_lm_head(tmp_path):
         source = gptoss_np.load(dense, quantize_experts=True)
         folder = quantize.quantize_checkpoint(dense, tmp_path / "mxfp4")
     assert json.loads((folder / "config.json").read_text())["tie_word_embeddings"] is False
+    assert quantize.main([str(dense), str(tmp_path / "by_command")]) == 0  # its warning: one line, no file
+    assert "python -m gptoss_np.quantize: warning: " in capsys.readouterr().err
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model = gptoss_np.load(folder)
