@@ -1,4 +1,4 @@
-"""gptoss_np.sampling against hand-worked examples and brute-force oracles."""
+"""gptoss_np.sampling against hand-worked examples, brute-force oracles and transformers' logits warpers."""
 
 import itertools
 import math
@@ -114,6 +114,30 @@ def test_min_p_comes_after_top_p():
     # (min-p first would keep {0, 1, 2} and top-p on that renormalised set only {0, 1}.)
     probs = filter_probs(logits_of([0.4, 0.3, 0.2, 0.1]), top_p=0.75, min_p=0.45)
     assert support(probs) == {0, 1, 2}
+
+
+def test_filters_match_transformers_logits_warpers():
+    """Temperature, then top-k, top-p and min-p, as transformers' warpers run in that order: the same
+    distribution on random logits without ties. (With ties at the k-th value transformers keeps them
+    all, and the engine exactly k, the lower ids first: test_top_k_breaks_ties_towards_lower_ids.)"""
+    torch = pytest.importorskip("torch")
+    warpers = pytest.importorskip("transformers.generation.logits_process")
+    rng = np.random.default_rng(1)
+    for _ in range(500):
+        V = int(rng.integers(2, 300))
+        x = (rng.standard_normal(V) * rng.choice([0.5, 2, 8])).astype(np.float32)
+        temperature = float(rng.choice([0.5, 1.0, 1.7]))
+        top_k = int(rng.integers(1, V + 1)) if rng.random() < 0.5 else None
+        top_p = float(rng.choice([0.3, 0.5, 0.9, 0.95])) if rng.random() < 0.6 else None
+        min_p = float(rng.choice([0.05, 0.1, 0.3])) if rng.random() < 0.4 else None
+        scores = warpers.TemperatureLogitsWarper(temperature)(None, torch.tensor(x, dtype=torch.float64)[None])
+        for warper, value in ((warpers.TopKLogitsWarper, top_k), (warpers.TopPLogitsWarper, top_p),
+                              (warpers.MinPLogitsWarper, min_p)):
+            scores = scores if value is None else warper(value)(None, scores)
+        ref = torch.softmax(scores, -1)[0].numpy()
+        ours = filter_probs(x, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+        assert support(ours) == support(ref)
+        np.testing.assert_allclose(ours, ref, rtol=1e-12, atol=1e-15)
 
 
 def test_greedy_is_the_argmax():
