@@ -50,17 +50,25 @@ def test_random_configs_match_transformers(seed, tmp_path, hf_model):
     assert_greedy(new, steps, TOL)
 
 
+def store_lm_head(folder, values: str) -> None:
+    """Rewrite `folder`'s checkpoint with an lm_head.weight beside its embedding: "other" (the embedding's
+    rows reversed), "same" (a copy) or "same_in_f32" (its values, stored as F32)."""
+    from gptoss_np.kernels.bf16 import bf16_to_f32
+
+    def add(tensors):
+        dtype, embedding = tensors["model.embed_tokens.weight"]
+        tensors["lm_head.weight"] = {"other": (dtype, embedding[::-1].copy()), "same": (dtype, embedding.copy()),
+                                     "same_in_f32": ("F32", bf16_to_f32(embedding))}[values]
+    rewrite_tensors(folder, add)
+
+
 def test_quantizing_a_tied_checkpoint_keeps_its_own_lm_head(tmp_path, capsys):
     """A dense, tied checkpoint whose lm_head.weight has other values: quantize saves that lm_head and a
     config.json that no longer ties it, so the result loads to the same logits, with nothing to warn of."""
     import json
     from gptoss_np import quantize
     dense = synthetic.write_dense(tmp_path / "dense", write(tmp_path / "tied", "mha_tied"))
-
-    def store_head(tensors):
-        dtype, embedding = tensors["model.embed_tokens.weight"]
-        tensors["lm_head.weight"] = (dtype, embedding[::-1].copy())
-    rewrite_tensors(dense, store_head)
+    store_lm_head(dense, "other")
     with pytest.warns(UserWarning, match="tie_word_embeddings"):
         source = gptoss_np.load(dense, quantize_experts=True)
         folder = quantize.quantize_checkpoint(dense, tmp_path / "mxfp4")
@@ -106,14 +114,8 @@ def test_a_tied_checkpoint_that_stores_lm_head_too_loads_as_transformers_loads_i
     transformers uses it (untied, with a warning), and so does the engine, saying so, where before it
     took the embedding; with the embedding's values (as a converted torch checkpoint has; in another
     dtype too) the embedding serves, held once, and nothing is said."""
-    from gptoss_np.kernels.bf16 import bf16_to_f32
     folder = write(tmp_path, "mha_tied")
-
-    def store_head(tensors):
-        dtype, embedding = tensors["model.embed_tokens.weight"]
-        tensors["lm_head.weight"] = {"other": (dtype, embedding[::-1].copy()), "same": (dtype, embedding.copy()),
-                                     "same_in_f32": ("F32", bf16_to_f32(embedding))}[head]
-    rewrite_tensors(folder, store_head)
+    store_lm_head(folder, head)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = gptoss_np.load(folder)
