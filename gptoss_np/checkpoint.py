@@ -127,6 +127,8 @@ class Checkpoint:
     `nbytes` counts the weights as they will be held: the experts packed. quantize.py saves the rounding.
     `ties_lm_head`: the embedding serves as lm_head too, as config.json's tie_word_embeddings asks, unless
     the files store an lm_head.weight with other values: then, as transformers loads them, each is its own.
+    Tied files that store lm_head.weight and no embedding have it read as the embedding, as transformers
+    ties them too.
     """
 
     def __init__(self, folder: str | Path, quantize_experts: bool = False):
@@ -136,6 +138,10 @@ class Checkpoint:
         self.config = GptOssConfig.from_file(self.folder / "config.json")
         self._files = self._open_files()
         self.original = ORIGINAL_NAMES[EMBED] in self._files and EMBED not in self._files  # OpenAI's format
+        self._names = {name: ORIGINAL_NAMES[name] if self.original else name for name in ORIGINAL_NAMES}
+        if self.config.tie_word_embeddings and self._names[EMBED] not in self._files \
+                and self._names[LM_HEAD] in self._files:
+            self._names[EMBED] = self._names[LM_HEAD]
         self.dense = layer_tensor_name(0, "gate_up") in self._files and \
             layer_tensor_name(0, "gate_up_blocks") not in self._files  # unquantized experts
         if self.dense and not quantize_experts:
@@ -187,13 +193,14 @@ class Checkpoint:
         return where
 
     def _stored_name(self, name: str) -> str:
-        """`name` as this checkpoint's files call it (OpenAI's format has its own for EMBED, FINAL_NORM, LM_HEAD)."""
-        return ORIGINAL_NAMES.get(name, name) if self.original else name
+        """`name` as this checkpoint's files call it: OpenAI's format has its own for EMBED, FINAL_NORM and
+        LM_HEAD, and tied files without an embedding read EMBED from LM_HEAD's."""
+        return self._names.get(name, name)
 
     def _lm_head_is_embedding(self) -> bool:
-        """Whether lm_head.weight is not stored, or holds the embedding's values (compared as float32, some
-        rows at a time: both are [V, D])."""
-        if self._stored_name(LM_HEAD) not in self._files:
+        """Whether lm_head.weight is not stored, is read as the embedding, or holds the embedding's values
+        (compared as float32, some rows at a time: both are [V, D])."""
+        if self._stored_name(LM_HEAD) not in self._files or self._stored_name(EMBED) == self._stored_name(LM_HEAD):
             return True
         head, embedding, rows = self.tensor(LM_HEAD), self.tensor(EMBED), 4096
         return all(np.array_equal(bf16.as_f32(head[i:i + rows]), bf16.as_f32(embedding[i:i + rows]))
@@ -202,6 +209,7 @@ class Checkpoint:
     def _validate(self) -> None:
         expected = expected_tensors(self.config, self.original, self.dense)
         embed, head = self._stored_name(EMBED), self._stored_name(LM_HEAD)
+        expected[embed] = expected.pop(ORIGINAL_NAMES[EMBED] if self.original else EMBED)  # LM_HEAD's, if read there
         if head in self._files:  # also where tie_word_embeddings would do without it (see ties_lm_head)
             expected.setdefault(head, expected[embed])
         for name, (shape, dtypes) in expected.items():

@@ -52,13 +52,16 @@ def test_random_configs_match_transformers(seed, tmp_path, hf_model):
 
 def store_lm_head(folder, values: str) -> None:
     """Rewrite `folder`'s checkpoint with an lm_head.weight beside its embedding: "other" (the embedding's
-    rows reversed), "same" (a copy) or "same_in_f32" (its values, stored as F32)."""
+    rows reversed), "same" (a copy) or "same_in_f32" (its values, stored as F32); or "instead" of it."""
     from gptoss_np.kernels.bf16 import bf16_to_f32
 
     def add(tensors):
         dtype, embedding = tensors["model.embed_tokens.weight"]
+        if values == "instead":
+            del tensors["model.embed_tokens.weight"]
         tensors["lm_head.weight"] = {"other": (dtype, embedding[::-1].copy()), "same": (dtype, embedding.copy()),
-                                     "same_in_f32": ("F32", bf16_to_f32(embedding))}[values]
+                                     "same_in_f32": ("F32", bf16_to_f32(embedding)),
+                                     "instead": (dtype, embedding)}[values]
     rewrite_tensors(folder, add)
 
 
@@ -108,12 +111,14 @@ def test_rope_settings_beyond_gpt_oss_s_are_read_as_transformers_reads_them(over
     assert rel_err(model.logits(ids), hf_logits(hf_model(folder), ids)) <= TOL
 
 
-@pytest.mark.parametrize("head", ["other", "same", "same_in_f32"])
-def test_a_tied_checkpoint_that_stores_lm_head_too_loads_as_transformers_loads_it(head, tmp_path, hf_model):
+@pytest.mark.parametrize("head", ["other", "same", "same_in_f32", "instead"])
+def test_a_tied_checkpoint_that_stores_lm_head_loads_as_transformers_loads_it(head, tmp_path, hf_model):
     """tie_word_embeddings, and lm_head.weight stored all the same: with other values than the embedding,
     transformers uses it (untied, with a warning), and so does the engine, saying so, where before it
     took the embedding; with the embedding's values (as a converted torch checkpoint has; in another
-    dtype too) the embedding serves, held once, and nothing is said."""
+    dtype too) the embedding serves, held once, and nothing is said. Stored instead of the embedding,
+    it is the embedding too (transformers ties either way; the engine used to say the embedding was
+    missing)."""
     folder = write(tmp_path, "mha_tied")
     store_lm_head(folder, head)
     with warnings.catch_warnings(record=True) as caught:
