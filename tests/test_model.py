@@ -189,6 +189,28 @@ def test_openais_original_format_matches_transformers(checkpoint_dir, hf_model, 
     assert list(model.generate(ids[:30], 10)) == out[0, 30:].tolist()
 
 
+def test_openais_original_format_matches_openais_reference(tmp_path):
+    """OpenAI's own reference implementation (gpt_oss.torch.model, widened to float32) reads the files
+    in the original format: the engine's logits on them are its logits. The test above checks the two
+    formats against each other, both written by synthetic.py; this one checks the engine's reading of
+    the format (names, the qkv split, config.json's keys, which layers slide) against code that is not
+    its own. A model with gpt-oss-20b's RoPE, which the reference asserts is in YaRN's range, and 4
+    layers (2 sliding, window 8) over 100 tokens."""
+    torch = pytest.importorskip("torch")
+    reference = pytest.importorskip("gpt_oss.torch.model", reason="OpenAI's reference implementation is not "
+                                    "installed: pip install --no-deps --ignore-requires-python gpt-oss==0.0.9")
+    config = synthetic.config_dict("tiny", head_dim=64, num_attention_heads=4, num_key_value_heads=2,
+                                   hidden_size=128, num_hidden_layers=4, rope_theta=150000.0,
+                                   max_position_embeddings=131072,
+                                   rope_scaling={**YARN, "original_max_position_embeddings": 4096})
+    folder = synthetic.write_original(tmp_path / "original", synthetic.write_checkpoint(tmp_path / "hf", config))
+    model = gptoss_np.load(folder)
+    ids = prompt(model, 100)
+    with torch.no_grad():
+        ref = reference.Transformer.from_checkpoint(str(folder), device="cpu").float()(torch.tensor(ids)).numpy()
+    assert rel_err(model.logits(ids), ref) <= TOL
+
+
 def test_dense_experts_quantized_as_they_load_match_transformers(checkpoint_dir, tmp_path):
     """A checkpoint with dense bf16 experts (as fine-tuned ones hold them; here the tiny checkpoint's
     experts dequantized, so MXFP4 holds them exactly): with quantize_experts=True its logits are
