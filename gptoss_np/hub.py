@@ -15,12 +15,14 @@ _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # org/name
 
 
 def cache_folder() -> Path:
-    """The local Hugging Face hub cache, found as huggingface_hub finds it: `$HF_HUB_CACHE`,
-    else `$HF_HOME/hub`, else `$XDG_CACHE_HOME/huggingface/hub`, else `~/.cache/huggingface/hub`."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(os.environ.get("HF_HOME") or Path(cache) / "huggingface").expanduser() / "hub"
+    """The local Hugging Face hub cache, found as huggingface_hub finds it: `$HF_HUB_CACHE`, else the
+    older `$HUGGINGFACE_HUB_CACHE`, else `$HF_HOME/hub`, else `$XDG_CACHE_HOME/huggingface/hub`, else
+    `~/.cache/huggingface/hub` (a variable set, even empty, counts; `~` and `$VAR` in them expand)."""
+    def expanded(path: str) -> str:
+        return os.path.expandvars(os.path.expanduser(path))
+    home = expanded(os.getenv("HF_HOME", os.path.join(os.getenv("XDG_CACHE_HOME", Path.home() / ".cache"),
+                                                      "huggingface")))
+    return Path(expanded(os.getenv("HF_HUB_CACHE", os.getenv("HUGGINGFACE_HUB_CACHE", os.path.join(home, "hub")))))
 
 
 def resolve(spec: str | os.PathLike) -> Path:

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import numba
 import pytest
@@ -546,6 +547,35 @@ def test_hub_id_resolves_in_the_local_cache(capsys, monkeypatch, tmp_path, small
     monkeypatch.delenv("HF_HOME")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert hub.cache_folder() == tmp_path / "xdg" / "huggingface" / "hub"
+
+
+@pytest.mark.parametrize("env", [
+    {}, {"XDG_CACHE_HOME": "~/xdg"}, {"HF_HOME": "$SOMEWHERE/hf", "XDG_CACHE_HOME": "/xdg"},
+    {"HUGGINGFACE_HUB_CACHE": "/legacy", "HF_HOME": "/hf"}, {"HF_HUB_CACHE": "~/hub", "HUGGINGFACE_HUB_CACHE": "/x"},
+    {"HF_HOME": ""}, {"HF_HUB_CACHE": "", "HF_HOME": "/hf"},
+], ids=["default", "xdg", "hf_home", "legacy", "hf_hub_cache", "empty_home", "empty_cache"])
+def test_the_cache_folder_is_huggingface_hubs(env, tmp_path):
+    """hub.cache_folder() under these variables is the folder huggingface_hub itself downloads into
+    (its constants.HF_HUB_CACHE, read in a fresh process under the same environment)."""
+    names = ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME")
+    environ = {**{k: v for k, v in os.environ.items() if k not in names}, "HOME": str(tmp_path),
+               "SOMEWHERE": "/somewhere", **env}
+    theirs = subprocess.run([sys.executable, "-c", "from huggingface_hub import constants; "
+                             "print(constants.HF_HUB_CACHE)"], env=environ, capture_output=True, text=True, check=True)
+    ours = subprocess.run([sys.executable, "-c", "from gptoss_np import hub; print(hub.cache_folder())"],
+                          env=environ, capture_output=True, text=True, check=True)
+    assert Path(ours.stdout.strip()) == Path(theirs.stdout.strip())
+
+
+def test_a_hub_id_resolves_where_huggingface_hub_finds_its_files(monkeypatch, tmp_path, small_checkpoint):
+    """The snapshot hub.resolve finds holds the files huggingface_hub's own cache lookup
+    (try_to_load_from_cache, which follows refs/main as a download left it) finds."""
+    from huggingface_hub import try_to_load_from_cache
+    snapshot = fake_hub(tmp_path, "org/model", small_checkpoint)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        assert Path(try_to_load_from_cache("org/model", name, cache_dir=tmp_path)) == hub.resolve("org/model") / name
+    assert hub.resolve("org/model") == snapshot
 
 
 def test_hub_id_without_refs_main(monkeypatch, tmp_path, small_checkpoint):
