@@ -373,12 +373,11 @@ class Runner:
     def __init__(self, model: GptOss, tokenizer: Tokenizer, stops: frozenset[int], args: argparse.Namespace,
                  chat: Chat | None = None):
         self.model, self.tokenizer, self.stops, self.args, self.chat = model, tokenizer, stops, args, chat
-        self.tokenizer_size = tokenizer.vocab_size
         self.prompt_cache = chat.prompt_cache if chat else PromptCache()
 
     def complete(self, prompt_ids: list[int], budget: int, printer: RawPrinter | HarmonyPrinter) -> list[int] | None:
         """Generate up to `budget` tokens (see room) after `prompt_ids`, show them with `printer` (leaving
-        out the stop token and ids the tokenizer lacks), end stdout's line and write the summary to stderr.
+        out the stop token), end stdout's line and write the summary to stderr.
         The ids shown, or None when interrupted (Ctrl-C)."""
         a = self.args
         tokens = self.model.generate(prompt_ids, budget, a.temperature, top_k=a.top_k, top_p=a.top_p,
@@ -386,7 +385,7 @@ class Runner:
                                      prompt_cache=self.prompt_cache)
         timed = TimedTokens(tokens, len(prompt_ids))
         ended = "max-new-tokens" if budget == a.max_new_tokens else "context full"
-        shown, unknown = [], 0  # unknown: ids the model has but the tokenizer lacks (a vocabulary padded past it)
+        shown = []
         # on a CPU a long prompt takes a while before anything shows
         notice = StatusLine(f"prefilling {len(prompt_ids) - self.prompt_cache.held(self.model, prompt_ids)} "
                             f"prompt tokens...")
@@ -397,8 +396,6 @@ class Runner:
                     notice.done()
                     if token in self.stops:
                         ended = "stop token"
-                    elif token >= self.tokenizer_size:
-                        unknown += 1
                     else:
                         printer.push(token)
                         shown.append(token)
@@ -414,8 +411,6 @@ class Runner:
         printer.finish()
         sys.stdout.write("\n")
         sys.stdout.flush()
-        if unknown:
-            _note(f"{unknown} generated id(s) are beyond the tokenizer's {self.tokenizer_size} ids; not shown")
         print(timed.summary(ended, watch.compiled, self.prompt_cache.reused), file=sys.stderr)
         return None if ended == "interrupted" else shown
 

@@ -6,7 +6,7 @@ The weights are random and untrained: the model writes gibberish.
 
 The checkpoint is synthetic's "tiny" preset (hidden 64, 2 layers, 8 experts) with gpt-oss's
 vocabulary of 201088 ids and its special ids, about 50 MB. It is written once, on first use,
-to `<cache>/tiny-default` together with its `tokenizer.json`; `<cache>` is `$GPTOSS_NP_CACHE`
+to `<cache>/tiny-default-2` together with its `tokenizer.json`; `<cache>` is `$GPTOSS_NP_CACHE`
 or `~/.cache/gptoss_np`. Delete the folder to rebuild it.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 from . import synthetic
 from .tokenizer import HARMONY_SPECIALS, VOCAB_SIZE, Tokenizer, cache_dir_for, make_cache_dir
 
-FOLDER_NAME = "tiny-default"
+FOLDER_NAME = "tiny-default-2"  # a new name whenever what default_checkpoint writes changes
 SEED = 0
 
 

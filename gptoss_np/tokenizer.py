@@ -36,13 +36,15 @@ HARMONY_SPECIALS = {
     "<|end|>": 200007,
     "<|message|>": 200008,
     "<|call|>": 200012,
+    "<|endofprompt|>": 200018,  # o200k_base's, kept by gpt-oss's tokenizer.json and tiktoken's o200k_harmony
 }
-_CACHE_FILE = "o200k_harmony.tokenizer.json"
+_CACHE_FILE = "o200k_harmony-2.tokenizer.json"  # a new name whenever what build_o200k_harmony writes changes
 
 
 def harmony_special_tokens() -> dict[str, int]:
     """All special tokens of o200k_harmony: the named ones, every other id from 199998 up
-    to 201087 as `<|reserved_N|>` (N = the id), in id order."""
+    to 201087 as `<|reserved_N|>` (N = the id), in id order (as tiktoken's o200k_harmony; the
+    tokenizer.json that gpt-oss ships ends at 200018)."""
     names = {i: f"<|reserved_{i}|>" for i in range(FIRST_SPECIAL_ID, VOCAB_SIZE)}
     names.update({i: name for name, i in HARMONY_SPECIALS.items()})
     return {names[i]: i for i in sorted(names)}
@@ -138,6 +140,16 @@ def _read_tokenizer_json(file: Path) -> tokenizers.Tokenizer:
         raise ValueError(f"cannot read tokenizer file {file}: {error}") from error
 
 
+def _reserve_ids(hf: tokenizers.Tokenizer, vocab_size: int) -> None:
+    """Add special tokens `<|reserved_N|>` to `hf` for its missing ids N below `vocab_size`."""
+    size = hf.get_vocab_size(with_added_tokens=True)
+    hf.add_special_tokens([AddedToken(f"<|reserved_{i}|>", special=True, normalized=False)
+                           for i in range(size, vocab_size)])
+    if hf.get_vocab_size(with_added_tokens=True) != max(size, vocab_size):
+        raise ValueError(f"the tokenizer has {size} ids and names some <|reserved_N|> beyond them: cannot name "
+                         f"ids {size}..{vocab_size - 1} for the model's vocab_size {vocab_size}")
+
+
 class _SpecialId:
     """Class attribute that reads the id of one named special token from the tokenizer."""
 
@@ -180,7 +192,10 @@ class Tokenizer:
         `path` names: a folder, or a hub id (`openai/gpt-oss-20b`) in the local Hugging Face cache (hub.py).
 
         A checkpoint without a tokenizer.json whose config.json has gpt-oss's vocabulary (201088 ids) gets
-        `o200k_harmony()`, the tokenizer that the gpt-oss checkpoints ship."""
+        `o200k_harmony()`, the tokenizer that the gpt-oss checkpoints ship. A checkpoint's tokenizer.json
+        with fewer ids than its config.json's vocab_size (gpt-oss's ends at 200018, of 201088) has the
+        rest named `<|reserved_N|>`, special, as o200k_harmony names them: every id the model can write
+        decodes."""
         file = Path(path).expanduser()
         if file.suffix == ".json":
             return cls(_read_tokenizer_json(file))
@@ -193,13 +208,16 @@ class Tokenizer:
                                         f"o200k_harmony's {VOCAB_SIZE}: add the tokenizer.json that belongs to "
                                         f"the checkpoint")
             return cls.o200k_harmony()
-        return cls(_read_tokenizer_json(file))
+        hf = _read_tokenizer_json(file)
+        if (folder / "config.json").is_file():
+            _reserve_ids(hf, GptOssConfig.from_file(folder / "config.json").vocab_size)
+        return cls(hf)
 
     @classmethod
     def o200k_harmony(cls, cache_dir: str | os.PathLike | None = None) -> "Tokenizer":
         """gpt-oss's tokenizer, built offline from bpe-openai on first use, then cached.
 
-        The cache is `<cache_dir>/o200k_harmony.tokenizer.json`; `cache_dir` defaults to
+        The cache is `<cache_dir>/o200k_harmony-2.tokenizer.json`; `cache_dir` defaults to
         `$GPTOSS_NP_CACHE` or `~/.cache/gptoss_np`; delete the file to rebuild it. Within
         one process the loaded tokenizer is shared.
         """

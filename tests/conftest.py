@@ -86,6 +86,21 @@ def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("gptoss_np_cache")
 
 
+O200K_BASE_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"  # tiktoken's expected hash
+
+
+@pytest.fixture(scope="session")
+def o200k_base_tiktoken() -> bytes:
+    """The o200k_base.tiktoken file that tiktoken and openai-harmony download, from bpe-openai's copy (offline)."""
+    import gzip
+    import hashlib
+    import importlib.resources
+    pytest.importorskip("bpe_openai")
+    data = gzip.decompress((importlib.resources.files("bpe_openai.data") / "o200k_base.tiktoken.gz").read_bytes())
+    assert hashlib.sha256(data).hexdigest() == O200K_BASE_SHA256
+    return data
+
+
 @pytest.fixture(scope="session")
 def tok(cache_dir):
     """The o200k_harmony tokenizer, built offline once per session."""

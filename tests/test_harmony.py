@@ -6,9 +6,6 @@ TIKTOKEN_ENCODINGS_BASE at it before openai-harmony loads its encoding.
 """
 
 import datetime
-import gzip
-import hashlib
-import importlib.resources
 import importlib.util
 import itertools
 import random
@@ -21,17 +18,13 @@ if importlib.util.find_spec("openai_harmony") is None:  # imported only once the
     pytest.skip("needs the test-only package openai-harmony", allow_module_level=True)
 pytest.importorskip("bpe_openai")
 
-O200K_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
 
 
 @pytest.fixture(scope="session")
-def harmony(tmp_path_factory):
+def harmony(tmp_path_factory, o200k_base_tiktoken):
     """openai_harmony and its HARMONY_GPT_OSS encoding, loaded offline."""
     folder = tmp_path_factory.mktemp("tiktoken_encodings")
-    packed = importlib.resources.files("bpe_openai.data") / "o200k_base.tiktoken.gz"
-    data = gzip.decompress(packed.read_bytes())
-    assert hashlib.sha256(data).hexdigest() == O200K_SHA256
-    (folder / "o200k_base.tiktoken").write_bytes(data)
+    (folder / "o200k_base.tiktoken").write_bytes(o200k_base_tiktoken)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TIKTOKEN_ENCODINGS_BASE", str(folder))
         import openai_harmony

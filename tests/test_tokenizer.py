@@ -1,8 +1,10 @@
-"""gptoss_np.tokenizer against tiktoken running the same o200k ranks and pattern.
+"""gptoss_np.tokenizer against tiktoken's own o200k_harmony (its pattern, its special tokens).
 
-Needs the test-only package `tiktoken` (pip install tiktoken); runs offline.
+Needs the test-only package `tiktoken` (pip install tiktoken); runs offline: tiktoken finds
+o200k_base.tiktoken in its download cache, put there from bpe-openai's copy.
 """
 
+import hashlib
 import inspect
 import json
 import os
@@ -14,14 +16,13 @@ import pytest
 from gptoss_np.tokenizer import Tokenizer
 
 tiktoken = pytest.importorskip("tiktoken")
-bpe_openai = pytest.importorskip("bpe_openai")
 
-NAMED_SPECIALS = {
+NAMED_SPECIALS = {  # Tokenizer's attributes; 200018 is o200k_base's <|endofprompt|>
     "<|startoftext|>": 199998, "<|endoftext|>": 199999, "<|return|>": 200002,
     "<|constrain|>": 200003, "<|channel|>": 200005, "<|start|>": 200006, "<|end|>": 200007,
     "<|message|>": 200008, "<|call|>": 200012,
 }
-RESERVED = {f"<|reserved_{i}|>": i for i in range(199998, 201088) if i not in NAMED_SPECIALS.values()}
+O200K_BASE_URL = "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken"  # tiktoken_ext's
 
 C_SOURCE = r"""
 #include <stdio.h>
@@ -135,12 +136,13 @@ CORPUS = TEXTS + _fuzz_texts(400, seed=1) + _random_code_points(100, seed=2)
 
 
 @pytest.fixture(scope="session")
-def oracle():
-    """tiktoken's o200k_harmony, from bpe-openai's o200k_base ranks and pattern."""
-    base = bpe_openai.get_encoding("o200k_base")
-    return tiktoken.Encoding(name="o200k_harmony_oracle", pat_str=base._pat_str,
-                             mergeable_ranks=base._mergeable_ranks,
-                             special_tokens={**NAMED_SPECIALS, **RESERVED})
+def oracle(o200k_base_tiktoken, tmp_path_factory):
+    """tiktoken's own o200k_harmony, reading o200k_base.tiktoken from the cache it would download it to."""
+    cache = tmp_path_factory.mktemp("tiktoken_cache")
+    (cache / hashlib.sha1(O200K_BASE_URL.encode()).hexdigest()).write_bytes(o200k_base_tiktoken)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TIKTOKEN_CACHE_DIR", str(cache))
+        return tiktoken.get_encoding("o200k_harmony")
 
 
 def test_encode_matches_tiktoken(tok, oracle):
@@ -152,7 +154,7 @@ def test_special_token_text_is_encoded_as_plain_text(tok, oracle):
     text = "<|start|>user<|message|>hi<|end|><|return|><|call|><|reserved_200100|>"
     ids = tok.encode(text)
     assert ids == oracle.encode(text, disallowed_special=())
-    assert not set(ids) & (set(NAMED_SPECIALS.values()) | set(RESERVED.values()))
+    assert not set(ids) & oracle.special_tokens_set and max(ids) < 199998
     assert oracle.encode(text, allowed_special="all")[0] == 200006  # the oracle can tell them apart
 
 
@@ -207,16 +209,21 @@ def test_stream_decode_holds_back_and_flushes_partial_bytes(tok, oracle):
     assert decoder.flush() == "\ufffd"
 
 
-def test_special_ids_and_names(tok):
-    for name, i in {**NAMED_SPECIALS, **RESERVED}.items():
-        assert tok.special_id(name) == i
-        assert tok.decode([i]) == name
-        assert tok.is_special(i)
+def test_special_ids_and_names(tok, oracle):
+    """Every id from 199998 on is special and named as tiktoken names it (200018, which tiktoken
+    names both <|endofprompt|> and <|reserved_200018|>, as <|endofprompt|>, its decoding and the name
+    gpt-oss's tokenizer.json gives it)."""
+    for i in range(199998, 201088):
+        name = oracle.decode([i])
+        assert tok.decode([i]) == name and tok.special_id(name) == i and tok.is_special(i)
+        assert oracle.encode_single_token(name) == i
+    assert tok.decode([200018]) == "<|endofprompt|>"
     assert not tok.is_special(199997)
+    assert {name: oracle.encode_single_token(name) for name in NAMED_SPECIALS} == NAMED_SPECIALS
     assert (tok.startoftext, tok.endoftext, tok.return_, tok.constrain, tok.channel, tok.start,
             tok.end, tok.message, tok.call) == tuple(NAMED_SPECIALS.values())
     with pytest.raises(KeyError):
-        tok.special_id("<|endofprompt|>")
+        tok.special_id("<|im_start|>")
 
 
 def test_vocab_size(tok, oracle):
@@ -238,6 +245,32 @@ def test_from_pretrained_reads_a_saved_tokenizer_json(tok, oracle, tmp_path):
         ids = oracle.encode_ordinary(text)
         assert loaded.encode(text) == ids
         assert loaded.decode(ids) == text
+
+
+def test_from_pretrained_reads_a_tokenizer_json_made_as_gpt_oss_s(tok, oracle, o200k_base_tiktoken, tmp_path):
+    """A tokenizer.json as gpt-oss ships it: made by transformers' tiktoken converter (its own settings:
+    ignore_merges, a ByteLevel post-processor), with the special tokens up to 200018 only, beside a
+    config.json of 201088 ids. It encodes as tiktoken does, and every id the model can write decodes
+    as tiktoken decodes it: the ids past the file's last are named as o200k_harmony names them (before,
+    they raised ValueError, and a Chat whose reply held one failed)."""
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    from gptoss_np import synthetic
+    (tmp_path / "o200k_base.tiktoken").write_bytes(o200k_base_tiktoken)
+    TikTokenConverter(vocab_file=str(tmp_path / "o200k_base.tiktoken"), pattern=oracle._pat_str,
+                      extra_special_tokens=[oracle.decode([i]) for i in range(199998, 200019)]
+                      ).converted().save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "config.json").write_text(json.dumps(synthetic.config_dict("gpt-oss-20b")))
+    loaded = Tokenizer.from_pretrained(tmp_path)
+    assert Tokenizer.from_pretrained(tmp_path / "tokenizer.json").vocab_size == 200019  # the file alone
+    assert loaded.vocab_size == 201088
+    assert [text for text in CORPUS if loaded.encode(text) != oracle.encode_ordinary(text)] == []
+    rng = random.Random(4)
+    for ids in [list(range(199990, 201088))] + [[rng.randrange(201088) for _ in range(30)] for _ in range(100)]:
+        assert loaded.decode(ids) == oracle.decode(ids, errors="replace")
+    assert (loaded.start, loaded.message, loaded.end, loaded.return_, loaded.call) == \
+        (tok.start, tok.message, tok.end, tok.return_, tok.call)
+    assert all(loaded.is_special(i) for i in range(199998, 201088)) and not loaded.is_special(199997)
 
 
 def test_from_pretrained_without_tokenizer_json_takes_o200k_harmony_for_gpt_oss_vocabularies(tok, tmp_path):
@@ -268,7 +301,7 @@ def test_from_pretrained_errors_name_the_file(tmp_path):
 
 
 def test_cache_is_written_and_found_through_the_environment(tok, cache_dir, tmp_path, monkeypatch):
-    cached = cache_dir / "o200k_harmony.tokenizer.json"
+    cached = cache_dir / "o200k_harmony-2.tokenizer.json"
     assert cached.is_file() and Tokenizer.o200k_harmony(cache_dir=cache_dir) is tok
     env_dir = tmp_path / "env_cache"
     env_dir.mkdir()
