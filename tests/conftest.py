@@ -168,7 +168,8 @@ def rewrite_tensors(folder, change) -> None:
 
 def random_config(rng) -> dict:
     """config.json overrides for a random small model, beyond CHECKPOINTS' shapes and options: head dims
-    from 2 to 128, one expert or all of them a token, windows from 1, either RoPE, ..."""
+    from 2 to 128, one expert or all of them a token, windows from 1, either RoPE, RMSNorm's epsilon and
+    SwiGLU's alpha (which transformers reads too), ..."""
     G, L, E = int(rng.choice([1, 2, 4])), int(rng.integers(1, 4)), int(rng.integers(1, 13))
     k = int(rng.integers(1, E + 1))
     yarn = {"rope_type": "yarn", "factor": float(rng.choice([2.0, 32.0])), "beta_fast": float(rng.choice([8.0, 32.0])),
@@ -182,7 +183,8 @@ def random_config(rng) -> dict:
                 rope_scaling=yarn if rng.integers(0, 2) else {"rope_type": "default"},
                 rope_theta=float(rng.choice([1e4, 1.5e5])), attention_bias=bool(rng.integers(0, 2)),
                 tie_word_embeddings=bool(rng.integers(0, 2)), swiglu_limit=float(rng.choice([1.5, 7.0, 20.0])),
-                vocab_size=int(rng.choice([97, 512, 1000])), max_position_embeddings=512)
+                vocab_size=int(rng.choice([97, 512, 1000])), max_position_embeddings=512,
+                rms_norm_eps=float(rng.choice([1e-6, 1e-5, 0.3])), swiglu_alpha=float(rng.choice([0.9, 1.702, 3.0])))
 
 
 def random_checkpoint(folder, seed: int):
