@@ -63,6 +63,27 @@ def test_matches_a_brute_force_nearest_search():
     np.testing.assert_array_equal(np.abs(got - w.astype(np.float64)), best)
 
 
+def test_values_bytes_and_scales_are_ml_dtypes_float4_e2m1fn_and_float8_e8m0fnu():
+    """An oracle that is not this file's own arithmetic: given the block's scale (the engine's rule, see
+    mxfp4.quantize), each value is ml_dtypes' float4_e2m1fn rounding of w / scale (ties to even, a
+    negative that rounds to zero kept as -0), its 4 bits are the nibble (the even element in the low
+    one, as transformers unpacks them: test_kernel_mxfp4), and the scale byte is the scale's
+    float8_e8m0fnu. Random rows of magnitudes 2**-6 .. 2**6, exact ties planted, a zero block."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    rng = np.random.default_rng(7)
+    w = (rng.standard_normal((64, 256)) * np.exp2(rng.uniform(-6, 6, (64, 1)))).astype(np.float32)
+    w[:, 3::32] = rng.choice([0.25, 0.75, 1.25, 2.5, 3.5, 5.0], (64, 8)) * np.exp2(rng.integers(-8, 3, (64, 1)))
+    w[:, 7::32] = -w[:, 3::32] / 8  # negatives, some of which round to -0
+    w[0, :32] = 0.0
+    blocks, scales = mxfp4.quantize(w)
+    scale = block_scales(scales)[..., None]  # [64, 8, 1]
+    fp4 = (w.reshape(64, 8, 32) / scale).astype(np.float32).astype(ml_dtypes.float4_e2m1fn)
+    np.testing.assert_array_equal(mxfp4.dequantize(blocks, scales).reshape(64, 8, 32) / scale, fp4.astype(np.float64))
+    codes = fp4.view(np.uint8) & 0xF
+    np.testing.assert_array_equal(blocks, codes[..., 0::2] | codes[..., 1::2] << 4)
+    np.testing.assert_array_equal(scales, scale[..., 0].astype(ml_dtypes.float8_e8m0fnu).view(np.uint8))
+
+
 def test_error_is_at_most_half_a_step():
     rng = np.random.default_rng(3)
     w = rng.standard_t(3, (128, 256)).astype(np.float32)  # heavy tails: some blocks have outliers
