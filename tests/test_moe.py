@@ -8,7 +8,7 @@ import pytest
 
 import gptoss_np
 from gptoss_np.moe import moe
-from conftest import rel_err
+from conftest import hf_logits, rel_err
 
 
 @pytest.fixture(scope="module")
@@ -26,13 +26,15 @@ def test_grouped_equals_per_token(folder):
     np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-5 * np.abs(alone).max())
 
 
-def test_expert_choice_without_drops_is_exact(folder):
+def test_expert_choice_without_drops_is_exact(folder, hf_model):
+    """A budget that drops nothing: the engine's exact routing, and transformers' (its top-k)."""
     exact = gptoss_np.load(folder)
     E, k = exact.config.num_local_experts, exact.config.num_experts_per_tok
     ids = np.random.default_rng(1).integers(0, exact.config.vocab_size, 50)
     roomy = gptoss_np.load(folder, moe_dispatch="expert_choice", tokens_per_expert_ratio=E / k)
     assert roomy.dispatch_rule.budget(50, k, E) >= 50
     assert rel_err(roomy.logits(ids), exact.logits(ids)) <= 1e-6
+    assert rel_err(roomy.logits(ids), hf_logits(hf_model(folder), ids)) <= 1e-4
     assert all(layer.dropped == 0 for layer in roomy.trace(ids))
 
 
