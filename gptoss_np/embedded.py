@@ -7,7 +7,8 @@ The weights are random and untrained: the model writes gibberish.
 The checkpoint is synthetic's "tiny" preset (hidden 64, 2 layers, 8 experts) with gpt-oss's
 vocabulary of 201088 ids and its special ids, about 50 MB. It is written once, on first use,
 to `<cache>/tiny-default-2` together with its `tokenizer.json`; `<cache>` is `$GPTOSS_NP_CACHE`
-or `~/.cache/gptoss_np`. Delete the folder to rebuild it.
+or `~/.cache/gptoss_np`. Delete the folder to rebuild it (and, from earlier versions, `tiny-default`
+and `o200k_harmony.tokenizer.json` beside it, which nothing reads now).
 """
 
 from __future__ import annotations

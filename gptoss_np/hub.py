@@ -20,8 +20,8 @@ def cache_folder() -> Path:
     `~/.cache/huggingface/hub` (a variable set, even empty, counts; `~` and `$VAR` in them expand)."""
     def expanded(path: str) -> str:
         return os.path.expandvars(os.path.expanduser(path))
-    home = expanded(os.getenv("HF_HOME", os.path.join(os.getenv("XDG_CACHE_HOME", Path.home() / ".cache"),
-                                                      "huggingface")))
+    cache = os.getenv("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache"))
+    home = expanded(os.getenv("HF_HOME", os.path.join(cache, "huggingface")))
     return Path(expanded(os.getenv("HF_HUB_CACHE", os.getenv("HUGGINGFACE_HUB_CACHE", os.path.join(home, "hub")))))
 
 

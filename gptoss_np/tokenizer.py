@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import codecs
 import functools
+import json
 import os
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import tokenizers
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 
 from . import hub
-from .config import GptOssConfig
+from .config import GptOssConfig, is_token_id
 
 VOCAB_SIZE = 201088
 FIRST_SPECIAL_ID = 199998
@@ -45,7 +46,7 @@ def harmony_special_tokens() -> dict[str, int]:
     """All special tokens of o200k_harmony: the named ones, every other id from 199998 up
     to 201087 as `<|reserved_N|>` (N = the id), in id order (as tiktoken's o200k_harmony; the
     tokenizer.json that gpt-oss ships ends at 200018)."""
-    names = {i: f"<|reserved_{i}|>" for i in range(FIRST_SPECIAL_ID, VOCAB_SIZE)}
+    names = {i: _reserved(i) for i in range(FIRST_SPECIAL_ID, VOCAB_SIZE)}
     names.update({i: name for name, i in HARMONY_SPECIALS.items()})
     return {names[i]: i for i in sorted(names)}
 
@@ -140,14 +141,30 @@ def _read_tokenizer_json(file: Path) -> tokenizers.Tokenizer:
         raise ValueError(f"cannot read tokenizer file {file}: {error}") from error
 
 
-def _reserve_ids(hf: tokenizers.Tokenizer, vocab_size: int) -> None:
-    """Add special tokens `<|reserved_N|>` to `hf` for its missing ids N below `vocab_size`."""
-    size = hf.get_vocab_size(with_added_tokens=True)
-    hf.add_special_tokens([AddedToken(f"<|reserved_{i}|>", special=True, normalized=False)
-                           for i in range(size, vocab_size)])
-    if hf.get_vocab_size(with_added_tokens=True) != max(size, vocab_size):
-        raise ValueError(f"the tokenizer has {size} ids and names some <|reserved_N|> beyond them: cannot name "
-                         f"ids {size}..{vocab_size - 1} for the model's vocab_size {vocab_size}")
+def _reserved(i: int) -> str:
+    return f"<|reserved_{i}|>"
+
+
+def _model_vocab_size(folder: Path) -> int | None:
+    """config.json's vocab_size in `folder`, or None where there is none (no file, not JSON, no such key)."""
+    try:
+        size = json.loads((folder / "config.json").read_text()).get("vocab_size")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return size if is_token_id(size) else None
+
+
+def _reserve_ids(hf: tokenizers.Tokenizer, vocab_size: int | None) -> tokenizers.Tokenizer:
+    """`hf`, with special tokens `<|reserved_N|>` added for the ids N past its last, below `vocab_size`."""
+    first = max(hf.get_vocab(with_added_tokens=True).values()) + 1
+    if vocab_size is None or vocab_size <= first:
+        return hf
+    names = [_reserved(i) for i in range(first, vocab_size)]
+    hf.add_special_tokens([AddedToken(name, special=True, normalized=False) for name in names])
+    if any(hf.token_to_id(name) != i for i, name in enumerate(names, first)):
+        raise ValueError(f"cannot name ids {first}..{vocab_size - 1} (the model's, past the tokenizer's last) "
+                         f"<|reserved_N|>: the tokenizer has some of those names already, or gaps in its ids")
+    return hf
 
 
 class _SpecialId:
@@ -195,10 +212,10 @@ class Tokenizer:
         `o200k_harmony()`, the tokenizer that the gpt-oss checkpoints ship. A checkpoint's tokenizer.json
         with fewer ids than its config.json's vocab_size (gpt-oss's ends at 200018, of 201088) has the
         rest named `<|reserved_N|>`, special, as o200k_harmony names them: every id the model can write
-        decodes."""
+        decodes. That holds for a .json path too, read with the config.json beside it (if any)."""
         file = Path(path).expanduser()
         if file.suffix == ".json":
-            return cls(_read_tokenizer_json(file))
+            return cls(_reserve_ids(_read_tokenizer_json(file), _model_vocab_size(file.parent)))
         folder = hub.resolve(path)
         file = folder / "tokenizer.json"
         if not file.is_file() and (folder / "config.json").is_file():
@@ -208,10 +225,7 @@ class Tokenizer:
                                         f"o200k_harmony's {VOCAB_SIZE}: add the tokenizer.json that belongs to "
                                         f"the checkpoint")
             return cls.o200k_harmony()
-        hf = _read_tokenizer_json(file)
-        if (folder / "config.json").is_file():
-            _reserve_ids(hf, GptOssConfig.from_file(folder / "config.json").vocab_size)
-        return cls(hf)
+        return cls(_reserve_ids(_read_tokenizer_json(file), _model_vocab_size(folder)))
 
     @classmethod
     def o200k_harmony(cls, cache_dir: str | os.PathLike | None = None) -> "Tokenizer":

@@ -19,7 +19,6 @@ if importlib.util.find_spec("openai_harmony") is None:  # imported only once the
 pytest.importorskip("bpe_openai")
 
 
-
 @pytest.fixture(scope="session")
 def harmony(tmp_path_factory, o200k_base_tiktoken):
     """openai_harmony and its HARMONY_GPT_OSS encoding, loaded offline."""

@@ -26,16 +26,22 @@ def test_grouped_equals_per_token(folder):
     np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-5 * np.abs(alone).max())
 
 
-def test_expert_choice_without_drops_is_exact(folder, hf_model):
-    """A budget that drops nothing: the engine's exact routing, and transformers' (its top-k)."""
-    exact = gptoss_np.load(folder)
-    E, k = exact.config.num_local_experts, exact.config.num_experts_per_tok
-    ids = np.random.default_rng(1).integers(0, exact.config.vocab_size, 50)
-    roomy = gptoss_np.load(folder, moe_dispatch="expert_choice", tokens_per_expert_ratio=E / k)
-    assert roomy.dispatch_rule.budget(50, k, E) >= 50
-    assert rel_err(roomy.logits(ids), exact.logits(ids)) <= 1e-6
-    assert rel_err(roomy.logits(ids), hf_logits(hf_model(folder), ids)) <= 1e-4
-    assert all(layer.dropped == 0 for layer in roomy.trace(ids))
+def roomy(folder):
+    """The model with an expert-choice budget that drops nothing of 50 tokens, and 50 random ids."""
+    model = gptoss_np.load(folder, moe_dispatch="expert_choice", tokens_per_expert_ratio=16 / 4)
+    assert model.dispatch_rule.budget(50, 4, 16) >= 50
+    return model, np.random.default_rng(1).integers(0, model.config.vocab_size, 50)
+
+
+def test_expert_choice_without_drops_is_exact(folder):
+    model, ids = roomy(folder)
+    assert rel_err(model.logits(ids), gptoss_np.load(folder).logits(ids)) <= 1e-6
+    assert all(layer.dropped == 0 for layer in model.trace(ids))
+
+
+def test_expert_choice_without_drops_is_transformers_top_k(folder, hf_model):
+    model, ids = roomy(folder)
+    assert rel_err(model.logits(ids), hf_logits(hf_model(folder), ids)) <= 1e-4
 
 
 def test_tight_budget_drops_and_is_recorded(folder):

@@ -9,9 +9,11 @@ import inspect
 import json
 import os
 import random
+import shutil
 import textwrap
 
 import pytest
+import tokenizers
 
 from gptoss_np.tokenizer import Tokenizer
 
@@ -137,12 +139,18 @@ CORPUS = TEXTS + _fuzz_texts(400, seed=1) + _random_code_points(100, seed=2)
 
 @pytest.fixture(scope="session")
 def oracle(o200k_base_tiktoken, tmp_path_factory):
-    """tiktoken's own o200k_harmony, reading o200k_base.tiktoken from the cache it would download it to."""
+    """tiktoken's own o200k_harmony, reading o200k_base.tiktoken from the cache it would download it to.
+    It names 200018 twice, o200k_base's <|endofprompt|> and <|reserved_200018|>, and which one it decodes
+    to changes with tiktoken's version: the oracle keeps <|endofprompt|>, as gpt-oss's tokenizer.json."""
     cache = tmp_path_factory.mktemp("tiktoken_cache")
     (cache / hashlib.sha1(O200K_BASE_URL.encode()).hexdigest()).write_bytes(o200k_base_tiktoken)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TIKTOKEN_CACHE_DIR", str(cache))
-        return tiktoken.get_encoding("o200k_harmony")
+        theirs = tiktoken.get_encoding("o200k_harmony")
+    specials = dict(theirs._special_tokens)
+    assert specials.pop("<|reserved_200018|>") == specials["<|endofprompt|>"] == 200018
+    return tiktoken.Encoding(name="o200k_harmony_gpt_oss", pat_str=theirs._pat_str,
+                             mergeable_ranks=theirs._mergeable_ranks, special_tokens=specials)
 
 
 def test_encode_matches_tiktoken(tok, oracle):
@@ -210,9 +218,8 @@ def test_stream_decode_holds_back_and_flushes_partial_bytes(tok, oracle):
 
 
 def test_special_ids_and_names(tok, oracle):
-    """Every id from 199998 on is special and named as tiktoken names it (200018, which tiktoken
-    names both <|endofprompt|> and <|reserved_200018|>, as <|endofprompt|>, its decoding and the name
-    gpt-oss's tokenizer.json gives it)."""
+    """Every id from 199998 on is special and named as tiktoken names it (200018 as <|endofprompt|>:
+    see oracle)."""
     for i in range(199998, 201088):
         name = oracle.decode([i])
         assert tok.decode([i]) == name and tok.special_id(name) == i and tok.is_special(i)
@@ -253,6 +260,7 @@ def test_from_pretrained_reads_a_tokenizer_json_made_as_gpt_oss_s(tok, oracle, o
     config.json of 201088 ids. It encodes as tiktoken does, and every id the model can write decodes
     as tiktoken decodes it: the ids past the file's last are named as o200k_harmony names them (before,
     they raised ValueError, and a Chat whose reply held one failed)."""
+    pytest.importorskip("transformers")
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
     from gptoss_np import synthetic
@@ -262,7 +270,10 @@ def test_from_pretrained_reads_a_tokenizer_json_made_as_gpt_oss_s(tok, oracle, o
                       ).converted().save(str(tmp_path / "tokenizer.json"))
     (tmp_path / "config.json").write_text(json.dumps(synthetic.config_dict("gpt-oss-20b")))
     loaded = Tokenizer.from_pretrained(tmp_path)
-    assert Tokenizer.from_pretrained(tmp_path / "tokenizer.json").vocab_size == 200019  # the file alone
+    assert Tokenizer.from_pretrained(tmp_path / "tokenizer.json").hf.to_str() == loaded.hf.to_str()
+    (tmp_path / "alone").mkdir()
+    shutil.copy(tmp_path / "tokenizer.json", tmp_path / "alone")
+    assert Tokenizer.from_pretrained(tmp_path / "alone").vocab_size == 200019  # without a config.json
     assert loaded.vocab_size == 201088
     assert [text for text in CORPUS if loaded.encode(text) != oracle.encode_ordinary(text)] == []
     rng = random.Random(4)
@@ -271,6 +282,27 @@ def test_from_pretrained_reads_a_tokenizer_json_made_as_gpt_oss_s(tok, oracle, o
     assert (loaded.start, loaded.message, loaded.end, loaded.return_, loaded.call) == \
         (tok.start, tok.message, tok.end, tok.return_, tok.call)
     assert all(loaded.is_special(i) for i in range(199998, 201088)) and not loaded.is_special(199997)
+
+
+def test_reserved_ids_follow_the_tokenizer_s_last(tmp_path):
+    """The ids past a tokenizer's last, up to config.json's vocab_size, are named <|reserved_N|>; a
+    config.json that is not gpt-oss's, or not JSON, still lets the tokenizer load; a tokenizer that has
+    one of those names already, or gaps in its ids, is an error that says so."""
+    def write(vocab):
+        tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="a")).save(str(tmp_path / "tokenizer.json"))
+    vocab = {chr(97 + i): i for i in range(10)}
+    write(vocab)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 16}))
+    loaded = Tokenizer.from_pretrained(tmp_path)
+    assert [loaded.decode([i]) for i in (9, 10, 15)] == ["j", "<|reserved_10|>", "<|reserved_15|>"]
+    assert loaded.vocab_size == 16 and not loaded.is_special(9) and loaded.is_special(10)
+    (tmp_path / "config.json").write_text("{not json")
+    assert Tokenizer.from_pretrained(tmp_path).vocab_size == 10
+    (tmp_path / "config.json").write_text(json.dumps({"vocab_size": 16}))
+    for odd in ({**vocab, "<|reserved_13|>": 10}, {**{k: i for k, i in vocab.items() if i != 5}, "z": 11}):
+        write(odd)
+        with pytest.raises(ValueError, match=r"cannot name ids 1[12]..15 .* some of those names already, or gaps"):
+            Tokenizer.from_pretrained(tmp_path)
 
 
 def test_from_pretrained_without_tokenizer_json_takes_o200k_harmony_for_gpt_oss_vocabularies(tok, tmp_path):

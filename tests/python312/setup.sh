@@ -18,8 +18,8 @@ if ! "$python" -c "" 2> /dev/null; then
 fi
 [ -n "$python" ] && "$python" -c "" 2> /dev/null || { echo "python312/setup.sh: no python3.12 on this machine" >&2; exit 3; }
 "$python" -m venv "$dir" || { echo "python312/setup.sh: $python -m venv $dir failed" >&2; exit 1; }
-"$dir/bin/python" -m pip install -q -e "$repo[cudasim]" pytest tiktoken "openai-harmony==0.0.8" 2>&1 \
+"$dir/bin/python" -m pip install -q -e "$repo[cudasim]" pytest tiktoken "openai-harmony==0.0.8" ml_dtypes 2>&1 \
     | grep -v "is ignored" || true
-"$dir/bin/python" -c "import gptoss_np, numba.cuda, openai_harmony, pytest, tiktoken" \
+"$dir/bin/python" -c "import gptoss_np, ml_dtypes, numba.cuda, openai_harmony, pytest, tiktoken" \
     || { echo "python312/setup.sh: pip did not install what the tests import (above)" >&2; exit 1; }
 echo "python312/setup.sh: $("$dir/bin/python" -c 'import sys, numpy, numba; print("Python", sys.version.split()[0], "NumPy", numpy.__version__, "numba", numba.__version__)') in $dir"
