@@ -98,9 +98,12 @@ class GptOssConfig:
         d = from_openai_format(d) if is_openai_format(d) else dict(d)
         if "num_experts_per_tok" not in d and "experts_per_token" in d:
             d["num_experts_per_tok"] = d["experts_per_token"]
-        if d.get("head_dim") is None and "hidden_size" in d and "num_attention_heads" in d:
+        # as transformers' GptOssConfig reads them: left out, gpt-oss's 64 and 8; null, from the other fields
+        d.setdefault("head_dim", 64)
+        d.setdefault("num_key_value_heads", 8)
+        if d["head_dim"] is None and "hidden_size" in d and "num_attention_heads" in d:
             d["head_dim"] = _int(d, "hidden_size") // max(_int(d, "num_attention_heads"), 1)
-        if d.get("num_key_value_heads") is None and "num_attention_heads" in d:
+        if d["num_key_value_heads"] is None and "num_attention_heads" in d:
             d["num_key_value_heads"] = d["num_attention_heads"]
         if d.get("layer_types") is None and "num_hidden_layers" in d:
             if _int(d, "num_hidden_layers") > _MAX_LAYERS:

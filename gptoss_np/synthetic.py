@@ -12,6 +12,7 @@ sometimes reach the clamp, and logits with a spread of a few units.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import shutil
@@ -70,14 +71,14 @@ _FP4_RMS = math.sqrt(68.5 / 8)
 
 
 def config_dict(preset: str = "tiny", *, rope_style: str = "scaling", **overrides) -> dict:
-    """A config.json dictionary: a preset with overrides.
+    """A config.json dictionary (a copy, nested values too: a caller may change it): a preset with overrides.
 
     rope_style "scaling" writes `rope_theta` + `rope_scaling` as the released checkpoints do;
     "parameters" writes newer transformers' `rope_parameters` (rope_theta inside).
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-    d = {**PRESETS[preset], **overrides}
+    d = copy.deepcopy({**PRESETS[preset], **overrides})
     if "num_experts_per_tok" in overrides:
         d["experts_per_token"] = overrides["num_experts_per_tok"]
     if "layer_types" not in overrides:

@@ -50,6 +50,21 @@ def test_aliases_and_defaults():
     assert c.layer_types == ("sliding_attention", "full_attention")
 
 
+@pytest.mark.parametrize("field, value", [("head_dim", "absent"), ("num_key_value_heads", "absent"),
+                                          ("layer_types", "absent"), ("layer_types", None)])
+def test_fields_left_out_read_as_transformers_reads_them(field, value):
+    """head_dim and num_key_value_heads left out are gpt-oss's 64 and 8 in transformers' GptOssConfig (the
+    engine took hidden_size / num_attention_heads and no grouping, as it still does for null, which
+    transformers refuses); layer_types left out alternate from a sliding one."""
+    transformers = pytest.importorskip("transformers")
+    d = synthetic.config_dict("tiny", num_attention_heads=16, num_key_value_heads=4, head_dim=8,
+                              num_hidden_layers=3)
+    d = {k: v for k, v in d.items() if k != field} if value == "absent" else {**d, field: value}
+    ours, theirs = GptOssConfig.from_dict(d), transformers.GptOssConfig(**d)
+    assert (ours.head_dim, ours.num_key_value_heads, list(ours.layer_types)) == \
+        (theirs.head_dim, theirs.num_key_value_heads, theirs.layer_types)
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("hidden_size", 100, "hidden_size = 100 must be divisible by 32"),
     ("intermediate_size", 48, "intermediate_size = 48 must be divisible by 32"),
