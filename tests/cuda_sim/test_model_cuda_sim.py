@@ -79,7 +79,8 @@ def test_tiny_model_prefill_and_decode(cuda_ops, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("seed", range(3))
 def test_random_small_models(cuda_ops, tmp_path, monkeypatch, seed):
-    """SMALL with heads, experts, top-k, window, layer types, bias, tying and dispatch drawn at random
+    """SMALL with heads, experts, top-k, window, layer types, bias, tying, dispatch, RMSNorm's epsilon,
+    SwiGLU's limit and alpha and plain RoPE or YaRN (with DeepSeek's mscale pair) drawn at random
     (within the simulator's launch shapes): a prefill, then decode steps replayed from a (stood-in)
     CUDA graph, as the CPU engine computes them."""
     rng = np.random.default_rng(seed)
@@ -91,7 +92,12 @@ def test_random_small_models(cuda_ops, tmp_path, monkeypatch, seed):
                        intermediate_size=int(rng.choice([32, 64])), num_local_experts=E, num_experts_per_tok=k,
                        experts_per_token=k, num_hidden_layers=L, sliding_window=int(rng.integers(1, 7)),
                        layer_types=[str(rng.choice(["sliding_attention", "full_attention"])) for _ in range(L)],
-                       attention_bias=bool(rng.integers(0, 2)), tie_word_embeddings=bool(rng.integers(0, 2)))
+                       attention_bias=bool(rng.integers(0, 2)), tie_word_embeddings=bool(rng.integers(0, 2)),
+                       rms_norm_eps=float(10 ** rng.uniform(-6, -0.5)), swiglu_alpha=float(rng.uniform(0.5, 3)),
+                       swiglu_limit=float(rng.uniform(1, 8)),
+                       rope_scaling=[{"rope_type": "default"}, {**synthetic.PRESETS["tiny"]["rope_scaling"],
+                                     "original_max_position_embeddings": 4, "mscale": 0.5,
+                                     "mscale_all_dim": 1.25}][int(rng.integers(0, 2))])
     T = int(rng.integers(1, 20))
     ids = rng.integers(0, cpu.config.vocab_size, T + 3)
     caches = cpu.new_cache(T + 3), gpu.new_cache(T + 3)
