@@ -6,13 +6,14 @@ The weights are random and untrained: the model writes gibberish.
 
 The checkpoint is synthetic's "tiny" preset (hidden 64, 2 layers, 8 experts) with gpt-oss's
 vocabulary of 201088 ids and its special ids, about 50 MB. It is written once, on first use,
-to `<cache>/tiny-default-2` together with its `tokenizer.json`; `<cache>` is `$GPTOSS_NP_CACHE`
+to `<cache>/tiny-default-2` together with its `tokenizer.json` (shaped as gpt-oss's); `<cache>` is `$GPTOSS_NP_CACHE`
 or `~/.cache/gptoss_np`. Delete the folder to rebuild it (and, from earlier versions, `tiny-default`
 and `o200k_harmony.tokenizer.json` beside it, which nothing reads now).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -30,6 +31,15 @@ def config() -> dict:
     return synthetic.config_dict("tiny", vocab_size=VOCAB_SIZE,
                                  eos_token_id=HARMONY_SPECIALS["<|return|>"],
                                  pad_token_id=HARMONY_SPECIALS["<|endoftext|>"])
+
+
+def released_tokenizer_json(tokenizer: Tokenizer) -> str:
+    """o200k_harmony's tokenizer.json as gpt-oss's checkpoints ship it: the special tokens end at
+    <|endofprompt|> (200018) of the model's 201088 ids, so the embedded model's tokenizer loads as a real
+    one does (Tokenizer.from_pretrained names the rest from config.json's vocab_size)."""
+    data = json.loads(tokenizer.hf.to_str())
+    data["added_tokens"] = [t for t in data["added_tokens"] if t["id"] <= HARMONY_SPECIALS["<|endofprompt|>"]]
+    return json.dumps(data, ensure_ascii=False)
 
 
 def location(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -50,7 +60,7 @@ def default_checkpoint(cache_dir: str | os.PathLike | None = None) -> Path:
     partial = Path(tempfile.mkdtemp(prefix=f".{FOLDER_NAME}.", dir=folder.parent))
     try:
         synthetic.write_checkpoint(partial, config(), seed=SEED, progress=False)
-        Tokenizer.o200k_harmony(cache_dir).hf.save(str(partial / "tokenizer.json"))
+        (partial / "tokenizer.json").write_text(released_tokenizer_json(Tokenizer.o200k_harmony(cache_dir)))
         os.rename(partial, folder)
     except OSError:
         if not folder.is_dir():  # a concurrent build that won the rename is fine

@@ -66,4 +66,5 @@ def _folder(spec: str | os.PathLike) -> Path:
                                 f"give the snapshot folder itself")
     raise FileNotFoundError(f"no folder {spec}, and no snapshot of {spec} in the local Hugging Face cache "
                             f"{hub} (only the local cache is searched; download the model first: `hf download "
-                            f"{spec}`, the README says which files)")
+                            f"{spec} --exclude 'original/*' --exclude 'metal/*'`, the Hugging Face files without "
+                            f"OpenAI's own formats beside them)")

@@ -123,6 +123,11 @@ def test_embedded_checkpoint_is_built_once_and_atomically(cache_root, default_fo
     assert not [p for p in cache_root.iterdir() if p.name.startswith(".")], "temporary folder left behind"
     config = json.loads((default_folder / "config.json").read_text())
     assert config["vocab_size"] == 201088 and config["hidden_size"] == 64
+    # its tokenizer.json ends where gpt-oss's does; loaded with the checkpoint it is o200k_harmony
+    file = tokenizers.Tokenizer.from_file(str(default_folder / "tokenizer.json"))
+    assert file.get_vocab_size() == 200019 and file.id_to_token(200018) == "<|endofprompt|>"
+    assert Tokenizer.from_pretrained(default_folder).hf.get_added_tokens_decoder() == \
+        Tokenizer.o200k_harmony(cache_root).hf.get_added_tokens_decoder()
 
 
 
@@ -616,7 +621,7 @@ def test_a_download_of_only_the_original_folder_resolves_to_it(monkeypatch, tmp_
 def test_unknown_hub_id_says_only_the_local_cache_was_searched(capsys):
     code, out, err = run_cli(capsys, "--model", "openai/gpt-oss-nonexistent", "--prompt", "hi")
     assert_one_error_line(code, out, err, "openai/gpt-oss-nonexistent", "local Hugging Face cache",
-                          "`hf download openai/gpt-oss-nonexistent`")
+                          "`hf download openai/gpt-oss-nonexistent --exclude 'original/*' --exclude 'metal/*'`")
     with pytest.raises(FileNotFoundError, match="local Hugging Face cache"):
         gptoss_np.load("openai/gpt-oss-nonexistent")
 
