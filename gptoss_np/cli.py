@@ -38,6 +38,7 @@ from .tokenizer import Tokenizer
 PROG = "gptoss-generate"
 DIM, RESET = "\x1b[2m", "\x1b[0m"
 HARMONY_STOPS = ("<|return|>", "<|call|>")
+END_OF_TEXT = "<|endoftext|>"  # also among gpt-oss's generation_config.json stops, as in Chat's
 REASONING_EFFORT = "low"  # a chat's default: a quick answer
 EMBEDDED_MAX_NEW_TOKENS = 256  # the untrained embedded model never ends a reply: a sample of its text
 # Tokens a well-formed message header can take; past this many, the output is not harmony.
@@ -117,8 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------- model and tokenizer
 
 def stop_ids(folder: Path, config: GptOssConfig, tokenizer: Tokenizer, chat: bool) -> frozenset[int]:
-    """Ids that end a reply: generation_config.json's eos_token_id, else config.json's, else
-    harmony's <|return|> and <|call|>; chat always stops at those two (when the tokenizer has them)."""
+    """Ids that end a reply: generation_config.json's eos_token_id, else config.json's, else (as in
+    OpenAI's original format, which has neither) harmony's <|return|> and <|call|> and <|endoftext|>;
+    chat always stops at those three, as Chat does (those the tokenizer has)."""
     file = folder / "generation_config.json"
     eos = config.eos_token_id
     if file.is_file():
@@ -134,7 +136,7 @@ def stop_ids(folder: Path, config: GptOssConfig, tokenizer: Tokenizer, chat: boo
         raise CliError(f"{file}: eos_token_id must be a token id or a list of them, got {eos!r}")
     stops = set(listed)
     if chat or not stops:
-        stops.update(_special_ids(tokenizer, HARMONY_STOPS).values())
+        stops.update(_special_ids(tokenizer, (*HARMONY_STOPS, END_OF_TEXT)).values())
     return frozenset(stops)
 
 

@@ -498,15 +498,20 @@ def test_checkpoint_tokenizer_is_used(capsys, small_checkpoint):
 
 
 def test_stop_ids_precedence(tmp_path, harmony_tokenizer):
+    """generation_config.json's eos ids, else config.json's, else (OpenAI's original format has neither)
+    those of gpt-oss's generation_config.json; chat stops at <|return|>, <|call|> and <|endoftext|> too,
+    as Chat does."""
     config = gptoss_np.GptOssConfig.from_dict(embedded.config())
     assert cli.stop_ids(tmp_path, config, harmony_tokenizer, chat=False) == {200002}  # config.json's eos
-    assert cli.stop_ids(tmp_path, config, harmony_tokenizer, chat=True) == {200002, 200012}
+    assert cli.stop_ids(tmp_path, config, harmony_tokenizer, chat=True) == {200002, 200012, 199999}
     (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [199999]}))
     assert cli.stop_ids(tmp_path, config, harmony_tokenizer, chat=False) == {199999}
     assert cli.stop_ids(tmp_path, config, harmony_tokenizer, chat=True) == {199999, 200002, 200012}
     no_eos = gptoss_np.GptOssConfig.from_dict({**embedded.config(), "eos_token_id": None})
     (tmp_path / "generation_config.json").write_text("{}")
-    assert cli.stop_ids(tmp_path, no_eos, harmony_tokenizer, chat=False) == {200002, 200012}
+    assert cli.stop_ids(tmp_path, no_eos, harmony_tokenizer, chat=False) == {200002, 200012, 199999}
+    chat = gptoss_np.Chat(gptoss_np.load(embedded.default_checkpoint()), harmony_tokenizer)
+    assert set(chat.stop_ids) == cli.stop_ids(tmp_path, no_eos, harmony_tokenizer, chat=True)
 
 
 @pytest.mark.parametrize("text, words", [
