@@ -10,7 +10,8 @@ import pytest
 
 import gptoss_np
 from gptoss_np import synthetic
-from conftest import CHECKPOINTS, assert_greedy, hf_logits, load_hf, random_checkpoint, rel_err, rewrite_tensors, write
+from conftest import (CHECKPOINTS, assert_greedy, hf_logits, load_hf, random_checkpoint, random_config, rel_err,
+                      rewrite_tensors, write)
 from gptoss_np.cache import KVCache
 
 TOL = 1e-4  # relative error on float32 logits
@@ -189,23 +190,30 @@ def test_openais_original_format_matches_transformers(checkpoint_dir, hf_model, 
     assert list(model.generate(ids[:30], 10)) == out[0, 30:].tolist()
 
 
-def test_openais_original_format_matches_openais_reference(tmp_path):
+@pytest.mark.parametrize("seed", [None, 1, 2, 3])
+def test_openais_original_format_matches_openais_reference(seed, tmp_path):
     """OpenAI's own reference implementation (gpt_oss.torch.model, widened to float32) reads the files
     in the original format: the engine's logits on them are its logits. The test above checks the two
     formats against each other, both written by synthetic.py; this one checks the engine's reading of
     the format (names, the qkv split, config.json's keys, which layers slide) against code that is not
-    its own. A model with gpt-oss-20b's RoPE, which the reference asserts is in YaRN's range, and 4
-    layers (2 sliding, window 8) over 100 tokens."""
+    its own. Models with gpt-oss-20b's RoPE, which the reference asserts is in YaRN's range: one of 4
+    layers (2 sliding, window 8), and random ones (conftest.random_config, held to what the format
+    can say) over up to 150 tokens."""
     torch = pytest.importorskip("torch")
     reference = pytest.importorskip("gpt_oss.torch.model", reason="OpenAI's reference implementation is not "
                                     "installed: pip install --no-deps --ignore-requires-python gpt-oss==0.0.9")
-    config = synthetic.config_dict("tiny", head_dim=64, num_attention_heads=4, num_key_value_heads=2,
-                                   hidden_size=128, num_hidden_layers=4, rope_theta=150000.0,
-                                   max_position_embeddings=131072,
-                                   rope_scaling={**YARN, "original_max_position_embeddings": 4096})
+    rng = np.random.default_rng(seed)
+    drawn = {} if seed is None else random_config(rng)
+    L = drawn.get("num_hidden_layers", 4)
+    config = synthetic.config_dict("tiny", **{
+        **dict(head_dim=64, num_attention_heads=4, num_key_value_heads=2, hidden_size=128), **drawn,
+        "num_hidden_layers": L, "layer_types": [("sliding_attention", "full_attention")[i % 2] for i in range(L)],
+        "head_dim": max(drawn.get("head_dim", 64), 6), "attention_bias": True, "tie_word_embeddings": False,
+        "rms_norm_eps": 1e-5, "swiglu_alpha": 1.702, "rope_theta": 150000.0, "max_position_embeddings": 131072,
+        "rope_scaling": {**YARN, "original_max_position_embeddings": 4096}})
     folder = synthetic.write_original(tmp_path / "original", synthetic.write_checkpoint(tmp_path / "hf", config))
     model = gptoss_np.load(folder)
-    ids = prompt(model, 100)
+    ids = prompt(model, 100 if seed is None else int(rng.integers(1, 150)))
     with torch.no_grad():
         ref = reference.Transformer.from_checkpoint(str(folder), device="cpu").float()(torch.tensor(ids)).numpy()
     assert rel_err(model.logits(ids), ref) <= TOL
