@@ -28,8 +28,10 @@ def test_grouped_equals_per_token(folder):
 
 def roomy(folder):
     """The model with an expert-choice budget that drops nothing of 50 tokens, and 50 random ids."""
-    model = gptoss_np.load(folder, moe_dispatch="expert_choice", tokens_per_expert_ratio=16 / 4)
-    assert model.dispatch_rule.budget(50, 4, 16) >= 50
+    c = gptoss_np.GptOssConfig.from_file(folder / "config.json")
+    E, k = c.num_local_experts, c.num_experts_per_tok
+    model = gptoss_np.load(folder, moe_dispatch="expert_choice", tokens_per_expert_ratio=E / k)
+    assert model.dispatch_rule.budget(50, k, E) >= 50
     return model, np.random.default_rng(1).integers(0, model.config.vocab_size, 50)
 
 
