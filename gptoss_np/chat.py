@@ -40,19 +40,13 @@ class Chat:
         self.settings = dict(reasoning_effort=reasoning_effort, developer_instructions=instructions, tools=tools,
                              builtin_tools=builtin_tools,
                              conversation_start_date=conversation_start_date or datetime.date.today())
-        # harmony's ends of a reply, and the end of the text where the tokenizer has it (gpt-oss's
-        # generation_config.json stops there too)
-        self.stop_ids = (tokenizer.return_, tokenizer.call, *self._endoftext())
+        ends = harmony.reply_end_ids(tokenizer)
+        self.stop_ids = tuple(ends.values())
+        self._endoftext = ends.get("<|endoftext|>")  # ends a reply without being part of it
         self.messages: list[dict] = []
         self.prompt_cache = PromptCache()  # each prompt extends the last: its start is not run again
         self._last_render = None  # ((messages, settings), their token ids): see _render
         self.prompt()  # bad settings fail here, not at the first message
-
-    def _endoftext(self) -> list[int]:
-        try:
-            return [self.tokenizer.endoftext]
-        except KeyError:  # a small test vocabulary
-            return []
 
     def prompt(self) -> list[int]:
         """The token ids asking the assistant to answer the conversation so far."""
@@ -132,7 +126,7 @@ class Chat:
         for token in tokens:
             ids.append(token)
             if token in self.stop_ids or len(ids) == budget:
-                self.add_reply(ids[:-1] if ids[-1:] == self._endoftext() else ids)  # not harmony: ends before it
+                self.add_reply(ids[:-1] if ids[-1] == self._endoftext else ids)  # not harmony: ends before it
                 joined = True
             yield token
         if not joined:

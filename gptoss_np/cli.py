@@ -37,8 +37,6 @@ from .tokenizer import Tokenizer
 
 PROG = "gptoss-generate"
 DIM, RESET = "\x1b[2m", "\x1b[0m"
-HARMONY_STOPS = ("<|return|>", "<|call|>")
-END_OF_TEXT = "<|endoftext|>"  # also among gpt-oss's generation_config.json stops, as in Chat's
 REASONING_EFFORT = "low"  # a chat's default: a quick answer
 EMBEDDED_MAX_NEW_TOKENS = 256  # the untrained embedded model never ends a reply: a sample of its text
 # Tokens a well-formed message header can take; past this many, the output is not harmony.
@@ -119,8 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def stop_ids(folder: Path, config: GptOssConfig, tokenizer: Tokenizer, chat: bool) -> frozenset[int]:
     """Ids that end a reply: generation_config.json's eos_token_id, else config.json's, else (as in
-    OpenAI's original format, which has neither) harmony's <|return|> and <|call|> and <|endoftext|>;
-    chat always stops at those three, as Chat does (those the tokenizer has)."""
+    OpenAI's original format, which has neither) harmony.REPLY_ENDS, those the tokenizer has; chat
+    always stops at those too, as Chat does."""
     file = folder / "generation_config.json"
     eos = config.eos_token_id
     if file.is_file():
@@ -136,19 +134,8 @@ def stop_ids(folder: Path, config: GptOssConfig, tokenizer: Tokenizer, chat: boo
         raise CliError(f"{file}: eos_token_id must be a token id or a list of them, got {eos!r}")
     stops = set(listed)
     if chat or not stops:
-        stops.update(_special_ids(tokenizer, (*HARMONY_STOPS, END_OF_TEXT)).values())
+        stops.update(harmony.reply_end_ids(tokenizer).values())
     return frozenset(stops)
-
-
-def _special_ids(tokenizer: Tokenizer, names: Sequence[str]) -> dict[str, int]:
-    """The ids of those `names` that are special tokens of `tokenizer`."""
-    found = {}
-    for name in names:
-        try:
-            found[name] = tokenizer.special_id(name)
-        except KeyError:
-            continue
-    return found
 
 
 def _checkpoint_folder(spec: str | None) -> Path:
@@ -496,8 +483,8 @@ def read_message(prompt: str, more: str) -> str:
 
 
 def _check_harmony(tokenizer: Tokenizer, folder: Path) -> None:
-    names = ("<|start|>", "<|channel|>", "<|message|>", "<|end|>", *HARMONY_STOPS)
-    needed = [name for name in names if name not in _special_ids(tokenizer, names)]
+    names = ("<|start|>", "<|channel|>", "<|message|>", "<|end|>", "<|return|>", "<|call|>")
+    needed = [name for name in names if name not in harmony.special_ids(tokenizer, names)]
     if needed:
         raise CliError(f"the tokenizer of {folder} lacks the harmony token(s) {' '.join(needed)} "
                        f"that chat needs; use --raw")

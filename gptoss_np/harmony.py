@@ -27,6 +27,9 @@ KNOWLEDGE_CUTOFF = "2024-06"
 VALID_CHANNELS = ("analysis", "commentary", "final")
 REASONING_EFFORTS = ("low", "medium", "high")
 ROLES = ("user", "assistant", "system", "developer", "tool")
+# Where the assistant's reply ends: harmony's <|return|> (done) and <|call|> (a tool call), and
+# <|endoftext|> (gpt-oss's generation_config.json stops there too).
+REPLY_ENDS = ("<|return|>", "<|call|>", "<|endoftext|>")
 _CHANNEL = "<|channel|>"
 _CONSTRAIN = "<|constrain|>"
 # Rust's notion of whitespace (Unicode White_Space) and of ASCII whitespace, which the
@@ -53,6 +56,22 @@ def system_text(reasoning_effort: str = "medium",
         channels += "\n" + harmony_tools.CHANNEL_RULE
     tools = [harmony_tools.builtin_tools_section(builtin_tools)] if builtin_tools else []
     return "\n\n".join(["\n".join(top), f"Reasoning: {reasoning_effort}", *tools, channels])
+
+
+def special_ids(tokenizer: Tokenizer, names: Sequence[str]) -> dict[str, int]:
+    """The ids of those `names` that are special tokens of `tokenizer`, by name."""
+    found = {}
+    for name in names:
+        try:
+            found[name] = tokenizer.special_id(name)
+        except KeyError:
+            continue
+    return found
+
+
+def reply_end_ids(tokenizer: Tokenizer) -> dict[str, int]:
+    """The ids of REPLY_ENDS that `tokenizer` has (a small test vocabulary may lack <|endoftext|>)."""
+    return special_ids(tokenizer, REPLY_ENDS)
 
 
 def drop_earlier_analysis(messages: list[dict]) -> list[dict]:

@@ -168,7 +168,7 @@ def test_a_bad_argument_is_an_error_at_the_call_and_changes_nothing(model, tok):
 def test_an_empty_reply_adds_no_message(tok, endoftext, monkeypatch):
     chat = gptoss_np.Chat(Scripted(4096, []), tok)
     if not endoftext:
-        monkeypatch.setattr(chat, "_endoftext", lambda: [])
+        monkeypatch.setattr(chat, "_endoftext", None)
     assert chat.send("Hi", 0) == []
     assert chat.messages == [{"role": "user", "content": "Hi"}]
 
