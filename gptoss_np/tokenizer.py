@@ -23,7 +23,7 @@ import tokenizers
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 
 from . import hub
-from .config import GptOssConfig, is_token_id
+from .config import is_token_id
 
 VOCAB_SIZE = 201088
 FIRST_SPECIAL_ID = 199998
@@ -217,15 +217,14 @@ class Tokenizer:
         if file.suffix == ".json":
             return cls(_reserve_ids(_read_tokenizer_json(file), _model_vocab_size(file.parent)))
         folder = hub.resolve(path)
-        file = folder / "tokenizer.json"
-        if not file.is_file() and (folder / "config.json").is_file():
-            vocab_size = GptOssConfig.from_file(folder / "config.json").vocab_size
-            if vocab_size != VOCAB_SIZE:
-                raise FileNotFoundError(f"{folder} has no tokenizer.json, and its vocab_size {vocab_size} is not "
-                                        f"o200k_harmony's {VOCAB_SIZE}: add the tokenizer.json that belongs to "
-                                        f"the checkpoint")
+        file, vocab_size = folder / "tokenizer.json", _model_vocab_size(folder)
+        if not file.is_file() and vocab_size == VOCAB_SIZE:
             return cls.o200k_harmony()
-        return cls(_reserve_ids(_read_tokenizer_json(file), _model_vocab_size(folder)))
+        if not file.is_file() and vocab_size is not None:
+            raise FileNotFoundError(f"{folder} has no tokenizer.json, and its vocab_size {vocab_size} is not "
+                                    f"o200k_harmony's {VOCAB_SIZE}: add the tokenizer.json that belongs to "
+                                    f"the checkpoint")
+        return cls(_reserve_ids(_read_tokenizer_json(file), vocab_size))
 
     @classmethod
     def o200k_harmony(cls, cache_dir: str | os.PathLike | None = None) -> "Tokenizer":
