@@ -139,9 +139,8 @@ class Checkpoint:
         self._files = self._open_files()
         self.original = ORIGINAL_NAMES[EMBED] in self._files and EMBED not in self._files  # OpenAI's format
         self._names = {name: ORIGINAL_NAMES[name] if self.original else name for name in ORIGINAL_NAMES}
-        if self.config.tie_word_embeddings and self._names[EMBED] not in self._files \
-                and self._names[LM_HEAD] in self._files:
-            self._names[EMBED] = self._names[LM_HEAD]
+        self._embedding_is_lm_head = self.config.tie_word_embeddings and self._names[EMBED] not in self._files \
+            and self._names[LM_HEAD] in self._files  # tied files that store only lm_head.weight
         self.dense = layer_tensor_name(0, "gate_up") in self._files and \
             layer_tensor_name(0, "gate_up_blocks") not in self._files  # unquantized experts
         if self.dense and not quantize_experts:
@@ -195,12 +194,14 @@ class Checkpoint:
     def _stored_name(self, name: str) -> str:
         """`name` as this checkpoint's files call it: OpenAI's format has its own for EMBED, FINAL_NORM and
         LM_HEAD, and tied files without an embedding read EMBED from LM_HEAD's."""
+        if name == EMBED and self._embedding_is_lm_head:
+            name = LM_HEAD
         return self._names.get(name, name)
 
     def _lm_head_is_embedding(self) -> bool:
         """Whether lm_head.weight is not stored, is read as the embedding, or holds the embedding's values
         (compared as float32, some rows at a time: both are [V, D])."""
-        if self._stored_name(LM_HEAD) not in self._files or self._stored_name(EMBED) == self._stored_name(LM_HEAD):
+        if self._stored_name(LM_HEAD) not in self._files or self._embedding_is_lm_head:
             return True
         head, embedding, rows = self.tensor(LM_HEAD), self.tensor(EMBED), 4096
         return all(np.array_equal(bf16.as_f32(head[i:i + rows]), bf16.as_f32(embedding[i:i + rows]))
@@ -209,7 +210,7 @@ class Checkpoint:
     def _validate(self) -> None:
         expected = expected_tensors(self.config, self.original, self.dense)
         embed, head = self._stored_name(EMBED), self._stored_name(LM_HEAD)
-        expected[embed] = expected.pop(ORIGINAL_NAMES[EMBED] if self.original else EMBED)  # LM_HEAD's, if read there
+        expected[embed] = expected.pop(self._names[EMBED])  # LM_HEAD's, if read there
         if head in self._files:  # also where tie_word_embeddings would do without it (see ties_lm_head)
             expected.setdefault(head, expected[embed])
         for name, (shape, dtypes) in expected.items():
