@@ -23,10 +23,12 @@ BENCH = ROOT / "bench"
 CHECKPOINTS = {
     # GQA 2:1, 8 experts top-2, window 8, YaRN with original context 64 (tests run past it)
     "tiny": ({}, "scaling", 1),
-    # GQA 4:1, 16 experts top-4, 3 layers, newer rope_parameters, truncated YaRN ramp, sharded
+    # GQA 4:1, 16 experts top-4, 3 layers, newer rope_parameters, truncated YaRN ramp, sharded; an RMSNorm
+    # eps that counts and SwiGLU's limit and alpha not gpt-oss's
     "gqa4_sharded": (dict(num_attention_heads=8, num_key_value_heads=2, head_dim=32, hidden_size=96,
                           intermediate_size=32, num_hidden_layers=3, num_local_experts=16,
-                          num_experts_per_tok=4, sliding_window=16,
+                          num_experts_per_tok=4, sliding_window=16, rms_norm_eps=0.3, swiglu_limit=5.0,
+                          swiglu_alpha=3.0,
                           rope_scaling={"rope_type": "yarn", "factor": 8.0, "beta_fast": 32.0, "beta_slow": 1.0,
                                         "original_max_position_embeddings": 48, "truncate": True},
                           max_position_embeddings=384), "parameters", 3),

@@ -99,6 +99,9 @@ def test_config_validation_names_the_field(field, value, message):
 def test_config_nulls_take_the_defaults_and_sizes_stay_bounded():
     c = GptOssConfig.from_dict({**synthetic.config_dict("tiny"), "swiglu_limit": None, "rms_norm_eps": None})
     assert (c.swiglu_limit, c.rms_norm_eps) == (7.0, 1e-5)
+    d = synthetic.config_dict("tiny", hidden_size=64, num_attention_heads=4, num_key_value_heads=2)
+    c = GptOssConfig.from_dict({**d, "head_dim": None, "num_key_value_heads": None})
+    assert (c.head_dim, c.num_key_value_heads) == (64 // 4, 4)  # derived from the query heads, no grouping
     d = synthetic.config_dict("tiny")
     del d["layer_types"]  # made from num_hidden_layers, which must not make us build a list of 10**20
     with pytest.raises(ConfigError, match="num_hidden_layers = 100000000000000000000 is more than"):

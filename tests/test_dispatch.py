@@ -48,6 +48,15 @@ def test_expert_choice_without_drops_is_exact(N, E, k):
         assert d.dropped == 0
 
 
+def test_expert_choice_without_drops_is_exact_with_ties():
+    """Tied logits (three values, so ties fall at the k-th place too): tokens rank the lower expert first,
+    as the router's top-k does."""
+    L = np.random.default_rng(0).integers(0, 3, (64, 32)).astype(np.float32)
+    d = dispatch.expert_choice(L, 4, budget=64)
+    np.testing.assert_allclose(as_matrix(d, 64, 32), top_k_matrix(L, 4), rtol=1e-6)
+    assert d.dropped == 0
+
+
 @pytest.mark.parametrize("budget", [1, 4, 8, 16])
 def test_expert_choice_budget_rules(budget):
     N, E, k = 60, 8, 2
@@ -94,6 +103,7 @@ def test_budget_and_seed_rule():
     assert dispatch.tokens_per_expert(2.0, 4096, 4, 32) == 1024
     assert dispatch.seed_prefers_expert_choice(16, 100)
     assert not dispatch.seed_prefers_expert_choice(16, 20)
+    assert dispatch.seed_prefers_expert_choice(16, 24)  # 3 * 16 == 2 * 24: the seed's rule takes it
 
 
 def test_slots_layout_keeps_every_pair():

@@ -14,13 +14,14 @@ torch = pytest.importorskip("torch")
 gpt_oss = pytest.importorskip("transformers.models.gpt_oss.modeling_gpt_oss")
 
 
-def test_rmsnorm_matches_transformers():
+@pytest.mark.parametrize("eps, scale", [(1e-5, 30.0), (0.3, 1.0)])  # gpt-oss's eps, and one that counts
+def test_rmsnorm_matches_transformers(eps, scale):
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((5, 64), dtype=np.float32) * 30
+    x = rng.standard_normal((5, 64), dtype=np.float32) * scale
     w = rng.standard_normal(64, dtype=np.float32)
-    norm = gpt_oss.GptOssRMSNorm(64, eps=1e-5)
+    norm = gpt_oss.GptOssRMSNorm(64, eps=eps)
     norm.weight.data = torch.from_numpy(w)
-    np.testing.assert_allclose(rmsnorm_ref(x, w, 1e-5), norm(torch.from_numpy(x)).detach().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(rmsnorm_ref(x, w, eps), norm(torch.from_numpy(x)).detach().numpy(), rtol=1e-6)
 
 
 @pytest.mark.parametrize("overrides", [
@@ -30,6 +31,14 @@ def test_rmsnorm_matches_transformers():
     {"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 1024,
                       "truncate": False}, "head_dim": 128, "rope_theta": 10000.0},
     {"rope_scaling": {"rope_type": "default"}, "rope_theta": 500000.0},
+    {"rope_scaling": {"rope_type": "yarn", "factor": 8.0, "attention_factor": 0.8,  # the scale given, not derived
+                      "original_max_position_embeddings": 4096, "truncate": False}},
+    {"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 6,
+                      "truncate": True}},  # the ramp's ends floored and ceiled to one dim: widened by 0.001
+    {"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 256,
+                      "truncate": False}, "rope_theta": 4.0},  # the ramp's upper end past the last dim: clamped
+    {"rope_scaling": {"rope_type": "yarn", "factor": None, "original_max_position_embeddings": 4096,
+                      "truncate": False}, "max_position_embeddings": 65536},  # factor: the contexts' ratio
 ])
 def test_frequencies_match_transformers(overrides):
     from transformers import GptOssConfig as HFConfig
@@ -37,6 +46,7 @@ def test_frequencies_match_transformers(overrides):
     rotary = gpt_oss.GptOssRotaryEmbedding(HFConfig(**d))
     inv_freq, scale = inv_freq_and_scale(GptOssConfig.from_dict(d))
     # float32 pow differs by an ulp between NumPy and torch on some frequencies
+    assert np.isfinite(inv_freq).all()
     np.testing.assert_allclose(inv_freq, rotary.inv_freq.numpy(), rtol=1e-6)
     assert scale == pytest.approx(rotary.attention_scaling, rel=1e-12)
 
@@ -61,7 +71,8 @@ def test_cpu_kernels_match_references(T):
     rng = np.random.default_rng(T)
     x = rng.standard_normal((T, 96), dtype=np.float32) * 20
     w = rng.standard_normal(96, dtype=np.float32)
-    np.testing.assert_allclose(rmsnorm(x, w, 1e-5), rmsnorm_ref(x, w, 1e-5), rtol=1e-6, atol=1e-6)
+    for x_, eps in ((x, 1e-5), (x / 20, 0.3)):  # gpt-oss's eps, and one that counts
+        np.testing.assert_allclose(rmsnorm(x_, w, eps), rmsnorm_ref(x_, w, eps), rtol=1e-6, atol=1e-6)
     q = rng.standard_normal((T, 5, 32), dtype=np.float32)
     cos, sin = rope_tables(np.geomspace(1, 1e-4, 16).astype(np.float32), 1.3, np.arange(T) + 4000)
     np.testing.assert_array_equal(rope(q, cos, sin), rope_ref(q, cos, sin))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import gptoss_np
-from gptoss_np import synthetic
+from gptoss_np import generate as generation, synthetic
 from conftest import (CHECKPOINTS, assert_greedy, hf_logits, load_hf, random_checkpoint, random_config, rel_err,
                       rewrite_tensors, write)
 from gptoss_np.cache import KVCache
@@ -339,15 +339,18 @@ def test_long_sequences_run_in_passes(checkpoint_dir, hf_model, monkeypatch):
     assert rel_err(ours, hf_logits(hf_model(folder), ids)) <= TOL
 
 
-@pytest.mark.parametrize("name", ["tiny", "top1_sliding", "mha_tied", "window1"])
-def test_static_shape_decode_matches_transformers(name, checkpoint_dir, hf_model):
+@pytest.mark.parametrize("name, grown", [("tiny", False), ("top1_sliding", False), ("mha_tied", False),
+                                         ("window1", False), ("tiny", True), ("mha_tied", True)])
+def test_static_shape_decode_matches_transformers(name, grown, checkpoint_dir, hf_model):
     """The decode step that CUDA graphs replay: every one-token update writes slot position % size and
-    attends over the layer's whole buffer, with the position given as an array (not cache.length)."""
+    attends over the layer's whole buffer, with the position given as an array (not cache.length).
+    grown: the cache was made smaller and grew (as a PromptCache's does): its new slots hold no keys."""
     folder = checkpoint_dir(name)
     model = gptoss_np.load(folder)
     ids = prompt(model, 60, seed=5)
-    cache = model.new_cache(60)
+    cache = model.new_cache(8 if grown else 60)
     parts = [model.forward(ids[:20], cache, all_logits=True)]
+    cache.reserve(60)
     cache.static_shapes = True
     parts += [model.forward(ids[t:t + 1], cache, positions=np.array([t])) for t in range(20, 60)]
     assert cache.length == 60 and cache.keys[0].shape[0] == (60 if cache.windows[0] is None else cache.windows[0])
@@ -417,6 +420,11 @@ def test_bad_token_ids_name_the_problem(checkpoint_dir):
     assert model.check_ids(t for t in (3, 1, 2)).tolist() == [3, 1, 2]  # a generator's ids
     with pytest.raises(ValueError, match="longer than the model's context of 2048 tokens"):
         model.logits(np.ones(2049, np.int64))
+    assert len(model.check_ids(np.ones(2048, np.int64))) == 2048  # the whole context is a sequence
+    model.generate([1], max_new_tokens=2047)  # and a prompt whose reply fills it exactly
+    assert generation.new_token_room(model, 2047, 5) == 1
+    with pytest.raises(ValueError, match="the prompt \\(2048 tokens\\) fills the model's context of 2048 tokens"):
+        generation.new_token_room(model, 2048, 5)
     # generate checks its arguments at the call, before any token is asked for
     with pytest.raises(ValueError, match="empty"):
         model.generate([], max_new_tokens=3)
@@ -515,6 +523,23 @@ def test_prompt_cache_runs_only_new_tokens_and_matches_transformers(name, checkp
     runs.clear()
     list(model.generate(ids[30:40], 2, prompt_cache=cache))
     assert cache.reused == 0 and runs[0][:2] == (0, 9)
+    # so does the last one but its last token (what the cache holds), and a prompt for another model
+    assert list(model.generate(ids[30:39], 3, prompt_cache=cache)) == list(model.generate(ids[30:39], 3))
+    assert cache.reused == 0
+    list(gptoss_np.load(folder).generate(ids[30:45], 2, prompt_cache=cache))
+    assert cache.reused == 0
+
+
+def test_a_prompt_cache_makes_room_for_the_whole_call(checkpoint_dir):
+    """Its KV cache is grown to the call's prompt and new tokens before the first token: a CUDA graph's
+    decode (static shapes) cannot grow it later."""
+    model = gptoss_np.load(checkpoint_dir("tiny"))
+    ids = prompt(model, 40, seed=4)
+    prompt_cache = gptoss_np.PromptCache()
+    list(model.generate(ids[:20], 2, prompt_cache=prompt_cache))
+    cache = prompt_cache.take(model, ids, 70)
+    assert cache.length == 19 and all(keys.shape[0] >= 70 for keys, window in zip(cache.keys, cache.windows)
+                                      if window is None)
 
 
 def test_a_generator_whose_prompt_cache_a_later_call_took_cannot_go_on(checkpoint_dir):
