@@ -13,6 +13,7 @@ from gptoss_np import generate as generation, synthetic
 from conftest import (CHECKPOINTS, assert_greedy, hf_logits, load_hf, random_checkpoint, random_config, rel_err,
                       rewrite_tensors, write)
 from gptoss_np.cache import KVCache
+from gptoss_np.sampling import filter_probs
 
 TOL = 1e-4  # relative error on float32 logits
 
@@ -98,8 +99,9 @@ YARN = {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0
     dict(rope_scaling=YARN, rope_parameters={**YARN, "factor": 4.0, "rope_theta": 1000.0}),  # rope_scaling counts
     # and rope_parameters' theta does not: without a top-level one, gpt-oss's 150000
     dict(rope_scaling=YARN, rope_parameters={**YARN, "rope_theta": 1000.0}, rope_theta=None),
+    dict(rope_scaling={k: v for k, v in YARN.items() if k != "truncate"}),  # YaRN's default: truncated
 ], ids=["mscale_equal", "mscale_ratio", "mscale_alone", "top_level_original", "scaling_and_parameters",
-        "default_theta"])
+        "default_theta", "truncate_left_out"])
 def test_rope_settings_beyond_gpt_oss_s_are_read_as_transformers_reads_them(overrides, tmp_path, hf_model):
     """config.json keys that gpt-oss's files do not hold but a fine-tune's may, which transformers reads:
     the engine reads them alike (before, it ignored the first four, took rope_parameters over
@@ -488,6 +490,19 @@ def test_generate_stops_and_is_reproducible(checkpoint_dir):
     assert list(model.generate(ids, max_new_tokens=10, stop_ids=None)) == greedy  # None: no stop
 
 
+def test_a_seed_s_tokens_are_successive_draws_of_one_generator(checkpoint_dir):
+    """With a seed, each step draws as Generator.choice(p=filter_probs(its logits)) does
+    (test_sampling.test_a_draw_is_numpys_choice_with_the_same_seed) from one np.random.default_rng(seed),
+    which every draw moves on: not from the seed's first number at every step."""
+    model = gptoss_np.load(checkpoint_dir("tiny"))
+    ids, rng, expected = [5, 6, 7], np.random.default_rng(7), []
+    for _ in range(12):
+        probs = filter_probs(model.logits(ids + expected)[-1], temperature=1.0)
+        expected.append(int(rng.choice(probs.size, p=probs)))
+    assert list(model.generate(ids, 12, temperature=1.0, seed=7)) == expected
+    assert len(set(expected)) > 1
+
+
 @pytest.mark.parametrize("name", ["tiny", "top1_sliding", "mha_tied"])
 def test_prompt_cache_runs_only_new_tokens_and_matches_transformers(name, checkpoint_dir, hf_model, monkeypatch):
     """A chat's turns through one PromptCache: each prompt extends the previous one, after a reply that
@@ -519,6 +534,13 @@ def test_prompt_cache_runs_only_new_tokens_and_matches_transformers(name, checkp
             out = hf.generate(torch.tensor(ids[:length])[None], max_new_tokens=12, do_sample=False,
                               eos_token_id=None, pad_token_id=0)
         assert reply == out[0, length:].tolist(), f"turn {turn}"
+    # a longer prompt that differs from the last one inside the cached prefix starts over
+    changed = ids[:55].copy()
+    changed[9] = (changed[9] + 1) % model.config.vocab_size
+    runs.clear()
+    reply = list(model.generate(changed, 2, prompt_cache=cache))
+    assert cache.reused == 0 and runs[0][:2] == (0, 54)
+    assert reply == list(model.generate(changed, 2))
     # a prompt that does not extend the last one starts over
     runs.clear()
     list(model.generate(ids[30:40], 2, prompt_cache=cache))

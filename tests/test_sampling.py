@@ -79,6 +79,23 @@ def test_top_p_matches_brute_force(seed):
     assert support(filter_probs(logits_of(q), top_p=top_p)) == _brute_force_nucleus(q.tolist(), top_p)
 
 
+@pytest.mark.parametrize("q, top_p, kept", [
+    ([0.5, 0.25, 0.25], 0.75, {0, 1}),  # two tokens reach 0.75 exactly: a third is not needed
+    ([0.25, 0.25, 0.25, 0.25], 0.5, {0, 1}),  # ties: the lower ids, as top-k's
+    ([0.125, 0.25, 0.25, 0.375], 0.5, {1, 3}),
+])
+def test_top_p_at_an_exact_sum_and_at_ties_matches_brute_force(q, top_p, kept):
+    """Probabilities exact in binary (the engine's sums are the brute force's), where random ones never
+    land: on top_p itself, and equal ones at the nucleus's edge."""
+    assert support(filter_probs(logits_of(q), top_p=top_p)) == _brute_force_nucleus(q, top_p) == kept
+
+
+def test_top_p_1_keeps_every_token_however_improbable():
+    """top_p = 1 keeps every token (the module's rule, and transformers' TopPLogitsWarper's), even one whose
+    probability (4e-18) is lost in the float sum: 1 + 4e-18 == 1, so a nucleus would stop before it."""
+    assert support(filter_probs([0.0, -40.0], top_p=1.0)) == {0, 1}
+
+
 def test_top_p_on_a_large_flat_vocabulary():
     rng = np.random.default_rng(0)
     logits = rng.standard_normal(20000) * 0.5
@@ -181,6 +198,28 @@ def test_a_draw_is_numpys_choice_with_the_same_seed(kwargs):
     assert np.array_equal(logits, 2 * np.random.default_rng(3).standard_normal(5000))  # the caller's logits intact
 
 
+class FixedUniform:
+    """A stand-in for a NumPy Generator whose every uniform draw is `u`."""
+
+    def __init__(self, u: float):
+        self.u = u
+
+    def random(self) -> float:
+        return self.u
+
+
+def test_a_draw_at_either_end_of_the_unit_interval_is_a_kept_token():
+    """_draw's rule: the id whose cumulative probability first exceeds u * total, u in [0, 1). At u = 0
+    that is the first token kept, not a filtered one before it; at the largest u below 1 it is a token
+    of the vocabulary even where the probabilities' float sum falls short of 1."""
+    assert sample([0.0, 5.0, 1.0], temperature=1.0, top_k=1, rng=FixedUniform(0.0)) == 1
+    logits = np.random.default_rng(0).standard_normal(20) * 3
+    u = np.nextafter(1.0, 0.0)
+    assert np.cumsum(filter_probs(logits))[-1] < u  # the case: 0.9999999999999998
+    token = sample(logits, temperature=1.0, rng=FixedUniform(u))
+    assert 0 <= token < len(logits) and filter_probs(logits)[token] > 0
+
+
 def test_draws_follow_the_filtered_distribution():
     q = np.array([0.4, 0.3, 0.1, 0.05, 0.15])
     rng = np.random.default_rng(1)
@@ -208,6 +247,7 @@ def test_a_tiny_temperature_is_greedy_not_nan(temperature, top_k):
 
 @pytest.mark.parametrize("kwargs, name", [
     ({"temperature": -0.1}, "temperature"), ({"temperature": float("nan")}, "temperature"),
+    ({"temperature": float("inf")}, "temperature"),
     ({"top_k": 0}, "top_k"), ({"top_k": 2.5}, "top_k"),
     ({"top_p": 0.0}, "top_p"), ({"top_p": 1.5}, "top_p"), ({"top_p": float("nan")}, "top_p"),
     ({"min_p": -0.1}, "min_p"), ({"min_p": 1.01}, "min_p"),
