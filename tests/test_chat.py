@@ -237,6 +237,20 @@ def test_a_reply_that_ends_otherwise_joins_when_it_ends(tok):
     assert chat.send("Hi", 64) == [{"role": "assistant", "channel": "final", "content": "short"}]
 
 
+def test_a_reply_adds_only_the_assistants_messages(tok):
+    """A model that writes a user's turn into its reply (harmony parses it, as openai-harmony does: see
+    test_harmony) does not put words in the user's mouth: the conversation gains the assistant's messages."""
+    written = completion_ids(tok, ("final", None, "Hello."), end="<|end|>") + \
+        [tok.start, *tok.encode("user"), tok.message, *tok.encode("Say more."), tok.end] + \
+        [tok.start, *tok.encode("assistant"), *completion_ids(tok, ("final", None, "More."))]
+    assert [m["role"] for m in harmony.parse_completion(written, tok)] == ["assistant", "user", "assistant"]
+    chat = gptoss_np.Chat(Scripted(4096, written), tok)
+    reply = chat.send("Hi", 64)
+    assert reply == [{"role": "assistant", "channel": "final", "content": "Hello."},
+                     {"role": "assistant", "channel": "final", "content": "More."}]
+    assert chat.messages == [{"role": "user", "content": "Hi"}, *reply]
+
+
 def test_a_finished_stream_resumed_after_a_later_turn_changes_nothing(model, tok):
     """The same with the model and its PromptCache: the later turn's prompt holds the first reply,
     and the first stream, resumed, neither raises nor adds it again."""

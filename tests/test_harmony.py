@@ -127,6 +127,7 @@ CONVERSATIONS = {
     ("medium", "2025-08-05", None),
     ("high", None, "Answer in one word.\nNever use <|end|>."),
     ("medium", "2024-02-29", "Be terse."),
+    ("low", None, ""),  # empty instructions: still a developer message
 ])
 def test_render_matches_openai_harmony(tok, harmony, name, effort, date, instructions):
     messages = CONVERSATIONS[name]
@@ -177,6 +178,9 @@ SCHEMAS = {
         {"type": "object", "properties": {"a": {"type": "string"}}, "description": "By name"},
         {"type": "string", "enum": ["x", "y"], "default": "x"}, {"type": "integer", "nullable": True}]},
     "empty object": {"type": "object", "properties": {}},
+    "non-ASCII in JSON defaults": {"type": "object", "properties": {
+        "tags": {"type": "array", "items": {"type": "string"}, "default": ["café", "日本"]},
+        "labels": {"type": "object", "default": {"ñ": "ü"}}}},
     "object without properties": {"type": "object"},
 }
 TOOLSETS = {
@@ -293,6 +297,9 @@ def test_render_rejects_bad_tools(tok):
         render_conversation([user("Hi")], tools=[{"description": "no name"}], tokenizer=tok)
     with pytest.raises(ValueError, match="parameters"):
         render_conversation([user("Hi")], tools=[{"name": "f", "parameters": "x"}], tokenizer=tok)
+    for name in ("get weather", "get\tweather", "get\u3000weather"):  # a recipient's name ends at a space
+        with pytest.raises(ValueError, match="a tool needs a name without spaces"):
+            render_conversation([user("Hi")], tools=[{"name": name}], tokenizer=tok)
     with pytest.raises(ValueError, match="tool's name"):
         render_conversation([{"role": "tool", "content": "42"}], tokenizer=tok)
 
@@ -353,6 +360,12 @@ COMPLETIONS = [
     ("<|channel|>", "final\u3000to=bob", "<|message|>", "x"),
     ("<|channel|>", "final", "<|message|>", "x", "<|end|>", "<|start|>", "tool to=assistant",
      "<|channel|>", "commentary", "<|message|>", "y", "<|end|>"),
+    # headers with whitespace beyond ASCII: harmony splits a header only at ASCII blanks, and \x1c (a blank
+    # to Python's str.strip and str.split) is none to it
+    ("<|channel|>", "final", " to=bob\x1c", "<|message|>", "x", "<|end|>"),
+    ("<|channel|>", "final", " to=bob\u2003json", "<|message|>", "x", "<|end|>"),
+    ("<|channel|>", "final", "<|message|>", "x", "<|end|>", "<|start|>", "assistant to=bob\u3000json",
+     "<|channel|>", "final", "<|message|>", "y", "<|end|>"),
 ]
 
 
@@ -366,6 +379,11 @@ def test_parse_matches_openai_harmony_on_broken_utf8(tok, harmony):
     rng = random.Random(5)
     for _ in range(20):
         ids = _ids(tok, "<|channel|>", "final", "<|message|>") + [rng.randrange(199998) for _ in range(30)]
+        assert parse_completion(ids, tokenizer=tok) == _reference_parse(harmony, ids)
+    lead = tok.hf.token_to_id("\u00e2")  # the byte-level token of 0xe2 alone: a 3-byte character's first byte
+    assert tok.decode_bytes([lead]) == b"\xe2"
+    for end in ([tok.end], []):  # a message, ended or cut off, whose content ends inside a character
+        ids = _ids(tok, "<|channel|>", "final", "<|message|>", "ok") + [lead] + end
         assert parse_completion(ids, tokenizer=tok) == _reference_parse(harmony, ids)
 
 
@@ -427,6 +445,11 @@ MALFORMED = [
     ("<|channel|>", "final", " a b c", "<|message|>", "x"),
     ("<|channel|>", "final", "<|message|>", "x", "<|end|>", "<|start|>", "<|message|>", "y"),
     ("<|channel|>", "final", "<|message|>", "x", "<|return|>", "<|end|>"),
+    # a role's header with whitespace beyond ASCII (see COMPLETIONS)
+    ("<|channel|>", "final", "<|message|>", "x", "<|end|>", "<|start|>", "assistant\x1c", "<|channel|>", "final",
+     "<|message|>", "y", "<|end|>"),
+    ("<|channel|>", "final", "<|message|>", "x", "<|end|>", "<|start|>", "functions.f\xa0to=assistant",
+     "<|channel|>", "commentary", "<|message|>", "y", "<|end|>"),
 ]
 
 

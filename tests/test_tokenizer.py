@@ -9,13 +9,15 @@ import inspect
 import json
 import os
 import random
+import re
 import shutil
 import textwrap
+from pathlib import Path
 
 import pytest
 import tokenizers
 
-from gptoss_np.tokenizer import Tokenizer
+from gptoss_np.tokenizer import Tokenizer, cache_dir_for
 
 tiktoken = pytest.importorskip("tiktoken")
 
@@ -286,8 +288,9 @@ def test_from_pretrained_reads_a_tokenizer_json_made_as_gpt_oss_s(tok, oracle, o
 
 def test_reserved_ids_follow_the_tokenizer_s_last(tmp_path):
     """The ids past a tokenizer's last, up to config.json's vocab_size, are named <|reserved_N|>; a
-    config.json that is not gpt-oss's, or not JSON, still lets the tokenizer load; a tokenizer that has
-    one of those names already, or gaps in its ids, is an error that says so."""
+    config.json that is not gpt-oss's, or not JSON, or whose vocab_size is not a count of ids, still lets
+    the tokenizer load; a tokenizer that has one of those names already, or gaps in its ids, is an error
+    that says so."""
     def write(vocab):
         tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="a")).save(str(tmp_path / "tokenizer.json"))
     vocab = {chr(97 + i): i for i in range(10)}
@@ -298,11 +301,24 @@ def test_reserved_ids_follow_the_tokenizer_s_last(tmp_path):
     assert loaded.vocab_size == 16 and not loaded.is_special(9) and loaded.is_special(10)
     (tmp_path / "config.json").write_text("{not json")
     assert Tokenizer.from_pretrained(tmp_path).vocab_size == 10
+    (tmp_path / "config.json").write_text(json.dumps({"vocab_size": "16"}))  # not a number of ids
+    assert Tokenizer.from_pretrained(tmp_path).vocab_size == 10
     (tmp_path / "config.json").write_text(json.dumps({"vocab_size": 16}))
     for odd in ({**vocab, "<|reserved_13|>": 10}, {**{k: i for k, i in vocab.items() if i != 5}, "z": 11}):
         write(odd)
         with pytest.raises(ValueError, match=r"cannot name ids 1[12]..15 .* some of those names already, or gaps"):
             Tokenizer.from_pretrained(tmp_path)
+
+
+def test_only_the_added_tokens_marked_special_are_special():
+    """tokenizers' AddedToken(special=False) (a word added to the vocabulary) is no special token."""
+    hf = tokenizers.Tokenizer(tokenizers.models.WordLevel({"a": 0, "b": 1}, unk_token="a"))
+    hf.add_tokens([tokenizers.AddedToken("hello", special=False)])
+    hf.add_special_tokens(["<|x|>"])
+    tok = Tokenizer(hf)
+    assert [tok.is_special(i) for i in range(4)] == [False, False, False, True] and tok.special_id("<|x|>") == 3
+    with pytest.raises(KeyError):
+        tok.special_id("hello")
 
 
 def test_from_pretrained_without_tokenizer_json_takes_o200k_harmony_for_gpt_oss_vocabularies(tok, tmp_path):
@@ -330,6 +346,25 @@ def test_from_pretrained_errors_name_the_file(tmp_path):
     (tmp_path / "tokenizer.json").write_text("{not json")
     with pytest.raises(ValueError, match=str(tmp_path / "tokenizer.json")):
         Tokenizer.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("text, words", [
+    (b"caf\xe9".decode("utf-8", "surrogateescape"), "byte 0xe9 at character 3"),
+    (b"\x80".decode("utf-8", "surrogateescape"), "byte 0x80 at character 0"),
+    ("a\udc7f", "the lone surrogate U+DC7F at character 1"),  # no byte decodes to it: 0x7f is ASCII
+    ("ab\ud800", "the lone surrogate U+D800 at character 2"),
+])
+def test_text_that_is_not_unicode_is_named(tok, text, words):
+    """Python decodes a byte that is not UTF-8 (>= 0x80) as U+DC80..U+DCFF (surrogateescape, as sys.argv and
+    stdin are decoded): encode names that byte; any other surrogate it names as a lone one."""
+    with pytest.raises(ValueError, match=rf"^the text is not valid UTF-8: {re.escape(words)} is not part of a "):
+        tok.encode(text)
+
+
+def test_an_empty_cache_variable_means_the_default_cache(monkeypatch):
+    """GPTOSS_NP_CACHE set but empty names no folder: the cache is ~/.cache/gptoss_np, not the working folder."""
+    monkeypatch.setenv("GPTOSS_NP_CACHE", "")
+    assert cache_dir_for(None) == Path.home() / ".cache" / "gptoss_np"
 
 
 def test_cache_is_written_and_found_through_the_environment(tok, cache_dir, tmp_path, monkeypatch):
