@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import types
 import warnings
 from pathlib import Path
 
@@ -234,11 +235,13 @@ def recorded_conversations(monkeypatch) -> list[list[dict]]:
 
 def test_a_message_of_several_lines_goes_between_triple_quotes(capsys, monkeypatch):
     seen = recorded_conversations(monkeypatch)
-    monkeypatch.setattr(sys, "stdin", io.StringIO('one line\n"""\nfirst\n\n  second\n"""\n"""\nunclosed\n'))
+    monkeypatch.setattr(sys, "stdin", io.StringIO('one line\n"""\nfirst\n\n  second\n"""\n  """ \nindented\n\t"""\n'
+                                                  '"""\nunclosed\n'))  # the quotes may have blanks around them
     code, _, err = run_cli(capsys, "--chat", "--max-new-tokens", "2", "--seed", "0")
     assert code == 0
+    messages = ["one line", "first\n\n  second", "indented", "unclosed"]
     assert [[m["content"] for m in turn if m["role"] == "user"] for turn in seen] == [
-        ["one line"], ["one line", "first\n\n  second"], ["one line", "first\n\n  second", "unclosed"]]
+        messages[:i] for i in range(1, 5)]
 
 
 @pytest.fixture
@@ -330,6 +333,28 @@ def test_ctrl_c_prints_the_summary_and_exits_130(capsys, monkeypatch, harmony_to
     assert code == 130
     assert out == " one two three\n"
     assert summaries(err)[0][1:] == (len(ids), "interrupted")
+
+
+def test_raw_leaves_out_the_stop_token(capsys, monkeypatch, harmony_tokenizer):
+    """The stop id ends the reply and its text (here <|return|>) is not shown."""
+    ids = harmony_tokenizer.encode(" one two")
+
+    def stopped(self, prompt, budget, *args, stop_ids=(), **kwargs):
+        assert harmony_tokenizer.return_ in stop_ids
+        yield from ids + [harmony_tokenizer.return_]  # as generate ends: after the stop id
+    monkeypatch.setattr(GptOss, "generate", stopped)
+    code, out, err = run_cli(capsys, "--raw", "--prompt", "Count:")
+    assert code == 0 and out == " one two\n"
+    assert summaries(err)[0][1:] == (len(ids) + 1, "stop token")
+
+
+def test_a_reply_that_reaches_the_end_of_the_context_says_so(capsys, monkeypatch, context_of_150, harmony_tokenizer):
+    """--max-new-tokens past the context: the reply ends where the context does, "context full"."""
+    word = harmony_tokenizer.encode(" word")
+    monkeypatch.setattr(GptOss, "generate", lambda self, prompt, budget, *args, **kwargs: iter(word * budget))
+    code, out, err = run_cli(capsys, "--raw", "--prompt", "Count:", "--max-new-tokens", "1000")
+    [(prompt_tokens, new_tokens, ended)] = summaries(err)
+    assert code == 0 and (prompt_tokens + new_tokens, ended) == (150, "context full")
 
 
 def test_an_error_mid_reply_ends_the_line_of_text_first(capsys, monkeypatch, harmony_tokenizer):
@@ -428,6 +453,19 @@ def test_harmony_printer_shows_non_harmony_output_raw(harmony_tokenizer, words):
         assert shown[-1] == out.getvalue(), "long output must stream, not wait for the end"
 
 
+def test_harmony_printer_waits_for_a_header_of_max_header_tokens(harmony_tokenizer):
+    """A header may take MAX_HEADER_TOKENS tokens and still be harmony: nothing is shown until one more."""
+    out = io.StringIO()
+    printer = cli.HarmonyPrinter(harmony_tokenizer, out, color=False)
+    word = harmony_tokenizer.encode("x")
+    assert len(word) == 1
+    for token in [harmony_tokenizer.channel] + word * (cli.MAX_HEADER_TOKENS - 1):
+        printer.push(token)
+    assert out.getvalue() == ""
+    printer.push(word[0])
+    assert out.getvalue() == "<|channel|>" + "x" * cli.MAX_HEADER_TOKENS
+
+
 # ------------------------------------------------------------------------------ other checkpoints
 
 def test_device_auto_says_why_not_the_gpu_when_cupy_is_installed(capsys, small_checkpoint, monkeypatch):
@@ -470,6 +508,10 @@ def test_raw_continues_piped_stdin(capsys, monkeypatch, small_checkpoint):
                              "--max-new-tokens", "8")
     assert code == 0
     assert out == greedy_text(model, tok, tok.encode("The sky is"), 8, [tok.return_, tok.call])[0]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("The sky is  \n"))  # only the line end goes, not the spaces
+    code, out, err = run_cli(capsys, "--model", str(small_checkpoint), "--raw", "--max-new-tokens", "1")
+    assert len(tok.encode("The sky is  ")) > len(tok.encode("The sky is"))
+    assert code == 0 and summaries(err)[0][0] == len(tok.encode("The sky is  "))
     for stdin, words in [(Terminal("The sky is\n"), "--raw needs the text to continue"), (io.StringIO(""), "empty")]:
         monkeypatch.setattr(sys, "stdin", stdin)
         assert_one_error_line(*run_cli(capsys, "--model", str(small_checkpoint), "--raw"), "--raw", words)
@@ -635,6 +677,7 @@ def test_unknown_hub_id_says_only_the_local_cache_was_searched(capsys):
 
 @pytest.mark.parametrize("argv, words", [
     (["--max-new-tokens", "-3"], ["--max-new-tokens", ">= 1"]),
+    (["--max-new-tokens", "0"], ["--max-new-tokens", ">= 1"]),
     (["--max-new-tokens", "ten"], ["--max-new-tokens"]),
     (["--temperature", "-0.5"], ["--temperature"]),
     (["--temperature", "nan"], ["--temperature"]),
@@ -654,6 +697,8 @@ def test_unknown_hub_id_says_only_the_local_cache_was_searched(capsys):
     (["--raw", "--prompt", "x", "--reasoning-effort", "high"], ["--reasoning-effort", "chat"]),
     (["--bogus"], ["--bogus"]),
     (["--model", "{tmp}/missing"], ["does not exist"]),
+    (["--model", "{tmp}/two\nlines"], ["does not exist"]),  # the error stays one line
+    (["--model", "no-such-org/model/more"], ["checkpoint folder no-such-org/model/more does not exist"]),  # no hub id
     (["--model", "{tmp}/file.txt"], ["not a folder"]),
     (["--model", "{tmp}"], ["holds no config.json: it is not a checkpoint folder"]),
     (["--model", ""], ["the checkpoint folder is an empty path"]),
@@ -716,6 +761,15 @@ def test_the_summary_counts_in_words():
     assert list(timed) == [7]
     assert timed.summary("stop token").startswith("prompt 1 token, prefill ")
     assert "| 1 new token, decode - | ended: stop token" in timed.summary("stop token")
+
+
+def test_the_summary_s_decode_speed_is_over_the_tokens_after_the_first(monkeypatch):
+    """The first token's time is the prefill's; decode's speed is the other tokens over their time."""
+    clock = iter([0.0, 4.0, 4.0, 5.0, 5.0, 6.0, 6.0, 6.0])  # the prefill 4 s, then 1 s a token
+    monkeypatch.setattr(cli, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    timed = cli.TimedTokens(iter([1, 2, 3]), 8)
+    assert list(timed) == [1, 2, 3]
+    assert "prompt 8 tokens, prefill 2.0 tok/s | 3 new tokens, decode 1.0 tok/s" in timed.summary("max-new-tokens")
 
 
 def test_weights_too_big_for_the_device_is_one_error_line(capsys, monkeypatch, small_checkpoint):
