@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 import gptoss_np
-from conftest import rewrite_tensors
+from conftest import rewrite_tensors, write
 from gptoss_np import synthetic
 from gptoss_np.checkpoint import Checkpoint, CheckpointError
-from gptoss_np.config import ConfigError, GptOssConfig, RopeParameters
+from gptoss_np.config import ConfigError, GptOssConfig, RopeParameters, is_openai_format
 from gptoss_np.kernels import mxfp4
 from gptoss_np.safetensors_io import SafetensorsFile
 
@@ -39,6 +39,13 @@ def test_rope_styles_agree():
     old = GptOssConfig.from_dict(synthetic.config_dict("gpt-oss-20b", rope_style="scaling"))
     new = GptOssConfig.from_dict(synthetic.config_dict("gpt-oss-20b", rope_style="parameters"))
     assert old == new
+
+
+def test_the_hugging_face_name_counts_over_openais_alias():
+    """num_experts_per_tok beside experts_per_token: the Hugging Face name is read, as transformers reads it."""
+    transformers = pytest.importorskip("transformers")
+    d = {**synthetic.config_dict("tiny"), "num_experts_per_tok": 2, "experts_per_token": 4}
+    assert GptOssConfig.from_dict(d).num_experts_per_tok == transformers.GptOssConfig(**d).num_experts_per_tok == 2
 
 
 def test_aliases_and_defaults():
@@ -73,6 +80,7 @@ def test_fields_left_out_read_as_transformers_reads_them(field, value):
     ("layer_types", ["full_attention"], "layer_types has 1 entries"),
     ("layer_types", ["full_attention", "chunked"], "unknown type"),
     ("vocab_size", 0, "vocab_size must be a positive integer"),
+    ("sliding_window", 0, "sliding_window must be a positive integer, got 0"),
     ("rope_scaling", {"rope_type": "longrope", "factor": 2.0}, "rope_type 'longrope' is not supported"),
     ("rope_scaling", [1, 2], "rope_scaling must be an object"),
     ("rope_scaling", {"rope_type": "yarn", "factor": "8"}, "rope_scaling.factor must be a number"),
@@ -86,6 +94,7 @@ def test_fields_left_out_read_as_transformers_reads_them(field, value):
     ("partial_rotary_factor", 0.5, "partial_rotary_factor 0.5 is not supported"),
     ("rope_theta", 1, "rope_theta must be greater than 1"),
     ("rms_norm_eps", "1e-5", "rms_norm_eps must be a number"),
+    ("rms_norm_eps", 0, "rms_norm_eps must be positive, got 0"),
     ("attention_bias", 1, "attention_bias must be true or false"),
     ("layer_types", 2, "layer_types must be a list"),
     ("eos_token_id", [200002, "x"], "eos_token_id must be a token id"),
@@ -140,6 +149,15 @@ def test_openais_original_config_reads_as_the_hugging_face_one():
     assert plain.rope_parameters == RopeParameters(rope_theta=150000.0) and plain.max_position_embeddings == 4096
 
 
+def test_a_config_with_a_model_type_is_hugging_faces_whatever_it_names_its_experts():
+    """OpenAI's original config.json has no model_type: one that has it is not read as OpenAI's (which would
+    replace its rope_scaling by one from rope_scaling_factor), even where it says num_experts."""
+    d = synthetic.config_dict("tiny")
+    d["num_experts"] = d.pop("num_local_experts")
+    assert d["model_type"] == "gpt_oss" and not is_openai_format(d)
+    assert is_openai_format({k: v for k, v in d.items() if k != "model_type"})
+
+
 def test_openais_original_format_errors_name_its_tensors(tiny, tmp_path):
     folder = synthetic.write_original(tmp_path / "original", tiny)
     qkv = "block.1.attn.qkv.weight"
@@ -188,6 +206,25 @@ def test_quantize_command(tiny, tmp_path, capsys):
     assert f"the target {tmp_path / 'a_file'} is a file: give a new or empty folder" in err[3]
 
 
+def test_quantizing_a_sharded_dense_checkpoint(tiny, tmp_path):
+    """The target's shards come with their own index, not the source's (copied beside them, it would name
+    the source's files)."""
+    from gptoss_np import quantize
+    from gptoss_np.safetensors_io import write_shards
+    dense = synthetic.write_dense(tmp_path / "dense", tiny)
+    f = SafetensorsFile(dense / "model.safetensors")
+    tensors = {name: (info.dtype, np.array(f.get(name))) for name, info in f.tensors.items()}
+    (dense / "model.safetensors").unlink()
+    names = list(tensors)
+    write_shards(dense, [("a.safetensors", {n: tensors[n] for n in names[:10]}),
+                         ("b.safetensors", {n: tensors[n] for n in names[10:]})])
+    saved = Checkpoint(quantize.quantize_checkpoint(dense, tmp_path / "out"))
+    loaded = Checkpoint(dense, quantize_experts=True)
+    assert saved.nbytes == loaded.nbytes
+    for short, array in loaded.layer(1).items():
+        np.testing.assert_array_equal(saved.layer(1)[short], array)
+
+
 def test_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         gptoss_np.load(tmp_path / "nowhere")
@@ -205,6 +242,9 @@ def test_truncated_safetensors(tiny):
     data = f.read_bytes()
     f.write_bytes(data[:len(data) - 1000])
     with pytest.raises(CheckpointError, match="model.safetensors: truncated: tensor '.*' ends at byte"):
+        gptoss_np.load(tiny)
+    f.write_bytes(data[:100])  # cut inside the header
+    with pytest.raises(CheckpointError, match=r"header length \d+ does not fit in a file of 100 bytes"):
         gptoss_np.load(tiny)
     f.write_bytes(data[:5])
     with pytest.raises(CheckpointError, match="too short"):
@@ -227,6 +267,25 @@ def test_wrong_shape(tiny):
         gptoss_np.load(tiny)
 
 
+def test_a_tied_checkpoints_lm_head_of_the_wrong_shape_is_named(tmp_path):
+    """tie_word_embeddings, and an lm_head.weight stored all the same (which transformers then loads): its
+    shape is checked as an untied one's is."""
+    folder = write(tmp_path / "tied", "mha_tied")
+    rewrite_tensors(folder, lambda t: t.update({"lm_head.weight": ("BF16", np.zeros((512, 32), np.uint16))}))
+    with pytest.raises(CheckpointError, match=r"'lm_head.weight' has shape \[512, 32\], config.json implies "
+                                              r"\[512, 64\]"):
+        gptoss_np.load(folder)
+
+
+def test_f16_tensors_are_widened_to_float32(tiny):
+    """A dense weight stored as F16 reads as its float32 values (Checkpoint's docstring), not as raw halves."""
+    name = "model.norm.weight"
+    values = np.linspace(-2, 2, Checkpoint(tiny).config.hidden_size, dtype=np.float16)
+    rewrite_tensors(tiny, lambda t: t.update({name: ("F16", values)}))
+    array = Checkpoint(tiny).tensor(name)
+    assert array.dtype == np.float32 and np.array_equal(array, values.astype(np.float32))
+
+
 def test_wrong_dtype(tiny):
     def change(t):
         _, a = t["model.layers.0.mlp.experts.gate_up_proj_blocks"]
@@ -240,6 +299,17 @@ def test_index_names_a_missing_shard(tmp_path):
     folder = synthetic.write_checkpoint(tmp_path / "sharded", "tiny", shards=2)
     (folder / "model-00001-of-00001.safetensors").unlink()  # numbered from 0, as the released shards are
     with pytest.raises(CheckpointError, match="model-00001-of-00001.safetensors: safetensors file not found"):
+        gptoss_np.load(folder)
+
+
+def test_an_index_naming_the_wrong_shard_is_named(tmp_path):
+    folder = synthetic.write_checkpoint(tmp_path / "sharded", "tiny", shards=2)
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    name = next(n for n, file in index["weight_map"].items() if file == "model-00000-of-00001.safetensors")
+    index["weight_map"][name] = "model-00001-of-00001.safetensors"  # the other shard
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match=f"model-00001-of-00001.safetensors: tensor '{name}' is listed "
+                                              "in model.safetensors.index.json but not in the file"):
         gptoss_np.load(folder)
 
 
@@ -268,6 +338,7 @@ def test_openais_original_format_sharded_equals_single(tiny, tmp_path):
         f"model--0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
     dtypes = json.loads((sharded / "dtypes.json").read_text())
     assert set(dtypes.values()) == {"BF16", "FP4", "UE8"} and dtypes["norm.scale"] == "BF16"
+    assert (dtypes["block.0.mlp.mlp1_weight.blocks"], dtypes["block.0.mlp.mlp1_weight.scales"]) == ("FP4", "UE8")
     ids = [1, 2, 3, 4, 5]
     np.testing.assert_array_equal(gptoss_np.load(single).logits(ids), gptoss_np.load(sharded).logits(ids))
 

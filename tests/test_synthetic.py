@@ -10,7 +10,7 @@ import pytest
 import gptoss_np
 from gptoss_np import synthetic
 from gptoss_np.kernels import mxfp4
-from gptoss_np.safetensors_io import SafetensorsFile
+from gptoss_np.safetensors_io import SafetensorsFile, write
 
 
 def test_20b_preset_has_the_real_tensor_layout():
@@ -35,6 +35,26 @@ def test_files_are_what_transformers_reads(tmp_path):
     assert f.tensors["model.layers.0.mlp.experts.gate_up_proj_blocks"].dtype == "U8"
     f = SafetensorsFile(folder / index["weight_map"]["model.embed_tokens.weight"])
     assert f.tensors["model.embed_tokens.weight"].dtype == "BF16"
+
+
+def test_files_are_as_the_safetensors_library_writes_and_reads_them(tmp_path):
+    """A file's header is padded with spaces to a multiple of 8 bytes, as safetensors' save_file pads it (the
+    same length field, JSON and data; the JSON's key order aside); an index's total_size is the bytes of
+    all its shards' tensors, as the library loads them."""
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    array = np.arange(3, dtype=np.float32)
+    write(tmp_path / "ours.safetensors", {"t": ("F32", array)}, metadata={"format": "pt"})
+    safetensors_numpy.save_file({"t": array}, str(tmp_path / "theirs.safetensors"), metadata={"format": "pt"})
+    ours, theirs = (tmp_path / "ours.safetensors").read_bytes(), (tmp_path / "theirs.safetensors").read_bytes()
+    end = 8 + int.from_bytes(theirs[:8], "little")
+    assert ours[:8] == theirs[:8] and ours[end:] == theirs[end:]
+    assert json.loads(ours[8:end]) == json.loads(theirs[8:end])
+    folder = synthetic.write_checkpoint(tmp_path / "sharded", "tiny", shards=3)
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    shards = [safetensors_torch.load_file(folder / name) for name in sorted(set(index["weight_map"].values()))]
+    assert len(shards) == 3 and index["metadata"]["total_size"] == sum(
+        t.numel() * t.element_size() for shard in shards for t in shard.values())
 
 
 @pytest.fixture(scope="module")
