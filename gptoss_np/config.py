@@ -1,7 +1,8 @@
 """The model's hyper-parameters, with Hugging Face `config.json` names.
 
 `GptOssConfig.from_dict` is the one place that renames fields and fills defaults:
-- `experts_per_token` (the openai/gpt-oss name) is an alias of `num_experts_per_tok`;
+- `experts_per_token` (the openai/gpt-oss name) is an alias of `num_experts_per_tok`, and `num_experts` of
+  `num_local_experts` (as transformers' GptOssConfig maps it);
 - RoPE comes either as `rope_theta` + `rope_scaling` (the released gpt-oss-20b file) or as
   `rope_parameters` with `rope_theta` inside (newer transformers); where a file has both, `rope_scaling`
   counts, and a top-level `original_max_position_embeddings` over rope_scaling's, as transformers reads them;
@@ -98,6 +99,8 @@ class GptOssConfig:
         d = from_openai_format(d) if is_openai_format(d) else dict(d)
         if "num_experts_per_tok" not in d and "experts_per_token" in d:
             d["num_experts_per_tok"] = d["experts_per_token"]
+        if "num_local_experts" not in d and "num_experts" in d:
+            d["num_local_experts"] = d["num_experts"]
         # as transformers' GptOssConfig reads them: left out, gpt-oss's 64 and 8; null, from the other fields
         d.setdefault("head_dim", 64)
         d.setdefault("num_key_value_heads", 8)

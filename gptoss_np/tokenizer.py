@@ -116,7 +116,7 @@ def build_o200k_harmony() -> tokenizers.Tokenizer:
 
 
 def cache_dir_for(cache_dir: str | os.PathLike | None) -> Path:
-    """The cache folder: the argument, else `$GPTOSS_NP_CACHE`, else `~/.cache/gptoss_np`."""
+    """The cache folder: the argument, else `$GPTOSS_NP_CACHE` (unless empty), else `~/.cache/gptoss_np`."""
     if cache_dir is not None:
         return Path(cache_dir)
     return Path(os.environ.get("GPTOSS_NP_CACHE") or Path.home() / ".cache" / "gptoss_np")

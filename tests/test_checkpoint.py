@@ -151,11 +151,16 @@ def test_openais_original_config_reads_as_the_hugging_face_one():
 
 def test_a_config_with_a_model_type_is_hugging_faces_whatever_it_names_its_experts():
     """OpenAI's original config.json has no model_type: one that has it is not read as OpenAI's (which would
-    replace its rope_scaling by one from rope_scaling_factor), even where it says num_experts."""
-    d = synthetic.config_dict("tiny")
+    replace its rope_scaling by one from rope_scaling_factor), even where it says num_experts, which is then
+    num_local_experts, as transformers maps it."""
+    transformers = pytest.importorskip("transformers")
+    d = synthetic.config_dict("tiny", num_local_experts=6)
     d["num_experts"] = d.pop("num_local_experts")
     assert d["model_type"] == "gpt_oss" and not is_openai_format(d)
     assert is_openai_format({k: v for k, v in d.items() if k != "model_type"})
+    ours, theirs = GptOssConfig.from_dict(d), transformers.GptOssConfig(**d)
+    assert ours.num_local_experts == theirs.num_local_experts == 6
+    assert ours.rope_parameters.truncate == theirs.rope_scaling["truncate"] is False
 
 
 def test_openais_original_format_errors_name_its_tensors(tiny, tmp_path):
