@@ -43,17 +43,20 @@ def test_gemv_adds_a_residual():
     assert_close(out, residual + (bf16.matmul_ref(x.astype(np.float64), w) + bias))
 
 
-@pytest.mark.parametrize("T, N, K, split", [
-    (1, 5, 104, False),  # x staged in chunks of 48, 48 and 8 columns, each thread's squares from all three
-    (3, 6, 24, True),
-    (4, 11, 68, False),
-    pytest.param(2, 3, 2116, True, marks=pytest.mark.shipped_launches),  # 256 threads' squares, 2 chunks
+@pytest.mark.parametrize("T, N, K, split, scale", [
+    (1, 5, 104, False, 3.0),  # x staged in chunks of 48, 48 and 8 columns, each thread's squares from all three
+    (3, 6, 24, True, 3.0),
+    (4, 11, 68, False, 3.0),
+    (2, 5, 24, False, 3e-3),  # a mean square of ~1e-5, of eps's order, so that eps shows
+    pytest.param(2, 3, 2116, True, 3.0, marks=pytest.mark.shipped_launches),  # 256 threads' squares, 2 chunks
 ])
-def test_gemv_of_the_rmsnorm_of_x(T, N, K, split, monkeypatch):
+def test_gemv_of_the_rmsnorm_of_x(T, N, K, split, scale, monkeypatch):
+    """The GEMV of rmsnorm(x) with a residual, and the normed rows it writes, against norm_rope.rmsnorm_ref
+    and bf16.matmul_ref."""
     monkeypatch.setattr(bf16_cuda, "SPLIT_BELOW_N", 10**9 if split else 0)
     rng = np.random.default_rng(T + K)
     w = bf16.f32_to_bf16(rng.standard_normal((N, K), dtype=np.float32))
-    x = 3 * rng.standard_normal((T, K), dtype=np.float32)
+    x = scale * rng.standard_normal((T, K), dtype=np.float32)
     weight, bias = rng.standard_normal(K, dtype=np.float32), rng.standard_normal(N, dtype=np.float32)
     residual = rng.standard_normal((T, N), dtype=np.float32)
     out, normed = poisoned((T, N)), poisoned((T, K))

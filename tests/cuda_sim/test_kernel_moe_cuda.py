@@ -11,13 +11,16 @@ from gptoss_np.kernels import moe, moe_cuda
 SHIPPED = pytest.mark.shipped_launches  # the GPU's block shapes (tests/cuda_sim/conftest.py)
 
 
-@pytest.mark.parametrize("T, E, k", [(10, 7, 3), (10, 7, 6),
-                                     pytest.param(2, 32, 4, marks=SHIPPED), pytest.param(2, 128, 4, marks=SHIPPED)])
-def test_route(T, E, k):
+@pytest.mark.parametrize("T, E, k, shift", [
+    (10, 7, 3, 0.0), (10, 7, 6, 0.0),
+    (1, 17, moe_cuda.MAX_K, 0.0),  # k at its limit: the rank < k test keeps the shared arrays' last slot
+    (2, 7, 3, 100.0), (2, 7, 3, -100.0),  # logits beyond exp's float32 range: the softmax is shift invariant
+    pytest.param(2, 32, 4, 0.0, marks=SHIPPED), pytest.param(2, 128, 4, 0.0, marks=SHIPPED)])
+def test_route(T, E, k, shift):
     """A block of 4 threads a token (conftest): 7 experts to rank, and 6 slots to write, take two rounds;
-    shipped: 64 threads rank gpt-oss-20b's 32 experts or 120b's 128."""
+    shipped: 64 threads rank gpt-oss-20b's 32 experts or 120b's 128. Against moe.route_ref."""
     rng = np.random.default_rng(E)
-    logits = rng.standard_normal((T, E), dtype=np.float32)
+    logits = rng.standard_normal((T, E), dtype=np.float32) + np.float32(shift)
     experts, weights = poisoned((T, k), np.int32), poisoned((T, k))
     moe_cuda.route(logits, experts, weights)
     ref_experts, ref_weights = moe.route_ref(logits, k)
@@ -61,6 +64,16 @@ def test_swiglu_clamps():
     out = poisoned((3, 11))
     moe_cuda.swiglu(gate_up, 7.0, 1.702, out)
     assert_close(out, moe.swiglu_ref(gate_up, 7.0, 1.702))
+
+
+@pytest.mark.filterwarnings("ignore:overflow")
+def test_swiglu_does_not_clamp_gates_from_below():
+    """gpt-oss clamps the gate from above only: a gate of -200 gives ~0 (not the -7 * sigmoid(-11.9) of a
+    gate clamped to -limit), against moe.swiglu_ref to an absolute 1e-9."""
+    gate_up = np.array([[-200.0, 5.0, -7.5, -3.0]], np.float32)
+    out = poisoned((1, 2))
+    moe_cuda.swiglu(gate_up, 7.0, 1.702, out)
+    np.testing.assert_allclose(out, moe.swiglu_ref(gate_up, 7.0, 1.702), rtol=1e-5, atol=1e-9)
 
 
 @pytest.mark.parametrize("D", [9, pytest.param(300, marks=SHIPPED)])

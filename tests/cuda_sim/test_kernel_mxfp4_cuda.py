@@ -75,6 +75,24 @@ def test_gemv_routes_its_pairs(tokens):
     assert_close(out, moe.swiglu_ref(reference(x, A, experts, blocks, scales, bias), 7.0, 1.702))
 
 
+@SHIPPED
+def test_gemv_routes_its_pairs_at_20b_widths():
+    """The decode gate_up GEMV routing its own pairs at gpt-oss-20b's sizes: 32 experts, top 4, rows of 2880
+    (90 blocks), against moe.route_ref, and mxfp4.matmul_ref per pair then moe.swiglu_ref."""
+    rng = np.random.default_rng(1)
+    E, N, groups, A = 32, 16, 90, 4
+    blocks, _, bias = random_experts(rng, E, N, groups)
+    scales = rng.integers(112, 118, (E, N, groups), dtype=np.uint8)  # gates of a few units over 2880 products
+    x = rng.standard_normal((1, groups * 32), dtype=np.float32)
+    logits = rng.standard_normal((1, E), dtype=np.float32)
+    experts, weights, out = poisoned(A, np.int32), poisoned((1, A)), poisoned((A, N // 2))
+    mxfp4_cuda.expert_gemv(x, A, experts, blocks, scales, bias, out, swiglu=(7.0, 1.702), route=(logits, weights))
+    ref_experts, ref_weights = moe.route_ref(logits, A)
+    np.testing.assert_array_equal(experts, ref_experts.ravel())
+    assert_close(weights, ref_weights)
+    assert_close(out, moe.swiglu_ref(reference(x, A, experts, blocks, scales, bias), 7.0, 1.702))
+
+
 def test_gemv_reads_only_the_selected_experts():
     rng = np.random.default_rng(1)
     blocks, scales, bias = random_experts(rng, 3, 4, 2)
@@ -137,6 +155,19 @@ def test_largest_scales_of_the_chosen_experts(monkeypatch):
     scales[1, 4, 6], scales[3, 0, 0] = 250, 240  # the last byte of one expert, the first of another
     largest = mxfp4_cuda.largest_scales(scales, np.array([3, 1], np.int32), np.full(4, -1, np.int32))
     assert largest.tolist() == [0, 250, 0, 240]
+
+
+def test_largest_scales_find_the_largest_byte_at_any_position(monkeypatch):
+    """The largest byte planted at each of an expert's 35 positions in turn (each thread reads LARGEST_BYTES
+    of them), against NumPy's max over the expert's scales."""
+    monkeypatch.setattr(mxfp4_cuda, "DEQUANT_THREADS", 4)
+    monkeypatch.setattr(mxfp4_cuda, "LARGEST_BYTES", 2)
+    base = np.random.default_rng(6).integers(0, 100, (2, 5, 7), dtype=np.uint8)
+    for i in range(base[1].size):
+        scales = base.copy()
+        scales[1].reshape(-1)[i] = 250
+        largest = mxfp4_cuda.largest_scales(scales, np.array([1], np.int32), np.full(2, -1, np.int32))
+        assert largest.tolist() == [0, scales[1].max()], i
 
 
 # fp16 exact; blocks far below the largest round

@@ -9,11 +9,14 @@ from cuda_sim.sim import assert_close, poisoned
 from gptoss_np.kernels import norm_rope, norm_rope_cuda
 
 
-# 37: the 16 threads walk a partial pass; shipped: 256 threads walk gpt-oss's 2880
-@pytest.mark.parametrize("D", [37, pytest.param(2880, marks=pytest.mark.shipped_launches)])
-def test_rmsnorm(D):
+# 37: the 16 threads walk a partial pass; 13: a row shorter than the block, whose threads are still a power
+# of two (16, 3 past the row) for the tree sum; scale 3e-3: a mean square of ~1e-5, of eps's order, so that eps shows;
+# shipped: 256 threads walk gpt-oss's 2880
+@pytest.mark.parametrize("D, scale", [(37, 3.0), (13, 3.0), (37, 3e-3),
+                                      pytest.param(2880, 3.0, marks=pytest.mark.shipped_launches)])
+def test_rmsnorm(D, scale):
     rng = np.random.default_rng(0)
-    x = 3 * rng.standard_normal((3, D), dtype=np.float32)
+    x = scale * rng.standard_normal((3, D), dtype=np.float32)
     w = rng.standard_normal(D, dtype=np.float32)
     out = poisoned((3, D))
     norm_rope_cuda.rmsnorm(x, w, 1e-5, out)

@@ -43,13 +43,14 @@ def test_argmax_orders_nan_and_infinity_as_numpy(V, specials):
     (0.5, None, None, 0.2), pytest.param(1.0, 12, 0.9, 0.05, marks=SHIPPED, id="shipped")])  # shipped: 1024 threads
 def test_sample_draws_as_the_cpu(temperature, top_k, top_p, min_p, request):
     """Uniform numbers from seeded generators, and (at the simulator's small launches) a grid over [0, 1)
-    that meets every kept id's interval, so that a token kept too many or too few is drawn."""
+    that meets every kept id's interval, so that a token kept too many or too few is drawn, and 1 - 1e-9,
+    which is 1.0 as a float32: u * total reaches the last running sum, and the last kept id is drawn."""
     rng = np.random.default_rng(1)
     logits = 2 * rng.standard_normal(50, dtype=np.float32)
     order = np.argsort(-logits, kind="stable").astype(np.int32)
     us = [np.random.default_rng(seed).random() for seed in range(6)]
     if not request.node.get_closest_marker("shipped_launches"):  # 1024 simulated threads a launch: slow
-        us += [*np.linspace(0, 1, 41)[:-1], 1 - 1e-6]
+        us += [*np.linspace(0, 1, 41)[:-1], 1 - 1e-6, 1 - 1e-9]
     for u in us:
         expected = sampling.sample(logits, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                    rng=Uniform(u))
@@ -69,6 +70,27 @@ class Uniform:
 
     def random(self) -> float:
         return self.u
+
+
+def tied_largest():
+    logits = 2 * np.random.default_rng(1).standard_normal(20, dtype=np.float32)
+    logits[[3, 11]] = logits.max() + 1
+    return logits
+
+
+@pytest.mark.parametrize("logits, top_p, min_p", [
+    (np.zeros(8, np.float32), 0.5, None),  # 4 of 8 equal probabilities sum to exactly top_p: those 4 are kept
+    (tied_largest(), None, 1.0),  # the two tied largest, p / p_max = 1 >= min_p, are kept
+], ids=["top_p", "min_p"])
+def test_filters_keep_the_tokens_at_their_threshold(logits, top_p, min_p):
+    """A cumulative probability equal to top_p, and a ratio to the largest equal to min_p, keep the token
+    (>=, as sampling.sample), against sampling.sample with the same uniform numbers."""
+    order = np.argsort(-logits, kind="stable").astype(np.int32)
+    for u in (0.1, 0.6, 0.9):
+        expected = sampling.sample(logits, temperature=1.0, top_p=top_p, min_p=min_p, rng=Uniform(u))
+        out = poisoned(2, np.int32)
+        sampling_cuda.sample(logits, order, 1.0, None, top_p, min_p, u, out)
+        assert out[0] == expected, u
 
 
 @pytest.mark.parametrize("temperature", [1e-20, 1e-39, 1e-300])  # 1 / 1e-39 is over float32's largest

@@ -8,18 +8,20 @@ from __future__ import annotations
 import importlib
 import re
 import sys
+import types
 
 import numpy as np
 import pytest
 
 from conftest import hf_logits, load_hf, rel_err
 from cuda_sim import sim
+from cuda_sim.sim import assert_close
 import gptoss_np
 from gptoss_np import GptOss, PromptCache, backend, synthetic
 from gptoss_np.backend import CpuOps
 from gptoss_np.checkpoint import Checkpoint
 from gptoss_np.config import GptOssConfig
-from gptoss_np.dispatch import DispatchRule
+from gptoss_np.dispatch import Dispatch, DispatchRule
 from gptoss_np.kernels import bf16, bf16_cuda, moe, moe_cuda, mxfp4, norm_rope_cuda
 
 
@@ -205,6 +207,38 @@ def test_expert_choice_dispatch(cuda_ops, tmp_path):
     ours, ref = gpu.forward(ids, gpu.new_cache(16), all_logits=True), cpu.forward(ids, cpu.new_cache(16), all_logits=True)
     assert rel_err(cuda_ops.to_numpy(ours), ref) < 1e-5
     sim.assert_launched_as_checked()
+
+
+def test_dispatched_experts_with_the_busiest_expert_one_pair_past_a_tile(cuda_ops):
+    """CudaOps.dispatched_experts when expert 0 takes 5 pairs, a second tile of the simulator's 4-pair tiles
+    (conftest), against CpuOps.dispatched_experts."""
+    cp = sys.modules["cupy"]
+    rng = np.random.default_rng(11)
+    E, D, I = 2, 32, 32
+    host = dict(gate_up_blocks=rng.integers(0, 256, (E, 2 * I, D // 32, 16), dtype=np.uint8),
+                gate_up_scales=rng.integers(118, 124, (E, 2 * I, D // 32), dtype=np.uint8),
+                gate_up_bias=rng.standard_normal((E, 2 * I), dtype=np.float32),
+                down_blocks=rng.integers(0, 256, (E, D, I // 32, 16), dtype=np.uint8),
+                down_scales=rng.integers(118, 124, (E, D, I // 32), dtype=np.uint8),
+                down_bias=rng.standard_normal((E, D), dtype=np.float32))
+    d = Dispatch(tokens=np.array([0, 1, 2, 3, 4, 2]), weights=rng.random(6, dtype=np.float32),
+                 starts=np.array([0, 5, 6]), dropped=0, unrouted=0)
+    x = rng.standard_normal((5, D), dtype=np.float32)
+    ref = CpuOps().dispatched_experts(types.SimpleNamespace(**host), x, d, 7.0, 1.702)
+    w = types.SimpleNamespace(**{k: cp.asarray(v) for k, v in host.items()})
+    ours = cuda_ops.to_numpy(cuda_ops.dispatched_experts(w, cp.asarray(x), d, 7.0, 1.702))
+    assert_close(ours, ref, rtol=1e-5)
+
+
+def test_sample_breaks_logit_ties_as_the_cpu(cuda_ops):
+    """Tied logits with top-k: the lower ids are kept first, so CudaOps.sample draws what CpuOps.sample
+    draws from the same seeds."""
+    cp = sys.modules["cupy"]
+    logits = np.zeros(8, np.float32)
+    logits[5] = -1
+    for seed in range(4):
+        assert (cuda_ops.sample(cp.asarray(logits), rng=np.random.default_rng(seed), temperature=1.0, top_k=3)
+                == CpuOps().sample(logits, rng=np.random.default_rng(seed), temperature=1.0, top_k=3)), seed
 
 
 def test_gpus_with_tensor_cores_default_to_bf16_products(cuda_ops):
