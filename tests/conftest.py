@@ -206,6 +206,16 @@ def assert_greedy(tokens, logits, tol: float) -> None:
         assert token == row.argmax() or best - second <= tol * np.abs(row).max(), (step, token, int(row.argmax()))
 
 
+class FixedUniform:
+    """A stand-in for a NumPy Generator whose every uniform draw is `u` (sampling's draws at chosen points)."""
+
+    def __init__(self, u: float):
+        self.u = u
+
+    def random(self) -> float:
+        return self.u
+
+
 def rel_err(a, b) -> float:
     return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(np.asarray(b, np.float64)))
 

@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
+from conftest import FixedUniform
 from gptoss_np.sampling import filter_probs, sample
 
 
@@ -196,16 +197,6 @@ def test_a_draw_is_numpys_choice_with_the_same_seed(kwargs):
     numpys = [int(np.random.default_rng(seed).choice(probs.size, p=probs)) for seed in range(200)]
     assert ours == numpys
     assert np.array_equal(logits, 2 * np.random.default_rng(3).standard_normal(5000))  # the caller's logits intact
-
-
-class FixedUniform:
-    """A stand-in for a NumPy Generator whose every uniform draw is `u`."""
-
-    def __init__(self, u: float):
-        self.u = u
-
-    def random(self) -> float:
-        return self.u
 
 
 def test_a_draw_at_either_end_of_the_unit_interval_is_a_kept_token():

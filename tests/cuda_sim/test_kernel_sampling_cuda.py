@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import FixedUniform
 from cuda_sim.sim import poisoned
 from gptoss_np import sampling
 from gptoss_np.kernels import sampling_cuda
@@ -53,23 +54,13 @@ def test_sample_draws_as_the_cpu(temperature, top_k, top_p, min_p, request):
         us += [*np.linspace(0, 1, 41)[:-1], 1 - 1e-6, 1 - 1e-9]
     for u in us:
         expected = sampling.sample(logits, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                                   rng=Uniform(u))
+                                   rng=FixedUniform(u))
         # the ids in order when a filter needs them; without filters with and without (nothing sorted)
         for given in (order, None) if not sampling_cuda.filtered(top_k, top_p, min_p) else (order,):
             out = poisoned(2, np.int32)
             sampling_cuda.sample(logits, given, temperature, top_k, top_p, min_p, u, out)
             assert out[0] == expected, (u, given is None)
             assert sampling_cuda.largest(out) == logits.max()
-
-
-class Uniform:
-    """A stand-in for a NumPy Generator whose one draw is u."""
-
-    def __init__(self, u: float):
-        self.u = u
-
-    def random(self) -> float:
-        return self.u
 
 
 def tied_largest():
@@ -87,7 +78,7 @@ def test_filters_keep_the_tokens_at_their_threshold(logits, top_p, min_p):
     (>=, as sampling.sample), against sampling.sample with the same uniform numbers."""
     order = np.argsort(-logits, kind="stable").astype(np.int32)
     for u in (0.1, 0.6, 0.9):
-        expected = sampling.sample(logits, temperature=1.0, top_p=top_p, min_p=min_p, rng=Uniform(u))
+        expected = sampling.sample(logits, temperature=1.0, top_p=top_p, min_p=min_p, rng=FixedUniform(u))
         out = poisoned(2, np.int32)
         sampling_cuda.sample(logits, order, 1.0, None, top_p, min_p, u, out)
         assert out[0] == expected, u
