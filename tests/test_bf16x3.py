@@ -44,3 +44,12 @@ def test_three_bf16_products_are_as_exact_as_float32(weights):
     float32 = x @ w.T
     assert rel_err(three, truth) <= 3 * rel_err(float32, truth) + 1e-7  # float32's accuracy
     assert rel_err(one, truth) > 300 * rel_err(three, truth)  # what one bf16 product would lose
+
+
+def test_sum_parts_adds_the_smallest_parts_first():
+    """The docstring's order, (x3 + x2) + x1: two small products that only together reach the last bit of
+    the largest are kept, where adding each to the largest alone would round it away (ties to even)."""
+    y = np.array([[1.0, -4.0], [2.0 ** -24, -2.0 ** -22], [2.0 ** -24, -2.0 ** -22]], np.float32)  # one token
+    exact = y.astype(np.float64).sum(axis=0)  # 1 + 2**-23 and -(4 + 2**-21): float32 values
+    assert (exact.astype(np.float32) == exact).all()
+    np.testing.assert_array_equal(bf16x3.sum_parts(y)[0], exact)
