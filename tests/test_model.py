@@ -269,6 +269,29 @@ def test_trace_matches_transformers(name, checkpoint_dir, hf_model):
         assert rel_err(layer.router_logits, router_logits.numpy()) <= TOL
 
 
+def test_a_trace_passed_to_forward_after_cached_tokens_matches_transformers(checkpoint_dir, hf_model):
+    """A Trace() (attention maps by default) given to forward after 16 tokens are in the cache records the 8
+    new queries' rows over the keys the layer attends to (key_positions: the cached and the new ones, a
+    sliding layer's ring in its own order), as transformers' attention over the whole text has them."""
+    import torch
+    from gptoss_np.trace import Trace
+    folder = checkpoint_dir("tiny")
+    model, hf = gptoss_np.load(folder), hf_model(folder)
+    ids = prompt(model, 24, seed=6)
+    cache, trace = model.new_cache(24), Trace()
+    model.forward(ids[:16], cache)
+    model.forward(ids[16:], cache, trace=trace)
+    with torch.no_grad():
+        out = hf(torch.tensor(ids)[None], output_attentions=True, output_router_logits=True)
+    assert len(trace.layers) == len(out.attentions) == model.config.num_hidden_layers
+    for layer, attention, router_logits in zip(trace.layers, out.attentions, out.router_logits):
+        theirs = attention[0].numpy()[:, 16:]  # [H, 8, 24]
+        assert sorted(layer.key_positions) == list(range(24 - len(layer.key_positions), 24))
+        assert rel_err(layer.attention, theirs[:, :, layer.key_positions]) <= TOL
+        assert rel_err(layer.sink, 1 - theirs.sum(-1, dtype=np.float64)) <= TOL
+        assert rel_err(layer.router_logits, router_logits.numpy()[16:]) <= TOL
+
+
 def test_damaged_weights_are_an_error_not_gibberish(checkpoint_dir, tmp_path):
     """A NaN in the weights (as a corrupted download leaves) makes NaN logits; generate says so instead of
     sampling from them."""

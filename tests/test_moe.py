@@ -88,6 +88,49 @@ def test_trace_of_exact_routing(folder):
         assert layer.dropped == layer.unrouted == 0
 
 
+def test_trace_without_attention_keeps_windows_and_routing(folder):
+    """model.trace(ids, attention=False) skips the attention maps only: each layer still says its window,
+    and its routing is the same, the exact top-k experts best first (the highest router logit first)."""
+    model = gptoss_np.load(folder)
+    c = model.config
+    ids = np.random.default_rng(4).integers(0, c.vocab_size, 20)
+    full, light = model.trace(ids), model.trace(ids, attention=False)
+    assert len(light) == c.num_hidden_layers
+    for i, (layer, same) in enumerate(zip(light, full)):
+        assert layer.window == c.window(i) and layer.attention is None and layer.sink is None
+        np.testing.assert_array_equal(layer.router_logits, same.router_logits)
+        np.testing.assert_array_equal(layer.experts, same.experts)
+        chosen = np.take_along_axis(layer.router_logits, layer.experts, axis=1)  # [T, k]
+        assert (chosen == -np.sort(-layer.router_logits, axis=1)[:, :c.num_experts_per_tok]).all()
+
+
+def expert_choice_by_hand(logits, k, budget):
+    """dispatch.py's rule, one pair at a time: tokens rank experts by logit; each expert takes the `budget`
+    tokens that rank it best (then: the higher logit); each token keeps its k best-ranked experts that took it.
+    Returns tokens per expert, the dropped (token, top-k expert) pairs and the tokens left with no expert."""
+    N, E = logits.shape
+    rank = [{e: i for i, e in enumerate(sorted(range(E), key=lambda e: -logits[t, e]))} for t in range(N)]
+    took = [set(sorted(range(N), key=lambda t: (rank[t][e], -logits[t, e]))[:budget]) for e in range(E)]
+    kept = [sorted((e for e in range(E) if t in took[e]), key=lambda e: rank[t][e])[:k] for t in range(N)]
+    tokens_per_expert = [sum(e in mine for mine in kept) for e in range(E)]
+    dropped = sum(rank[t][e] < k and e not in kept[t] for t in range(N) for e in range(E))
+    return tokens_per_expert, dropped, sum(not mine for mine in kept)
+
+
+def test_trace_of_expert_choice_counts_drops_and_unrouted_tokens(folder):
+    """With 256 tokens and 8 per expert, at most 16 * 8 tokens run an expert: the rest are unrouted. Each
+    layer's record agrees with the rule worked by hand from its router logits."""
+    model = gptoss_np.load(folder, moe_dispatch="expert_choice", tokens_per_expert_ratio=0.1)
+    c = model.config
+    assert model.dispatch_rule.budget(256, c.num_experts_per_tok, c.num_local_experts) == 8
+    ids = np.random.default_rng(5).integers(0, c.vocab_size, 256)
+    for layer in model.trace(ids, attention=False):
+        tokens_per_expert, dropped, unrouted = expert_choice_by_hand(layer.router_logits, c.num_experts_per_tok, 8)
+        np.testing.assert_array_equal(layer.tokens_per_expert, tokens_per_expert)
+        assert (layer.dropped, layer.unrouted) == (dropped, unrouted)
+        assert unrouted >= 256 - 16 * 8
+
+
 def test_bad_dispatch_options(folder):
     with pytest.raises(ValueError, match="moe_dispatch must be one of"):
         gptoss_np.load(folder, moe_dispatch="random")
