@@ -98,3 +98,74 @@ def test_a_users_openblas_thread_timeout_is_kept(order):
     assert r["env"] == "28"
     assert r["after"] >= 1, f"the user's spin setting was overridden: {r}"
     assert r["warnings"] == []
+
+
+CALLS = """
+import ctypes, json, logging, os, sys
+if sys.argv[1] == "gptoss_np first":
+    import gptoss_np
+import numpy as np
+from gptoss_np import cpu_threads
+
+records = []
+class Kept(logging.Handler):
+    def emit(self, record):
+        records.append([record.levelname, record.getMessage()])
+logging.getLogger("gptoss_np.cpu_threads").addHandler(Kept())
+libraries = cpu_threads._loaded_openblas()
+changeable = all(hasattr(ctypes.CDLL(p), "blas_thread_shutdown_") for p in libraries)
+if sys.argv[2] == "entry points hidden":  # as NumPy 2.5's OpenBLAS has them
+    class Hidden(ctypes.CDLL):
+        def __getattr__(self, name):
+            if name in ("openblas_thread_timeout", "openblas_read_env", "blas_thread_shutdown_"):
+                raise AttributeError(name)
+            return super().__getattr__(name)
+    ctypes.CDLL = Hidden
+elif sys.argv[2] == "variable set in the process":
+    os.environ["OPENBLAS_THREAD_TIMEOUT"] = "28"
+np.ones((256, 256)) @ np.ones((256, 256))
+calls = [cpu_threads.shorten_blas_spin(), cpu_threads.shorten_blas_spin()]
+print(json.dumps(dict(calls=calls, libraries=libraries, changeable=changeable, records=records,
+                      env=os.environ.get("OPENBLAS_THREAD_TIMEOUT"))))
+"""
+
+
+def calls(order: str, case: str) -> dict:
+    """Two calls of shorten_blas_spin in a fresh Python: what each returned, and what was logged."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    done = subprocess.run([sys.executable, "-c", CALLS, order, case], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    if not result["libraries"]:
+        pytest.skip("NumPy's BLAS here is not OpenBLAS")
+    return result
+
+
+def test_shorten_blas_spin_returns_the_libraries_it_changed():
+    """Called where NumPy came first: the first call changes every OpenBLAS loaded and says which, the second
+    none (an OpenBLAS that hides the entry points it takes is left as it is, with one warning)."""
+    r = calls(NUMPY_FIRST, "as loaded")
+    if r["changeable"]:
+        assert r["calls"] == [r["libraries"], []] and r["records"] == []
+    else:
+        assert r["calls"] == [[], []] and len(r["records"]) == 1
+
+
+def test_a_variable_the_user_sets_in_the_process_is_kept():
+    """OPENBLAS_THREAD_TIMEOUT set after NumPy loaded: nothing changes, and the variable stays."""
+    r = calls(NUMPY_FIRST, "variable set in the process")
+    assert r["calls"] == [[], []] and r["env"] == "28" and r["records"] == []
+
+
+@pytest.mark.parametrize("order", [NUMPY_FIRST, GPTOSS_NP_FIRST])
+def test_an_openblas_that_hides_its_entry_points_warns_once_if_it_loaded_first(order):
+    """Emulated here (ctypes finds no openblas_thread_timeout, openblas_read_env, blas_thread_shutdown_):
+    nothing changes; loaded before gptoss_np, one warning says what to do; loaded by it, none is needed."""
+    r = calls(order, "entry points hidden")
+    assert r["calls"] == [[], []]
+    if order == GPTOSS_NP_FIRST:
+        assert r["records"] == []
+    else:
+        assert len(r["records"]) == 1 and r["records"][0][0] == "WARNING", r
+        assert "Import gptoss_np before NumPy" in r["records"][0][1]
