@@ -131,6 +131,67 @@ def test_embedded_checkpoint_is_built_once_and_atomically(cache_root, default_fo
         Tokenizer.o200k_harmony(cache_root).hf.get_added_tokens_decoder()
 
 
+def test_embedded_config_has_gpt_oss_ids():
+    """The released gpt-oss config.json's vocabulary and special ids: eos <|return|>, pad <|endoftext|>."""
+    config = embedded.config()
+    assert (config["vocab_size"], config["eos_token_id"], config["pad_token_id"]) == (201088, 200002, 199999)
+
+
+def stub_build(monkeypatch, write) -> list:
+    """embedded.default_checkpoint with its slow steps stubbed: write(partial) stands for the checkpoint's
+    writing, the tokenizer.json written is "{}"; returns the cache folders the tokenizer is asked of."""
+    asked = []
+    monkeypatch.setattr(embedded.synthetic, "write_checkpoint", lambda partial, config, seed, progress: write(partial))
+    monkeypatch.setattr(embedded, "Tokenizer", types.SimpleNamespace(o200k_harmony=asked.append))
+    monkeypatch.setattr(embedded, "released_tokenizer_json", lambda tokenizer: "{}")
+    return asked
+
+
+def test_embedded_checkpoint_in_a_new_cache_folder_is_built_there(monkeypatch, tmp_path):
+    """default_checkpoint(cache) makes the cache folder and its parents, builds there (in a temporary folder
+    beside its place, so that the rename stays on one file system; the tokenizer too), and leaves the
+    checkpoint's folder alone, with nothing beside it."""
+    cache = tmp_path / "not" / "yet"
+    partials = []
+
+    def write(partial):
+        partials.append(partial)
+        (partial / "config.json").write_text("{}")
+    asked = stub_build(monkeypatch, write)
+    folder = embedded.default_checkpoint(cache)
+    assert [p.parent for p in partials] == [cache]
+    assert folder == embedded.location(cache) and list(cache.iterdir()) == [folder]
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "tokenizer.json"]
+    assert asked == [cache]
+
+
+def test_embedded_checkpoint_failures_and_races_leave_nothing_behind(monkeypatch, tmp_path):
+    """A failed build raises its error and leaves no folder; a build that a concurrent one beats to the
+    rename returns the winner's folder and removes its own; a built checkpoint is not built again."""
+    cache = tmp_path / "cache"
+    folder = embedded.location(cache)
+
+    def full_disk(partial):
+        raise OSError(28, "No space left on device")
+    stub_build(monkeypatch, full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        embedded.default_checkpoint(cache)
+    assert list(cache.iterdir()) == []
+
+    def beaten(partial):
+        (partial / "config.json").write_text("mine")
+        folder.mkdir()
+        (folder / "config.json").write_text("winner's")
+    stub_build(monkeypatch, beaten)
+    assert embedded.default_checkpoint(cache) == folder
+    assert list(cache.iterdir()) == [folder] and (folder / "config.json").read_text() == "winner's"
+
+    def again(partial):
+        raise AssertionError("built a second time")
+    stub_build(monkeypatch, again)
+    assert embedded.default_checkpoint(cache) == folder
+
+
 
 @pytest.mark.parametrize("with_model, expected", [(False, 256), (True, 2048)])
 def test_default_max_new_tokens(capsys, monkeypatch, default_folder, small_checkpoint, with_model, expected):
@@ -820,6 +881,19 @@ def test_stdin_that_is_not_utf8_is_the_tokenizers_error_in_any_locale(small_chec
     assert done.returncode == 2 and len(summaries("\n".join(err))) == 1
     assert err[-1] == ("gptoss-generate: error: the text is not valid UTF-8: byte 0xff at character 0 is not part of a "
                        "UTF-8 character (text in another encoding?)")
+
+
+def test_warnings_are_note_lines_only_within_shown_as_notes(capsys):
+    """user_warnings.shown_as_notes shows a warning as `PROG: warning: MESSAGE` while it lasts, and leaves
+    Python's way of showing warnings as it found it."""
+    from gptoss_np import user_warnings
+    before = warnings.showwarning
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        with user_warnings.shown_as_notes("prog"):
+            warnings.warn("inside")
+        assert warnings.showwarning is before
+    assert capsys.readouterr().err == "prog: warning: inside\n"
 
 
 def test_a_warning_is_a_note_line(capsys, small_checkpoint, tmp_path):
