@@ -30,7 +30,7 @@ import numpy as np
 
 PARTS = 2
 LARGEST_AT = 140  # weights are scaled by 2**(LARGEST_AT - smax): the largest block scale becomes 2**13
-ROW_EXPONENT_LIMIT = 100  # |r| at most this (rows of all zeros, or absurd magnitudes, stay representable)
+ROW_EXPONENT_LIMIT = 100  # |r| at most this, so that 2**-r is a float32 for rows of tiny magnitude
 
 
 def pow2(n) -> np.ndarray:
@@ -40,7 +40,9 @@ def pow2(n) -> np.ndarray:
 
 def row_exponents(x) -> np.ndarray:
     """r [T] int32: the power of two that brings each row's largest magnitude of x [T, K] into
-    [2**14, 2**15) (0 for a row of zeros), within +-ROW_EXPONENT_LIMIT."""
+    [2**14, 2**15) (0 for a row of zeros), within +-ROW_EXPONENT_LIMIT. A row whose largest magnitude is
+    2**116 or more would overflow fp16 at r = ROW_EXPONENT_LIMIT; the experts' inputs never come near: they
+    leave RMSNorm (|x| <= sqrt(K) times the norm's weight) or the clamped SwiGLU (|x| <= limit (limit + 1))."""
     largest = np.abs(x).max(axis=1)
     _, exponent = np.frexp(largest)  # largest = m 2**exponent, 0.5 <= m < 1: in [2**(exponent-1), 2**exponent)
     r = np.where(largest > 0, exponent.astype(np.int64) - 1 - 14, 0)
