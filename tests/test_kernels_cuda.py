@@ -225,3 +225,54 @@ def test_sass_report_finds_innermost_loops(bench_script):
     loops = sass.loops(text)
     assert [(loop["start"], loop["end"]) for loop in loops] == [(0x20, 0x60)]
     assert loops[0]["opcodes"] == {"LDG": 1, "FFMA": 1, "BRA": 2, "IADD3": 1}
+
+
+
+def test_sass_loops_on_uniform_predicates(bench_script):
+    """sm_90 predicates branches on uniform predicates too (@UP0, @!UP1): such a backward branch closes
+    a loop, and such an instruction is one of its instructions."""
+    sass = bench_script("sass")
+    text = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+.L_x_0:
+        /*0010*/                   LDG.E R3, desc[UR4][R4.64] ;
+        /*0020*/              @UP1 FFMA R5, R3, R3, R5 ;
+        /*0030*/             @!UP0 BRA `(.L_x_0) ;
+        /*0040*/                   EXIT ;
+"""
+    loops = sass.loops(text)
+    assert [(loop["start"], loop["end"]) for loop in loops] == [(0x10, 0x30)]
+    assert loops[0]["opcodes"] == {"LDG": 1, "FFMA": 1, "BRA": 1}
+
+
+def test_sass_command_line(bench_script, monkeypatch, tmp_path):
+    """--all reports every kernel of SIGNATURES (without dumps); a kernel named alone, with its --dump."""
+    sass = bench_script("sass")
+    reported = []
+    monkeypatch.setattr(sass, "report", lambda name, dump=None: reported.append((name, dump)))
+    sass.main(["--all", "--dump", str(tmp_path / "x.sass")])
+    assert reported == [(name, None) for name in sass.SIGNATURES]
+    reported.clear()
+    sass.main(["bf16_cuda._gemv_kernel", "--dump", str(tmp_path / "x.sass")])
+    assert reported == [("bf16_cuda._gemv_kernel", tmp_path / "x.sass")]
+
+
+def test_sass_report_of_a_kernel(bench_script, monkeypatch, tmp_path, capsys):
+    """A kernel's line (threads, registers, memory) and its loops' lines, each with its instructions by
+    opcode; the disassembly stood in for (no nvdisasm here)."""
+    sass = bench_script("sass")
+    text = """
+.L_x_0:
+        /*0010*/                   LDG.E R3, desc[UR4][R4.64] ;
+        /*0020*/                   FFMA R5, R3, R3, R5 ;
+        /*0030*/                   FFMA R6, R3, R3, R6 ;
+        /*0040*/               @P0 BRA `(.L_x_0) ;
+"""
+    monkeypatch.setattr(sass, "compile_ptx", lambda name: "ptx")
+    monkeypatch.setattr(sass, "machine_code_usage", lambda ptx: dict(registers=40, smem=0, stack=0, lmem=0))
+    monkeypatch.setattr(sass, "sass", lambda ptx, path: text)
+    sass.report("bf16_cuda._gemv_kernel", tmp_path / "dump.sass")
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("bf16_cuda._gemv_kernel: ") and "40 registers" in out[0]
+    assert out[1:] == ["  loop 0x0010-0x0040: 4 instructions (FFMA 2, LDG 1, BRA 1)"]
+    assert (tmp_path / "dump.sass").read_text() == text
