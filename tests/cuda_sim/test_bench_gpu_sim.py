@@ -1,6 +1,7 @@
 """bench/gpu.py end to end in the simulator (NumPy standing in for CuPy, cuda_sim.sim) on a toy model,
-so that the GPU session's one call does not find a broken benchmark; and its byte count against the
-issue's."""
+so that the GPU session's one call does not find a broken benchmark; its byte counts against the
+issue's and against arithmetic of the config; and its figures and rows from work stood in for, timed on
+a clock of the test's."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import importlib
 import json
 import subprocess
 import sys
+import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -244,3 +247,227 @@ def test_cpu_name(bench_script, tmp_path):
     plain = provenance.platform.processor() or provenance.platform.machine()
     assert provenance.cpu_name(cpuinfo) == plain
     assert provenance.cpu_name(tmp_path / "missing") == plain
+
+
+def fake_clock(monkeypatch, module) -> list:
+    """The module's time.perf_counter made a clock that moves only when the test moves it: now[0] seconds."""
+    now = [0.0]
+    monkeypatch.setattr(module, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    return now
+
+
+def test_decode_bytes_by_hand(bench):
+    """decode_bytes as its docstring counts them, written out for a small config: MXFP4 experts 17 bytes
+    a 32 values (16 of nibbles, 1 scale) with a float32 bias a row, A experts a layer; the router bf16 with a
+    float32 bias; lm_head bf16; the cache's keys and values float32, a sliding layer's up to its window."""
+    D, I, L, H, G, Dh, E, A, V, W = 64, 96, 2, 4, 2, 16, 8, 2, 256, 8
+    config = GptOssConfig.from_dict(synthetic.config_dict(
+        "tiny", hidden_size=D, intermediate_size=I, num_hidden_layers=L, num_attention_heads=H,
+        num_key_value_heads=G, head_dim=Dh, num_local_experts=E, num_experts_per_tok=A, vocab_size=V,
+        sliding_window=W))
+    assert config.layer_types == ("sliding_attention", "full_attention")
+    gate_up = 2 * I * D // 2 + 2 * I * D // 32 + 4 * 2 * I  # nibbles, scales, bias
+    down = D * I // 2 + D * I // 32 + 4 * D
+    for context, kept in ((5, 5 + 5), (100, W + 100)):  # tokens the sliding layer and the full one hold
+        need = bench.decode_bytes(config, context)
+        assert need["experts"] == L * A * (gate_up + down)
+        assert need["router"] == L * (2 * E * D + 4 * E)
+        assert need["lm_head"] == 2 * V * D
+        assert need["kv_cache"] == 2 * 4 * G * Dh * kept  # keys and values, float32
+        assert need["total"] == sum(need[part] for part in ("experts", "attention", "router", "lm_head", "kv_cache"))
+
+
+def test_decode_bytes_of_20b_at_32k(bench):
+    """At 32k tokens of context the cache is what grows: gpt-oss-20b's 12 full-attention layers hold every
+    token's float32 keys and values (8 kv heads of 64), its 12 sliding ones their 128-token window."""
+    config = GptOssConfig.from_dict(synthetic.config_dict("gpt-oss-20b"))
+    short, long = (bench.decode_bytes(config, context) for context in (1, 32768))
+    assert long["kv_cache"] == 2 * 4 * 8 * 64 * (12 * 32768 + 12 * 128)  # 1.62 GB
+    assert long["total"] - long["kv_cache"] == short["total"] - short["kv_cache"]  # the weights the same
+
+
+def test_copy_bandwidth_counts_bytes_read_and_written(bench, monkeypatch):
+    monkeypatch.setattr(bench, "gpu_seconds", lambda fn, repeats: 1 / 1024)
+    assert bench.copy_bandwidth() == 2 * bench.COPY_BYTES * 1024 / 1e9
+
+
+def test_timed_synchronizes_before_each_reading_of_the_clock(bench, monkeypatch):
+    events = []
+    monkeypatch.setattr(bench, "synchronize", lambda: events.append("sync"))
+    monkeypatch.setattr(bench, "time", types.SimpleNamespace(perf_counter=lambda: events.append("clock") or 0.0))
+    bench.timed(lambda: events.append("work"))
+    assert events == ["sync", "clock", "work", "sync", "clock"]
+
+
+def test_gpu_seconds_times_the_work_between_its_events(bench):
+    assert bench.gpu_seconds(lambda: time.sleep(0.02), 2) >= 0.02  # the simulator's events read the host's clock
+
+
+def test_replayed_seconds_is_per_call(bench, monkeypatch):
+    """Without graphs (the simulator cannot capture), the calls launched one by one: seconds of one."""
+    now = fake_clock(monkeypatch, bench)
+
+    def call():
+        now[0] += 1.0
+    assert bench.replayed_seconds(call, 5) == (1.0, "op by op")
+
+
+def test_kernel_bandwidth_of_the_bytes_a_call_reads(bench, monkeypatch):
+    monkeypatch.setattr(bench, "replayed_seconds", lambda fn, launches: (1e-3, "graph"))
+    result = bench.kernel_bandwidth({"case": (None, 3_000_000)}, copy_gb_s=2.0)
+    assert result == {"case": {"us": 1000.0, "gb_s": 3.0, "pct_of_copy": 150.0, "timed": "graph"}}
+
+
+def test_kernel_cases_count_the_bytes_a_call_reads(bench):
+    """Each case's bytes, that its GB/s divides: the weights one call reads, at the model's shapes."""
+    from gptoss_np import GptOss
+    D, I, H, G, Dh, E, A, V = 64, 64, 4, 2, 16, 8, 2, 512
+    config = GptOssConfig.from_dict(synthetic.config_dict(
+        "tiny", hidden_size=D, intermediate_size=I, num_attention_heads=H, num_key_value_heads=G, head_dim=Dh,
+        num_local_experts=E, num_experts_per_tok=A, vocab_size=V, num_hidden_layers=2))
+    model = GptOss(bench.DeviceCheckpoint(config), bench.select("cuda"), progress=False)
+    nbytes = {name: n for name, (_, n) in bench.kernel_cases(model, context=40).items()}
+    gate_up = A * (2 * I * D * 17 // 32 + 4 * 2 * I)  # A experts' nibbles and scales (17 bytes a 32), float32 bias
+    assert nbytes == {
+        "mxfp4_gate_up": gate_up, "mxfp4_gate_up_routed": gate_up, "mxfp4_down": A * (D * I * 17 // 32 + 4 * D),
+        "bf16_qkv": 2 * (H + 2 * G) * Dh * D, "bf16_o": 2 * D * H * Dh, "bf16_router": 2 * E * D,
+        "bf16_lm_head": 2 * V * D, "attention_40": 2 * 4 * 40 * G * Dh,  # one layer's float32 keys and values
+    }
+
+
+def test_section_records_the_error_and_saves(bench):
+    saved, report = [], {"kernels": {"partial": 1}}
+    with bench.section(report, "kernels", lambda: saved.append(json.dumps(report))):
+        raise ValueError("no launch")
+    with bench.section(report, "launch", lambda: saved.append(json.dumps(report))):
+        report["launch"] = {"us": 1}
+    assert report["kernels"] == {"partial": 1, "error": "ValueError: no launch"}
+    assert len(saved) == 2 and "no launch" in saved[0] and '"us": 1' in saved[1]
+
+
+def test_gpu_tests_with_errors_count_as_failed(bench, tmp_path):
+    """A JUnit XML testcase with <error> (a fixture that raised) did not pass."""
+    xml = tmp_path / "tests.xml"
+    xml.write_text('<testsuites><testsuite name="pytest">'
+                   '<testcase classname="tests.test_gpu" name="test_a"><error message="fixture">x</error></testcase>'
+                   '<testcase classname="tests.test_gpu" name="test_b"><failure message="assert">y</failure></testcase>'
+                   '<testcase classname="tests.test_gpu" name="test_c"/></testsuite></testsuites>')
+    results = bench.test_results(str(xml), 1)
+    assert (results["passed"], results["failed"], results["skipped"], results["cut_off"]) == (1, 2, 0, 0)
+
+
+def test_profile_ops_per_run(bench, monkeypatch):
+    """profile_ops' figures are of one run of `repeats`: each op's ms and calls, the whole and what is outside ops."""
+    now = fake_clock(monkeypatch, bench)
+
+    class Ops:
+        pass
+    for name in bench.PROFILED_OPS:
+        setattr(Ops, name, lambda self, *args: None)
+    ops = Ops()
+
+    def linear(self, *args):
+        now[0] += 1.0
+    Ops.linear = linear
+
+    def run():
+        now[0] += 0.5  # outside any op
+        ops.linear(), ops.linear()
+    result = bench.profile_ops(types.SimpleNamespace(ops=ops), run, 3)
+    assert result["total_ms"] == 2500.0 and result["other_ms"] == 500.0
+    assert result["ops_ms"] == {"linear": 2000.0} and result["calls"] == {"linear": 2}
+    assert "linear" not in vars(ops)  # put back
+
+
+def test_prefill_seconds_makes_the_cache_before_the_clock_starts(bench, monkeypatch):
+    now = fake_clock(monkeypatch, bench)
+
+    def new_cache(n):
+        now[0] += 100.0
+    model = types.SimpleNamespace(new_cache=new_cache)
+    monkeypatch.setattr(bench.generation, "_prefill", lambda model, ids, cache: now.__setitem__(0, now[0] + len(ids)))
+    assert bench.prefill_seconds(model, np.arange(7)) == 7.0
+
+
+def test_transformers_decode_times_the_steps_after_the_first_token(bench, monkeypatch):
+    """decode tok/s: `steps` more new tokens over the time they add to generate() of one token (the prefill
+    and the first token are not decode)."""
+    transformers = pytest.importorskip("transformers")
+    now = fake_clock(monkeypatch, bench)
+
+    class Model:
+        config = types.SimpleNamespace(_attn_implementation="eager")
+
+        def eval(self):
+            return self
+
+        def generate(self, ids, max_new_tokens, min_new_tokens, **kwargs):
+            assert max_new_tokens == min_new_tokens
+            now[0] += 64.0 + 0.25 * (max_new_tokens - 1)  # a prefill and first token, then 4 tok/s
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_config", lambda *args, **kwargs: Model())
+    result = bench.transformers_decode(synthetic.config_dict("tiny"), np.arange(5), 8, device="cpu")
+    assert result["decode_tok_s"] == 4.0
+
+
+def test_benchmark_rows_hold_what_was_measured_at_their_length(bench, monkeypatch, tmp_path):
+    """main's bookkeeping, the engine's work stood in for by calls that take known seconds on a clock of
+    the test's: each decode row times steps at its own context (the cache filled to it) and holds the
+    median of its runs, the floor of its own bytes; each prefill row times its own length; the kernels are
+    timed at the longest context, transformers' ratio is to the first context's decode."""
+    now = fake_clock(monkeypatch, bench)
+    monkeypatch.setattr(bench, "DECODE_RUNS", 3)
+    monkeypatch.setattr(bench, "PREFILL_RUNS", 3)
+    monkeypatch.setattr(bench, "copy_bandwidth", lambda: 2000.0)
+    monkeypatch.setattr(bench, "launch_overhead", lambda: {"skipped": "the test's"})
+    model = types.SimpleNamespace(forward=lambda ids, cache: None, new_cache=lambda n: None)
+    monkeypatch.setattr(bench, "GptOss", lambda checkpoint, ops, progress: model)
+    ops = types.SimpleNamespace(device_name="a test's GPU", products="bf16x3", fp16_experts=True,
+                                decoder=lambda model, cache: types.SimpleNamespace(cache=cache, graph=None, calls=0))
+    monkeypatch.setattr(bench, "select", lambda device: ops)
+    kernels_at = []
+    monkeypatch.setattr(bench, "kernel_cases", lambda model, context: kernels_at.append(context) or {})
+    monkeypatch.setattr(bench, "filled_cache", lambda model, context, room: types.SimpleNamespace(context=context))
+    monkeypatch.setattr(bench, "eager_decoder", lambda model, cache: types.SimpleNamespace(cache=cache, calls=0))
+    step_s = {128: 2.0 ** -13, 4096: 2.0 ** -8}  # a step's seconds at a context
+    slower = iter([1, 3, 2] * 8)  # each timed run's factor: the median run is twice a step's seconds
+
+    def decode_steps(model, decode, token, steps, rng=None, **sampling):
+        decode.calls += 1
+        now[0] += 1024.0 if decode.calls == 1 else steps * step_s[decode.cache.context] * next(slower)
+    monkeypatch.setattr(bench, "decode_steps", decode_steps)
+    prefilled = []
+
+    def prefill_seconds(model, ids):
+        prefilled.append(len(ids))
+        return len(ids) ** 2 / 2.0 ** 20
+    monkeypatch.setattr(bench, "prefill_seconds", prefill_seconds)
+    baseline = []
+    monkeypatch.setattr(bench, "transformers_decode", lambda config, prompt, steps: baseline.append(
+        (len(prompt), steps)) or {"decode_tok_s": 1024.0})
+    report = bench.main(["--json", str(tmp_path / "gpu.json"), "--preset", "tiny", "--set", "sliding_window=64",
+                         "--contexts", "128,4096", "--prompts", "128,256,4096", "--decode", "4",
+                         "--prefill-budget", "100", "--transformers"])
+    G, Dh, W = 2, 16, 64  # tiny's kv heads and head_dim; a sliding layer, then a full one
+    assert list(report["decode"]) == [128, 4096] and kernels_at == [4096]
+    for context, row in report["decode"].items():
+        s = step_s[context]
+        assert row["bytes_per_token"]["kv_cache"] == 2 * 4 * G * Dh * (min(context, W) + context)
+        floor_s = row["bytes_per_token"]["total"] / 2000e9
+        assert row["floor_ms"] == round(floor_s * 1e3, 3)
+        for prefix in ("", "eager_"):
+            assert row[prefix + "tok_s"] == round(1 / (2 * s), 2)
+            assert row[prefix + "tok_s_runs"] == [round(1 / (f * s), 2) for f in (1, 3, 2)]
+            assert row[prefix + "ms_per_token"] == round(2 * s * 1e3, 3)
+            assert row[prefix + "pct_of_floor"] == round(100 * floor_s / (2 * s), 1)
+    assert "sampled_tok_s" in report["decode"][128] and "sampled_tok_s" not in report["decode"][4096]
+    # each length's 4 paths: once untimed and PREFILL_RUNS times (over 2k tokens once); 4096 tokens would
+    # take (1 + 1) * 4 * 2 ** -4 s * 16 ** 2 = 128 s by the 256 tokens' paths: only the backend's runs
+    assert prefilled == [128] * 16 + [256] * 16 + [4096] * 2
+    for n, row in report["prefill"].items():
+        assert row["tok_s"] == row[row["experts_by"] + "_tok_s"] == round(2.0 ** 20 / n, 1)
+        assert len(row["tok_s_runs"]) == (3 if n <= 2048 else 1)
+    assert [row["experts_by"] for row in report["prefill"].values()] == ["tiled", "blas", "blas"]  # from 256
+    assert all("over --prefill-budget" in report["prefill"][4096][path]["skipped"]
+               for path in ("tiled", "blas_bf16x3", "blas_tf32x2"))
+    assert baseline == [(128, 4)] and report["transformers"]["our_decode_ratio"] == round(2.0 ** 12 / 1024, 2)

@@ -7,7 +7,9 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+import types
 
+import numpy as np
 import pytest
 
 from cuda_sim import sim
@@ -58,3 +60,47 @@ def test_sanitize_run_agrees_with_the_cpu_engine(on_simulated_gpu, monkeypatch, 
     assert "capture failed" not in out and len(graphs) == 2 and all(graph.launches for graph in graphs)
     assert out.splitlines()[-1] == "as the CPU engine"
     sim.assert_launched_as_checked(own_module="bench_gpu")
+
+
+@pytest.mark.parametrize("wrong", ["tiled", "blas_tf32x2", "greedy", "sampled", None])
+def test_sanitize_run_says_what_differs(on_simulated_gpu, monkeypatch, capsys, bench_script, wrong):
+    """sanitize.py's verdict, the engines stood in for: each prefill path bench/gpu.py times runs with its
+    own settings and is compared with the CPU engine's logits (a relative error over TOLERANCE fails it);
+    generate() runs with graphs and op by op, and a greedy run must give the CPU engine's tokens (a
+    sampled one may not)."""
+    monkeypatch.setitem(sys.modules, "gpu", bench_script("gpu"))  # sanitize.py imports the benchmark's paths
+    sanitize = bench_script("sanitize")
+    monkeypatch.setattr(sanitize.synthetic, "write_checkpoint", lambda folder, config: folder)
+    allocators = []  # CuPy's pool off: an allocation of its own for each array, whose bounds memcheck knows
+    monkeypatch.setattr(sanitize.cp.cuda, "set_allocator", lambda allocator=None: allocators.append(allocator))
+    backend_cuda = importlib.import_module("gptoss_np.backend_cuda")
+    ref = np.ones((1, 8))
+    ran, generated = [], []
+    paths = {(None, "bf16x3", True): "tiled", (1, "bf16x3", True): "blas", (1, "bf16x3", False): "blas_bf16x3",
+             (1, "tf32x2", False): "blas_tf32x2"}
+
+    class Ops:
+        name, products, fp16_experts, graphs = "cuda", "bf16x3", True, True
+
+    def gpu_logits(ids):
+        blas_from = backend_cuda.EXPERT_BLAS_MIN_TOKENS
+        path = paths[(None if blas_from > len(ids) else blas_from, ops.products, ops.fp16_experts)]
+        ran.append(path)
+        return ref * (1 + 2 * sanitize.TOLERANCE) if path == wrong else ref * (1 + sanitize.TOLERANCE / 2)
+
+    def gpu_generate(ids, n, **sampling):
+        generated.append((ops.graphs, bool(sampling)))
+        return [1, 2, 3, 9] if wrong == ("sampled" if sampling else "greedy") else [1, 2, 3, 4]
+    ops = Ops()
+    gpu = types.SimpleNamespace(ops=ops, config=types.SimpleNamespace(vocab_size=50), logits=gpu_logits,
+                                generate=gpu_generate)
+    cpu = types.SimpleNamespace(logits=lambda ids: ref, generate=lambda ids, n, **sampling: [1, 2, 3, 4])
+    monkeypatch.setattr(sanitize.gptoss_np, "load", lambda folder, device="cpu": gpu if device == "cuda" else cpu)
+    assert sanitize.main() == (1 if wrong in ("tiled", "blas_tf32x2", "greedy") else 0)
+    assert allocators == [None]
+    assert ran == ["tiled", "blas", "blas_bf16x3", "blas_tf32x2"]
+    assert generated == [(True, False), (True, True), (False, False), (False, True)]
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last == ("as the CPU engine" if wrong in ("sampled", None) else
+                    "1 prefills or greedy runs differ from the CPU engine" if wrong != "greedy" else
+                    "2 prefills or greedy runs differ from the CPU engine")  # both greedy runs
