@@ -23,7 +23,7 @@ def run(script: str, *args: str) -> str:
     return done.stdout
 
 
-def test_cpumark_against_transformers(tmp_path):
+def test_cpu_benchmark_against_transformers(tmp_path):
     pytest.importorskip("transformers")  # and torch: the [test] extra's
     out = run("cpu.py", "--preset", "tiny", "--prompt", "24", "--decode", "3", "--repeats", "1",
               "--checkpoint", str(tmp_path / "tiny"), "--out", str(tmp_path))
