@@ -579,8 +579,9 @@ def main(argv=None) -> dict:
         cases = kernel_cases(model, context=max(args.contexts))
         report["kernels"] = kernel_bandwidth(cases, report["copy_gb_s"])
     ids = np.random.default_rng(0).integers(0, config.vocab_size, max(args.prompts + [8]))
-    model.forward(ids[:8], model.new_cache(64))  # compile every kernel (prefill and decode paths)
-    model.forward(ids[:1], model.new_cache(64))
+    with section(report, "warm_up", save):  # compile every kernel (prefill and decode paths)
+        model.forward(ids[:8], model.new_cache(64))
+        model.forward(ids[:1], model.new_cache(64))
     report["decode"] = {}
     token = int(ids[0])
     for context in args.contexts:
@@ -614,9 +615,10 @@ def main(argv=None) -> dict:
     report["prefill"] = {}
     rule = importlib.import_module("gptoss_np.backend_cuda").EXPERT_BLAS_MIN_TOKENS
     paths = prefill_paths(ops)
-    for products, fp16_experts in {path[1:] for path in paths.values()}:  # compile each cuBLAS experts' path
-        with prefill_path(ops, 1, products, fp16_experts):
-            model.forward(ids[:2], model.new_cache(2))
+    with section(report, "prefill_warm_up", save):  # (a path that fails here fails again in its own row)
+        for products, fp16_experts in {path[1:] for path in paths.values()}:  # compile each cuBLAS experts' path
+            with prefill_path(ops, 1, products, fp16_experts):
+                model.forward(ids[:2], model.new_cache(2))
     spent, last = 0.0, None  # prefill seconds so far; (tokens, seconds of one prefill by each path) of the last length
     for n in sorted(args.prompts):
         row = report["prefill"][n] = {"experts_by": "blas" if n >= rule else "tiled"}
@@ -719,7 +721,7 @@ def print_table(report: dict) -> None:
               f"{r.get('pct_of_floor', '-'):>9}{str(r.get('graph_replayed', '-')):>7}{r.get('eager_tok_s', '-'):>13}"
               f"{r.get('sampled_tok_s', '-'):>9}{r.get('sampled_top_p_tok_s', '-'):>8}")
         print_errors(r, ("generate", "eager", *SAMPLED))
-    print_errors(report, ("launch", "kernels", "profile", "prefill_profile", "transformers"))
+    print_errors(report, ("launch", "kernels", "warm_up", "prefill_warm_up", "profile", "prefill_profile", "transformers"))
     if "kernels" in report and "error" not in report["kernels"]:
         print(f"{'kernel':>22}{'us':>10}{'GB/s':>9}{'% copy':>8}  timed")
         for name, r in report["kernels"].items():

@@ -65,6 +65,14 @@ def test_benchmark_runs_and_writes_its_json(bench, tmp_path, monkeypatch, capsys
     monkeypatch.setattr(bench, "gpu_used_gb", lambda: float(next(readings)))
     profiled, profile_ops = [], bench.profile_ops
     monkeypatch.setattr(bench, "profile_ops", lambda *args: profiled.append(args) or profile_ops(*args))
+    forward, failed = bench.GptOss.forward, []
+
+    def warm_ups_fail(model, token_ids, *args, **kwargs):  # the 8-token warm-up, and the 2-token one of tf32x2
+        if (len(token_ids) == 8 or (len(token_ids) == 2 and model.ops.products == "tf32x2")) and len(failed) < 2:
+            failed.append(len(token_ids))
+            raise RuntimeError(f"no {len(token_ids)}-token warm-up")
+        return forward(model, token_ids, *args, **kwargs)
+    monkeypatch.setattr(bench.GptOss, "forward", warm_ups_fail)  # parts that fail: recorded, the run goes on
     # every path of the 3-token prefill runs; of the 6-token one, predicted over budget, only the backend's
     report = bench.main(argv + [arg for kv in toy for arg in ("--set", kv)])
     saved = json.loads(out.read_text())
@@ -104,8 +112,12 @@ def test_benchmark_runs_and_writes_its_json(bench, tmp_path, monkeypatch, capsys
     prefill = saved["prefill_profile"]
     assert prefill["tokens"] == 6 and prefill["calls"]["linear"] == 3 + 1 and "sample" not in prefill["calls"]
     assert saved["transformers"] == {"error": "RuntimeError: no transformers here"}
+    assert failed == [8, 2] and saved["warm_up"] == {"error": "RuntimeError: no 8-token warm-up"}
+    assert saved["prefill_warm_up"] == {"error": "RuntimeError: no 2-token warm-up"}
     table = capsys.readouterr().out
     assert "transformers failed: RuntimeError: no transformers here" in table
+    assert "warm_up failed: RuntimeError: no 8-token warm-up" in table
+    assert "prefill_warm_up failed: RuntimeError: no 2-token warm-up" in table
     assert saved["gpu_tests"] == {"passed": 1, "failed": 1, "skipped": 1, "cut_off": 0,
                                   "rel_errors": {"test_close:rel_err_hf": 2.5e-06}, "pytest_exit": None}
     assert "gpu tests: 1 passed, 1 failed, 1 skipped" in table and "rel_err_hf" in table
