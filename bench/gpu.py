@@ -338,11 +338,13 @@ def kernel_variants(cases: dict, copy_gb_s: float) -> dict:
 
 def decode_bytes(c: GptOssConfig, context: int) -> dict:
     """The fewest bytes one decode step reads at `context` tokens: each weight it uses once (MXFP4
-    experts packed, dense weights bf16, biases and norms float32) and the cached keys and values."""
+    experts packed, dense weights bf16, biases, sinks and norms float32) and the cached keys and values;
+    not the embedding's row and the final norm (6 D bytes)."""
     D, I, L, A = c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_experts_per_tok
     H, G, Dh, E, V = c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.num_local_experts, c.vocab_size
     experts = L * A * (expert_bytes(2 * I, D) + expert_bytes(D, I))
-    attention = L * (2 * (H * Dh * D + 2 * G * Dh * D + D * H * Dh) + 4 * (2 * H * Dh + 2 * G * Dh + D))
+    qkv, o = (H + 2 * G) * Dh, H * Dh
+    attention = L * (2 * (qkv * D + D * o) + 4 * (qkv + D + H + 2 * D))  # biases, sinks, the layer's two norms
     router = L * (2 * E * D + 4 * E)
     kv = sum(2 * 4 * G * Dh * min(context, c.window(i) or context) for i in range(L))
     return {"experts": experts, "attention": attention, "router": router, "lm_head": 2 * V * D,

@@ -283,6 +283,9 @@ def test_decode_bytes_by_hand(bench):
     for context, kept in ((5, 5 + 5), (100, W + 100)):  # tokens the sliding layer and the full one hold
         need = bench.decode_bytes(config, context)
         assert need["experts"] == L * A * (gate_up + down)
+        # bf16 q, k, v and o; float32 their biases, the sinks and the layer's two RMSNorm weights
+        q, kv = H * Dh * D, G * Dh * D
+        assert need["attention"] == L * (2 * (q + 2 * kv + q) + 4 * (H * Dh + 2 * G * Dh + D + H + D + D))
         assert need["router"] == L * (2 * E * D + 4 * E)
         assert need["lm_head"] == 2 * V * D
         assert need["kv_cache"] == 2 * 4 * G * Dh * kept  # keys and values, float32
