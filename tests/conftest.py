@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -214,6 +215,13 @@ class FixedUniform:
 
     def random(self) -> float:
         return self.u
+
+
+def fake_clock(monkeypatch, module) -> list:
+    """The module's time.perf_counter made a clock that moves only when the test moves it: now[0] seconds."""
+    now = [0.0]
+    monkeypatch.setattr(module, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    return now
 
 
 def rel_err(a, b) -> float:

@@ -14,7 +14,7 @@ import types
 import numpy as np
 import pytest
 
-from conftest import BENCH
+from conftest import BENCH, fake_clock
 
 
 def run(script: str, *args: str) -> str:
@@ -45,13 +45,6 @@ def test_moe_dispatch_benchmark_on_the_cpu(tmp_path):
     tight, roomy = result["rows"]
     assert tight["dropped_pairs"] > 0 and tight["logits_rel_err"] > 1e-3  # 64 tokens, ratio 1: 8 an expert of 8
     assert roomy["dropped_pairs"] == 0 and roomy["logits_rel_err"] < 1e-5  # room for all: exact routing
-
-
-def fake_clock(monkeypatch, module) -> list:
-    """The module's time.perf_counter made a clock that moves only when the test moves it: now[0] seconds."""
-    now = [0.0]
-    monkeypatch.setattr(module, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
-    return now
 
 
 def test_cpu_runs_time_prefill_and_the_decode_steps_apart(bench_script, monkeypatch):
@@ -134,8 +127,7 @@ def test_moe_dispatch_counts_of_all_layers(bench_script, monkeypatch):
     """run(): the (token, expert) pairs dropped over the N * k * L exact ones, the tokens left with no
     expert over N * L, and the seconds of the logits alone (not of the trace that counts them)."""
     bench = bench_script("moe_dispatch")
-    now = [0.0]
-    monkeypatch.setattr(bench, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    now = fake_clock(monkeypatch, bench)
     L, k, N = 3, 2, 4
 
     def trace(ids, attention):

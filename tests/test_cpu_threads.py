@@ -59,9 +59,11 @@ print(json.dumps(dict(before=before, after=after, env=os.environ.get("OPENBLAS_T
 """
 
 
-def run(order: str, env_extra: dict | None = None) -> dict:
+def run(order: str, env_extra: dict | None = None, script: str = SCRIPT, *args: str) -> dict:
+    """`script` in a fresh Python, its arguments `order` and `args`, without the OPENBLAS_THREAD_TIMEOUT
+    of this process (with env_extra's): the JSON of its last line."""
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"} | (env_extra or {})
-    done = subprocess.run([sys.executable, "-c", SCRIPT, order], env=env, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", script, order, *args], env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.splitlines()[-1])
@@ -132,14 +134,7 @@ print(json.dumps(dict(calls=calls, libraries=libraries, changeable=changeable, r
 
 def calls(order: str, case: str) -> dict:
     """Two calls of shorten_blas_spin in a fresh Python: what each returned, and what was logged."""
-    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
-    done = subprocess.run([sys.executable, "-c", CALLS, order, case], env=env, capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout.splitlines()[-1])
-    if not result["libraries"]:
-        pytest.skip("NumPy's BLAS here is not OpenBLAS")
-    return result
+    return run(order, None, CALLS, case)
 
 
 def test_shorten_blas_spin_returns_the_libraries_it_changed():

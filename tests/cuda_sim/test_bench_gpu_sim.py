@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import fake_clock
 from cuda_sim import sim
 from gptoss_np import synthetic
 from gptoss_np.config import GptOssConfig
@@ -259,13 +260,6 @@ def test_cpu_name(bench_script, tmp_path):
     plain = provenance.platform.processor() or provenance.platform.machine()
     assert provenance.cpu_name(cpuinfo) == plain
     assert provenance.cpu_name(tmp_path / "missing") == plain
-
-
-def fake_clock(monkeypatch, module) -> list:
-    """The module's time.perf_counter made a clock that moves only when the test moves it: now[0] seconds."""
-    now = [0.0]
-    monkeypatch.setattr(module, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
-    return now
 
 
 def test_decode_bytes_by_hand(bench):
