@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -26,3 +27,20 @@ def test_only_allowed_skips_pass_in_ci(allowed, code):
     if code == 1:  # the one skip named, not the gpu tests'
         named = done.stdout.split(heading)[1]
         assert "tests/test_python312.py::" in named and "test_gpu.py" not in named
+
+
+def test_a_module_skipped_whole_is_checked_too(monkeypatch):
+    """A module skipped at collection (importorskip at its top) is reported by pytest_collectreport, not
+    pytest_runtest_logreport: the guard must see it there too, and let an allowed prefix by."""
+    import conftest
+    report = types.SimpleNamespace(skipped=True, nodeid="tests/test_harmony.py",
+                                   longrepr=("tests/test_harmony.py", 19, "Skipped: could not import 'bpe_openai'"))
+    for allowed, expected in (("", ["tests/test_harmony.py: Skipped: could not import 'bpe_openai'"]),
+                              ("tests/test_python312.py tests/test_harmony", [])):
+        monkeypatch.setattr(conftest, "SKIPS_ALLOWED", allowed)
+        monkeypatch.setattr(conftest, "unexpected_skips", [])
+        conftest.pytest_collectreport(report)
+        assert conftest.unexpected_skips == expected
+    monkeypatch.setattr(conftest, "SKIPS_ALLOWED", None)  # outside CI: every skip may pass
+    conftest.pytest_collectreport(report)
+    assert conftest.unexpected_skips == []

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 from numba import cuda
 
+from cuda_sim import sim
+
 
 @cuda.jit
 def _copy_words(words, out):
@@ -69,3 +71,36 @@ def test_a_thread_that_raises_fails_the_launch_and_the_others_stop():
     with pytest.raises(IndexError, match=r"tid=\[3, 0, 0\]"):
         _rotate_twice[1, 16](x, out, 3)
     assert np.isnan(out).all()  # no thread got past the barrier after the failure
+
+
+def test_grids_and_blocks_of_no_threads_are_refused():
+    """A GPU refuses a launch of no blocks or of blocks of no threads (cudaErrorInvalidConfiguration)."""
+    words, out = np.zeros(4, np.uint64), np.zeros(4, np.uint64)
+    for grid, block in ((0, 32), ((2, 0), 32), (1, 0), (1, (4, 0))):
+        with pytest.raises(ValueError, match="grid|block"):
+            _copy_words[grid, block](words, out)
+
+
+def test_host_arrays_are_refused_under_device_arrays_only(monkeypatch):
+    """sim.device_arrays_only: a kernel launched with a NumPy array raises (Numba would copy it to the GPU
+    and back at each launch); the stand-in cupy's device arrays launch."""
+    cp = sim.numpy_as_cupy()
+    words = cp.asarray(np.arange(4, dtype=np.uint64))
+    out = cp.zeros(4, cp.uint64)
+    _copy_words[1, 32](words.view(np.ndarray), out.view(np.ndarray))  # allowed until then
+    sim.device_arrays_only(monkeypatch)
+    for host in ((np.zeros(4, np.uint64), out), (words, np.zeros(4, np.uint64))):
+        with pytest.raises(TypeError, match="host"):
+            _copy_words[1, 32](*host)
+    _copy_words[1, 32](words, out)
+    assert cp.asnumpy(out).tolist() == [0, 1, 2, 3]
+
+
+def test_launches_are_recorded_with_their_argument_types():
+    """What sim.assert_launched_as_checked compares with SIGNATURES: each kernel's types, by launch."""
+    words = np.zeros((4, 2), np.uint64)
+    _copy_words[1, 32](words[:, 0], np.zeros(4, np.uint64))
+    _copy_words[1, 32](words[:, 1].copy(), np.zeros(4, np.uint64))
+    assert sim.launched() == {"test_sim_launches._copy_words": {("uint64[:]", "uint64[::1]"),
+                                                               ("uint64[::1]", "uint64[::1]")}}
+    assert "test_sim_launches._copy_words" in sim._State.ever_launched

@@ -58,6 +58,15 @@ def _overlapping_rows(x, out):
         out[r, i] = x[b, i]
 
 
+@cuda.jit
+def _overlapping_row_views(x, out):
+    """_overlapping_rows through views of the rows (out[r], then an element of it)."""
+    b, i = cuda.blockIdx.x, cuda.threadIdx.x
+    for r in range(b, min(b + 2, out.shape[0])):
+        row = out[r]
+        row[i] = x[b, i]
+
+
 def test_a_missing_barrier_is_a_race():
     x, out = np.arange(8, dtype=np.float32), np.zeros(8, np.float32)
     _neighbour_sum[1, 8](x, out, True)
@@ -80,6 +89,8 @@ def test_blocks_depending_on_each_other_race():
         _prefix[4, 2](x, np.zeros(4, np.float32))
     with pytest.raises(Race, match="overwrites what was written by"):
         _overlapping_rows[3, 4](np.arange(12, dtype=np.float32).reshape(3, 4), np.zeros((3, 4), np.float32))
+    with pytest.raises(Race, match="overwrites what was written by"):  # a view is checked as its array
+        _overlapping_row_views[3, 4](np.arange(12, dtype=np.float32).reshape(3, 4), np.zeros((3, 4), np.float32))
 
 
 @cuda.jit
@@ -131,3 +142,32 @@ def test_threads_of_a_block_at_different_barriers_diverge():
     with pytest.raises(DivergentBarrier, match=r"reached barrier 0 at test_sim_racecheck.py:\d+ <- "
                                                r"test_sim_racecheck.py:\d+, another thread"):
         _halves[1, 8](x, out, True)
+
+
+@cuda.jit
+def _read_then_overwritten(x, out, flag, reader):
+    """Thread `reader` reads buf[1]; the other thread waits on an atomic flag that the reader sets after
+    its read, then overwrites buf[1]. In that order every time: a write after another thread's read,
+    with no barrier between (an atomic orders nothing here, as there is no fence: racecheck reports
+    it on a GPU). The wait is bounded, so that a reader that raised cannot leave its block hanging."""
+    buf = cuda.shared.array(2, np.float32)
+    i = cuda.threadIdx.x
+    buf[i] = x[i]
+    cuda.syncthreads()
+    if i == reader:
+        out[0] = buf[1]
+        cuda.atomic.exch(flag, 0, 1)
+    else:
+        spins = 0
+        while cuda.atomic.add(flag, 0, 0) == 0 and spins < 1_000_000:
+            spins += 1
+        buf[1] = x[1] + np.float32(1)
+
+
+@pytest.mark.parametrize("reader", [0, 1])
+def test_a_write_after_another_threads_read_is_a_race(reader):
+    """Whichever of the two threads comes first."""
+    with pytest.raises(Race, match=rf"shared array float32\[2\], element \[1\]: thread {1 - reader} in block "
+                                   rf"\(0, 0, 0\) overwrites what was read by thread {reader} of block"):
+        _read_then_overwritten[1, 2](np.arange(2, dtype=np.float32), np.zeros(1, np.float32), np.zeros(1, np.int32),
+                                     reader)
