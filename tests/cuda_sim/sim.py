@@ -727,6 +727,17 @@ def _garbage(a: np.ndarray) -> np.ndarray:
     return a
 
 
+def _device_arrays_in(make, name: str):
+    """CuPy's `name`, which takes CuPy arrays only (its first argument an array, or a sequence of them):
+    a NumPy array there is a TypeError, as in CuPy ("Only cupy arrays can be concatenated"; its
+    ascontiguousarray is typed for a cupy.ndarray), not a silent host-to-device copy."""
+    def call(arrays, *args, **kwargs):
+        if any(not isinstance(a, DeviceArray) for a in ([arrays] if isinstance(arrays, np.ndarray) else arrays)):
+            raise TypeError(f"cupy.{name}: only CuPy arrays are taken, not host (NumPy) arrays")
+        return _on_device(make(arrays, *args, **kwargs))
+    return call
+
+
 def cupy_on_the_simulator(monkeypatch):
     """Within the test, `import cupy` gives numpy_as_cupy(), the CUDA backend is imported anew with it,
     and kernels refuse host arrays (device_arrays_only)."""
@@ -749,6 +760,10 @@ def numpy_as_cupy(device_arrays: bool = True) -> types.ModuleType:
         shim.empty = lambda shape, dtype=float, order="C": _uninitialized(np.empty(shape, dtype, order))
         shim.empty_like = lambda a, dtype=None: _uninitialized(np.empty_like(a, dtype))
         shim.ndarray, shim.asarray, shim.asnumpy = DeviceArray, _to_device, _to_host
+        for name in ("ascontiguousarray", "concatenate", "stack"):
+            shim.__dict__[name] = _device_arrays_in(getattr(np, name), name)
+        for name in ("copy", "pad"):  # NumPy's give base-class arrays: host ones here, where CuPy's are on the device
+            shim.__dict__[name] = (lambda make: lambda *a, **kw: _on_device(make(*a, **kw)))(getattr(np, name))
     else:
         shim.asarray, shim.asnumpy = lambda a, dtype=None: np.array(a, dtype=dtype), np.asarray
     shim.argsort = lambda a: on_device(np.argsort(a, kind="stable"))  # CuPy's sort is stable
@@ -757,7 +772,8 @@ def numpy_as_cupy(device_arrays: bool = True) -> types.ModuleType:
     shim.get_default_memory_pool = lambda: pool
     compute = _ComputeTypes()
     shim.matmul = lambda a, b, out=None: on_device(compute.matmul(a, b, out=out))
-    shim._core = types.SimpleNamespace(get_compute_type=compute.get_compute_type, set_compute_type=compute.set_compute_type,
+    shim._core = types.SimpleNamespace(get_compute_type=compute.get_compute_type,
+                                       set_compute_type=compute.set_compute_type,
                                        _routines_linalg=types.SimpleNamespace(COMPUTE_TYPE_TF32=compute.TF32))
     device = types.SimpleNamespace(id=0, synchronize=lambda: None)
     shim.cuda = types.SimpleNamespace(

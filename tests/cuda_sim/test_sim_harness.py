@@ -171,3 +171,17 @@ def test_a_stand_in_graph_replays_what_it_recorded():
     graph = sim.StandInGraph(lambda: steps.append(0) or cp.full(1, len(steps) > 1 and int(token[0]), cp.int64), cache)
     with pytest.raises(RuntimeError, match=CAPTURE):
         graph.launch(None)
+
+
+def test_fake_cupy_joins_and_lays_out_device_arrays_only():
+    """CuPy's concatenate, stack and ascontiguousarray take CuPy arrays only (TypeError for a NumPy one:
+    "Only cupy arrays can be concatenated"); its copy and pad give device arrays."""
+    cp = sim.numpy_as_cupy()
+    a, host = cp.arange(4, dtype=cp.float32), np.arange(4, dtype=np.float32)
+    for result in (cp.concatenate([a, a]), cp.stack([a, a]), cp.ascontiguousarray(a[::2], dtype=cp.float64),
+                   cp.copy(a), cp.pad(a, (0, 2))):
+        assert isinstance(result, sim.DeviceArray), type(result)
+    for mixed in (lambda: cp.concatenate([a, host]), lambda: cp.stack([host, a]), lambda: cp.ascontiguousarray(host),
+                  lambda: cp.ascontiguousarray(host, dtype=cp.float32)):
+        with pytest.raises(TypeError, match="host"):
+            mixed()
