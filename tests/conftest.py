@@ -315,6 +315,9 @@ def simulator_run(request) -> subprocess.CompletedProcess:
 # any other skip (a test-only package missing, a skip added to get past a failure) fails the run.
 SKIPS_ALLOWED = os.environ.get("GPTOSS_SKIPS_ALLOWED")
 unexpected_skips: list[str] = []
+# the ids of the tests marked gpu. Not "gpu" in report.keywords: keywords hold the names of a test's
+# parametrize ids and folders too, so test_x[gpu] or tests/gpu/... would pass as marked
+gpu_marked: set[str] = set()
 
 
 def _check_skip(report, marked_gpu: bool) -> None:
@@ -325,8 +328,13 @@ def _check_skip(report, marked_gpu: bool) -> None:
     unexpected_skips.append(f"{report.nodeid or 'a module'}: {why}")
 
 
+def pytest_itemcollected(item):
+    if item.get_closest_marker("gpu") is not None:
+        gpu_marked.add(item.nodeid)
+
+
 def pytest_runtest_logreport(report):
-    _check_skip(report, "gpu" in report.keywords)
+    _check_skip(report, report.nodeid in gpu_marked)
 
 
 def pytest_collectreport(report):

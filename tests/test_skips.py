@@ -44,3 +44,16 @@ def test_a_module_skipped_whole_is_checked_too(monkeypatch):
     monkeypatch.setattr(conftest, "SKIPS_ALLOWED", None)  # outside CI: every skip may pass
     conftest.pytest_collectreport(report)
     assert conftest.unexpected_skips == []
+
+
+def test_only_tests_marked_gpu_skip_as_gpu_tests(monkeypatch):
+    """A test whose parametrize id (or folder) is "gpu" has "gpu" among its keywords without the mark:
+    its skip is checked as any other's."""
+    import conftest
+    monkeypatch.setattr(conftest, "SKIPS_ALLOWED", "")
+    monkeypatch.setattr(conftest, "unexpected_skips", [])
+    monkeypatch.setattr(conftest, "gpu_marked", {"tests/test_gpu.py::test_logits"})
+    for nodeid in ("tests/test_gpu.py::test_logits", "tests/test_x.py::test_y[gpu]"):
+        conftest.pytest_runtest_logreport(types.SimpleNamespace(
+            skipped=True, nodeid=nodeid, keywords={"gpu": 1, nodeid.rsplit("::")[-1]: 1}, longrepr=("f", 1, "no GPU")))
+    assert conftest.unexpected_skips == ["tests/test_x.py::test_y[gpu]: no GPU"]
