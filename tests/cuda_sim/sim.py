@@ -66,6 +66,17 @@ def _refuse_while_recording(what: str) -> None:
         raise RuntimeError(f"cudaErrorStreamCaptureUnsupported (simulated): {what} while recording a CUDA graph")
 
 
+def _refuse_host_index(key) -> None:
+    """While recording: CuPy copies an index given as a NumPy array or a list to the device, and reads
+    the count of a boolean mask's True elements on the host (a synchronization), for a read and for a
+    write alike."""
+    for k in key if isinstance(key, tuple) else (key,):
+        if isinstance(k, list) or _is_host_array(k):
+            _refuse_while_recording("an index array on the host (a host-to-device copy)")
+        if isinstance(k, np.ndarray) and k.dtype == np.bool_:
+            _refuse_while_recording("a boolean mask index (CuPy counts its elements on the host)")
+
+
 def _is_host_array(a) -> bool:
     return isinstance(a, np.ndarray) and not isinstance(a, DeviceArray) and a.ndim > 0
 
@@ -90,7 +101,14 @@ class DeviceArray(np.ndarray):
         return _on_device(result)
 
     def __getitem__(self, key):
+        _refuse_host_index(key)
         return _on_device(super().__getitem__(key))
+
+    def __setitem__(self, key, value):
+        _refuse_host_index(key)
+        if _is_host_array(value):
+            _refuse_while_recording("a host array written into a device array (a host-to-device copy)")
+        super().__setitem__(key, value)
 
     def _to_host(self, what):
         _refuse_while_recording(f"a device array read on the host ({what})")

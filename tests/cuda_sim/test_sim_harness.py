@@ -94,15 +94,19 @@ def test_fake_cupy_allocations_hold_garbage():
 def test_recording_refuses_what_a_cuda_graph_capture_cannot_hold():
     cp = sim.numpy_as_cupy()
     a = cp.arange(4, dtype=cp.float32)
-    host = np.ones(4, np.float32)
+    host, swap = np.ones(4, np.float32), cp.asarray([2, 1])
     with sim.recording():
         b = a * 2 + cp.asarray(a)  # work on the device only is recorded
+        b[1:3] = b[swap] + 0 * b[None, 1:3]  # device index arrays, slices and scalars
+        b[0] = 0
         for crossing in (lambda: float(a[1]), lambda: int(a[1]), lambda: bool(a[1]), lambda: a.item(0),
                          lambda: a.tolist(), lambda: a.get(), lambda: cp.asnumpy(a), lambda: cp.asarray(host),
-                         lambda: range(4)[a[1]]):
+                         lambda: range(4)[a[1]], lambda: a[np.array([0, 2])], lambda: a[[0, 2]],
+                         lambda: a[a > 1], lambda: a.__setitem__(np.array([1]), 0),
+                         lambda: a.__setitem__(slice(0, 4), host)):
             with pytest.raises(RuntimeError, match=CAPTURE):
                 crossing()
-    assert float(b[1]) == 3.0 and cp.asnumpy(b).tolist() == [0, 3, 6, 9]  # and after it, all of that works
+    assert float(b[1]) == 6.0 and cp.asnumpy(b).tolist() == [0, 6, 3, 9]  # and after it, all of that works
 
 
 def test_launched_records_the_types_a_gpu_compiles_for():
