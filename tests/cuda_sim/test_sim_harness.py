@@ -45,6 +45,10 @@ def test_assert_close_fails_on_an_unwritten_element_or_an_error_past_rtol():
             sim.assert_close(out, ref)
         with pytest.raises(AssertionError):  # not even where the reference has it too
             sim.assert_close(out, np.where(np.isnan(out) | np.isinf(out), out, ref))
+    out = ref.copy()
+    out.reshape(-1)[7:8].view(np.uint8).fill(0x7F)  # garbage as scratch_poisoned's: 3.4e38, finite
+    with pytest.raises(AssertionError):
+        sim.assert_close(out, ref)
     for rtol in (1e-5, 1e-3):
         out = ref.astype(np.float64)
         out[2, 3] += 3 * rtol * big  # past rtol of the largest magnitude (and of the element)
@@ -112,9 +116,9 @@ def test_recording_refuses_what_a_cuda_graph_capture_cannot_hold():
 def test_launched_records_the_types_a_gpu_compiles_for():
     """numba_types: the signature test_kernels_cuda.SIGNATURES writes; a strided view is not ::1."""
     m = np.zeros((4, 6), np.float32)
-    assert sim.numba_types((m, m[:, ::2], m[1], m[:, 1], 3, 2.0, True, np.float32(1), np.int32(2))) == (
-        "float32[:, ::1]", "float32[:, :]", "float32[::1]", "float32[:]", "int64", "float64", "boolean",
-        "float32", "int32")
+    assert sim.numba_types((m, m[:, ::2], m[1], m[:, 1], 3, 2.0, True, np.bool_(False), np.float32(1),
+                            np.int32(2))) == ("float32[:, ::1]", "float32[:, :]", "float32[::1]", "float32[:]", "int64",
+                                              "float64", "boolean", "boolean", "float32", "int32")
 
 
 def test_assert_launched_as_checked_refuses_other_types_and_no_launches(monkeypatch):
