@@ -720,7 +720,7 @@ def _uninitialized(a):
 
 
 _MAKERS = ("empty", "zeros", "ones", "full", "arange", "empty_like", "zeros_like", "ones_like", "full_like",
-           "concatenate", "stack", "ascontiguousarray")
+           "concatenate", "stack", "ascontiguousarray", "copy", "pad")
 
 
 def scratch_poisoned(monkeypatch, modules) -> None:
@@ -780,8 +780,6 @@ def numpy_as_cupy(device_arrays: bool = True) -> types.ModuleType:
         shim.ndarray, shim.asarray, shim.asnumpy = DeviceArray, _to_device, _to_host
         for name in ("ascontiguousarray", "concatenate", "stack"):
             shim.__dict__[name] = _device_arrays_in(getattr(np, name), name)
-        for name in ("copy", "pad"):  # NumPy's give base-class arrays: host ones here, where CuPy's are on the device
-            shim.__dict__[name] = (lambda make: lambda *a, **kw: _on_device(make(*a, **kw)))(getattr(np, name))
     else:
         shim.asarray, shim.asnumpy = lambda a, dtype=None: np.array(a, dtype=dtype), np.asarray
     shim.argsort = lambda a: on_device(np.argsort(a, kind="stable"))  # CuPy's sort is stable
