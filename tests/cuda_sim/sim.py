@@ -140,7 +140,7 @@ class DeviceArray(np.ndarray):
 def _on_device(a):
     """A result as CuPy gives it: arrays and scalars as DeviceArray, anything else as it is."""
     if isinstance(a, (np.ndarray, np.generic)):
-        return np.asarray(a).view(DeviceArray)
+        return _NUMPY["asarray"](a).view(DeviceArray)
     return a
 
 
@@ -149,13 +149,13 @@ def _to_device(a, dtype=None):
     if isinstance(a, DeviceArray):
         return a if dtype is None or a.dtype == dtype else a.astype(dtype)
     _refuse_while_recording("a host-to-device copy")
-    return np.array(a, dtype=dtype).view(DeviceArray)
+    return _NUMPY["array"](a, dtype=dtype).view(DeviceArray)
 
 
 def _to_host(a):
     """cupy.asnumpy."""
     _refuse_while_recording("a device-to-host copy")
-    return np.array(a).view(np.ndarray)
+    return _NUMPY["array"](a).view(np.ndarray)
 
 
 MAX_GRID = (2**31 - 1, 65535, 65535)  # CUDA's largest grid, in blocks along x, y, z
@@ -756,10 +756,39 @@ def _device_arrays_in(make, name: str):
     return call
 
 
+_NUMPY = {name: getattr(np, name) for name in ("asarray", "array", "asanyarray", "ascontiguousarray")}
+
+
+def _numpys_own(frame) -> bool:
+    return frame.f_globals.get("__name__", "").startswith("numpy")
+
+
+def no_implicit_host_copies(monkeypatch):
+    """Within the test, np.asarray, np.array, np.asanyarray and np.ascontiguousarray refuse a device
+    array, or a list or tuple holding one, with CuPy's TypeError: a CuPy array reaches the host only
+    by .get() or cupy.asnumpy (its __array__ raises), where NumPy takes its own subclass silently.
+    NumPy's own functions may convert (the stand-in cupy's functions are NumPy's: with CuPy, NumPy
+    would hand such a call to CuPy's function of the same name)."""
+    def refusing(name):
+        convert = _NUMPY[name]
+
+        def call(a, *args, **kwargs):
+            held = [a] if not isinstance(a, (list, tuple)) else a
+            if any(isinstance(e, DeviceArray) for e in held) and not _numpys_own(sys._getframe(1)):
+                raise TypeError(f"np.{name} of a device array: implicit conversion to a NumPy array is not "
+                                f"allowed (with CuPy: .get() or cupy.asnumpy)")
+            return convert(a, *args, **kwargs)
+        return call
+    for name in _NUMPY:
+        monkeypatch.setattr(np, name, refusing(name))
+
+
 def cupy_on_the_simulator(monkeypatch):
     """Within the test, `import cupy` gives numpy_as_cupy(), the CUDA backend is imported anew with it,
-    and kernels refuse host arrays (device_arrays_only)."""
+    kernels refuse host arrays (device_arrays_only) and NumPy refuses device arrays
+    (no_implicit_host_copies)."""
     monkeypatch.setitem(sys.modules, "cupy", numpy_as_cupy())
+    no_implicit_host_copies(monkeypatch)
     for module in ("gptoss_np.backend_cuda", "gptoss_np.cuda_graph"):
         monkeypatch.delitem(sys.modules, module, raising=False)
     device_arrays_only(monkeypatch)

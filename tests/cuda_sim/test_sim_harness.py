@@ -193,3 +193,22 @@ def test_fake_cupy_joins_and_lays_out_device_arrays_only():
                   lambda: cp.ascontiguousarray(host, dtype=cp.float32)):
         with pytest.raises(TypeError, match="host"):
             mixed()
+
+
+def test_numpy_refuses_to_take_device_arrays_as_host_arrays(monkeypatch):
+    """np.asarray(a CuPy array) is CuPy's TypeError ("Implicit conversion to a NumPy array is not
+    allowed"), where NumPy would view its own subclass: under no_implicit_host_copies each converter
+    refuses a device array and a list holding one, takes host data as before, and lets NumPy's own
+    functions convert (the stand-in's functions are NumPy's, which CuPy's replace)."""
+    cp = sim.numpy_as_cupy()
+    a = cp.arange(4, dtype=cp.float32)
+    sim.no_implicit_host_copies(monkeypatch)
+    for convert in (np.asarray, np.array, np.asanyarray, np.ascontiguousarray):
+        for given in (a, [a, a], (a[0], a[1])):
+            with pytest.raises(TypeError, match="implicit conversion"):
+                convert(given)
+        assert convert([1.0, 2.0]).tolist() == [1.0, 2.0]
+    assert type(a.get()) is np.ndarray and cp.asnumpy(a).tolist() == [0, 1, 2, 3]
+    assert isinstance(cp.pad(a, (0, 1)), sim.DeviceArray) and isinstance(cp.stack([a, a]), sim.DeviceArray)
+    monkeypatch.undo()
+    assert type(np.asarray(a)) is np.ndarray  # what NumPy does without the guard, which hid the copy
