@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import importlib
+import itertools
 import os
 import sys
 import threading
@@ -47,6 +48,7 @@ class _State:
     ever_launched = set()  # "module.kernel" of every launch of the session (cuda_sim/conftest.py reports it)
     barrier_sites = {}  # (block, n) -> where the first of its threads reached its n-th barrier, this launch
     race_checked = False  # simulated kernels' arrays are RaceCheckedArrays (race_checked())
+    streams = [0]  # the stand-in CuPy's current stream's handle last: the innermost entered _Stream's, or 0
 
 
 @contextlib.contextmanager
@@ -75,6 +77,18 @@ def _refuse_host_index(key) -> None:
             _refuse_while_recording("an index array on the host (a host-to-device copy)")
         if isinstance(k, np.ndarray) and k.dtype == np.bool_:
             _refuse_while_recording("a boolean mask index (CuPy counts its elements on the host)")
+
+
+def _refuse_repeated_targets(a: np.ndarray, key) -> None:
+    """A scatter (an assignment through index arrays) that names one element twice: NumPy keeps the
+    last write, CuPy leaves undefined which write wins, so an answer that leaned on the order would
+    agree with the CPU engine here and not on a GPU."""
+    parts = key if isinstance(key, tuple) else (key,)
+    key = tuple(k.view(np.ndarray) if isinstance(k, np.ndarray) else k for k in parts)
+    if any(isinstance(k, np.ndarray) and k.dtype.kind in "iu" for k in key):
+        targets = np.arange(a.size).reshape(a.shape)[key]  # the flat index of each element written
+        if np.unique(targets).size != targets.size:
+            raise ValueError("a scatter writes one element more than once: on a GPU which write wins is undefined")
 
 
 def _is_host_array(a) -> bool:
@@ -108,6 +122,7 @@ class DeviceArray(np.ndarray):
         _refuse_host_index(key)
         if _is_host_array(value):
             _refuse_while_recording("a host array written into a device array (a host-to-device copy)")
+        _refuse_repeated_targets(self, key)
         super().__setitem__(key, value)
 
     def _to_host(self, what):
@@ -205,14 +220,24 @@ def launch_as_a_gpu(monkeypatch):
     """Within the test, the simulator refuses a launch that a GPU would refuse: a grid with no blocks
     or past CUDA's limits (MAX_GRID), a block of more than MAX_BLOCK_THREADS threads, an empty array,
     an array whose address or strides are not multiples of its item size (and host arrays, under
-    device_arrays_only); and records each launch's argument types (launched()).
+    device_arrays_only), a stream other than the stand-in CuPy's current one (_Stream: kernels launch
+    on it through common_cuda.stream_of); and records each launch's argument types (launched()).
     Kernels see device arrays as plain NumPy views, or under race_checked() as RaceCheckedArrays of one
     _Accesses a launch."""
+    from numba import cuda
     from numba.cuda.errors import normalize_kernel_dimensions
     from numba.cuda.simulator import kernel
 
-    launch = kernel.FakeCUDAKernel.__call__
+    from gptoss_np.kernels import common_cuda
+
+    launch, configure = kernel.FakeCUDAKernel.__call__, kernel.FakeCUDAKernel.__getitem__
     monkeypatch.setattr(_State, "launched", {})
+    monkeypatch.setattr(cuda, "external_stream", _ExternalStream, raising=False)  # the simulator has none
+    monkeypatch.setattr(common_cuda, "_streams", {})
+
+    def configured(self, configuration):  # the simulator drops the stream: kept for the check
+        self.stream = configuration[2] if len(configuration) > 2 else 0
+        return configure(self, configuration)
 
     def checked(self, *args):
         if not (self._device or kernel._kernel_context):
@@ -232,6 +257,10 @@ def launch_as_a_gpu(monkeypatch):
             if misaligned:  # as a wider view (.view(np.uint64)) of a slice can be: a GPU loads only whole items
                 raise ValueError(f"{name}: arguments {misaligned} are not aligned to their item size "
                                  f"(cudaErrorMisalignedAddress on a GPU)")
+            on = self.stream.ptr if isinstance(self.stream, _ExternalStream) else self.stream
+            if on != _State.streams[-1]:
+                raise ValueError(f"{name}: launched on stream {on}, not on CuPy's current one ({_State.streams[-1]}): "
+                                 f"unordered with CuPy's work on it, and not recorded into a graph it captures")
             module = self.fn.__module__.rsplit(".", 1)[-1]
             _State.launched.setdefault(f"{module}.{name}", set()).add(numba_types(args))
             _State.ever_launched.add(f"{module}.{name}")
@@ -243,6 +272,7 @@ def launch_as_a_gpu(monkeypatch):
         return launch(self, *[a.view(np.ndarray) if isinstance(a, DeviceArray) else a for a in args])
 
     monkeypatch.setattr(kernel.FakeCUDAKernel, "__call__", checked)
+    monkeypatch.setattr(kernel.FakeCUDAKernel, "__getitem__", configured)
 
 
 class Race(RuntimeError):
@@ -575,21 +605,22 @@ class _MemoryPool:
 
 class StandInGraph:
     """A CUDA graph of one decode step, stood in for: recorded by running the step once under
-    recording() (so nothing in it may cross to the host), replayed by running it again, under
-    recording(), into the recorded output. Like a real replay it sees the host as it was when
-    recording (cache.length then: a step that read the position from the host instead of the device
-    buffer would repeat the recorded position) and leaves it alone."""
+    recording() (so nothing in it may cross to the host) on the capturing `stream` (so every kernel
+    must launch on it), replayed by running it again so, into the recorded output. Like a real replay
+    it sees the host as it was when recording (cache.length then: a step that read the position from
+    the host instead of the device buffer would repeat the recorded position) and leaves it alone."""
 
-    def __init__(self, step, cache):
+    def __init__(self, step, cache, stream=None):
         self.step, self.cache, self.launches = step, cache, 0
+        self.stream = stream or _Stream()
         self.recorded_length = cache.length
-        with recording():
+        with self.stream, recording():
             self.output = step()
 
     def launch(self, stream):
         length = self.cache.length
         self.cache.length = self.recorded_length
-        with recording():
+        with self.stream, recording():
             np.copyto(self.output, self.step())
         self.cache.length = length
         self.launches += 1
@@ -598,7 +629,7 @@ class StandInGraph:
 def stand_in_graphs(monkeypatch, cuda_graph) -> list:
     """Within the test, cuda_graph.capture records decode steps as StandInGraphs, which go into the
     returned list: each GraphDecoder's (the one caller of capture) with its own cache, as generate()
-    makes them."""
+    makes them, on the stream that cuda_graph records on."""
     graphs, caches = [], []
     record = cuda_graph.GraphDecoder._record
 
@@ -607,7 +638,7 @@ def stand_in_graphs(monkeypatch, cuda_graph) -> list:
         record(decoder)
 
     def capture(step):
-        graphs.append(StandInGraph(step, caches[-1]))
+        graphs.append(StandInGraph(step, caches[-1], cuda_graph._capture_stream()))
         return graphs[-1], graphs[-1].output, []
 
     monkeypatch.setattr(cuda_graph.GraphDecoder, "_record", recording)
@@ -626,20 +657,33 @@ class _Event:
         pass
 
 
+class _ExternalStream:
+    """numba.cuda.external_stream(ptr), which the simulator lacks: Numba's wrapper of CuPy's stream."""
+
+    def __init__(self, ptr: int):
+        self.ptr = ptr
+
+
 def _elapsed_ms(start: _Event, end: _Event) -> float:
     return (end.time - start.time) * 1e3
 
 
 class _Stream:
-    """A CUDA stream that cannot capture: the simulator has no CUDA graphs (StandInGraph stands in)."""
+    """A CUDA stream (cupy.cuda.Stream): a handle `ptr` of its own (never 0, the default stream's);
+    within `with`, CuPy's current stream. It cannot capture: the simulator has no CUDA graphs
+    (StandInGraph stands in)."""
+
+    _handles = itertools.count(0x5000)
 
     def __init__(self, non_blocking=False):
-        pass
+        self.ptr = next(self._handles)
 
     def __enter__(self):
+        _State.streams.append(self.ptr)
         return self
 
     def __exit__(self, *exc):
+        _State.streams.pop()
         return False
 
     def begin_capture(self):
@@ -825,7 +869,7 @@ def numpy_as_cupy(device_arrays: bool = True) -> types.ModuleType:
         Device=lambda: device, Stream=_Stream, Event=_Event, get_elapsed_time=_elapsed_ms,
         using_allocator=lambda allocator: contextlib.nullcontext(),
         set_allocator=lambda allocator=None: None,
-        get_current_stream=lambda: types.SimpleNamespace(ptr=0),  # the default stream
+        get_current_stream=lambda: types.SimpleNamespace(ptr=_State.streams[-1]),
         cublas=_Cublas(), device=types.SimpleNamespace(get_cublas_handle=lambda: 0),
         runtime=types.SimpleNamespace(getDeviceProperties=lambda i: {"name": b"Numba CUDA simulator", "major": 9},
                                       memGetInfo=lambda: (FREE_BYTES, 2 * FREE_BYTES)))

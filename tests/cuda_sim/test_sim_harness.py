@@ -212,3 +212,22 @@ def test_numpy_refuses_to_take_device_arrays_as_host_arrays(monkeypatch):
     assert isinstance(cp.pad(a, (0, 1)), sim.DeviceArray) and isinstance(cp.stack([a, a]), sim.DeviceArray)
     monkeypatch.undo()
     assert type(np.asarray(a)) is np.ndarray  # what NumPy does without the guard, which hid the copy
+
+
+def test_fake_cupy_refuses_a_scatter_that_writes_an_element_twice():
+    """Through index arrays CuPy writes repeated elements in no defined order (NumPy: the last wins),
+    so a scatter must name each element once; reads, slices and distinct indices are as NumPy's."""
+    cp = sim.numpy_as_cupy()
+    a = cp.zeros((4, 3), cp.float32)
+    a[cp.asarray([2, 0])] = cp.ones((2, 3), cp.float32)
+    a[cp.asarray([1, 3]), cp.asarray([2, 2])] = 5
+    a[:, 0] = 7  # no index array
+    assert cp.asnumpy(a).tolist() == [[7, 1, 1], [7, 0, 5], [7, 1, 1], [7, 0, 5]]
+    assert cp.asnumpy(a[cp.asarray([1, 1])]).tolist() == [[7, 0, 5]] * 2  # reading twice is fine
+    for index in (cp.asarray([2, 2]), cp.asarray([0, -4]), (cp.asarray([1, 1]), cp.asarray([0, 0])),
+                  (slice(None), cp.asarray([2, 1, 2]))):
+        with pytest.raises(ValueError, match="more than once"):
+            a[index] = 0
+    b = cp.zeros(6, cp.float32)
+    b[cp.asarray([5, 1])] += cp.ones(2, cp.float32)  # a read and a write through distinct indices
+    assert cp.asnumpy(b).tolist() == [0, 1, 0, 0, 0, 1]

@@ -3,6 +3,8 @@ would refuse, or fault in, fails here too, and one it would run runs."""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 from numba import cuda
@@ -104,3 +106,29 @@ def test_launches_are_recorded_with_their_argument_types():
     assert sim.launched() == {"test_sim_launches._copy_words": {("uint64[:]", "uint64[::1]"),
                                                                ("uint64[::1]", "uint64[::1]")}}
     assert "test_sim_launches._copy_words" in sim._State.ever_launched
+
+
+def test_kernels_must_launch_on_cupys_current_stream(monkeypatch):
+    """A kernel launched on another stream than CuPy's current one is unordered with CuPy's work, and
+    left out of a graph that stream captures (it runs once, while recording, and never in a replay):
+    common_cuda.stream_of gives the current one, for a device array."""
+    from gptoss_np.kernels.common_cuda import stream_of
+    cp = sim.numpy_as_cupy()
+    monkeypatch.setitem(sys.modules, "cupy", cp)
+    words, out = cp.arange(4, dtype=cp.uint64), cp.zeros(4, cp.uint64)
+    _copy_words[1, 32](words, out)  # the default stream, current outside any other
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        _copy_words[1, 32, stream_of(out)](words, out)
+        for other in (0, cuda.external_stream(cp.cuda.Stream().ptr)):
+            with pytest.raises(ValueError, match="not on CuPy's current one"):
+                _copy_words[1, 32, other](words, out)
+    with pytest.raises(ValueError, match="not on CuPy's current one"):
+        _copy_words[1, 32, cuda.external_stream(stream.ptr)](words, out)
+    assert cp.cuda.get_current_stream().ptr == 0 and stream.ptr != 0
+    cache = sim.types.SimpleNamespace(length=0)
+    graph = sim.StandInGraph(lambda: _copy_words[1, 32, stream_of(out)](words, out) or out, cache)
+    graph.launch(cp.cuda.get_current_stream())
+    with pytest.raises(ValueError, match="not on CuPy's current one"):
+        sim.StandInGraph(lambda: _copy_words[1, 32](words, out) or out, cache)
+    np.testing.assert_array_equal(cp.asnumpy(out), np.arange(4))
