@@ -718,7 +718,8 @@ CUDA_R_32F, CUDA_R_16F, CUDA_R_16BF = 0, 2, 14  # cudaDataType (library_types.h)
 class _Cublas:
     """cupy.cuda.cublas as far as the backend calls it: gemmEx on the host addresses of NumPy arrays,
     with cuBLAS's column-major semantics (op, leading dimensions), bf16, fp16 or float32 operands,
-    float32 results; sums in float64 (a GPU sums in float32)."""
+    float32 results. Products of bf16 and fp16 values are exact in float32 and sums are float32's, as
+    with CUBLAS_COMPUTE_32F on a GPU (whose order of summing differs)."""
 
     CUBLAS_OP_N, CUBLAS_OP_T = 0, 1
     CUBLAS_POINTER_MODE_HOST = 0
@@ -733,13 +734,13 @@ class _Cublas:
 
     @staticmethod
     def _matrix(address, dtype, rows, cols, ld):
-        """The column-major rows x cols matrix at `address` with leading dimension ld, as float64."""
+        """The column-major rows x cols matrix at `address` with leading dimension ld, as float32."""
         itemsize = np.dtype(dtype).itemsize
         flat = np.ctypeslib.as_array((ctypes.c_char * ((ld * (cols - 1) + rows) * itemsize)).from_address(address))
         m = np.lib.stride_tricks.as_strided(flat.view(dtype), (rows, cols), (itemsize, ld * itemsize))
         if dtype == np.uint16:  # bf16 bits
             m = (m.astype(np.uint32) << np.uint32(16)).view(np.float32)
-        return m.astype(np.float64)
+        return m.astype(np.float32)
 
     def gemmEx(self, handle, transa, transb, m, n, k, alpha, A, Atype, lda, B, Btype, ldb, beta, C, Ctype, ldc,
                computeType, algo):
@@ -752,6 +753,7 @@ class _Cublas:
         product = (a.T if transa == self.CUBLAS_OP_T else a) @ (b.T if transb == self.CUBLAS_OP_T else b)
         flat = np.ctypeslib.as_array((ctypes.c_float * (ldc * (n - 1) + m)).from_address(C))
         c = np.lib.stride_tricks.as_strided(flat, (m, n), (4, 4 * ldc))
+        alpha_, beta_ = np.float32(alpha_), np.float32(beta_)
         c[:] = alpha_ * product + (beta_ * c if beta_ else 0)  # beta = 0: C is not read, as in cuBLAS
 
 
