@@ -39,6 +39,8 @@ def assert_close(out, ref, rtol=1e-5):
 
 
 FREE_BYTES = 1 << 30  # the simulated GPU's free memory
+# NumPy's converters as they are (no_implicit_host_copies makes np's refuse device arrays)
+_NUMPY = {name: getattr(np, name) for name in ("asarray", "array", "asanyarray", "ascontiguousarray")}
 
 
 class _State:
@@ -747,13 +749,12 @@ class _Cublas:
         assert self.pointer_mode == self.CUBLAS_POINTER_MODE_HOST and Ctype == CUDA_R_32F
         assert computeType == self.CUBLAS_COMPUTE_32F and algo == self.CUBLAS_GEMM_DEFAULT
         types_ = {CUDA_R_16BF: np.uint16, CUDA_R_16F: np.float16, CUDA_R_32F: np.float32}
-        alpha_, beta_ = (float(np.ctypeslib.as_array((ctypes.c_float * 1).from_address(p))[0]) for p in (alpha, beta))
+        alpha_, beta_ = (np.ctypeslib.as_array((ctypes.c_float * 1).from_address(p))[0] for p in (alpha, beta))
         a = self._matrix(A, types_[Atype], *((k, m) if transa == self.CUBLAS_OP_T else (m, k)), lda)
         b = self._matrix(B, types_[Btype], *((n, k) if transb == self.CUBLAS_OP_T else (k, n)), ldb)
         product = (a.T if transa == self.CUBLAS_OP_T else a) @ (b.T if transb == self.CUBLAS_OP_T else b)
         flat = np.ctypeslib.as_array((ctypes.c_float * (ldc * (n - 1) + m)).from_address(C))
         c = np.lib.stride_tricks.as_strided(flat, (m, n), (4, 4 * ldc))
-        alpha_, beta_ = np.float32(alpha_), np.float32(beta_)
         c[:] = alpha_ * product + (beta_ * c if beta_ else 0)  # beta = 0: C is not read, as in cuBLAS
 
 
@@ -800,9 +801,6 @@ def _device_arrays_in(make, name: str):
             raise TypeError(f"cupy.{name}: only CuPy arrays are taken, not host (NumPy) arrays")
         return _on_device(make(arrays, *args, **kwargs))
     return call
-
-
-_NUMPY = {name: getattr(np, name) for name in ("asarray", "array", "asanyarray", "ascontiguousarray")}
 
 
 def _numpys_own(frame) -> bool:
