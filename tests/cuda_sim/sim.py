@@ -51,6 +51,7 @@ class _State:
     barrier_sites = {}  # (block, n) -> where the first of its threads reached its n-th barrier, this launch
     race_checked = False  # simulated kernels' arrays are RaceCheckedArrays (race_checked())
     streams = [0]  # the stand-in CuPy's current stream's handle last: the innermost entered _Stream's, or 0
+    compute = None  # the latest stand-in CuPy's _ComputeTypes, which `a @ b` of device arrays computes in
 
 
 @contextlib.contextmanager
@@ -109,6 +110,8 @@ class DeviceArray(np.ndarray):
         if any(_is_host_array(a) for a in inputs + (out or ())):
             raise TypeError(f"{ufunc.__name__}: a host (NumPy) array among device arrays, which CuPy refuses")
         plain = [a.view(np.ndarray) if isinstance(a, DeviceArray) else a for a in inputs]
+        if ufunc is np.matmul and _State.compute is not None:  # a @ b is cupy.matmul, in cuBLAS's compute type
+            plain[:2] = _State.compute.operands(*plain[:2])
         if out:
             kwargs["out"] = tuple(o.view(np.ndarray) for o in out)
         result = getattr(ufunc, method)(*plain, **kwargs)
@@ -708,10 +711,14 @@ class _ComputeTypes:
     def set_compute_type(self, dtype, compute_type):
         self.types[np.dtype(dtype)] = compute_type
 
-    def matmul(self, a, b, out=None):
+    def operands(self, a, b) -> tuple:
+        """a and b as cuBLAS multiplies them."""
         if a.dtype == b.dtype == np.float32 and self.get_compute_type(np.float32) == self.TF32:
-            a, b = tf32.round_to_tf32(a), tf32.round_to_tf32(b)
-        return np.matmul(a, b, out=out)
+            return tf32.round_to_tf32(a), tf32.round_to_tf32(b)
+        return a, b
+
+    def matmul(self, a, b, out=None):
+        return np.matmul(*self.operands(a, b), out=out)
 
 
 CUDA_R_32F, CUDA_R_16F, CUDA_R_16BF = 0, 2, 14  # cudaDataType (library_types.h), apart from the engine's
@@ -859,7 +866,7 @@ def numpy_as_cupy(device_arrays: bool = True) -> types.ModuleType:
     shim.random = types.SimpleNamespace(RandomState=_RandomState)
     pool = _MemoryPool()
     shim.get_default_memory_pool = lambda: pool
-    compute = _ComputeTypes()
+    compute = _State.compute = _ComputeTypes()
     shim.matmul = lambda a, b, out=None: on_device(compute.matmul(a, b, out=out))
     shim._core = types.SimpleNamespace(get_compute_type=compute.get_compute_type,
                                        set_compute_type=compute.set_compute_type,

@@ -146,17 +146,20 @@ def test_launchers_scratch_arrays_hold_garbage():
 
 
 def test_fake_cupy_matmul_rounds_to_tf32_in_tf32_mode():
-    """cuBLAS in TF32 mode multiplies the operands rounded to TF32; the default is float32's products."""
+    """cuBLAS in TF32 mode multiplies the operands rounded to TF32; the default is float32's products.
+    CuPy's `a @ b` is its matmul, in the same mode."""
     cp = sim.numpy_as_cupy()
     rng = np.random.default_rng(0)
     a, b = (cp.asarray(rng.standard_normal(shape).astype(np.float32)) for shape in ((3, 16), (16, 5)))
     exact = np.matmul(a.view(np.ndarray), b.view(np.ndarray))
     np.testing.assert_array_equal(cp.asnumpy(cp.matmul(a, b)), exact)
+    np.testing.assert_array_equal(cp.asnumpy(a @ b), exact)
     cp._core.set_compute_type(cp.float32, cp._core._routines_linalg.COMPUTE_TYPE_TF32)
     rounded = np.matmul(tf32.round_to_tf32(a.view(np.ndarray)), tf32.round_to_tf32(b.view(np.ndarray)))
     out = cp.empty((3, 5), cp.float32)
     cp.matmul(a, b, out=out)
     np.testing.assert_array_equal(cp.asnumpy(out), rounded)
+    np.testing.assert_array_equal(cp.asnumpy(a @ b), rounded)
     assert not np.array_equal(rounded, exact)
 
 
