@@ -611,9 +611,10 @@ class _MemoryPool:
 class StandInGraph:
     """A CUDA graph of one decode step, stood in for: recorded by running the step once under
     recording() (so nothing in it may cross to the host) on the capturing `stream` (so every kernel
-    must launch on it), replayed by running it again so, into the recorded output. Like a real replay
-    it sees the host as it was when recording (cache.length then: a step that read the position from
-    the host instead of the device buffer would repeat the recorded position) and leaves it alone."""
+    must launch on it), replayed by running it again the same way, into the recorded output. Like a
+    real replay it sees the host as it was when recording (cache.length then: a step that read the
+    position from the host instead of the device buffer would repeat the recorded position) and
+    leaves it alone."""
 
     def __init__(self, step, cache, stream=None):
         self.step, self.cache, self.launches = step, cache, 0
