@@ -4,6 +4,7 @@ would refuse, or fault in, fails here too, and one it would run runs."""
 from __future__ import annotations
 
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -126,7 +127,7 @@ def test_kernels_must_launch_on_cupys_current_stream(monkeypatch):
     with pytest.raises(ValueError, match="not on CuPy's current one"):
         _copy_words[1, 32, cuda.external_stream(stream.ptr)](words, out)
     assert cp.cuda.get_current_stream().ptr == 0 and stream.ptr != 0
-    cache = sim.types.SimpleNamespace(length=0)
+    cache = types.SimpleNamespace(length=0)
     graph = sim.StandInGraph(lambda: _copy_words[1, 32, stream_of(out)](words, out) or out, cache)
     graph.launch(cp.cuda.get_current_stream())
     with pytest.raises(ValueError, match="not on CuPy's current one"):
