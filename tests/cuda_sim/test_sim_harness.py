@@ -145,9 +145,10 @@ def test_launchers_scratch_arrays_hold_garbage():
     assert np.empty is not xp.empty  # NumPy itself is left alone
 
 
-def test_fake_cupy_matmul_rounds_to_tf32_in_tf32_mode():
+def test_fake_cupy_matmul_rounds_to_tf32_in_tf32_mode(monkeypatch):
     """cuBLAS in TF32 mode multiplies the operands rounded to TF32; the default is float32's products.
     CuPy's `a @ b` is its matmul, in the same mode."""
+    monkeypatch.setattr(sim._State, "compute", sim._State.compute)  # the TF32 mode set here ends with the test
     cp = sim.numpy_as_cupy()
     rng = np.random.default_rng(0)
     a, b = (cp.asarray(rng.standard_normal(shape).astype(np.float32)) for shape in ((3, 16), (16, 5)))
